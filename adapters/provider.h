@@ -1,0 +1,141 @@
+// File: provider.h
+// The ProviderAdapter interface: one implementation per provider folder (loudly/, soundpiece/).
+// Adapters translate the normalized musicgw.v1 requests into one provider's HTTP dialect and its
+// answers back into UpstreamStatus. They hold no operation state of their own: the operations
+// engine owns the ledger and drives Submit and Poll from its per-operation trackers.
+//
+// Threading: thread-safe. Callbacks run on the HTTP client's loop thread (never inline in the
+// calling function) and must not block.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "musicgw/v1/musicgw.pb.h"
+
+namespace musicgw::adapters {
+
+template <typename T>
+using Callback = absl::AnyInvocable<void(absl::StatusOr<T>) &&>;
+
+// One output file as the provider reports it.
+struct ProviderOutput {
+  musicgw::v1::AssetKind kind = musicgw::v1::ASSET_KIND_MIX;
+  std::string title;
+  double duration_seconds = 0;
+  musicgw::v1::AudioFormat format = musicgw::v1::AUDIO_FORMAT_UNSPECIFIED;
+  std::string content_type;
+  // Where to fetch the bytes; may be signed and expiring (see url_expire_time).
+  std::string url;
+  absl::Time url_expire_time = absl::InfiniteFuture();
+  int bpm = 0;
+  std::string key;
+};
+
+// The provider's view of one piece of work.
+struct UpstreamStatus {
+  enum class Phase { kRunning, kSucceeded, kFailed };
+  Phase phase = Phase::kRunning;
+  // The provider's id for the work (Soundpiece "op_…", Loudly bundle id or song id).
+  std::string upstream_id;
+  // Set when kSucceeded.
+  std::vector<ProviderOutput> outputs;
+  // Set when kFailed: a code chosen for the client, ErrorInfo with the provider's own code and
+  // message (domain "soundpiece.co" / "loudly.com").
+  absl::Status error;
+  // When the tracker should poll next; zero right away (after a long-poll returned).
+  absl::Duration next_poll_after = absl::ZeroDuration();
+};
+
+struct SubmitRequest {
+  std::string operation_id;  // the gateway's id, for logs
+  std::string request_id;    // the client's idempotency key
+  // Stable key derived from tenant + request_id; Soundpiece gets it as idempotency_key.
+  std::string idempotency_key;
+  musicgw::v1::GenerateRequest request;
+  absl::Time deadline = absl::InfiniteFuture();
+  // Dry run (Loudly B2B test=true); the result is not stored.
+  bool validate_only = false;
+};
+
+struct PollRequest {
+  std::string operation_id;
+  std::string upstream_id;
+  musicgw::v1::TaskKind task = musicgw::v1::TASK_KIND_UNSPECIFIED;
+  absl::Time deadline = absl::InfiniteFuture();
+  // Long-poll where the provider supports it (Soundpiece wait=true); false for a quick read,
+  // e.g. to mint fresh output URLs before a download.
+  bool wait = true;
+};
+
+// One quota figure as read from the provider.
+struct QuotaFigure {
+  std::string resource;  // e.g. "generate_vega_song", "GENERATE_SONG_VEGA_1", "credits"
+  int64_t limit = -1;
+  int64_t used = -1;
+  int64_t remaining = -1;
+  absl::Time reset_time = absl::InfinitePast();  // InfinitePast: unknown
+};
+
+// Reference data a provider publishes (Loudly genres and structures), cached by the adapter.
+struct ProviderCatalog {
+  std::vector<std::string> genres;
+  std::vector<musicgw::v1::SongStructure> structures;
+  std::string example_prompt;
+  absl::Time read_time = absl::InfinitePast();
+};
+
+class ProviderAdapter {
+ public:
+  virtual ~ProviderAdapter() = default;
+
+  virtual musicgw::v1::Provider provider() const = 0;
+  // Configured account name (a bounded metrics label).
+  virtual const std::string& account() const = 0;
+  // e.g. "loudly-web", "loudly-b2b", "soundpiece-v1".
+  virtual std::string dialect() const = 0;
+  // True when re-submitting after a crash cannot create a second upstream operation (the
+  // provider honours an idempotency key). False: the engine never re-submits blindly.
+  virtual bool idempotent_submit() const = 0;
+  // True when Submit's result is already terminal (Loudly B2B: the POST blocks until the song
+  // exists); the engine then runs Submit with a generous deadline and never polls.
+  virtual bool synchronous() const = 0;
+
+  // Starts background work (token refresh, catalog and quota timers). Called once.
+  virtual void Start() {}
+  // Stops background work; no callbacks after it returns.
+  virtual void Stop() {}
+
+  // Rejects what this provider cannot honour beyond the shared capability table (e.g. a genre
+  // not in its catalog): INVALID_ARGUMENT with a BadRequest naming the field.
+  virtual absl::Status CheckRequest(const musicgw::v1::GenerateRequest& request) const = 0;
+
+  // Submits the work. Result: kRunning with upstream_id (asynchronous providers), or terminal
+  // (synchronous ones). Errors: INVALID_ARGUMENT (provider rejected the request),
+  // RESOURCE_EXHAUSTED (+RetryInfo, QuotaFailure), FAILED_PRECONDITION/UNAUTHENTICATED (provider
+  // configuration fault), UNAVAILABLE/DEADLINE_EXCEEDED (retries exhausted; may be retried by the
+  // engine only when idempotent_submit()).
+  virtual void Submit(SubmitRequest request, Callback<UpstreamStatus> done) = 0;
+
+  // Reads the work's current state (long-polling where asked and possible). Output URLs in the
+  // result are fresh.
+  virtual void Poll(PollRequest request, Callback<UpstreamStatus> done) = 0;
+
+  // Asks the provider to stop; returns whether it was told (neither provider supports it today).
+  virtual void Cancel(PollRequest request, Callback<bool> done) = 0;
+
+  // Reads quota figures from the provider.
+  virtual void ReadQuota(Callback<std::vector<QuotaFigure>> done) = 0;
+
+  // The latest cached catalog (empty when the provider publishes none).
+  virtual ProviderCatalog catalog() const { return {}; }
+};
+
+using ProviderAdapterPtr = std::unique_ptr<ProviderAdapter>;
+
+}  // namespace musicgw::adapters
