@@ -9,9 +9,9 @@
 #define MUSICGW_CONCAT_(a, b) MUSICGW_CONCAT_INNER_(a, b)
 
 // Returns from the current function with `expr`'s status when it is not OK.
-#define MUSICGW_RETURN_IF_ERROR(expr)                \
-  do {                                               \
-    ::absl::Status musicgw_status_ = (expr);         \
+#define MUSICGW_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::absl::Status musicgw_status_ = (expr);           \
     if (!musicgw_status_.ok()) return musicgw_status_; \
   } while (0)
 

@@ -1,0 +1,418 @@
+#include "common/config.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace musicgw::config {
+namespace {
+
+using nlohmann::json;
+
+absl::Status Problem(const std::string& path, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ", problem));
+}
+
+// Reads one JSON object, remembering which keys were used so unknown keys (typos) fail.
+class ObjectReader {
+ public:
+  ObjectReader(const json& object, std::string path) : object_(object), path_(std::move(path)) {}
+
+  std::string Path(absl::string_view key) const {
+    return path_.empty() ? std::string(key) : absl::StrCat(path_, ".", key);
+  }
+
+  const json* Find(absl::string_view key) {
+    used_.insert(std::string(key));
+    auto it = object_.find(std::string(key));
+    return it == object_.end() || it->is_null() ? nullptr : &*it;
+  }
+
+  absl::Status String(absl::string_view key, std::string* out, bool required = false) {
+    const json* value = Find(key);
+    if (value == nullptr) return required ? Problem(Path(key), "required") : absl::OkStatus();
+    if (!value->is_string()) return Problem(Path(key), "must be a string");
+    *out = value->get<std::string>();
+    if (required && out->empty()) return Problem(Path(key), "must not be empty");
+    return absl::OkStatus();
+  }
+
+  absl::Status Int(absl::string_view key, int64_t* out, int64_t min, int64_t max) {
+    const json* value = Find(key);
+    if (value == nullptr) return absl::OkStatus();
+    if (!value->is_number_integer()) return Problem(Path(key), "must be an integer");
+    const int64_t v = value->get<int64_t>();
+    if (v < min || v > max) {
+      return Problem(Path(key), absl::StrCat("must be between ", min, " and ", max));
+    }
+    *out = v;
+    return absl::OkStatus();
+  }
+
+  absl::Status Seconds(absl::string_view key, absl::Duration* out, double min, double max) {
+    const json* value = Find(key);
+    if (value == nullptr) return absl::OkStatus();
+    if (!value->is_number()) return Problem(Path(key), "must be a number of seconds");
+    const double v = value->get<double>();
+    if (v < min || v > max) {
+      return Problem(Path(key), absl::StrCat("must be between ", min, " and ", max, " seconds"));
+    }
+    *out = absl::Seconds(v);
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckNoUnknownKeys() const {
+    for (auto it = object_.begin(); it != object_.end(); ++it) {
+      if (!used_.count(it.key())) return Problem(Path(it.key()), "unknown key");
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const json& object_;
+  std::string path_;
+  std::set<std::string> used_;
+};
+
+absl::Status CheckListen(const std::string& path, const std::string& address) {
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return Problem(path, "must be host:port, e.g. 0.0.0.0:50051");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckUrl(const std::string& path, const std::string& url) {
+  if (!(absl::StartsWith(url, "http://") || absl::StartsWith(url, "https://")) || url.size() < 10 ||
+      url.find(' ') != std::string::npos) {
+    return Problem(path, "must be an http or https URL");
+  }
+  return absl::OkStatus();
+}
+
+// Resolves {"env": NAME} or {"file": PATH} to the secret's value.
+absl::StatusOr<std::string> ResolveSecret(const json& ref, const std::string& path,
+                                          const EnvLookup& env) {
+  if (!ref.is_object()) {
+    return Problem(path,
+                   "must be {\"env\": \"NAME\"} or {\"file\": \"/path\"}; secrets are never "
+                   "written in the config file");
+  }
+  ObjectReader reader(ref, path);
+  std::string env_name, file_name;
+  MUSICGW_RETURN_IF_ERROR(reader.String("env", &env_name));
+  MUSICGW_RETURN_IF_ERROR(reader.String("file", &file_name));
+  MUSICGW_RETURN_IF_ERROR(reader.CheckNoUnknownKeys());
+  if (env_name.empty() == file_name.empty()) {
+    return Problem(path, "set exactly one of \"env\" or \"file\"");
+  }
+  if (!env_name.empty()) {
+    std::optional<std::string> value = env(env_name);
+    if (!value.has_value() || value->empty()) {
+      return Problem(path, absl::StrCat("environment variable ", env_name, " is not set"));
+    }
+    return *value;
+  }
+  std::ifstream in(file_name, std::ios::binary);
+  if (!in) return Problem(path, absl::StrCat("cannot read secret file ", file_name));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  // Kubernetes Secret files and `echo` often end with a newline that is not part of the key.
+  std::string value(absl::StripTrailingAsciiWhitespace(buffer.str()));
+  if (value.empty()) return Problem(path, absl::StrCat("secret file ", file_name, " is empty"));
+  return value;
+}
+
+absl::StatusOr<std::vector<std::string>> ResolveSecretList(const json& ref, const std::string& path,
+                                                           const EnvLookup& env) {
+  // Several secrets (rotation) are written space- or comma-separated in one variable or file.
+  MUSICGW_ASSIGN_OR_RETURN(std::string joined, ResolveSecret(ref, path, env));
+  std::vector<std::string> secrets;
+  for (absl::string_view part :
+       absl::StrSplit(joined, absl::ByAnyChar(" ,\n\t"), absl::SkipEmpty())) {
+    secrets.emplace_back(part);
+  }
+  return secrets;
+}
+
+absl::StatusOr<ProviderConfig> ParseProvider(const json& object, const std::string& path,
+                                             const EnvLookup& env) {
+  if (!object.is_object()) return Problem(path, "must be an object");
+  ObjectReader reader(object, path);
+  ProviderConfig provider;
+  std::string type;
+  MUSICGW_RETURN_IF_ERROR(reader.String("name", &provider.name, true));
+  MUSICGW_RETURN_IF_ERROR(reader.String("type", &type, true));
+  MUSICGW_RETURN_IF_ERROR(reader.String("dialect", &provider.dialect));
+  MUSICGW_RETURN_IF_ERROR(reader.String("base_url", &provider.base_url, true));
+  MUSICGW_RETURN_IF_ERROR(CheckUrl(reader.Path("base_url"), provider.base_url));
+  MUSICGW_RETURN_IF_ERROR(reader.String("client_id", &provider.client_id));
+  MUSICGW_RETURN_IF_ERROR(reader.String("token_state_file", &provider.token_state_file));
+  MUSICGW_RETURN_IF_ERROR(reader.String("callback_url", &provider.callback_url));
+  MUSICGW_RETURN_IF_ERROR(reader.Seconds("sync_timeout_seconds", &provider.sync_timeout, 10, 3600));
+  for (char c : provider.name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
+      return Problem(reader.Path("name"), "may hold only letters, digits, '-' and '_'");
+    }
+  }
+  if (!provider.callback_url.empty()) {
+    MUSICGW_RETURN_IF_ERROR(CheckUrl(reader.Path("callback_url"), provider.callback_url));
+  }
+  const json* api_key = reader.Find("api_key");
+  const json* refresh_token = reader.Find("refresh_token");
+  const json* webhook_secrets = reader.Find("webhook_secrets");
+  if (type == "loudly") {
+    provider.type = musicgw::v1::PROVIDER_LOUDLY;
+    if (provider.dialect.empty()) provider.dialect = "b2b";
+    if (provider.dialect == "b2b") {
+      if (api_key == nullptr) return Problem(reader.Path("api_key"), "required for dialect b2b");
+    } else if (provider.dialect == "web") {
+      if (refresh_token == nullptr) {
+        return Problem(reader.Path("refresh_token"), "required for dialect web");
+      }
+      if (provider.client_id.empty()) {
+        return Problem(reader.Path("client_id"), "required for dialect web");
+      }
+    } else {
+      return Problem(reader.Path("dialect"), "must be \"b2b\" or \"web\" for loudly");
+    }
+    if (webhook_secrets != nullptr) {
+      return Problem(reader.Path("webhook_secrets"), "loudly sends no webhooks");
+    }
+  } else if (type == "soundpiece") {
+    provider.type = musicgw::v1::PROVIDER_SOUNDPIECE;
+    if (provider.dialect.empty()) provider.dialect = "v1";
+    if (provider.dialect != "v1") return Problem(reader.Path("dialect"), "must be \"v1\"");
+    if (api_key == nullptr) return Problem(reader.Path("api_key"), "required");
+    if (refresh_token != nullptr) {
+      return Problem(reader.Path("refresh_token"), "soundpiece uses api_key only");
+    }
+  } else {
+    return Problem(reader.Path("type"), "must be \"loudly\" or \"soundpiece\"");
+  }
+  if (api_key != nullptr) {
+    MUSICGW_ASSIGN_OR_RETURN(provider.api_key,
+                             ResolveSecret(*api_key, reader.Path("api_key"), env));
+  }
+  if (refresh_token != nullptr) {
+    MUSICGW_ASSIGN_OR_RETURN(provider.refresh_token,
+                             ResolveSecret(*refresh_token, reader.Path("refresh_token"), env));
+  }
+  if (webhook_secrets != nullptr) {
+    MUSICGW_ASSIGN_OR_RETURN(
+        provider.webhook_secrets,
+        ResolveSecretList(*webhook_secrets, reader.Path("webhook_secrets"), env));
+    for (const auto& secret : provider.webhook_secrets) {
+      if (!absl::StartsWith(secret, "whsec_")) {
+        return Problem(reader.Path("webhook_secrets"), "each secret must start with whsec_");
+      }
+    }
+  }
+  MUSICGW_RETURN_IF_ERROR(reader.CheckNoUnknownKeys());
+  return provider;
+}
+
+absl::StatusOr<BudgetConfig> ParseBudget(const json& object, const std::string& path) {
+  if (!object.is_object()) return Problem(path, "must be an object");
+  ObjectReader reader(object, path);
+  BudgetConfig budget;
+  std::string task, period = "day";
+  MUSICGW_RETURN_IF_ERROR(reader.String("task", &task, true));
+  MUSICGW_RETURN_IF_ERROR(reader.String("period", &period));
+  MUSICGW_RETURN_IF_ERROR(reader.Int("limit", &budget.limit, 0, 1'000'000'000));
+  if (reader.Find("limit") == nullptr) return Problem(reader.Path("limit"), "required");
+  musicgw::v1::TaskKind kind;
+  if (!musicgw::v1::TaskKind_Parse(absl::StrCat("TASK_KIND_", absl::AsciiStrToUpper(task)),
+                                   &kind) ||
+      kind == musicgw::v1::TASK_KIND_UNSPECIFIED) {
+    return Problem(
+        reader.Path("task"),
+        "unknown task; one of PARAMETRIC_MUSIC, TEXT_TO_MUSIC, SONG, INSTRUMENTAL, "
+        "SAMPLE, SOUND_EFFECT, REMIX_SONG, REMIX_INSTRUMENTAL, SEPARATE_STEMS, CUT_DOWN");
+  }
+  budget.task = kind;
+  if (period == "hour") {
+    budget.period = BudgetPeriod::kHour;
+  } else if (period == "day") {
+    budget.period = BudgetPeriod::kDay;
+  } else if (period == "week") {
+    budget.period = BudgetPeriod::kWeek;
+  } else if (period == "month") {
+    budget.period = BudgetPeriod::kMonth;
+  } else {
+    return Problem(reader.Path("period"), "must be hour, day, week or month");
+  }
+  MUSICGW_RETURN_IF_ERROR(reader.CheckNoUnknownKeys());
+  return budget;
+}
+
+absl::StatusOr<TenantConfig> ParseTenant(const json& object, const std::string& path) {
+  if (!object.is_object()) return Problem(path, "must be an object");
+  ObjectReader reader(object, path);
+  TenantConfig tenant;
+  MUSICGW_RETURN_IF_ERROR(reader.String("name", &tenant.name, true));
+  const json* hashes = reader.Find("api_key_sha256");
+  if (hashes == nullptr || !hashes->is_array() || hashes->empty()) {
+    return Problem(reader.Path("api_key_sha256"),
+                   "required: a list of lower-case hex SHA-256 digests of the tenant's API keys");
+  }
+  for (size_t i = 0; i < hashes->size(); ++i) {
+    const std::string item_path = absl::StrCat(reader.Path("api_key_sha256"), "[", i, "]");
+    const json& hash = (*hashes)[i];
+    if (!hash.is_string()) return Problem(item_path, "must be a string");
+    std::string hex = absl::AsciiStrToLower(hash.get<std::string>());
+    if (hex.size() != 64 || hex.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      return Problem(item_path,
+                     "must be 64 hex characters (the SHA-256 of the key, never the key itself)");
+    }
+    tenant.api_key_sha256.push_back(std::move(hex));
+  }
+  if (const json* budgets = reader.Find("budgets"); budgets != nullptr) {
+    if (!budgets->is_array()) return Problem(reader.Path("budgets"), "must be a list");
+    std::set<musicgw::v1::TaskKind> seen;
+    for (size_t i = 0; i < budgets->size(); ++i) {
+      const std::string item_path = absl::StrCat(reader.Path("budgets"), "[", i, "]");
+      MUSICGW_ASSIGN_OR_RETURN(BudgetConfig budget, ParseBudget((*budgets)[i], item_path));
+      if (!seen.insert(budget.task).second) {
+        return Problem(item_path, "a second budget for the same task");
+      }
+      tenant.budgets.push_back(budget);
+    }
+  }
+  MUSICGW_RETURN_IF_ERROR(reader.CheckNoUnknownKeys());
+  return tenant;
+}
+
+}  // namespace
+
+EnvLookup ProcessEnv() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  };
+}
+
+const char* BudgetPeriodName(BudgetPeriod period) {
+  switch (period) {
+    case BudgetPeriod::kHour:
+      return "hour";
+    case BudgetPeriod::kDay:
+      return "day";
+    case BudgetPeriod::kWeek:
+      return "week";
+    case BudgetPeriod::kMonth:
+      return "month";
+  }
+  return "day";
+}
+
+absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup& env) {
+  json root = json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) return Problem("(file)", "not valid JSON");
+  if (!root.is_object()) return Problem("(file)", "must be a JSON object");
+  Config config;
+  ObjectReader reader(root, "");
+
+  if (const json* server = reader.Find("server"); server != nullptr) {
+    if (!server->is_object()) return Problem("server", "must be an object");
+    ObjectReader s(*server, "server");
+    MUSICGW_RETURN_IF_ERROR(s.String("grpc_listen", &config.grpc_listen));
+    MUSICGW_RETURN_IF_ERROR(CheckListen(s.Path("grpc_listen"), config.grpc_listen));
+    MUSICGW_RETURN_IF_ERROR(s.String("metrics_listen", &config.metrics_listen));
+    MUSICGW_RETURN_IF_ERROR(CheckListen(s.Path("metrics_listen"), config.metrics_listen));
+    MUSICGW_RETURN_IF_ERROR(s.String("webhook_listen", &config.webhook_listen));
+    if (!config.webhook_listen.empty()) {
+      MUSICGW_RETURN_IF_ERROR(CheckListen(s.Path("webhook_listen"), config.webhook_listen));
+    }
+    MUSICGW_RETURN_IF_ERROR(s.Seconds("drain_deadline_seconds", &config.drain_deadline, 0, 600));
+    MUSICGW_RETURN_IF_ERROR(s.Seconds("keepalive_min_ping_interval_seconds",
+                                      &config.keepalive_min_ping_interval, 1, 3600));
+    MUSICGW_RETURN_IF_ERROR(s.CheckNoUnknownKeys());
+  }
+  if (const json* ledger = reader.Find("ledger"); ledger != nullptr) {
+    if (!ledger->is_object()) return Problem("ledger", "must be an object");
+    ObjectReader l(*ledger, "ledger");
+    MUSICGW_RETURN_IF_ERROR(l.String("path", &config.ledger_path, true));
+    MUSICGW_RETURN_IF_ERROR(l.CheckNoUnknownKeys());
+  }
+  if (const json* operations = reader.Find("operations"); operations != nullptr) {
+    if (!operations->is_object()) return Problem("operations", "must be an object");
+    ObjectReader o(*operations, "operations");
+    int64_t buffer = config.watch_buffer, chunk = config.download_chunk_bytes;
+    MUSICGW_RETURN_IF_ERROR(o.Seconds("deadline_seconds", &config.operation_deadline, 10, 86400));
+    MUSICGW_RETURN_IF_ERROR(
+        o.Seconds("watch_heartbeat_seconds", &config.watch_heartbeat, 0.1, 300));
+    MUSICGW_RETURN_IF_ERROR(o.Int("watch_buffer", &buffer, 1, 1024));
+    MUSICGW_RETURN_IF_ERROR(o.Int("download_chunk_bytes", &chunk, 1024, 4 * 1024 * 1024));
+    MUSICGW_RETURN_IF_ERROR(
+        o.Seconds("quota_refresh_seconds", &config.quota_refresh_interval, 1, 86400));
+    MUSICGW_RETURN_IF_ERROR(
+        o.Seconds("webhook_tolerance_seconds", &config.webhook_tolerance, 1, 86400));
+    MUSICGW_RETURN_IF_ERROR(o.CheckNoUnknownKeys());
+    config.watch_buffer = static_cast<int>(buffer);
+    config.download_chunk_bytes = static_cast<int>(chunk);
+  }
+  const json* providers = reader.Find("providers");
+  if (providers == nullptr || !providers->is_array() || providers->empty()) {
+    return Problem("providers", "required: a list with at least one provider account");
+  }
+  std::set<std::string> provider_names;
+  for (size_t i = 0; i < providers->size(); ++i) {
+    const std::string path = absl::StrCat("providers[", i, "]");
+    MUSICGW_ASSIGN_OR_RETURN(ProviderConfig provider, ParseProvider((*providers)[i], path, env));
+    if (!provider_names.insert(provider.name).second) {
+      return Problem(path + ".name",
+                     absl::StrCat("duplicate account name \"", provider.name, "\""));
+    }
+    for (const auto& other : config.providers) {
+      if (other.type == provider.type) {
+        return Problem(path + ".type", "one account per provider is supported");
+      }
+    }
+    config.providers.push_back(std::move(provider));
+  }
+  const json* tenants = reader.Find("tenants");
+  if (tenants == nullptr || !tenants->is_array() || tenants->empty()) {
+    return Problem("tenants", "required: a list with at least one tenant");
+  }
+  std::set<std::string> tenant_names, key_hashes;
+  for (size_t i = 0; i < tenants->size(); ++i) {
+    const std::string path = absl::StrCat("tenants[", i, "]");
+    MUSICGW_ASSIGN_OR_RETURN(TenantConfig tenant, ParseTenant((*tenants)[i], path));
+    if (!tenant_names.insert(tenant.name).second) {
+      return Problem(path + ".name", absl::StrCat("duplicate tenant \"", tenant.name, "\""));
+    }
+    for (const auto& hash : tenant.api_key_sha256) {
+      if (!key_hashes.insert(hash).second) {
+        return Problem(path + ".api_key_sha256", "a key hash already used by another tenant");
+      }
+    }
+    config.tenants.push_back(std::move(tenant));
+  }
+  MUSICGW_RETURN_IF_ERROR(reader.CheckNoUnknownKeys());
+  return config;
+}
+
+absl::StatusOr<Config> LoadConfigFile(const std::string& path, const EnvLookup& env) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseConfig(buffer.str(), env);
+}
+
+}  // namespace musicgw::config

@@ -1,0 +1,54 @@
+#include "services/gateway/auth.h"
+
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "common/crypto.h"
+#include "common/errors.h"
+
+namespace musicgw::gateway {
+namespace {
+
+absl::Status Unauthenticated(absl::string_view message) {
+  return WithErrorInfo(absl::UnauthenticatedError(message), "API_KEY_INVALID", kGatewayDomain);
+}
+
+}  // namespace
+
+TenantDirectory::TenantDirectory(std::vector<config::TenantConfig> tenants)
+    : tenants_(std::move(tenants)) {}
+
+absl::StatusOr<const config::TenantConfig*> TenantDirectory::Lookup(
+    absl::string_view api_key) const {
+  const std::string digest = Sha256Hex(api_key);
+  const config::TenantConfig* found = nullptr;
+  // No early exit: every digest is compared so timing does not depend on which one matches.
+  for (const auto& tenant : tenants_) {
+    for (const auto& hash : tenant.api_key_sha256) {
+      if (ConstantTimeEquals(digest, hash)) found = &tenant;
+    }
+  }
+  if (found == nullptr) return Unauthenticated("invalid API key");
+  return found;
+}
+
+absl::StatusOr<const config::TenantConfig*> TenantDirectory::Authenticate(
+    const grpc::ServerContextBase& context) const {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return Unauthenticated(
+        "missing authorization metadata: send \"authorization: Bearer <api key>\"");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  value = absl::StripAsciiWhitespace(value);
+  if (!absl::StartsWithIgnoreCase(value, "bearer ")) {
+    return Unauthenticated("authorization metadata must be \"Bearer <api key>\"");
+  }
+  absl::string_view key = absl::StripAsciiWhitespace(value.substr(7));
+  if (key.empty()) return Unauthenticated("empty API key");
+  return Lookup(key);
+}
+
+}  // namespace musicgw::gateway

@@ -1,0 +1,89 @@
+// File: gateway_service.h
+// The musicgw.v1.MusicGateway service on the gRPC callback API: authentication, validation and
+// logging around the operations engine. No handler blocks a gRPC thread on a provider: unary
+// calls touch only the ledger, Wait and the streams complete from engine callbacks.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "adapters/provider.h"
+#include "musicgw/v1/musicgw.grpc.pb.h"
+#include "services/gateway/auth.h"
+#include "services/operations/engine.h"
+
+namespace musicgw::gateway {
+
+// What ListProviders and GetQuota report; implemented where adapters, the engine's health view
+// and the quota cache meet (server.cc).
+class ProviderDirectory {
+ public:
+  virtual ~ProviderDirectory() = default;
+  virtual std::vector<musicgw::v1::ProviderInfo> Providers() const = 0;
+  virtual std::vector<musicgw::v1::ProviderQuota> Quotas(musicgw::v1::Provider filter) const = 0;
+  virtual std::vector<musicgw::v1::TenantBudget> Budgets(
+      const config::TenantConfig& tenant) const = 0;
+};
+
+// Observes every call, for metrics. Methods are called from gRPC threads; must not block.
+class RpcObserver {
+ public:
+  virtual ~RpcObserver() = default;
+  virtual void OnRpcDone(absl::string_view method, int grpc_code, absl::Duration latency) = 0;
+  virtual void OnStreamOpened(absl::string_view method) = 0;
+  virtual void OnStreamClosed(absl::string_view method) = 0;
+  virtual void OnStreamMessage(absl::string_view method) = 0;
+};
+
+struct GatewayDeps {
+  const TenantDirectory* tenants = nullptr;
+  operations::OperationsEngine* engine = nullptr;
+  // Configured adapters in routing order (not owned).
+  std::vector<adapters::ProviderAdapter*> adapters;
+  const ProviderDirectory* directory = nullptr;
+  RpcObserver* observer = nullptr;  // optional
+};
+
+class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
+ public:
+  explicit GatewayService(GatewayDeps deps);
+
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const musicgw::v1::GenerateRequest* request,
+                                     musicgw::v1::Operation* response) override;
+  grpc::ServerUnaryReactor* GetOperation(grpc::CallbackServerContext* context,
+                                         const musicgw::v1::GetOperationRequest* request,
+                                         musicgw::v1::Operation* response) override;
+  grpc::ServerUnaryReactor* ListOperations(grpc::CallbackServerContext* context,
+                                           const musicgw::v1::ListOperationsRequest* request,
+                                           musicgw::v1::ListOperationsResponse* response) override;
+  grpc::ServerWriteReactor<musicgw::v1::OperationEvent>* WatchOperation(
+      grpc::CallbackServerContext* context,
+      const musicgw::v1::WatchOperationRequest* request) override;
+  grpc::ServerUnaryReactor* WaitOperation(grpc::CallbackServerContext* context,
+                                          const musicgw::v1::WaitOperationRequest* request,
+                                          musicgw::v1::Operation* response) override;
+  grpc::ServerUnaryReactor* CancelOperation(grpc::CallbackServerContext* context,
+                                            const musicgw::v1::CancelOperationRequest* request,
+                                            musicgw::v1::Operation* response) override;
+  grpc::ServerWriteReactor<musicgw::v1::DownloadChunk>* Download(
+      grpc::CallbackServerContext* context, const musicgw::v1::DownloadRequest* request) override;
+  grpc::ServerUnaryReactor* GetQuota(grpc::CallbackServerContext* context,
+                                     const musicgw::v1::GetQuotaRequest* request,
+                                     musicgw::v1::QuotaReport* response) override;
+  grpc::ServerUnaryReactor* ListProviders(grpc::CallbackServerContext* context,
+                                          const musicgw::v1::ListProvidersRequest* request,
+                                          musicgw::v1::ListProvidersResponse* response) override;
+
+ private:
+  absl::Status CheckWithAdapters(const musicgw::v1::GenerateRequest& request,
+                                 const std::vector<musicgw::v1::Provider>& candidates) const;
+
+  GatewayDeps deps_;
+  std::vector<musicgw::v1::Provider> configured_;
+};
+
+}  // namespace musicgw::gateway

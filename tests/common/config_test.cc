@@ -1,0 +1,220 @@
+#include "common/config.h"
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace musicgw::config {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kKeyHash[] = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+json ValidConfig() {
+  return json::parse(R"({
+    "server": {"grpc_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
+               "webhook_listen": "127.0.0.1:0", "drain_deadline_seconds": 5},
+    "ledger": {"path": "/tmp/ledger.db"},
+    "operations": {"deadline_seconds": 600, "watch_heartbeat_seconds": 2, "watch_buffer": 8,
+                   "download_chunk_bytes": 65536},
+    "providers": [
+      {"name": "loudly-main", "type": "loudly", "dialect": "web",
+       "base_url": "http://127.0.0.1:9001", "client_id": "1_abc",
+       "refresh_token": {"env": "LOUDLY_REFRESH_TOKEN"}, "token_state_file": "/tmp/loudly.token"},
+      {"name": "soundpiece-main", "type": "soundpiece", "base_url": "http://127.0.0.1:9002",
+       "api_key": {"env": "SOUNDPIECE_API_KEY"},
+       "webhook_secrets": {"env": "SOUNDPIECE_WEBHOOK_SECRETS"},
+       "callback_url": "https://gw.example.com/webhooks/soundpiece"}
+    ],
+    "tenants": [
+      {"name": "acme", "api_key_sha256": [")" +
+                     std::string(kKeyHash) + R"("],
+       "budgets": [{"task": "SAMPLE", "limit": 10, "period": "day"}]}
+    ]
+  })");
+}
+
+EnvLookup FakeEnv(std::map<std::string, std::string> values = {
+                      {"LOUDLY_REFRESH_TOKEN", "refresh-secret"},
+                      {"SOUNDPIECE_API_KEY", "spk_secret"},
+                      {"SOUNDPIECE_WEBHOOK_SECRETS", "whsec_AAAA whsec_BBBB"}}) {
+  return [values](const std::string& name) -> std::optional<std::string> {
+    auto it = values.find(name);
+    if (it == values.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+std::string ErrorOf(const json& doc, const EnvLookup& env = FakeEnv()) {
+  auto config = ParseConfig(doc.dump(), env);
+  if (config.ok()) return "OK";
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  return std::string(config.status().message());
+}
+
+TEST(ConfigTest, ParsesAValidConfig) {
+  auto config = ParseConfig(ValidConfig().dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->grpc_listen, "127.0.0.1:0");
+  EXPECT_EQ(config->drain_deadline, absl::Seconds(5));
+  EXPECT_EQ(config->watch_heartbeat, absl::Seconds(2));
+  EXPECT_EQ(config->watch_buffer, 8);
+  ASSERT_EQ(config->providers.size(), 2u);
+  EXPECT_EQ(config->providers[0].type, musicgw::v1::PROVIDER_LOUDLY);
+  EXPECT_EQ(config->providers[0].refresh_token, "refresh-secret");
+  EXPECT_EQ(config->providers[1].api_key, "spk_secret");
+  EXPECT_EQ(config->providers[1].webhook_secrets,
+            (std::vector<std::string>{"whsec_AAAA", "whsec_BBBB"}));
+  ASSERT_EQ(config->tenants.size(), 1u);
+  EXPECT_EQ(config->tenants[0].budgets[0].task, musicgw::v1::TASK_KIND_SAMPLE);
+  EXPECT_EQ(config->tenants[0].budgets[0].limit, 10);
+}
+
+TEST(ConfigTest, ReadsSecretsFromFilesWithoutTheTrailingNewline) {
+  const std::string path = testing::TempDir() + "/spk_key";
+  std::ofstream(path) << "spk_from_file\n";
+  json doc = ValidConfig();
+  doc["providers"][1]["api_key"] = {{"file", path}};
+  auto config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->providers[1].api_key, "spk_from_file");
+  std::remove(path.c_str());
+}
+
+TEST(ConfigTest, EachProblemNamesItsKey) {
+  struct Case {
+    std::function<void(json&)> mutate;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {[](json& d) { d["serverr"] = json::object(); }, "serverr: unknown key"},
+      {[](json& d) { d["server"]["grpc_listen"] = "nope"; },
+       "server.grpc_listen: must be host:port, e.g. 0.0.0.0:50051"},
+      {[](json& d) { d["server"]["metrics_listen"] = 9464; },
+       "server.metrics_listen: must be a string"},
+      {[](json& d) { d["server"]["drain_deadline_seconds"] = 601; },
+       "server.drain_deadline_seconds: must be between 0 and 600 seconds"},
+      {[](json& d) { d["ledger"]["path"] = ""; }, "ledger.path: must not be empty"},
+      {[](json& d) { d["operations"]["watch_buffer"] = 0; },
+       "operations.watch_buffer: must be between 1 and 1024"},
+      {[](json& d) { d["operations"]["watch_buffer"] = 2.5; },
+       "operations.watch_buffer: must be an integer"},
+      {[](json& d) { d["operations"]["deadline_seconds"] = "x"; },
+       "operations.deadline_seconds: must be a number of seconds"},
+      {[](json& d) { d.erase("providers"); },
+       "providers: required: a list with at least one provider account"},
+      {[](json& d) { d["providers"][0]["type"] = "suno"; },
+       "providers[0].type: must be \"loudly\" or \"soundpiece\""},
+      {[](json& d) { d["providers"][0].erase("name"); }, "providers[0].name: required"},
+      {[](json& d) { d["providers"][0]["name"] = "bad name"; },
+       "providers[0].name: may hold only letters, digits, '-' and '_'"},
+      {[](json& d) { d["providers"][1]["base_url"] = "ftp://x"; },
+       "providers[1].base_url: must be an http or https URL"},
+      {[](json& d) { d["providers"][0]["dialect"] = "v2"; },
+       "providers[0].dialect: must be \"b2b\" or \"web\" for loudly"},
+      {[](json& d) { d["providers"][0].erase("client_id"); },
+       "providers[0].client_id: required for dialect web"},
+      {[](json& d) { d["providers"][0].erase("refresh_token"); },
+       "providers[0].refresh_token: required for dialect web"},
+      {[](json& d) { d["providers"][0]["dialect"] = "b2b"; },
+       "providers[0].api_key: required for dialect b2b"},
+      {[](json& d) { d["providers"][1]["api_key"] = "spk_inline"; },
+       "providers[1].api_key: must be {\"env\": \"NAME\"} or {\"file\": \"/path\"}; secrets are "
+       "never written in the config file"},
+      {[](json& d) {
+         d["providers"][1]["api_key"] = {{"env", "A"}, {"file", "/b"}};
+       },
+       "providers[1].api_key: set exactly one of \"env\" or \"file\""},
+      {[](json& d) {
+         d["providers"][1]["api_key"] = {{"env", "NOT_SET_ANYWHERE"}};
+       },
+       "providers[1].api_key: environment variable NOT_SET_ANYWHERE is not set"},
+      {[](json& d) {
+         d["providers"][1]["api_key"] = {{"file", "/nonexistent/key"}};
+       },
+       "providers[1].api_key: cannot read secret file /nonexistent/key"},
+      {[](json& d) {
+         d["providers"][1]["api_key"] = {{"vault", "x"}};
+       },
+       "providers[1].api_key.vault: unknown key"},
+      {[](json& d) { d["providers"][1]["callback_url"] = "not a url"; },
+       "providers[1].callback_url: must be an http or https URL"},
+      {[](json& d) {
+         d["providers"][1]["refresh_token"] = {{"env", "X"}};
+       },
+       "providers[1].refresh_token: soundpiece uses api_key only"},
+      {[](json& d) {
+         d["providers"][0]["webhook_secrets"] = {{"env", "X"}};
+       },
+       "providers[0].webhook_secrets: loudly sends no webhooks"},
+      {[](json& d) { d["providers"][1]["name"] = "loudly-main"; },
+       "providers[1].name: duplicate account name \"loudly-main\""},
+      {[](json& d) {
+         d["providers"][1]["type"] = "loudly";
+         d["providers"][1]["dialect"] = "b2b";
+         d["providers"][1].erase("webhook_secrets");
+       },
+       "providers[1].type: one account per provider is supported"},
+      {[](json& d) { d.erase("tenants"); }, "tenants: required: a list with at least one tenant"},
+      {[](json& d) { d["tenants"][0]["api_key_sha256"] = json::array({"secret-key"}); },
+       "tenants[0].api_key_sha256[0]: must be 64 hex characters (the SHA-256 of the key, never "
+       "the key itself)"},
+      {[](json& d) { d["tenants"][0].erase("api_key_sha256"); },
+       "tenants[0].api_key_sha256: required: a list of lower-case hex SHA-256 digests of the "
+       "tenant's API keys"},
+      {[](json& d) { d["tenants"].push_back(d["tenants"][0]); },
+       "tenants[1].name: duplicate tenant \"acme\""},
+      {[](json& d) {
+         d["tenants"].push_back(d["tenants"][0]);
+         d["tenants"][1]["name"] = "other";
+       },
+       "tenants[1].api_key_sha256: a key hash already used by another tenant"},
+      {[](json& d) { d["tenants"][0]["budgets"][0]["task"] = "KARAOKE"; },
+       "tenants[0].budgets[0].task: unknown task; one of PARAMETRIC_MUSIC, TEXT_TO_MUSIC, SONG, "
+       "INSTRUMENTAL, SAMPLE, SOUND_EFFECT, REMIX_SONG, REMIX_INSTRUMENTAL, SEPARATE_STEMS, "
+       "CUT_DOWN"},
+      {[](json& d) { d["tenants"][0]["budgets"][0]["period"] = "year"; },
+       "tenants[0].budgets[0].period: must be hour, day, week or month"},
+      {[](json& d) { d["tenants"][0]["budgets"][0].erase("limit"); },
+       "tenants[0].budgets[0].limit: required"},
+      {[](json& d) { d["tenants"][0]["budgets"][0]["limit"] = -1; },
+       "tenants[0].budgets[0].limit: must be between 0 and 1000000000"},
+      {[](json& d) { d["tenants"][0]["budgets"].push_back(d["tenants"][0]["budgets"][0]); },
+       "tenants[0].budgets[1]: a second budget for the same task"},
+  };
+  for (const auto& c : cases) {
+    json doc = ValidConfig();
+    c.mutate(doc);
+    EXPECT_EQ(ErrorOf(doc), c.expected) << doc.dump();
+  }
+}
+
+TEST(ConfigTest, WebhookSecretsMustLookLikeSecrets) {
+  EXPECT_EQ(ErrorOf(ValidConfig(), FakeEnv({{"LOUDLY_REFRESH_TOKEN", "r"},
+                                            {"SOUNDPIECE_API_KEY", "k"},
+                                            {"SOUNDPIECE_WEBHOOK_SECRETS", "plain"}})),
+            "providers[1].webhook_secrets: each secret must start with whsec_");
+}
+
+TEST(ConfigTest, NoErrorMessageEverContainsASecret) {
+  json doc = ValidConfig();
+  doc["providers"][1]["callback_url"] = "bad";
+  const std::string message = ErrorOf(doc);
+  EXPECT_EQ(message.find("spk_secret"), std::string::npos);
+  EXPECT_EQ(message.find("refresh-secret"), std::string::npos);
+}
+
+TEST(ConfigTest, RejectsNonJson) {
+  auto config = ParseConfig("{not json", FakeEnv());
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().message(), "(file): not valid JSON");
+  EXPECT_FALSE(LoadConfigFile("/nonexistent/musicgw.json", FakeEnv()).ok());
+}
+
+}  // namespace
+}  // namespace musicgw::config
