@@ -62,15 +62,20 @@ absl::StatusOr<std::vector<musicgw::v1::Provider>> ValidateGenerate(
   if (request.provider() != musicgw::v1::PROVIDER_UNSPECIFIED) {
     candidates.push_back(request.provider());
   }
+  // Report why a provider that does the task refused, rather than that another does not do it.
   absl::Status first_rejection;
+  bool first_rejection_does_task = false;
+  const std::vector<musicgw::v1::Provider> capable = adapters::ProvidersFor(task);
   if (request.provider() == musicgw::v1::PROVIDER_UNSPECIFIED || request.allow_fallback()) {
     for (musicgw::v1::Provider provider : configured) {
       if (provider == request.provider()) continue;
       absl::Status status = adapters::CheckCapabilities(provider, request);
+      const bool does_task = std::find(capable.begin(), capable.end(), provider) != capable.end();
       if (status.ok()) {
         candidates.push_back(provider);
-      } else if (first_rejection.ok()) {
+      } else if (first_rejection.ok() || (does_task && !first_rejection_does_task)) {
         first_rejection = status;
+        first_rejection_does_task = does_task;
       }
     }
   }
