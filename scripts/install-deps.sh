@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what musicgw needs from Debian 12's packages, only when something is missing.
+# Nothing else is downloaded, at install, configure or build time.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config ccache git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev
+  libflac++-dev libflac-dev libmp3lame-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
+  sox ffmpeg prometheus curl python3
+)
+if [[ "${MUSICGW_CLIENT_DEPS:-1}" == 1 ]]; then
+  # Example clients in other languages and the deployment checks.
+  packages+=(python3-grpcio python3-protobuf nodejs npm golang-go golang-google-grpc-dev
+             golang-google-protobuf-dev)
+  # Debian's kubectl; any kubectl already on the PATH will do (another package may own the file).
+  command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+sudo_cmd=()
+[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,57 @@
+// File: quota_monitor.h
+// Reads every provider account's quota on a timer and soon after each generation, and keeps
+// the latest figures for GetQuota, routing and the quota gauges. Provider limits endpoints are
+// never called per client request.
+//
+// Thread-safe.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "adapters/http/http_client.h"
+#include "adapters/provider.h"
+
+namespace musicgw::gateway {
+
+struct AccountQuota {
+  musicgw::v1::Provider provider = musicgw::v1::PROVIDER_UNSPECIFIED;
+  std::string account;
+  std::vector<adapters::QuotaFigure> figures;
+  // When figures were last read successfully (InfinitePast: never).
+  absl::Time read_time = absl::InfinitePast();
+  // The last read's error, if it failed.
+  std::string last_error;
+};
+
+class QuotaMonitor {
+ public:
+  // `adapters` and `timers` must outlive the monitor; Stop() before destroying them.
+  QuotaMonitor(std::vector<adapters::ProviderAdapter*> adapters, http::Client* timers,
+               absl::Duration interval);
+  ~QuotaMonitor();
+
+  // Reads every account now and then every `interval`.
+  void Start();
+  // No reads are started after this returns; in-flight ones are ignored.
+  void Stop();
+  // Reads `provider`'s quota again shortly (coalescing bursts), e.g. after a generation.
+  void RefreshSoon(musicgw::v1::Provider provider);
+
+  std::vector<AccountQuota> Snapshot() const;
+
+ private:
+  struct State;
+  void Read(size_t index, bool periodic);
+  void Schedule(size_t index, absl::Duration delay);
+
+  std::vector<adapters::ProviderAdapter*> adapters_;
+  http::Client* timers_;
+  absl::Duration interval_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace musicgw::gateway

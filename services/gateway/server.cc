@@ -1,0 +1,257 @@
+#include "services/gateway/server.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "adapters/capabilities.h"
+#include "adapters/http/curl_http_client.h"
+#include "adapters/registry.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/time_util.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/server_builder.h"
+#include "services/gateway/auth.h"
+#include "services/gateway/budgets.h"
+#include "services/gateway/gateway_service.h"
+#include "services/gateway/quota_monitor.h"
+#include "services/operations/engine.h"
+#include "services/operations/operation_store.h"
+
+namespace musicgw::gateway {
+namespace {
+
+google::protobuf::Timestamp ToProto(absl::Time time) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(time));
+}
+
+// ListProviders and GetQuota: capabilities from the shared table, health from the engine's
+// routing view, catalogs from the adapters, quota from the monitor.
+class Directory final : public ProviderDirectory {
+ public:
+  Directory(std::vector<adapters::ProviderAdapter*> adapters, operations::OperationsEngine* engine,
+            const QuotaMonitor* quota)
+      : adapters_(std::move(adapters)), engine_(engine), quota_(quota) {}
+
+  std::vector<musicgw::v1::ProviderInfo> Providers() const override {
+    std::vector<musicgw::v1::ProviderInfo> providers;
+    const std::vector<operations::ProviderState> states = engine_->ProviderStates();
+    for (const auto* adapter : adapters_) {
+      musicgw::v1::ProviderInfo info;
+      info.set_provider(adapter->provider());
+      info.set_account(adapter->account());
+      info.set_dialect(adapter->dialect());
+      for (const auto& task : adapters::Capabilities(adapter->provider())) {
+        *info.add_tasks() = task;
+      }
+      for (const auto& state : states) {
+        if (state.provider != adapter->provider()) continue;
+        info.set_health(state.health);
+        info.set_health_detail(state.health_detail);
+        info.set_quota_exhausted(state.quota_exhausted);
+      }
+      const adapters::ProviderCatalog catalog = adapter->catalog();
+      for (const auto& genre : catalog.genres) info.add_genres(genre);
+      for (const auto& structure : catalog.structures) *info.add_structures() = structure;
+      info.set_example_prompt(catalog.example_prompt);
+      providers.push_back(std::move(info));
+    }
+    return providers;
+  }
+
+  std::vector<musicgw::v1::ProviderQuota> Quotas(musicgw::v1::Provider filter) const override {
+    std::vector<musicgw::v1::ProviderQuota> quotas;
+    const std::vector<operations::ProviderState> states = engine_->ProviderStates();
+    for (const auto& account : quota_->Snapshot()) {
+      if (filter != musicgw::v1::PROVIDER_UNSPECIFIED && filter != account.provider) continue;
+      bool exhausted = false;
+      for (const auto& state : states) {
+        if (state.provider == account.provider) exhausted = state.quota_exhausted;
+      }
+      for (const auto& figure : account.figures) {
+        musicgw::v1::ProviderQuota quota;
+        quota.set_provider(account.provider);
+        quota.set_account(account.account);
+        quota.set_resource(figure.resource);
+        quota.set_limit(figure.limit);
+        quota.set_used(figure.used);
+        quota.set_remaining(figure.remaining);
+        if (figure.reset_time != absl::InfinitePast()) {
+          *quota.mutable_reset_time() = ToProto(figure.reset_time);
+        }
+        if (account.read_time != absl::InfinitePast()) {
+          *quota.mutable_read_time() = ToProto(account.read_time);
+        }
+        quota.set_exhausted(exhausted || figure.remaining == 0);
+        quotas.push_back(std::move(quota));
+      }
+    }
+    return quotas;
+  }
+
+  std::vector<musicgw::v1::TenantBudget> Budgets(const config::TenantConfig& tenant) const override {
+    return ReportBudgets(*engine_, tenant, absl::Now());
+  }
+
+ private:
+  std::vector<adapters::ProviderAdapter*> adapters_;
+  operations::OperationsEngine* engine_;
+  const QuotaMonitor* quota_;
+};
+
+// Refreshes the provider's quota figures after each generation ends.
+class QuotaRefreshObserver final : public operations::EngineObserver {
+ public:
+  void set_monitor(QuotaMonitor* monitor) { monitor_ = monitor; }
+  void OnCompleted(musicgw::v1::Provider provider, musicgw::v1::TaskKind task,
+                   musicgw::v1::OperationState outcome, absl::StatusCode code) override {
+    if (monitor_ != nullptr) monitor_->RefreshSoon(provider);
+  }
+
+ private:
+  QuotaMonitor* monitor_ = nullptr;
+};
+
+class GatewayServerImpl final : public GatewayServer {
+ public:
+  explicit GatewayServerImpl(config::Config config) : config_(std::move(config)) {}
+
+  ~GatewayServerImpl() override { Drain(absl::ZeroDuration()); }
+
+  absl::Status Init() {
+    http_ = http::CurlHttpClient::Create();
+    if (http_ == nullptr) return absl::InternalError("cannot start the HTTP client (libcurl)");
+
+    for (const auto& provider : config_.providers) {
+      auto adapter = adapters::CreateAdapter(provider, http_.get());
+      if (!adapter.ok()) {
+        return absl::Status(adapter.status().code(),
+                            absl::StrCat("provider account ", provider.name, ": ",
+                                         adapter.status().message()));
+      }
+      adapter_ptrs_.push_back(adapter->get());
+      adapters_.push_back(std::move(*adapter));
+    }
+    for (auto& adapter : adapters_) adapter->Start();
+
+    auto store = operations::OpenSqliteOperationStore(config_.ledger_path);
+    if (!store.ok()) {
+      return absl::Status(store.status().code(), absl::StrCat("ledger ", config_.ledger_path, ": ",
+                                                              store.status().message()));
+    }
+    operations::EngineOptions options;
+    options.ledger_path = config_.ledger_path;
+    options.operation_deadline = config_.operation_deadline;
+    options.watch_heartbeat = config_.watch_heartbeat;
+    options.watch_buffer = config_.watch_buffer;
+    options.download_chunk_bytes = config_.download_chunk_bytes;
+    options.budgets = MakeBudgetResolver(config_.tenants);
+    options.observer = &quota_observer_;
+    MUSICGW_ASSIGN_OR_RETURN(engine_, operations::CreateOperationsEngine(std::move(options),
+                                                                         std::move(*store),
+                                                                         adapter_ptrs_, http_.get()));
+
+    quota_ = std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(),
+                                            config_.quota_refresh_interval);
+    quota_observer_.set_monitor(quota_.get());
+    directory_ = std::make_unique<Directory>(adapter_ptrs_, engine_.get(), quota_.get());
+    tenants_ = std::make_unique<TenantDirectory>(config_.tenants);
+
+    GatewayDeps deps;
+    deps.tenants = tenants_.get();
+    deps.engine = engine_.get();
+    deps.adapters = adapter_ptrs_;
+    deps.directory = directory_.get();
+    service_ = std::make_unique<GatewayService>(std::move(deps));
+
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(config_.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port_);
+    builder.RegisterService(service_.get());
+    // Keepalive enforcement: clients may ping at most every keepalive_min_ping_interval, also
+    // on idle connections (long WatchOperation streams); documented for client authors.
+    builder.AddChannelArgument(
+        GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(config_.keepalive_min_ping_interval)));
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || grpc_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", config_.grpc_listen));
+    }
+
+    MUSICGW_RETURN_IF_ERROR(engine_->Start());
+    quota_->Start();
+    server_->GetHealthCheckService()->SetServingStatus(true);
+    log::Info("musicgw serving", {{"grpc_port", grpc_port_},
+                                  {"providers", static_cast<long>(adapters_.size())},
+                                  {"tenants", static_cast<long>(config_.tenants.size())},
+                                  {"ledger", config_.ledger_path}});
+    return absl::OkStatus();
+  }
+
+  int grpc_port() const override { return grpc_port_; }
+  int metrics_port() const override { return 0; }
+  int webhook_port() const override { return 0; }
+
+  void Drain(absl::Duration deadline) override {
+    {
+      absl::MutexLock lock(&drain_mu_);
+      if (drained_) return;
+      drained_ = true;
+    }
+    log::Info("musicgw draining", {{"deadline_seconds", absl::ToDoubleSeconds(deadline)}});
+    if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
+    // Streams end first, with UNAVAILABLE, so Shutdown only waits for short unary calls.
+    if (engine_ != nullptr) engine_->Shutdown();
+    if (server_ != nullptr) {
+      server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
+      server_->Wait();
+    }
+    if (quota_ != nullptr) quota_->Stop();
+    for (auto& adapter : adapters_) adapter->Stop();
+    service_.reset();
+    server_.reset();
+    engine_.reset();
+    quota_.reset();
+    adapters_.clear();
+    http_.reset();
+    log::Info("musicgw stopped");
+  }
+
+ private:
+  config::Config config_;
+  std::unique_ptr<http::CurlHttpClient> http_;
+  std::vector<adapters::ProviderAdapterPtr> adapters_;
+  std::vector<adapters::ProviderAdapter*> adapter_ptrs_;
+  QuotaRefreshObserver quota_observer_;
+  std::unique_ptr<operations::OperationsEngine> engine_;
+  std::unique_ptr<QuotaMonitor> quota_;
+  std::unique_ptr<Directory> directory_;
+  std::unique_ptr<TenantDirectory> tenants_;
+  std::unique_ptr<GatewayService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  absl::Mutex drain_mu_;
+  bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(config::Config config) {
+  auto server = std::make_unique<GatewayServerImpl>(std::move(config));
+  absl::Status status = server->Init();
+  if (!status.ok()) return status;
+  return server;
+}
+
+}  // namespace musicgw::gateway
