@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# sandbox.sh start|stop|status — both provider emulators and musicgw wired to them, on free
+# loopback ports. Binaries come from $MUSICGW_BUILD_DIR (default build/release). State, logs and
+# sandbox.env (MUSICGW_TARGET, MUSICGW_API_KEY, ...) go to $MUSICGW_SANDBOX_DIR (default
+# sandbox-out). Test-only keys are generated per run; nothing here is a real credential.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build="${MUSICGW_BUILD_DIR:-build/release}"
+out="${MUSICGW_SANDBOX_DIR:-sandbox-out}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+wait_for_line() {  # file pattern seconds
+  for _ in $(seq 1 $(( $3 * 10 ))); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "sandbox: timed out waiting for '$2' in $1" >&2
+  tail -5 "$1" >&2 || true
+  return 1
+}
+
+stop() {
+  for name in musicgw soundpiece loudly; do
+    if [[ -f "$out/$name.pid" ]]; then
+      kill "$(cat "$out/$name.pid")" 2>/dev/null || true
+      rm -f "$out/$name.pid"
+    fi
+  done
+}
+
+start() {
+  stop
+  local loudly_port sp_port grpc_port metrics_port webhook_port
+  loudly_port=$(free_port); sp_port=$(free_port)
+  grpc_port=$(free_port); metrics_port=$(free_port); webhook_port=$(free_port)
+  local api_key="mgw_sandbox_$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  local loudly_refresh="sandbox-refresh-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
+  local sp_key="spk_sandbox_$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+  local whsec="whsec_$(python3 -c 'import base64,secrets; print(base64.b64encode(secrets.token_bytes(24)).decode())')"
+  local data="$out/emulator-data"
+  mkdir -p "$data"
+
+  "$build/emulators/loudly-emulator" --host=127.0.0.1 --port="$loudly_port" --data_dir="$data/loudly" \
+    --client_id=1_sandbox --refresh_token="$loudly_refresh" --song_delay_ms=3000 \
+    >"$out/loudly.log" 2>&1 &
+  echo $! >"$out/loudly.pid"
+  "$build/emulators/soundpiece-emulator" --host=127.0.0.1 --port="$sp_port" --data_dir="$data/soundpiece" \
+    --api_key="$sp_key" --webhook_secret="$whsec" --processing_ms=2000 \
+    >"$out/soundpiece.log" 2>&1 &
+  echo $! >"$out/soundpiece.pid"
+  wait_for_line "$out/loudly.log" "listening on" 20
+  wait_for_line "$out/soundpiece.log" "listening on" 20
+
+  # Secrets reach the gateway through files, as on Kubernetes.
+  umask 077
+  mkdir -p "$out/secrets"
+  printf %s "$loudly_refresh" >"$out/secrets/loudly_refresh_token"
+  printf %s "$sp_key" >"$out/secrets/soundpiece_api_key"
+  printf %s "$whsec" >"$out/secrets/soundpiece_webhook_secret"
+  local key_hash
+  key_hash=$(printf %s "$api_key" | sha256sum | cut -d' ' -f1)
+  cat >"$out/musicgw.json" <<JSON
+{
+  "server": {"grpc_listen": "127.0.0.1:$grpc_port", "metrics_listen": "127.0.0.1:$metrics_port",
+             "webhook_listen": "127.0.0.1:$webhook_port", "drain_deadline_seconds": 5},
+  "ledger": {"path": "$out/ledger.db"},
+  "operations": {"deadline_seconds": 300, "watch_heartbeat_seconds": 5,
+                 "quota_refresh_seconds": 10},
+  "providers": [
+    {"name": "loudly-sandbox", "type": "loudly", "dialect": "web",
+     "base_url": "http://127.0.0.1:$loudly_port", "client_id": "1_sandbox",
+     "refresh_token": {"file": "$out/secrets/loudly_refresh_token"},
+     "token_state_file": "$out/loudly-token.json"},
+    {"name": "soundpiece-sandbox", "type": "soundpiece",
+     "base_url": "http://127.0.0.1:$sp_port",
+     "api_key": {"file": "$out/secrets/soundpiece_api_key"},
+     "webhook_secrets": {"file": "$out/secrets/soundpiece_webhook_secret"},
+     "callback_url": "http://127.0.0.1:$webhook_port/webhooks/soundpiece"}
+  ],
+  "tenants": [
+    {"name": "sandbox", "api_key_sha256": ["$key_hash"],
+     "budgets": [{"task": "SAMPLE", "limit": 1000, "period": "day"}]}
+  ]
+}
+JSON
+  "$build/services/gateway/musicgw" --config="$out/musicgw.json" >"$out/musicgw.out" 2>"$out/musicgw.log" &
+  echo $! >"$out/musicgw.pid"
+  wait_for_line "$out/musicgw.out" "musicgw listening" 30
+  cat >"$out/sandbox.env" <<ENV
+MUSICGW_TARGET=127.0.0.1:$grpc_port
+MUSICGW_API_KEY=$api_key
+MUSICGW_METRICS_URL=http://127.0.0.1:$metrics_port/metrics
+MUSICGW_WEBHOOK_URL=http://127.0.0.1:$webhook_port/webhooks/soundpiece
+LOUDLY_EMULATOR_URL=http://127.0.0.1:$loudly_port
+SOUNDPIECE_EMULATOR_URL=http://127.0.0.1:$sp_port
+ENV
+  echo "sandbox: musicgw on 127.0.0.1:$grpc_port (metrics :$metrics_port), Loudly emulator :$loudly_port, Soundpiece emulator :$sp_port"
+  echo "sandbox: settings in $out/sandbox.env; logs in $out/*.log"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) for n in loudly soundpiece musicgw; do
+            if [[ -f "$out/$n.pid" ]] && kill -0 "$(cat "$out/$n.pid")" 2>/dev/null; then echo "$n: running"; else echo "$n: stopped"; fi
+          done ;;
+  *) echo "usage: sandbox.sh start|stop|status" >&2; exit 2 ;;
+esac
