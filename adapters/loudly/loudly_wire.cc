@@ -417,6 +417,16 @@ absl::StatusOr<std::string> Base64UrlDecode(absl::string_view text) {
   return Base64Decode(standard);
 }
 
+std::string Base64UrlEncode(absl::string_view data) {
+  std::string text = Base64Encode(data);
+  for (char& c : text) {
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
+  }
+  while (!text.empty() && text.back() == '=') text.pop_back();
+  return text;
+}
+
 std::optional<absl::Time> JwtExpiry(absl::string_view jwt) {
   std::vector<absl::string_view> parts = absl::StrSplit(jwt, '.');
   if (parts.size() != 3) return std::nullopt;

@@ -105,8 +105,9 @@ struct TokenGrant {
 absl::StatusOr<TokenGrant> ParseTokenResponse(absl::string_view body, absl::Time now);
 // `exp` of a JWT (header.payload.signature, payload base64url JSON); nullopt when unreadable.
 std::optional<absl::Time> JwtExpiry(absl::string_view jwt);
-// RFC 4648 §5 base64url, padding optional.
+// RFC 4648 §5 base64url: decoding takes padding or none; encoding writes none (as JWTs do).
 absl::StatusOr<std::string> Base64UrlDecode(absl::string_view text);
+std::string Base64UrlEncode(absl::string_view data);
 
 // Web `GET /users/limits`: one figure per usage_data key. A top_up object adds its total, used
 // and available to limit, used and remaining. reset_time: next_reset_date, 00:00 UTC.

@@ -31,20 +31,11 @@ using testing::FakeHttpClient;
 
 constexpr absl::Duration kWait = absl::Seconds(10);
 
-std::string Base64Url(const std::string& text) {
-  std::string b64 = Base64Encode(text);
-  for (char& c : b64) {
-    if (c == '+') c = '-';
-    if (c == '/') c = '_';
-  }
-  while (!b64.empty() && b64.back() == '=') b64.pop_back();
-  return b64;
-}
-
 std::string Jwt(int64_t exp, int seq) {
   return absl::StrCat(
-      Base64Url(R"({"alg":"RS256"})"), ".",
-      Base64Url(absl::StrCat(R"({"aud":"Core","jti":"j)", seq, R"(","exp":)", exp, "}")), ".sig");
+      Base64UrlEncode(R"({"alg":"RS256"})"), ".",
+      Base64UrlEncode(absl::StrCat(R"({"aud":"Core","jti":"j)", seq, R"(","exp":)", exp, "}")),
+      ".sig");
 }
 
 std::map<std::string, std::string> ParseUrlencoded(const std::string& body) {

@@ -259,16 +259,8 @@ TEST(LoudlyParseTest, KeyNames) {
 }
 
 std::string MakeJwt(const std::string& payload) {
-  auto url = [](const std::string& text) {
-    std::string b64 = Base64Encode(text);
-    for (char& c : b64) {
-      if (c == '+') c = '-';
-      if (c == '/') c = '_';
-    }
-    while (!b64.empty() && b64.back() == '=') b64.pop_back();
-    return b64;
-  };
-  return absl::StrCat(url(R"({"alg":"RS256","typ":"JWT"})"), ".", url(payload), ".c2ln");
+  return absl::StrCat(Base64UrlEncode(R"({"alg":"RS256","typ":"JWT"})"), ".",
+                      Base64UrlEncode(payload), ".c2ln");
 }
 
 TEST(LoudlyTokenTest, ExpiryComesFromJwtThenExpiresIn) {
