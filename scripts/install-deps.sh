@@ -13,10 +13,14 @@ packages=(
 )
 if [[ "${MUSICGW_CLIENT_DEPS:-1}" == 1 ]]; then
   # Example clients in other languages and the deployment checks.
-  packages+=(python3-grpcio python3-protobuf nodejs npm golang-go golang-google-grpc-dev
-             golang-google-protobuf-dev)
+  # grpc-go marshals through github.com/golang/protobuf: its 1.3 package crashes on APIv2
+  # messages, so the 1.5 one (which grpc-go's dependency accepts too) is asked for by name.
+  packages+=(python3-grpcio python3-protobuf nodejs golang-go golang-google-grpc-dev
+             golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev protoc-gen-go-grpc)
   # Debian's kubectl; any kubectl already on the PATH will do (another package may own the file).
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
+  # Another nodejs build may bundle npm (and conflict with Debian's npm package).
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 
 missing=()

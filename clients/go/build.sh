@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the Go demo offline, in GOPATH mode against Debian's Go packages (golang-go,
+# golang-google-grpc-dev, golang-google-protobuf-dev, protoc-gen-go-grpc): protoc-gen-go is
+# built from /usr/share/gocode, the musicgw.v1 code is generated into $1/gopath (default:
+# build/), and the binary lands in $1/bin/musicgw-go-demo. Nothing is downloaded.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="$(mkdir -p "${1:-$here/build}" && cd "${1:-$here/build}" && pwd)"
+export GO111MODULE=off GOFLAGS= GOPROXY=off
+export GOPATH="$out/gopath:/usr/share/gocode"
+export GOCACHE="${GOCACHE:-$out/gocache}"
+mkdir -p "$out/bin" "$out/gopath/src/musicgw"
+
+[[ -x "$out/bin/protoc-gen-go" ]] ||
+  go build -o "$out/bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
+grpc_plugin="$(command -v protoc-gen-go-grpc || echo /usr/bin/protoc-gen-go-grpc)"
+
+# google/rpc maps to Debian's genproto packages through the go_package options in proto/.
+rm -rf "$out/gopath/src/musicgw/v1" "$out/gopath/src/musicgw/client" "$out/gopath/src/musicgw/cmd"
+protoc -I"$here/../../proto" --plugin=protoc-gen-go="$out/bin/protoc-gen-go" \
+  --plugin=protoc-gen-go-grpc="$grpc_plugin" \
+  --go_out="$out/gopath/src" --go-grpc_out="$out/gopath/src" musicgw/v1/musicgw.proto
+cp -r "$here/client" "$here/cmd" "$out/gopath/src/musicgw/"
+go build -o "$out/bin/musicgw-go-demo" musicgw/cmd/musicgw-go-demo
+go vet musicgw/client musicgw/cmd/musicgw-go-demo

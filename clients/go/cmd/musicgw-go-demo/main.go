@@ -1,0 +1,192 @@
+// Command musicgw-go-demo is the Go demo and end-to-end check: a Soundpiece sample and a Loudly
+// track, each watched (with a dropped and resumed stream) and downloaded (with an interrupted
+// and resumed download), then a request the gateway rejects, with its BadRequest decoded.
+//
+//	MUSICGW_TARGET=127.0.0.1:50051 MUSICGW_API_KEY=... musicgw-go-demo -out-dir /tmp/musicgw-go
+//
+// Exits non-zero on any failure.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"musicgw/client"
+	pb "musicgw/v1"
+)
+
+func printEvent(label string) func(*pb.OperationEvent) {
+	return func(e *pb.OperationEvent) {
+		if e.Kind == pb.OperationEvent_KIND_HEARTBEAT {
+			fmt.Printf("  [%s] heartbeat seq=%d\n", label, e.Sequence)
+			return
+		}
+		fmt.Printf("  [%s] %s seq=%d state=%s\n", label, e.Kind, e.Sequence, e.Operation.GetState())
+	}
+}
+
+// firstEventThenDrop reads one event, then drops the stream as a broken connection would.
+func firstEventThenDrop(ctx context.Context, c *client.Client, name string) (*pb.OperationEvent, error) {
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel() // cancelling the context is how a grpc-go client drops a stream
+	stream, err := c.Stub.WatchOperation(streamCtx, &pb.WatchOperationRequest{Name: name})
+	if err != nil {
+		return nil, err
+	}
+	return stream.Recv()
+}
+
+func runJob(ctx context.Context, c *client.Client, label string, req *pb.GenerateRequest, outDir string) error {
+	op, err := c.Generate(ctx, req)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("[%s] Generate request_id=%s -> %s %s\n", label, req.RequestId, op.Name, op.State)
+
+	first, err := firstEventThenDrop(ctx, c, op.Name)
+	if err != nil {
+		return err
+	}
+	printEvent(label)(first)
+	fmt.Printf("  [%s] watch dropped after seq=%d; resuming\n", label, first.Sequence)
+	if first.Operation.GetDone() {
+		op = first.Operation
+	} else {
+		watchCtx, cancel := context.WithTimeout(ctx, 120*time.Second)
+		op, err = c.Watch(watchCtx, op.Name, first.Sequence, printEvent(label))
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+		return fmt.Errorf("[%s] ended %s: %s", label, op.State, op.GetError().GetMessage())
+	}
+	if len(op.Outputs) == 0 {
+		return fmt.Errorf("[%s] succeeded without outputs", label)
+	}
+
+	asset := op.Outputs[0]
+	path := filepath.Join(outDir, label+"-"+strings.ReplaceAll(asset.Name, "/", "_"))
+	_ = os.Remove(path)
+	if _, err := c.Download(ctx, asset.Name, path, 1); err != nil {
+		return err
+	}
+	partial, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  [%s] download interrupted after the first chunk at %d bytes; resuming\n", label, partial.Size())
+	info, err := c.Download(ctx, asset.Name, path, 0)
+	if err != nil {
+		return err
+	}
+	full, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	check := "not reported"
+	if info.Sha256 != "" {
+		check = "verified " + info.Sha256
+	}
+	fmt.Printf("  [%s] saved %s: %d bytes, %s, sha256 %s\n", label, path, full.Size(), info.ContentType, check)
+	return nil
+}
+
+func checkInvalidArgument(ctx context.Context, c *client.Client) error {
+	_, err := c.Generate(ctx, &pb.GenerateRequest{
+		Provider: pb.Provider_PROVIDER_SOUNDPIECE,
+		Task:     &pb.GenerateRequest_Sample{Sample: &pb.SampleTask{Prompt: "too long a sample", DurationSeconds: 999}},
+	})
+	if err == nil {
+		return errors.New("sample.duration_seconds = 999 was accepted")
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		return err
+	}
+	fmt.Printf("[invalid] %s: %s\n", status.Code(err), status.Convert(err).Message())
+	var fields []string
+	for _, detail := range client.ErrorDetails(err) {
+		switch d := detail.(type) {
+		case *errdetails.BadRequest:
+			for _, v := range d.FieldViolations {
+				fmt.Printf("  BadRequest %s: %s\n", v.Field, v.Description)
+				fields = append(fields, v.Field)
+			}
+		case *errdetails.ErrorInfo:
+			fmt.Printf("  ErrorInfo reason=%s domain=%s\n", d.Reason, d.Domain)
+		}
+	}
+	for _, f := range fields {
+		if f == "sample.duration_seconds" {
+			return nil
+		}
+	}
+	return fmt.Errorf("expected a violation of sample.duration_seconds, got %v", fields)
+}
+
+func run() int {
+	target := flag.String("target", os.Getenv("MUSICGW_TARGET"), "musicgw address (default $MUSICGW_TARGET)")
+	outDir := flag.String("out-dir", ".", "where to save the audio")
+	useTLS := flag.Bool("tls", false, "use TLS (default: only off loopback)")
+	flag.Parse()
+	key := os.Getenv("MUSICGW_API_KEY")
+	if key == "" {
+		fmt.Fprintln(os.Stderr, "set MUSICGW_API_KEY to your musicgw API key")
+		return 2
+	}
+	if *target == "" {
+		*target = "127.0.0.1:50051"
+	}
+	if err := os.MkdirAll(*outDir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := client.Dial(ctx, *target, key, *useTLS || !client.IsLoopback(*target))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAILED:", err)
+		return 1
+	}
+	defer c.Close()
+
+	sample := &pb.GenerateRequest{
+		Provider: pb.Provider_PROVIDER_SOUNDPIECE,
+		Task: &pb.GenerateRequest_Sample{Sample: &pb.SampleTask{
+			Prompt: "dusty vinyl drum loop, 90 bpm", DurationSeconds: 4, Loopable: true}},
+	}
+	duration := int32(30)
+	track := &pb.GenerateRequest{
+		Provider: pb.Provider_PROVIDER_LOUDLY,
+		Task: &pb.GenerateRequest_ParametricMusic{ParametricMusic: &pb.ParametricMusicTask{
+			Genre: "House", DurationSeconds: &duration, Energy: pb.Energy_ENERGY_HIGH}},
+	}
+	for _, step := range []func() error{
+		func() error { return runJob(ctx, c, "soundpiece", sample, *outDir) },
+		func() error { return runJob(ctx, c, "loudly", track, *outDir) },
+		func() error { return checkInvalidArgument(ctx, c) },
+	} {
+		if err := step(); err != nil {
+			fmt.Fprintln(os.Stderr, "FAILED:", err)
+			for _, d := range client.ErrorDetails(err) {
+				fmt.Fprintf(os.Stderr, "  %T: %v\n", d, d)
+			}
+			return 1
+		}
+	}
+	fmt.Println("go client: all checks passed")
+	return 0
+}
+
+func main() { os.Exit(run()) }
