@@ -6,6 +6,8 @@
 // Thread-safe.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,14 +17,43 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "adapters/http/http_client.h"
 #include "adapters/provider.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
+#include "services/operations/operation_store.h"
 
 namespace musicgw::operations {
 
+// Hooks for metrics (the metrics module implements it with prometheus-cpp; the engine stays
+// metrics-free). Every argument is a bounded label or a number, never an id. Called from engine
+// threads and the HTTP loop thread; must not block.
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  // An operation changed state (QUEUED->RUNNING, RUNNING->SUCCEEDED, ...). `from` is
+  // OPERATION_STATE_UNSPECIFIED for a newly created operation.
+  virtual void OnStateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task,
+                             musicgw::v1::OperationState from, musicgw::v1::OperationState to) {}
+  // An operation became done. `code` is its error code (OK when SUCCEEDED).
+  virtual void OnCompleted(musicgw::v1::Provider provider, musicgw::v1::TaskKind task,
+                           musicgw::v1::OperationState outcome, absl::StatusCode code) {}
+  // Generate -> SUCCEEDED latency of one operation.
+  virtual void OnSucceededLatency(musicgw::v1::Provider provider, musicgw::v1::TaskKind task,
+                                  absl::Duration latency) {}
+  // Bytes of asset data streamed from a provider.
+  virtual void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) {}
+  // A submission was routed to another provider after `from` rejected it.
+  virtual void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) {}
+};
+
+// A tenant's budgets for one task kind at `now` (from the gateway's configuration).
+using BudgetResolver = std::function<std::vector<BudgetCheck>(
+    const std::string& tenant, musicgw::v1::TaskKind task, absl::Time now)>;
+
 struct EngineOptions {
-  // SQLite ledger file; ":memory:" only for tests that do not restart.
+  // SQLite ledger file; ":memory:" only for tests that do not restart. (Used by callers that
+  // open the store with OpenSqliteOperationStore; the engine takes the store it is given.)
   std::string ledger_path = "musicgw-ledger.db";
   // A live operation fails with DEADLINE_EXCEEDED after this long.
   absl::Duration operation_deadline = absl::Minutes(15);
@@ -37,6 +68,54 @@ struct EngineOptions {
   // Poll interval bounds for providers without long-poll.
   absl::Duration min_poll_interval = absl::Milliseconds(500);
   absl::Duration max_poll_interval = absl::Seconds(10);
+
+  // Worker threads for ledger writes and fan-out (adapter callbacks never block the HTTP loop).
+  int worker_threads = 2;
+  // This replica's name in the ledger's owner column, and how long its claim on live
+  // operations lasts without renewal.
+  std::string replica_id = "local";
+  absl::Duration lease = absl::Minutes(2);
+  // Change events of done operations are pruned after this long.
+  absl::Duration event_retention = absl::Hours(24);
+  // How long to wait for a submission's answer from an asynchronous provider (the adapter
+  // retries inside it). Synchronous providers get the whole operation deadline.
+  absl::Duration submit_timeout = absl::Minutes(2);
+  // A long poll's deadline (the adapter's own long-poll is shorter).
+  absl::Duration poll_timeout = absl::Seconds(60);
+  // Provider health: this many consecutive failures put an adapter in cooldown.
+  int failure_threshold = 3;
+  absl::Duration failure_cooldown = absl::Seconds(30);
+  // Quota exhaustion without RetryInfo blocks routing to that adapter this long.
+  absl::Duration default_quota_backoff = absl::Seconds(60);
+  // Cancel waits this long for the adapter to say whether the provider was told.
+  absl::Duration cancel_notify_timeout = absl::Seconds(2);
+  // What Operation.suggested_poll_interval says.
+  absl::Duration suggested_poll_interval = absl::Seconds(2);
+  // A download's upstream transfer limit (curl's whole-transfer timeout).
+  absl::Duration download_timeout = absl::Minutes(30);
+  // Tenant budgets checked atomically at Generate; none when empty.
+  BudgetResolver budgets;
+  // Metrics hooks (not owned, may be null).
+  EngineObserver* observer = nullptr;
+};
+
+// Health and quota of one configured adapter, as routing sees it.
+struct ProviderState {
+  musicgw::v1::Provider provider = musicgw::v1::PROVIDER_UNSPECIFIED;
+  std::string account;
+  std::string dialect;
+  musicgw::v1::ProviderHealth health = musicgw::v1::PROVIDER_HEALTH_UNSPECIFIED;
+  std::string health_detail;  // why, when not healthy
+  int consecutive_failures = 0;
+  absl::Time cooldown_until = absl::InfinitePast();
+  bool quota_exhausted = false;
+  absl::Time quota_exhausted_until = absl::InfinitePast();
+};
+
+struct EngineStats {
+  int64_t live_operations = 0;
+  int64_t open_watchers = 0;
+  int64_t open_downloads = 0;
 };
 
 class OperationsEngine {
@@ -46,11 +125,13 @@ class OperationsEngine {
   // Resumes tracking every non-terminal operation in the ledger.
   virtual absl::Status Start() = 0;
   // Stops trackers, ends every open watch and download with UNAVAILABLE "server shutting down".
+  // Live operations stay live in the ledger; the next Start() resumes them.
   virtual void Shutdown() = 0;
 
   // `request` is already validated. Stores the operation before any provider call and returns
   // it (QUEUED), or the existing one for the same tenant + request_id. ALREADY_EXISTS (reason
-  // REQUEST_ID_REUSED) when that request_id came with a different request.
+  // REQUEST_ID_REUSED) when that request_id came with a different request. With validate_only:
+  // routes and checks, stores nothing, returns an Operation without a name.
   virtual absl::StatusOr<musicgw::v1::Operation> Generate(
       const std::string& tenant, const musicgw::v1::GenerateRequest& request) = 0;
   // NOT_FOUND unless the operation exists and belongs to `tenant`.
@@ -62,6 +143,7 @@ class OperationsEngine {
                                                         absl::string_view name,
                                                         absl::string_view reason) = 0;
   // Calls `done` once: when the operation is done, or after `timeout` with its latest snapshot.
+  // May call it inline (operation already done, or an error).
   virtual void Wait(const std::string& tenant, absl::string_view name, absl::Duration timeout,
                     absl::AnyInvocable<void(absl::StatusOr<musicgw::v1::Operation>) &&> done) = 0;
   // Snapshot (or every change after `after_sequence`), then changes, heartbeats, end at done.
@@ -75,6 +157,21 @@ class OperationsEngine {
   // `status.upstream_id` at once. Polling stays the source of truth.
   virtual void OnProviderUpdate(musicgw::v1::Provider provider,
                                 const adapters::UpstreamStatus& status) = 0;
+
+  // Routing's view of each adapter, in routing order (for ListProviders and metrics).
+  virtual std::vector<ProviderState> ProviderStates() const = 0;
+  virtual EngineStats Stats() const = 0;
+  // A tenant's use of one budget period (for GetQuota's tenant_budgets).
+  virtual absl::StatusOr<BudgetUsage> ReadBudget(const std::string& tenant,
+                                                 musicgw::v1::TaskKind task,
+                                                 absl::Time period_start) = 0;
 };
+
+// Builds the engine. `adapters` are in routing order and `http` serves downloads; neither is
+// owned, both must outlive the engine (http may be null when downloads are not needed).
+// Call Start() before serving.
+absl::StatusOr<std::unique_ptr<OperationsEngine>> CreateOperationsEngine(
+    EngineOptions options, std::unique_ptr<OperationStore> store,
+    std::vector<adapters::ProviderAdapter*> adapters, http::Client* http);
 
 }  // namespace musicgw::operations

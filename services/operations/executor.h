@@ -1,0 +1,52 @@
+// File: executor.h
+// A small pool of worker threads with delayed tasks: where the engine runs ledger writes and
+// fan-out, so callbacks arriving on the HTTP loop thread never block it.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace musicgw::operations {
+
+class Executor {
+ public:
+  using Task = absl::AnyInvocable<void() &&>;
+
+  explicit Executor(int threads);
+  ~Executor();  // Stop()
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Runs `task` on a worker. After Stop() the task is dropped (destroyed unrun).
+  void Post(Task task);
+  // Runs `task` on a worker after `delay`.
+  void PostAfter(absl::Duration delay, Task task);
+  // Drops pending tasks and joins the workers. Idempotent. From a worker thread it cannot join
+  // that thread, so the thread is detached and exits after its current task.
+  void Stop();
+  // True on one of this executor's workers.
+  bool InWorker() const;
+
+ private:
+  void Loop();
+
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::deque<Task> ready_ ABSL_GUARDED_BY(mu_);
+  // (when, tie-break) -> task; a map because AnyInvocable is move-only.
+  std::map<std::pair<absl::Time, uint64_t>, Task> timed_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace musicgw::operations

@@ -1,0 +1,149 @@
+// File: operation_store.h
+// The durable ledger behind the operations engine. The embedded implementation is SQLite
+// (sqlite_store.h); the interface avoids SQLite-isms so a shared PostgreSQL store can follow
+// for multi-replica deployments:
+//  - every update is a compare-and-set on the operation's sequence (ABORTED when it moved), and
+//    appends the change event in the same transaction;
+//  - `owner` + lease say which replica tracks a live operation (ClaimLive / RenewLeases);
+//  - Create runs the request_id uniqueness check and tenant budget admission in one transaction.
+//
+// Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "musicgw/v1/musicgw.pb.h"
+
+namespace musicgw::operations {
+
+// Where the provider serves one output's bytes. Kept out of the public Operation: the URLs are
+// the provider's (signed, expiring), the gateway streams them itself.
+struct UpstreamOutput {
+  std::string url;
+  absl::Time url_expire_time = absl::InfiniteFuture();
+};
+
+struct OperationRecord {
+  std::string tenant;
+  std::string request_id;
+  // RequestFingerprint() of the request, to tell a retry from a reused request_id.
+  std::string request_hash;
+  // The latest snapshot: name, state, sequence, request, ... Asset size and sha256 learnt by
+  // downloads are merged in by the store on read.
+  musicgw::v1::Operation operation;
+  // The provider accepted (and so probably charged for) the work.
+  bool charged = false;
+  // The replica tracking it ("" = nobody), and until when its claim holds.
+  std::string owner;
+  absl::Time lease_until = absl::InfiniteFuture();
+  std::vector<UpstreamOutput> upstream_outputs;
+
+  // The id part of operation.name().
+  std::string id() const;
+};
+
+// Tenant budget admission at Create: count this tenant's operations of `task` created since
+// `period_start` that are not FAILED/CANCELLED (or were charged anyway); refuse when the count
+// has reached `limit`.
+struct BudgetCheck {
+  std::string name;  // e.g. "task:SAMPLE/day", for the error
+  musicgw::v1::TaskKind task = musicgw::v1::TASK_KIND_UNSPECIFIED;
+  absl::Time period_start = absl::InfinitePast();
+  absl::Time period_end = absl::InfiniteFuture();  // for RetryInfo
+  int64_t limit = 0;
+};
+
+struct BudgetUsage {
+  int64_t used = 0;      // done and counted (succeeded, or failed/cancelled but charged)
+  int64_t reserved = 0;  // still live
+};
+
+struct CreateResult {
+  OperationRecord record;
+  // False: an operation with the same tenant + request_id existed; `record` is that one.
+  bool created = false;
+};
+
+struct OperationUpdate {
+  // The new snapshot; its sequence must be expected_sequence + 1.
+  musicgw::v1::Operation operation;
+  int64_t expected_sequence = 0;
+  bool charged = false;
+  // Replaces the stored upstream outputs when set.
+  std::optional<std::vector<UpstreamOutput>> upstream_outputs;
+};
+
+struct ListQuery {
+  std::string tenant;
+  std::vector<musicgw::v1::OperationState> states;  // empty: any
+  musicgw::v1::Provider provider = musicgw::v1::PROVIDER_UNSPECIFIED;
+  musicgw::v1::TaskKind task = musicgw::v1::TASK_KIND_UNSPECIFIED;
+  int limit = 50;
+  // Only ids strictly below this one (the previous page's last id); empty: from the newest.
+  std::string before_id;
+};
+
+struct StoredEvent {
+  int64_t sequence = 0;
+  musicgw::v1::Operation operation;
+};
+
+class OperationStore {
+ public:
+  virtual ~OperationStore() = default;
+
+  // Inserts `record` (sequence 1, with its first event) unless tenant + request_id exists, in
+  // which case returns the existing record with created=false. RESOURCE_EXHAUSTED (ErrorInfo
+  // TENANT_BUDGET_EXHAUSTED, QuotaFailure, RetryInfo) when a budget is full; nothing inserted.
+  virtual absl::StatusOr<CreateResult> Create(const OperationRecord& record,
+                                              const std::vector<BudgetCheck>& budgets) = 0;
+  // Compare-and-set on sequence; appends the event. ABORTED when the stored sequence differs,
+  // NOT_FOUND when the operation does not exist.
+  virtual absl::Status Update(const OperationUpdate& update) = 0;
+  virtual absl::StatusOr<OperationRecord> Get(absl::string_view id) = 0;
+  virtual absl::StatusOr<OperationRecord> FindByRequestId(absl::string_view tenant,
+                                                          absl::string_view request_id) = 0;
+  // Newest first, at most query.limit records.
+  virtual absl::StatusOr<std::vector<OperationRecord>> List(const ListQuery& query) = 0;
+  // Change events with sequence > after_sequence, oldest first (pruned ones are gone).
+  virtual absl::StatusOr<std::vector<StoredEvent>> EventsAfter(absl::string_view id,
+                                                               int64_t after_sequence) = 0;
+  // Takes ownership of every live operation that is unowned, owned by `owner` or whose lease
+  // ran out, until `lease_until`, and returns them.
+  virtual absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
+                                                                 absl::Time lease_until) = 0;
+  virtual absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) = 0;
+  // Fresh provider URLs (no new sequence: the public snapshot does not change).
+  virtual absl::Status SetUpstreamOutputs(absl::string_view id,
+                                          const std::vector<UpstreamOutput>& outputs) = 0;
+  // Size and digest learnt by a complete download of asset `index`.
+  virtual absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
+                                     absl::string_view sha256) = 0;
+  // Deletes change events of operations done before `done_before`; returns how many.
+  virtual absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) = 0;
+  virtual absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant,
+                                                 musicgw::v1::TaskKind task,
+                                                 absl::Time period_start) = 0;
+};
+
+struct SqliteOptions {
+  // FULL (default): every commit is fsynced, so an accepted operation survives power loss as
+  // well as kill -9. NORMAL (WAL) survives kill -9 (the WAL is in the OS page cache) but may
+  // lose the last commits on power loss; faster.
+  bool synchronous_full = true;
+  absl::Duration busy_timeout = absl::Seconds(5);
+};
+
+// Opens (creating and migrating) the SQLite ledger at `path` (":memory:" for throwaway tests).
+absl::StatusOr<std::unique_ptr<OperationStore>> OpenSqliteOperationStore(
+    const std::string& path, SqliteOptions options = {});
+
+}  // namespace musicgw::operations

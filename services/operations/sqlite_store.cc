@@ -1,0 +1,595 @@
+// The embedded SQLite ledger. One connection guarded by a mutex: SQLite serializes writers
+// anyway, and every statement here is short.
+#include <sqlite3.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/errors.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "services/operations/operation_store.h"
+
+namespace musicgw::operations {
+
+std::string OperationRecord::id() const {
+  absl::string_view name = operation.name();
+  const size_t slash = name.find('/');
+  return std::string(slash == absl::string_view::npos ? name : name.substr(slash + 1));
+}
+
+namespace {
+
+namespace v1 = musicgw::v1;
+
+// Schema migrations, applied in order; the index + 1 is the schema version. Never edit an
+// applied entry: append a new one.
+const char* const kMigrations[] = {
+    // 1: operations, their change events, and facts learnt about assets.
+    R"sql(
+CREATE TABLE operations (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  done INTEGER NOT NULL,
+  provider INTEGER NOT NULL,
+  task INTEGER NOT NULL,
+  create_time_us INTEGER NOT NULL,
+  done_time_us INTEGER,
+  sequence INTEGER NOT NULL,
+  charged INTEGER NOT NULL DEFAULT 0,
+  owner TEXT NOT NULL DEFAULT '',
+  lease_until_us INTEGER NOT NULL DEFAULT 0,
+  snapshot BLOB NOT NULL,
+  upstream_outputs TEXT NOT NULL DEFAULT '[]'
+);
+CREATE UNIQUE INDEX operations_by_request ON operations (tenant, request_id);
+CREATE INDEX operations_by_tenant ON operations (tenant, id);
+CREATE INDEX operations_live ON operations (done, owner);
+CREATE INDEX operations_by_budget ON operations (tenant, task, create_time_us);
+CREATE TABLE operation_events (
+  operation_id TEXT NOT NULL,
+  sequence INTEGER NOT NULL,
+  snapshot BLOB NOT NULL,
+  PRIMARY KEY (operation_id, sequence)
+) WITHOUT ROWID;
+CREATE TABLE assets (
+  operation_id TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  size_bytes INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  PRIMARY KEY (operation_id, idx)
+) WITHOUT ROWID;
+)sql",
+};
+
+int64_t Micros(absl::Time t) {
+  if (t == absl::InfiniteFuture()) return INT64_MAX;
+  if (t == absl::InfinitePast()) return INT64_MIN;
+  return absl::ToUnixMicros(t);
+}
+
+absl::Time FromMicros(int64_t us) {
+  if (us == INT64_MAX) return absl::InfiniteFuture();
+  if (us == INT64_MIN) return absl::InfinitePast();
+  return absl::FromUnixMicros(us);
+}
+
+absl::Time FromProto(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+std::string OutputsToJson(const std::vector<UpstreamOutput>& outputs) {
+  nlohmann::json array = nlohmann::json::array();
+  for (const auto& output : outputs) {
+    array.push_back({{"url", output.url}, {"expire_us", Micros(output.url_expire_time)}});
+  }
+  return array.dump();
+}
+
+std::vector<UpstreamOutput> OutputsFromJson(const std::string& text) {
+  std::vector<UpstreamOutput> outputs;
+  const auto json = nlohmann::json::parse(text, nullptr, false);
+  if (json.is_discarded() || !json.is_array()) return outputs;
+  for (const auto& item : json) {
+    if (!item.is_object()) continue;
+    UpstreamOutput output;
+    if (item.contains("url") && item["url"].is_string())
+      output.url = item["url"].get<std::string>();
+    if (item.contains("expire_us") && item["expire_us"].is_number_integer()) {
+      output.url_expire_time = FromMicros(item["expire_us"].get<int64_t>());
+    }
+    outputs.push_back(std::move(output));
+  }
+  return outputs;
+}
+
+// One prepared statement; finalized on destruction.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, absl::string_view sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("ledger: prepare failed: ", sqlite3_errmsg(db_)));
+  }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, absl::string_view v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindNull(int i) {
+    sqlite3_bind_null(stmt_, i);
+    return *this;
+  }
+  // SQLITE_ROW: true; SQLITE_DONE: false; otherwise an error.
+  absl::StatusOr<bool> Step() {
+    if (stmt_ == nullptr) return status();
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    last_rc_ = rc;
+    const absl::StatusCode code = (rc & 0xff) == SQLITE_CONSTRAINT
+                                      ? absl::StatusCode::kAlreadyExists
+                                  : (rc & 0xff) == SQLITE_BUSY ? absl::StatusCode::kUnavailable
+                                                               : absl::StatusCode::kInternal;
+    return absl::Status(code, absl::StrCat("ledger: ", sqlite3_errmsg(db_)));
+  }
+  absl::Status Run() {
+    auto row = Step();
+    return row.ok() ? absl::OkStatus() : row.status();
+  }
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  bool IsNull(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  std::string Text(int col) const {
+    const auto* p = sqlite3_column_blob(stmt_, col);
+    return p == nullptr
+               ? std::string()
+               : std::string(static_cast<const char*>(p), sqlite3_column_bytes(stmt_, col));
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_ = SQLITE_OK;
+  int last_rc_ = SQLITE_OK;
+};
+
+constexpr absl::string_view kRecordColumns =
+    "id, tenant, request_id, request_hash, charged, owner, snapshot, upstream_outputs";
+
+class SqliteOperationStore final : public OperationStore {
+ public:
+  explicit SqliteOperationStore(sqlite3* db) : db_(db) {}
+  ~SqliteOperationStore() override { sqlite3_close_v2(db_); }
+
+  absl::Status Init(const SqliteOptions& options) {
+    absl::MutexLock lock(&mu_);
+    sqlite3_busy_timeout(db_, static_cast<int>(absl::ToInt64Milliseconds(options.busy_timeout)));
+    MUSICGW_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
+    MUSICGW_RETURN_IF_ERROR(
+        Exec(options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+    MUSICGW_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys=ON"));
+    MUSICGW_RETURN_IF_ERROR(
+        Exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+             "applied_time_us INTEGER NOT NULL)"));
+    int64_t current = 0;
+    {
+      Stmt stmt(db_, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (row) current = stmt.Int(0);
+    }
+    const int64_t latest = sizeof(kMigrations) / sizeof(kMigrations[0]);
+    if (current > latest) {
+      return absl::FailedPreconditionError(absl::StrCat("ledger schema version ", current,
+                                                        " is newer than this binary (", latest,
+                                                        "); refusing to open"));
+    }
+    for (int64_t version = current + 1; version <= latest; ++version) {
+      MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+      absl::Status status = Exec(kMigrations[version - 1]);
+      if (status.ok()) {
+        Stmt stmt(db_, "INSERT INTO schema_migrations (version, applied_time_us) VALUES (?, ?)");
+        status = stmt.Bind(1, version).Bind(2, absl::ToUnixMicros(absl::Now())).Run();
+      }
+      if (!status.ok()) {
+        Exec("ROLLBACK").IgnoreError();
+        return status;
+      }
+      MUSICGW_RETURN_IF_ERROR(Exec("COMMIT"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<CreateResult> Create(const OperationRecord& record,
+                                      const std::vector<BudgetCheck>& budgets) override {
+    absl::MutexLock lock(&mu_);
+    MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    auto result = CreateLocked(record, budgets);
+    if (!result.ok() || !result->created) {
+      Exec("ROLLBACK").IgnoreError();
+      return result;
+    }
+    absl::Status commit = Exec("COMMIT");
+    if (!commit.ok()) {
+      Exec("ROLLBACK").IgnoreError();
+      return commit;
+    }
+    return result;
+  }
+
+  absl::Status Update(const OperationUpdate& update) override {
+    const v1::Operation& op = update.operation;
+    if (op.sequence() != update.expected_sequence + 1) {
+      return absl::InvalidArgumentError("ledger: sequence must advance by one");
+    }
+    const std::string id = IdOf(op);
+    const std::string snapshot = op.SerializeAsString();
+    absl::MutexLock lock(&mu_);
+    MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    absl::Status status = [&]() -> absl::Status {
+      std::string sql =
+          "UPDATE operations SET state = ?, done = ?, provider = ?, done_time_us = ?, "
+          "sequence = ?, charged = ?, snapshot = ?";
+      if (update.upstream_outputs.has_value()) sql += ", upstream_outputs = ?";
+      sql += " WHERE id = ? AND sequence = ?";
+      Stmt stmt(db_, sql);
+      MUSICGW_RETURN_IF_ERROR(stmt.status());
+      stmt.Bind(1, static_cast<int64_t>(op.state()));
+      stmt.Bind(2, static_cast<int64_t>(op.done() ? 1 : 0));
+      stmt.Bind(3, static_cast<int64_t>(op.provider()));
+      if (op.has_done_time()) {
+        stmt.Bind(4, Micros(FromProto(op.done_time())));
+      } else {
+        stmt.BindNull(4);
+      }
+      stmt.Bind(5, op.sequence());
+      stmt.Bind(6, static_cast<int64_t>(update.charged ? 1 : 0));
+      stmt.BindBlob(7, snapshot);
+      int i = 8;
+      if (update.upstream_outputs.has_value()) {
+        stmt.Bind(i++, OutputsToJson(*update.upstream_outputs));
+      }
+      stmt.Bind(i, id);
+      stmt.Bind(i + 1, update.expected_sequence);
+      MUSICGW_RETURN_IF_ERROR(stmt.Run());
+      if (sqlite3_changes(db_) != 1) {
+        Stmt exists(db_, "SELECT sequence FROM operations WHERE id = ?");
+        exists.Bind(1, id);
+        MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
+        if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+        return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
+                                               exists.Int(0), ", not ", update.expected_sequence));
+      }
+      return InsertEvent(id, op.sequence(), snapshot);
+    }();
+    if (!status.ok()) {
+      Exec("ROLLBACK").IgnoreError();
+      return status;
+    }
+    status = Exec("COMMIT");
+    if (!status.ok()) Exec("ROLLBACK").IgnoreError();
+    return status;
+  }
+
+  absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_, absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = ?"));
+    stmt.Bind(1, id);
+    MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return absl::NotFoundError(absl::StrCat("operation ", id, " not found"));
+    return ReadRecord(stmt);
+  }
+
+  absl::StatusOr<OperationRecord> FindByRequestId(absl::string_view tenant,
+                                                  absl::string_view request_id) override {
+    absl::MutexLock lock(&mu_);
+    return FindLocked(tenant, request_id);
+  }
+
+  absl::StatusOr<std::vector<OperationRecord>> List(const ListQuery& query) override {
+    std::string sql = absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE tenant = ?");
+    if (!query.states.empty()) {
+      std::vector<std::string> states;
+      for (auto state : query.states) states.push_back(absl::StrCat(static_cast<int>(state)));
+      absl::StrAppend(&sql, " AND state IN (", absl::StrJoin(states, ","), ")");
+    }
+    if (query.provider != v1::PROVIDER_UNSPECIFIED) absl::StrAppend(&sql, " AND provider = ?");
+    if (query.task != v1::TASK_KIND_UNSPECIFIED) absl::StrAppend(&sql, " AND task = ?");
+    if (!query.before_id.empty()) absl::StrAppend(&sql, " AND id < ?");
+    absl::StrAppend(&sql, " ORDER BY id DESC LIMIT ?");
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_, sql);
+    MUSICGW_RETURN_IF_ERROR(stmt.status());
+    int i = 1;
+    stmt.Bind(i++, query.tenant);
+    if (query.provider != v1::PROVIDER_UNSPECIFIED) {
+      stmt.Bind(i++, static_cast<int64_t>(query.provider));
+    }
+    if (query.task != v1::TASK_KIND_UNSPECIFIED) stmt.Bind(i++, static_cast<int64_t>(query.task));
+    if (!query.before_id.empty()) stmt.Bind(i++, query.before_id);
+    stmt.Bind(i++, static_cast<int64_t>(query.limit));
+    return ReadRecords(stmt);
+  }
+
+  absl::StatusOr<std::vector<StoredEvent>> EventsAfter(absl::string_view id,
+                                                       int64_t after_sequence) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_,
+              "SELECT sequence, snapshot FROM operation_events WHERE operation_id = ? AND "
+              "sequence > ? ORDER BY sequence");
+    stmt.Bind(1, id).Bind(2, after_sequence);
+    std::vector<StoredEvent> events;
+    while (true) {
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      StoredEvent event;
+      event.sequence = stmt.Int(0);
+      if (!event.operation.ParseFromString(stmt.Text(1))) {
+        return absl::DataLossError(absl::StrCat("ledger: corrupt event of operation ", id));
+      }
+      events.push_back(std::move(event));
+    }
+    return events;
+  }
+
+  absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
+                                                         absl::Time lease_until) override {
+    absl::MutexLock lock(&mu_);
+    MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    auto result = [&]() -> absl::StatusOr<std::vector<OperationRecord>> {
+      Stmt claim(db_,
+                 "UPDATE operations SET owner = ?, lease_until_us = ? WHERE done = 0 AND "
+                 "(owner = '' OR owner = ? OR lease_until_us < ?)");
+      claim.Bind(1, owner).Bind(2, Micros(lease_until)).Bind(3, owner).Bind(4, Micros(absl::Now()));
+      MUSICGW_RETURN_IF_ERROR(claim.Run());
+      Stmt stmt(db_, absl::StrCat("SELECT ", kRecordColumns,
+                                  " FROM operations WHERE done = 0 AND owner = ? ORDER BY id"));
+      stmt.Bind(1, owner);
+      return ReadRecords(stmt);
+    }();
+    if (!result.ok()) {
+      Exec("ROLLBACK").IgnoreError();
+      return result;
+    }
+    MUSICGW_RETURN_IF_ERROR(Exec("COMMIT"));
+    return result;
+  }
+
+  absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_, "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
+    return stmt.Bind(1, Micros(lease_until)).Bind(2, owner).Run();
+  }
+
+  absl::Status SetUpstreamOutputs(absl::string_view id,
+                                  const std::vector<UpstreamOutput>& outputs) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
+    return stmt.Bind(1, OutputsToJson(outputs)).Bind(2, id).Run();
+  }
+
+  absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
+                             absl::string_view sha256) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_,
+              "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES (?, ?, ?, ?) "
+              "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = excluded.size_bytes, "
+              "sha256 = excluded.sha256");
+    return stmt.Bind(1, id)
+        .Bind(2, static_cast<int64_t>(index))
+        .Bind(3, size_bytes)
+        .Bind(4, sha256)
+        .Run();
+  }
+
+  absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_,
+              "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations "
+              "WHERE done = 1 AND done_time_us < ?)");
+    MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, Micros(done_before)).Run());
+    return static_cast<int64_t>(sqlite3_changes(db_));
+  }
+
+  absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,
+                                         absl::Time period_start) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_, absl::StrCat("SELECT COALESCE(SUM(done = 0), 0), COALESCE(SUM(done = 1), 0) "
+                                "FROM operations WHERE tenant = ? AND task = ? AND "
+                                "create_time_us >= ? AND ",
+                                kCountedClause));
+    stmt.Bind(1, tenant).Bind(2, static_cast<int64_t>(task)).Bind(3, Micros(period_start));
+    MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    BudgetUsage usage;
+    if (row) {
+      usage.reserved = stmt.Int(0);
+      usage.used = stmt.Int(1);
+    }
+    return usage;
+  }
+
+ private:
+  // Operations that count against a budget: all but the failed or cancelled ones the provider
+  // did not charge for.
+  static constexpr absl::string_view kCountedClause = "(state NOT IN (4, 5) OR charged = 1)";
+
+  static std::string IdOf(const v1::Operation& op) {
+    OperationRecord record;
+    record.operation.set_name(op.name());
+    return record.id();
+  }
+
+  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    char* error = nullptr;
+    const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &error);
+    if (rc == SQLITE_OK) return absl::OkStatus();
+    std::string message = error != nullptr ? error : sqlite3_errmsg(db_);
+    sqlite3_free(error);
+    return absl::Status(
+        (rc & 0xff) == SQLITE_BUSY ? absl::StatusCode::kUnavailable : absl::StatusCode::kInternal,
+        absl::StrCat("ledger: ", message));
+  }
+
+  absl::Status InsertEvent(const std::string& id, int64_t sequence, const std::string& snapshot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Stmt stmt(db_,
+              "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES (?, ?, ?)");
+    return stmt.Bind(1, id).Bind(2, sequence).BindBlob(3, snapshot).Run();
+  }
+
+  absl::StatusOr<OperationRecord> ReadRecord(Stmt& stmt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    OperationRecord record;
+    const std::string id = stmt.Text(0);
+    record.tenant = stmt.Text(1);
+    record.request_id = stmt.Text(2);
+    record.request_hash = stmt.Text(3);
+    record.charged = stmt.Int(4) != 0;
+    record.owner = stmt.Text(5);
+    if (!record.operation.ParseFromString(stmt.Text(6))) {
+      return absl::DataLossError(absl::StrCat("ledger: corrupt snapshot of operation ", id));
+    }
+    record.upstream_outputs = OutputsFromJson(stmt.Text(7));
+    if (record.operation.outputs_size() > 0) {
+      Stmt assets(db_, "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = ?");
+      assets.Bind(1, id);
+      while (true) {
+        MUSICGW_ASSIGN_OR_RETURN(bool row, assets.Step());
+        if (!row) break;
+        const int64_t index = assets.Int(0);
+        if (index < 0 || index >= record.operation.outputs_size()) continue;
+        auto* asset = record.operation.mutable_outputs(static_cast<int>(index));
+        asset->set_size_bytes(assets.Int(1));
+        asset->set_sha256(assets.Text(2));
+      }
+    }
+    return record;
+  }
+
+  absl::StatusOr<std::vector<OperationRecord>> ReadRecords(Stmt& stmt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<OperationRecord> records;
+    while (true) {
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      MUSICGW_ASSIGN_OR_RETURN(auto record, ReadRecord(stmt));
+      records.push_back(std::move(record));
+    }
+    return records;
+  }
+
+  absl::StatusOr<OperationRecord> FindLocked(absl::string_view tenant, absl::string_view request_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Stmt stmt(db_, absl::StrCat("SELECT ", kRecordColumns,
+                                " FROM operations WHERE tenant = ? AND request_id = ?"));
+    stmt.Bind(1, tenant).Bind(2, request_id);
+    MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return absl::NotFoundError("no operation with that request_id");
+    return ReadRecord(stmt);
+  }
+
+  absl::StatusOr<CreateResult> CreateLocked(const OperationRecord& record,
+                                            const std::vector<BudgetCheck>& budgets)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto existing = FindLocked(record.tenant, record.request_id);
+    if (existing.ok()) return CreateResult{*std::move(existing), false};
+    if (!absl::IsNotFound(existing.status())) return existing.status();
+
+    const v1::Operation& op = record.operation;
+    for (const BudgetCheck& budget : budgets) {
+      Stmt count(db_, absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = ? AND task = "
+                                   "? AND create_time_us >= ? AND ",
+                                   kCountedClause));
+      count.Bind(1, record.tenant)
+          .Bind(2, static_cast<int64_t>(budget.task))
+          .Bind(3, Micros(budget.period_start));
+      MUSICGW_ASSIGN_OR_RETURN(bool row, count.Step());
+      const int64_t used = row ? count.Int(0) : 0;
+      if (used >= budget.limit) {
+        absl::Status status = absl::ResourceExhaustedError(
+            absl::StrCat("tenant budget ", budget.name, " is exhausted (", used, " of ",
+                         budget.limit, " used)"));
+        status = WithErrorInfo(std::move(status), "TENANT_BUDGET_EXHAUSTED", kGatewayDomain,
+                               {{"budget", budget.name}, {"limit", absl::StrCat(budget.limit)}});
+        status = WithQuotaViolation(
+            std::move(status), absl::StrCat("tenant:", record.tenant),
+            absl::StrCat("budget ", budget.name, " allows ", budget.limit, " per period"));
+        if (budget.period_end != absl::InfiniteFuture()) {
+          status = WithRetryInfo(std::move(status),
+                                 std::max(absl::ZeroDuration(), budget.period_end - absl::Now()));
+        }
+        return status;
+      }
+    }
+
+    const std::string id = record.id();
+    const std::string snapshot = op.SerializeAsString();
+    Stmt insert(db_,
+                "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, "
+                "provider, task, create_time_us, done_time_us, sequence, charged, owner, "
+                "lease_until_us, snapshot, upstream_outputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "NULL, ?, ?, ?, ?, ?, ?)");
+    MUSICGW_RETURN_IF_ERROR(insert.status());
+    insert.Bind(1, id)
+        .Bind(2, record.tenant)
+        .Bind(3, record.request_id)
+        .Bind(4, record.request_hash)
+        .Bind(5, static_cast<int64_t>(op.state()))
+        .Bind(6, static_cast<int64_t>(op.done() ? 1 : 0))
+        .Bind(7, static_cast<int64_t>(op.provider()))
+        .Bind(8, static_cast<int64_t>(op.task()))
+        .Bind(9, Micros(FromProto(op.create_time())))
+        .Bind(10, op.sequence())
+        .Bind(11, static_cast<int64_t>(record.charged ? 1 : 0))
+        .Bind(12, record.owner)
+        .Bind(13, Micros(record.lease_until))
+        .BindBlob(14, snapshot)
+        .Bind(15, OutputsToJson(record.upstream_outputs));
+    MUSICGW_RETURN_IF_ERROR(insert.Run());
+    MUSICGW_RETURN_IF_ERROR(InsertEvent(id, op.sequence(), snapshot));
+    return CreateResult{record, true};
+  }
+
+  absl::Mutex mu_;
+  sqlite3* db_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<OperationStore>> OpenSqliteOperationStore(const std::string& path,
+                                                                         SqliteOptions options) {
+  sqlite3* db = nullptr;
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string message = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close_v2(db);
+    return absl::UnavailableError(absl::StrCat("ledger: cannot open ", path, ": ", message));
+  }
+  auto store = std::make_unique<SqliteOperationStore>(db);
+  MUSICGW_RETURN_IF_ERROR(store->Init(options));
+  return store;
+}
+
+}  // namespace musicgw::operations

@@ -1,0 +1,779 @@
+// Engine tests against the scripted FakeAdapter and a real SQLite ledger file.
+#include "services/operations/engine.h"
+
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
+#include "common/errors.h"
+#include "gtest/gtest.h"
+#include "services/operations/ids.h"
+#include "tests/operations/fake_adapter.h"
+#include "tests/operations/test_util.h"
+
+namespace musicgw::operations {
+namespace {
+
+namespace v1 = musicgw::v1;
+using testing::FakeAdapter;
+using testing::StreamReader;
+using testing::TempLedgerPath;
+using testing::TextRequest;
+
+constexpr char kTenant[] = "tenant-a";
+constexpr char kOther[] = "tenant-b";
+
+std::string Reason(const absl::Status& status) {
+  google::rpc::ErrorInfo info;
+  return GetErrorInfo(status, &info) ? info.reason() : "";
+}
+
+std::string Reason(const google::rpc::Status& status) { return Reason(FromRpcStatus(status)); }
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = TempLedgerPath();
+    options_.min_poll_interval = absl::Milliseconds(1);
+    options_.max_poll_interval = absl::Milliseconds(50);
+    options_.watch_heartbeat = absl::Hours(1);
+    options_.operation_deadline = absl::Minutes(1);
+  }
+
+  std::unique_ptr<OperationsEngine> Open(std::vector<adapters::ProviderAdapter*> adapters,
+                                         bool start = true) {
+    SqliteOptions sqlite;
+    sqlite.synchronous_full = false;  // tests simulate process death, not power loss
+    auto store = OpenSqliteOperationStore(path_, sqlite);
+    if (!store.ok()) {
+      ADD_FAILURE() << store.status();
+      return nullptr;
+    }
+    auto engine = CreateOperationsEngine(options_, std::move(*store), std::move(adapters), nullptr);
+    if (!engine.ok()) {
+      ADD_FAILURE() << engine.status();
+      return nullptr;
+    }
+    if (start) {
+      absl::Status started = (*engine)->Start();
+      if (!started.ok()) ADD_FAILURE() << started;
+    }
+    return std::move(*engine);
+  }
+
+  // Waits (through the engine's own Wait) until done or `timeout`.
+  static absl::StatusOr<v1::Operation> WaitDone(OperationsEngine& engine, const std::string& name,
+                                                absl::Duration timeout = absl::Seconds(10),
+                                                const std::string& tenant = kTenant) {
+    absl::Notification done;
+    absl::StatusOr<v1::Operation> result;
+    engine.Wait(tenant, name, timeout, [&](absl::StatusOr<v1::Operation> op) {
+      result = std::move(op);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return result;
+  }
+
+  std::string path_;
+  EngineOptions options_;
+};
+
+TEST_F(EngineTest, GenerateStoresQueuedOperationThenCompletes) {
+  FakeAdapter adapter;
+  auto engine = Open({&adapter});
+  auto op = engine->Generate(kTenant, TextRequest("calm piano"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  EXPECT_EQ(op->state(), v1::OPERATION_STATE_QUEUED);
+  EXPECT_EQ(op->sequence(), 1);
+  EXPECT_EQ(op->submission(), v1::SUBMISSION_STATE_NOT_SUBMITTED);
+  EXPECT_EQ(op->task(), v1::TASK_KIND_TEXT_TO_MUSIC);
+  EXPECT_EQ(op->provider(), v1::PROVIDER_SOUNDPIECE);
+  ASSERT_TRUE(absl::StartsWith(op->name(), "operations/"));
+  EXPECT_TRUE(IsOperationId(op->name().substr(11)));
+  EXPECT_TRUE(op->has_deadline());
+
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_TRUE(done->done());
+  EXPECT_EQ(done->submission(), v1::SUBMISSION_STATE_ACCEPTED);
+  EXPECT_FALSE(done->upstream_id().empty());
+  ASSERT_EQ(done->outputs_size(), 1);
+  EXPECT_EQ(done->outputs(0).name(), op->name() + "/assets/0");
+  ASSERT_EQ(done->attempts_size(), 1);
+  EXPECT_EQ(done->attempts(0).outcome(), "accepted");
+  EXPECT_EQ(done->attempts(0).upstream_id(), done->upstream_id());
+  EXPECT_EQ(adapter.submit_calls(), 1);
+  // The provider got the derived, stable idempotency key.
+  ASSERT_EQ(adapter.idempotency_keys().size(), 1u);
+  EXPECT_EQ(adapter.idempotency_keys()[0],
+            ProviderIdempotencyKey(kTenant, op->request().request_id()));
+  EXPECT_EQ(engine->Stats().live_operations, 0);
+}
+
+TEST_F(EngineTest, ValidateOnlyStoresNothing) {
+  FakeAdapter adapter;
+  auto engine = Open({&adapter});
+  auto request = TextRequest("x");
+  request.set_validate_only(true);
+  auto op = engine->Generate(kTenant, request);
+  ASSERT_TRUE(op.ok()) << op.status();
+  EXPECT_TRUE(op->name().empty());
+  EXPECT_EQ(op->provider(), v1::PROVIDER_SOUNDPIECE);
+  auto list = engine->List(kTenant, v1::ListOperationsRequest());
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->operations_size(), 0);
+  EXPECT_EQ(adapter.submit_calls(), 0);
+}
+
+TEST_F(EngineTest, SameRequestIdReturnsSameOperationAndReuseIsRejected) {
+  FakeAdapter adapter;
+  auto engine = Open({&adapter});
+  const auto request = TextRequest("lofi beats");
+  auto first = engine->Generate(kTenant, request);
+  ASSERT_TRUE(first.ok());
+  auto again = engine->Generate(kTenant, request);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->name(), first->name());
+  auto changed = TextRequest("something else", request.request_id());
+  auto reused = engine->Generate(kTenant, changed);
+  ASSERT_FALSE(reused.ok());
+  EXPECT_EQ(reused.status().code(), absl::StatusCode::kAlreadyExists);
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(GetErrorInfo(reused.status(), &info));
+  EXPECT_EQ(info.reason(), "REQUEST_ID_REUSED");
+  EXPECT_EQ(info.domain(), "musicgw.dev");
+  // Another tenant may use the same request_id independently.
+  auto other = engine->Generate(kOther, request);
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(other->name(), first->name());
+  ASSERT_TRUE(WaitDone(*engine, first->name()).ok());
+  ASSERT_TRUE(WaitDone(*engine, other->name(), absl::Seconds(10), kOther).ok());
+  EXPECT_EQ(adapter.submit_calls(), 2);  // one per tenant, none for the retry or the reuse
+}
+
+TEST_F(EngineTest, SameRequestIdSurvivesRestart) {
+  FakeAdapter adapter;
+  const auto request = TextRequest("restart me");
+  std::string name;
+  {
+    auto engine = Open({&adapter});
+    auto op = engine->Generate(kTenant, request);
+    ASSERT_TRUE(op.ok());
+    name = op->name();
+    ASSERT_TRUE(WaitDone(*engine, name).ok());
+  }
+  auto engine = Open({&adapter});
+  auto again = engine->Generate(kTenant, request);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->name(), name);
+  EXPECT_TRUE(again->done());
+  EXPECT_EQ(adapter.submit_calls(), 1);
+}
+
+TEST_F(EngineTest, ConcurrentIdenticalGeneratesMakeOneOperation) {
+  FakeAdapter adapter;
+  auto engine = Open({&adapter});
+  const auto request = TextRequest("race");
+  std::vector<std::thread> threads;
+  std::vector<std::string> names(50);
+  for (int i = 0; i < 50; ++i) {
+    threads.emplace_back([&, i] {
+      auto op = engine->Generate(kTenant, request);
+      names[i] = op.ok() ? op->name() : op.status().ToString();
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), 1u) << names[0];
+  ASSERT_TRUE(WaitDone(*engine, names[0]).ok());
+  EXPECT_EQ(adapter.submit_calls(), 1);
+  EXPECT_EQ(adapter.upstream_jobs(), 1);
+}
+
+TEST_F(EngineTest, CrashBeforeSubmitReachesProviderResubmitsOnce) {
+  // The ledger says SUBMITTING, but the process died before the request left.
+  FakeAdapter provider;
+  provider.SetSubmitMode(FakeAdapter::SubmitMode::kDropBefore);
+  std::string name;
+  {
+    auto engine = Open({&provider});
+    auto op = engine->Generate(kTenant, TextRequest("crash"));
+    ASSERT_TRUE(op.ok());
+    name = op->name();
+    ASSERT_TRUE(provider.WaitForSubmitCalls(1, absl::Seconds(10)));
+    auto stored = engine->Get(kTenant, name);
+    ASSERT_TRUE(stored.ok());
+    EXPECT_EQ(stored->submission(), v1::SUBMISSION_STATE_SUBMITTING);  // written before the call
+  }  // "kill": the engine goes away with the submission unanswered
+  EXPECT_EQ(provider.upstream_jobs(), 0);
+  provider.SetSubmitMode(FakeAdapter::SubmitMode::kAnswer);
+  auto engine = Open({&provider});
+  auto done = WaitDone(*engine, name);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(provider.upstream_jobs(), 1);
+  EXPECT_EQ(provider.submit_calls(), 2);
+}
+
+TEST_F(EngineTest, CrashAfterSubmitReachedIdempotentProviderMakesOneUpstreamJob) {
+  FakeAdapter provider;  // idempotent: dedupes on the idempotency key
+  provider.SetSubmitMode(FakeAdapter::SubmitMode::kHang);
+  std::string name;
+  {
+    auto engine = Open({&provider});
+    auto op = engine->Generate(kTenant, TextRequest("crash after send"));
+    ASSERT_TRUE(op.ok());
+    name = op->name();
+    ASSERT_TRUE(provider.WaitForSubmitCalls(1, absl::Seconds(10)));
+  }
+  EXPECT_EQ(provider.upstream_jobs(), 1);
+  provider.SetSubmitMode(FakeAdapter::SubmitMode::kAnswer);
+  auto engine = Open({&provider});
+  auto done = WaitDone(*engine, name);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(provider.upstream_jobs(), 1);  // the re-submission found the same job
+  const auto keys = provider.idempotency_keys();
+  ASSERT_EQ(keys.size(), 2u);
+  EXPECT_EQ(keys[0], keys[1]);
+}
+
+TEST_F(EngineTest, CrashWhileSubmittingToNonIdempotentProviderFailsHonestly) {
+  FakeAdapter::Options options;
+  options.idempotent = false;
+  FakeAdapter provider(options);
+  provider.SetSubmitMode(FakeAdapter::SubmitMode::kHang);
+  std::string name;
+  {
+    auto engine = Open({&provider});
+    auto op = engine->Generate(kTenant, TextRequest("maybe charged"));
+    ASSERT_TRUE(op.ok());
+    name = op->name();
+    ASSERT_TRUE(provider.WaitForSubmitCalls(1, absl::Seconds(10)));
+  }
+  provider.SetSubmitMode(FakeAdapter::SubmitMode::kAnswer);
+  auto engine = Open({&provider});
+  auto done = WaitDone(*engine, name);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_FAILED);
+  EXPECT_EQ(done->submission(), v1::SUBMISSION_STATE_POSSIBLY_SUBMITTED);
+  EXPECT_EQ(done->error().code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(Reason(done->error()), "SUBMISSION_OUTCOME_UNKNOWN");
+  EXPECT_EQ(provider.submit_calls(), 1);  // never re-submitted blindly
+}
+
+TEST_F(EngineTest, RestartResumesPolling) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);  // never finishes while the first engine runs
+  std::string name;
+  {
+    auto engine = Open({&provider});
+    auto op = engine->Generate(kTenant, TextRequest("long one"));
+    ASSERT_TRUE(op.ok());
+    name = op->name();
+    ASSERT_TRUE(provider.WaitForPollCalls(2, absl::Seconds(10)));
+    auto running = engine->Get(kTenant, name);
+    ASSERT_TRUE(running.ok());
+    EXPECT_EQ(running->state(), v1::OPERATION_STATE_RUNNING);
+  }
+  provider.SetPollsToFinish(1);
+  auto engine = Open({&provider});
+  auto done = WaitDone(*engine, name);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(provider.submit_calls(), 1);
+  EXPECT_EQ(provider.upstream_jobs(), 1);
+}
+
+TEST_F(EngineTest, OneTrackerWhateverTheNumberOfWatchers) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(5);
+  provider.SetNextPollAfter(absl::Milliseconds(20));
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("popular"));
+  ASSERT_TRUE(op.ok());
+  std::vector<std::unique_ptr<StreamReader<v1::OperationEvent>>> readers;
+  for (int i = 0; i < 100; ++i) {
+    auto stream = engine->Watch(kTenant, op->name(), 0);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    readers.push_back(std::make_unique<StreamReader<v1::OperationEvent>>(*std::move(stream)));
+  }
+  EXPECT_EQ(engine->Stats().open_watchers, 100);
+  for (auto& reader : readers) {
+    ASSERT_TRUE(reader->WaitFinished());
+    EXPECT_TRUE(reader->status().ok()) << reader->status();
+    const auto events = reader->messages();
+    ASSERT_FALSE(events.empty());
+    EXPECT_TRUE(events.back().operation().done());
+  }
+  EXPECT_EQ(provider.poll_calls(), 5);  // as for a single watcher: O(operations), not O(watchers)
+  EXPECT_EQ(provider.submit_calls(), 1);
+  readers.clear();
+  EXPECT_EQ(engine->Stats().open_watchers, 0);
+}
+
+TEST_F(EngineTest, WatchDeliversSnapshotThenChangesInOrderAndResumes) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(3);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("ordered"));
+  ASSERT_TRUE(op.ok());
+  auto stream = engine->Watch(kTenant, op->name(), 0);
+  ASSERT_TRUE(stream.ok());
+  StreamReader<v1::OperationEvent> reader(*std::move(stream));
+  ASSERT_TRUE(reader.WaitFinished());
+  EXPECT_TRUE(reader.status().ok());
+  const auto events = reader.messages();
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events[0].kind(), v1::OperationEvent::KIND_SNAPSHOT);
+  for (size_t i = 1; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].kind(), v1::OperationEvent::KIND_CHANGE);
+    EXPECT_GT(events[i].sequence(), events[i - 1].sequence());
+    EXPECT_EQ(events[i].sequence(), events[i].operation().sequence());
+  }
+  const v1::Operation last = events.back().operation();
+  EXPECT_EQ(last.state(), v1::OPERATION_STATE_SUCCEEDED);
+  // QUEUED(1) -> SUBMITTING(2) -> RUNNING(3) -> SUCCEEDED(4)
+  EXPECT_EQ(last.sequence(), 4);
+
+  // A reconnecting client gets exactly what it missed, from the ledger, then the end.
+  auto resumed = engine->Watch(kTenant, op->name(), 2);
+  ASSERT_TRUE(resumed.ok());
+  StreamReader<v1::OperationEvent> again(*std::move(resumed));
+  ASSERT_TRUE(again.WaitFinished());
+  EXPECT_TRUE(again.status().ok());
+  const auto missed = again.messages();
+  ASSERT_EQ(missed.size(), 2u);
+  EXPECT_EQ(missed[0].sequence(), 3);
+  EXPECT_EQ(missed[0].operation().state(), v1::OPERATION_STATE_RUNNING);
+  EXPECT_EQ(missed[1].sequence(), 4);
+  EXPECT_FALSE(missed[0].coalesced());
+
+  // Up to date: nothing to send, the stream just ends.
+  auto current = engine->Watch(kTenant, op->name(), 4);
+  ASSERT_TRUE(current.ok());
+  StreamReader<v1::OperationEvent> none(*std::move(current));
+  ASSERT_TRUE(none.WaitFinished());
+  EXPECT_TRUE(none.messages().empty());
+
+  auto ahead = engine->Watch(kTenant, op->name(), 9);
+  EXPECT_EQ(ahead.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineTest, SlowWatcherCoalescesAndDoesNotBlockOthers) {
+  options_.watch_buffer = 1;
+  FakeAdapter provider;
+  provider.SetPollsToFinish(3);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("busy"));
+  ASSERT_TRUE(op.ok());
+  auto slow_stream = engine->Watch(kTenant, op->name(), 0);
+  auto fast_stream = engine->Watch(kTenant, op->name(), 0);
+  ASSERT_TRUE(slow_stream.ok() && fast_stream.ok());
+  StreamReader<v1::OperationEvent> slow(*std::move(slow_stream), /*auto_drain=*/false);
+  StreamReader<v1::OperationEvent> fast(*std::move(fast_stream));
+  ASSERT_TRUE(fast.WaitFinished());
+  EXPECT_TRUE(fast.messages().back().operation().done());
+  ASSERT_TRUE(WaitDone(*engine, op->name()).ok());
+  slow.Drain();
+  ASSERT_TRUE(slow.finished());
+  const auto events = slow.messages();
+  ASSERT_FALSE(events.empty());
+  EXPECT_LT(events.size(), fast.messages().size());
+  EXPECT_TRUE(events.back().coalesced());
+  EXPECT_TRUE(events.back().operation().done());
+  EXPECT_EQ(events.back().sequence(), fast.messages().back().sequence());
+}
+
+TEST_F(EngineTest, IdleWatchGetsHeartbeats) {
+  options_.watch_heartbeat = absl::Milliseconds(30);
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  provider.SetNextPollAfter(absl::Milliseconds(50));
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("idle"));
+  ASSERT_TRUE(op.ok());
+  auto stream = engine->Watch(kTenant, op->name(), 0);
+  ASSERT_TRUE(stream.ok());
+  StreamReader<v1::OperationEvent> reader(*std::move(stream));
+  ASSERT_TRUE(reader.WaitFor([](const std::vector<v1::OperationEvent>& events) {
+    int heartbeats = 0;
+    for (const auto& e : events) heartbeats += e.kind() == v1::OperationEvent::KIND_HEARTBEAT;
+    return heartbeats >= 2;
+  }));
+  for (const auto& event : reader.messages()) {
+    if (event.kind() != v1::OperationEvent::KIND_HEARTBEAT) continue;
+    EXPECT_FALSE(event.has_operation());
+    EXPECT_GT(event.sequence(), 0);
+  }
+}
+
+TEST_F(EngineTest, WaitTimesOutWithSnapshotOrReturnsWhenDone) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("slow"));
+  ASSERT_TRUE(op.ok());
+  auto waited = WaitDone(*engine, op->name(), absl::Milliseconds(100));
+  ASSERT_TRUE(waited.ok());
+  EXPECT_FALSE(waited->done());
+
+  provider.SetPollsToFinish(1);
+  auto second = engine->Generate(kTenant, TextRequest("fast"));
+  ASSERT_TRUE(second.ok());
+  auto done = WaitDone(*engine, second->name(), absl::Seconds(30));
+  ASSERT_TRUE(done.ok());
+  EXPECT_TRUE(done->done());
+  // Already done: answered at once.
+  auto again = WaitDone(*engine, second->name(), absl::Seconds(30));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->sequence(), done->sequence());
+}
+
+TEST_F(EngineTest, CancelStopsTrackingAndRecordsReason) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  provider.SetCancelAnswer(true);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("unwanted"));
+  ASSERT_TRUE(op.ok());
+  ASSERT_TRUE(provider.WaitForPollCalls(1, absl::Seconds(10)));
+  auto stream = engine->Watch(kTenant, op->name(), 0);
+  ASSERT_TRUE(stream.ok());
+  StreamReader<v1::OperationEvent> reader(*std::move(stream));
+  absl::Notification waited;
+  absl::StatusOr<v1::Operation> wait_result;
+  engine->Wait(kTenant, op->name(), absl::Minutes(1), [&](absl::StatusOr<v1::Operation> result) {
+    wait_result = std::move(result);
+    waited.Notify();
+  });
+
+  auto cancelled = engine->Cancel(kTenant, op->name(), "changed my mind");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::OPERATION_STATE_CANCELLED);
+  EXPECT_TRUE(cancelled->done());
+  EXPECT_EQ(cancelled->cancellation().reason(), "changed my mind");
+  EXPECT_TRUE(cancelled->cancellation().provider_notified());
+  EXPECT_EQ(cancelled->error().code(), static_cast<int>(absl::StatusCode::kCancelled));
+  EXPECT_EQ(provider.cancel_calls(), 1);
+  ASSERT_TRUE(waited.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(wait_result.ok());
+  EXPECT_EQ(wait_result->state(), v1::OPERATION_STATE_CANCELLED);
+  ASSERT_TRUE(reader.WaitFinished());
+  EXPECT_EQ(reader.messages().back().operation().state(), v1::OPERATION_STATE_CANCELLED);
+  EXPECT_EQ(engine->Stats().live_operations, 0);
+
+  auto twice = engine->Cancel(kTenant, op->name(), "again");
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(EngineTest, ListPagesNewestFirstWithFilters) {
+  FakeAdapter soundpiece;
+  auto engine = Open({&soundpiece});
+  std::vector<std::string> names;
+  for (int i = 0; i < 7; ++i) {
+    auto op = engine->Generate(kTenant, TextRequest(absl::StrCat("track ", i)));
+    ASSERT_TRUE(op.ok());
+    names.push_back(op->name());
+  }
+  for (const auto& name : names) ASSERT_TRUE(WaitDone(*engine, name).ok());
+  auto sample = TextRequest("");
+  sample.mutable_sample()->set_prompt("kick");
+  sample.mutable_sample()->set_duration_seconds(2);
+  auto sample_op = engine->Generate(kTenant, sample);
+  ASSERT_TRUE(sample_op.ok()) << sample_op.status();
+  ASSERT_TRUE(WaitDone(*engine, sample_op->name()).ok());
+
+  v1::ListOperationsRequest request;
+  request.set_page_size(3);
+  request.set_task(v1::TASK_KIND_TEXT_TO_MUSIC);
+  std::vector<std::string> seen;
+  for (int page = 0; page < 5; ++page) {
+    auto response = engine->List(kTenant, request);
+    ASSERT_TRUE(response.ok()) << response.status();
+    for (const auto& op : response->operations()) seen.push_back(op.name());
+    if (response->next_page_token().empty()) break;
+    request.set_page_token(response->next_page_token());
+  }
+  std::vector<std::string> expected(names.rbegin(), names.rend());
+  EXPECT_EQ(seen, expected);
+
+  // A token is bound to its filters.
+  v1::ListOperationsRequest first;
+  first.set_page_size(3);
+  auto page = engine->List(kTenant, first);
+  ASSERT_TRUE(page.ok());
+  ASSERT_FALSE(page->next_page_token().empty());
+  EXPECT_EQ(page->operations(0).name(), sample_op->name());
+  v1::ListOperationsRequest changed;
+  changed.set_page_token(page->next_page_token());
+  changed.set_task(v1::TASK_KIND_SAMPLE);
+  EXPECT_EQ(engine->List(kTenant, changed).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::ListOperationsRequest garbage;
+  garbage.set_page_token("not-a-token");
+  EXPECT_EQ(engine->List(kTenant, garbage).status().code(), absl::StatusCode::kInvalidArgument);
+
+  v1::ListOperationsRequest by_state;
+  by_state.add_states(v1::OPERATION_STATE_FAILED);
+  auto failed = engine->List(kTenant, by_state);
+  ASSERT_TRUE(failed.ok());
+  EXPECT_EQ(failed->operations_size(), 0);
+  v1::ListOperationsRequest by_provider;
+  by_provider.set_provider(v1::PROVIDER_LOUDLY);
+  auto loudly = engine->List(kTenant, by_provider);
+  ASSERT_TRUE(loudly.ok());
+  EXPECT_EQ(loudly->operations_size(), 0);
+
+  // Another tenant sees none of them, and a default page is 50.
+  auto other = engine->List(kOther, v1::ListOperationsRequest());
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->operations_size(), 0);
+}
+
+TEST_F(EngineTest, OtherTenantsGetNotFoundEverywhere) {
+  FakeAdapter provider;
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("mine"));
+  ASSERT_TRUE(op.ok());
+  ASSERT_TRUE(WaitDone(*engine, op->name()).ok());
+  EXPECT_EQ(engine->Get(kOther, op->name()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->Cancel(kOther, op->name(), "").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->Watch(kOther, op->name(), 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->Download(kOther, op->name() + "/assets/0", 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(WaitDone(*engine, op->name(), absl::Seconds(1), kOther).status().code(),
+            absl::StatusCode::kNotFound);
+  // Unknown ids and malformed names.
+  const std::string unknown = OperationName(NewOperationId(absl::Now()));
+  EXPECT_EQ(engine->Get(kTenant, unknown).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->Get(kTenant, "operations/nope").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineTest, DeadlineFailsTheOperation) {
+  options_.operation_deadline = absl::Milliseconds(200);
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("too slow"));
+  ASSERT_TRUE(op.ok());
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_FAILED);
+  EXPECT_EQ(done->error().code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(Reason(done->error()), "OPERATION_DEADLINE_EXCEEDED");
+}
+
+TEST_F(EngineTest, SubmissionErrorFailsWithRichStatus) {
+  FakeAdapter provider;
+  absl::Status rejected =
+      WithFieldViolation(WithErrorInfo(absl::InvalidArgumentError("prompt refused"),
+                                       "PROMPT_REJECTED", "soundpiece.co"),
+                         "text_to_music.prompt", "refused");
+  provider.PushSubmitResult(rejected);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("bad words"));
+  ASSERT_TRUE(op.ok());
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_FAILED);
+  EXPECT_EQ(done->submission(), v1::SUBMISSION_STATE_REJECTED);
+  EXPECT_EQ(done->error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(Reason(done->error()), "PROMPT_REJECTED");
+  google::rpc::BadRequest bad;
+  EXPECT_TRUE(GetBadRequest(FromRpcStatus(done->error()), &bad));
+  EXPECT_EQ(done->attempts(0).outcome(), "rejected: INVALID_ARGUMENT");
+}
+
+TEST_F(EngineTest, FallbackMovesToTheOtherProviderAndRecordsAttempts) {
+  FakeAdapter::Options first_options;
+  first_options.provider = v1::PROVIDER_LOUDLY;
+  first_options.account = "loudly-main";
+  FakeAdapter loudly(first_options);
+  FakeAdapter soundpiece;
+  loudly.PushSubmitResult(WithRetryInfo(absl::ResourceExhaustedError("limit"), absl::Minutes(5)));
+  auto engine = Open({&loudly, &soundpiece});
+  auto request = TextRequest("fall back");
+  request.set_allow_fallback(true);
+  auto op = engine->Generate(kTenant, request);
+  ASSERT_TRUE(op.ok());
+  EXPECT_EQ(op->provider(), v1::PROVIDER_LOUDLY);  // first in routing order
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(done->provider(), v1::PROVIDER_SOUNDPIECE);
+  ASSERT_EQ(done->attempts_size(), 2);
+  EXPECT_EQ(done->attempts(0).provider(), v1::PROVIDER_LOUDLY);
+  EXPECT_EQ(done->attempts(0).outcome(), "rejected: RESOURCE_EXHAUSTED");
+  EXPECT_EQ(done->attempts(1).provider(), v1::PROVIDER_SOUNDPIECE);
+  EXPECT_EQ(done->attempts(1).outcome(), "accepted");
+
+  const auto states = engine->ProviderStates();
+  ASSERT_EQ(states.size(), 2u);
+  EXPECT_TRUE(states[0].quota_exhausted);
+  EXPECT_FALSE(states[1].quota_exhausted);
+
+  // Routing now skips the exhausted provider.
+  auto next = engine->Generate(kTenant, TextRequest("routed"));
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->provider(), v1::PROVIDER_SOUNDPIECE);
+  ASSERT_TRUE(WaitDone(*engine, next->name()).ok());
+  // Explicitly asking for it without fallback is short-circuited.
+  auto pinned = TextRequest("pinned");
+  pinned.set_provider(v1::PROVIDER_LOUDLY);
+  auto refused = engine->Generate(kTenant, pinned);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  google::rpc::RetryInfo retry;
+  EXPECT_TRUE(GetRetryInfo(refused.status(), &retry));
+  EXPECT_EQ(loudly.submit_calls(), 1);
+}
+
+TEST_F(EngineTest, NoFallbackFailsWithTheProvidersError) {
+  FakeAdapter::Options first_options;
+  first_options.provider = v1::PROVIDER_LOUDLY;
+  FakeAdapter loudly(first_options);
+  FakeAdapter soundpiece;
+  loudly.PushSubmitResult(absl::UnavailableError("provider down"));
+  auto engine = Open({&loudly, &soundpiece});
+  auto op = engine->Generate(kTenant, TextRequest("stay"));
+  ASSERT_TRUE(op.ok());
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_FAILED);
+  EXPECT_EQ(done->error().code(), static_cast<int>(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(done->attempts_size(), 1);
+  EXPECT_EQ(soundpiece.submit_calls(), 0);
+  EXPECT_EQ(engine->ProviderStates()[0].consecutive_failures, 1);
+  EXPECT_EQ(engine->ProviderStates()[0].health, v1::PROVIDER_HEALTH_DEGRADED);
+}
+
+TEST_F(EngineTest, SynchronousProviderCompletesOnSubmit) {
+  FakeAdapter::Options options;
+  options.provider = v1::PROVIDER_LOUDLY;
+  options.synchronous = true;
+  options.idempotent = false;
+  FakeAdapter loudly(options);
+  auto engine = Open({&loudly});
+  auto op = engine->Generate(kTenant, TextRequest("blocking"));
+  ASSERT_TRUE(op.ok());
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(loudly.poll_calls(), 0);
+  EXPECT_EQ(done->outputs_size(), 1);
+}
+
+TEST_F(EngineTest, ProviderFailureIsReported) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(1);
+  provider.SetJobError(
+      WithErrorInfo(absl::InternalError("model crashed"), "GENERATION_FAILED", "soundpiece.co"));
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("doomed"));
+  ASSERT_TRUE(op.ok());
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_FAILED);
+  EXPECT_EQ(Reason(done->error()), "GENERATION_FAILED");
+}
+
+TEST_F(EngineTest, WebhookCompletesAtOnceAndDuplicatesAreIgnored) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  provider.SetNextPollAfter(absl::Hours(1));
+  options_.max_poll_interval = absl::Hours(1);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("hooked"));
+  ASSERT_TRUE(op.ok());
+  // Wait until accepted (upstream id known).
+  std::string upstream;
+  auto stream = engine->Watch(kTenant, op->name(), 0);
+  ASSERT_TRUE(stream.ok());
+  StreamReader<v1::OperationEvent> reader(*std::move(stream));
+  ASSERT_TRUE(reader.WaitFor([&](const std::vector<v1::OperationEvent>& events) {
+    for (const auto& e : events) {
+      if (!e.operation().upstream_id().empty()) return true;
+    }
+    return false;
+  }));
+  for (const auto& e : reader.messages()) {
+    if (!e.operation().upstream_id().empty()) upstream = e.operation().upstream_id();
+  }
+  adapters::UpstreamStatus status;
+  status.upstream_id = upstream;
+  status.phase = adapters::UpstreamStatus::Phase::kSucceeded;
+  adapters::ProviderOutput output;
+  output.url = "http://127.0.0.1:9/x";
+  status.outputs.push_back(output);
+  engine->OnProviderUpdate(v1::PROVIDER_SOUNDPIECE, status);
+  engine->OnProviderUpdate(v1::PROVIDER_SOUNDPIECE, status);  // duplicate delivery
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  ASSERT_TRUE(reader.WaitFinished());
+  int terminal = 0;
+  for (const auto& e : reader.messages()) terminal += e.operation().done();
+  EXPECT_EQ(terminal, 1);
+}
+
+TEST_F(EngineTest, TenantBudgetIsEnforcedAtGenerate) {
+  options_.budgets = [](const std::string& tenant, v1::TaskKind task, absl::Time now) {
+    BudgetCheck check;
+    check.name = "task:TEXT_TO_MUSIC/day";
+    check.task = v1::TASK_KIND_TEXT_TO_MUSIC;
+    check.period_start = now - absl::Hours(24);
+    check.period_end = now + absl::Hours(1);
+    check.limit = 2;
+    return std::vector<BudgetCheck>{check};
+  };
+  FakeAdapter provider;
+  provider.PushSubmitResult(absl::InvalidArgumentError("rejected, not charged"));
+  auto engine = Open({&provider});
+  auto rejected = engine->Generate(kTenant, TextRequest("one"));
+  ASSERT_TRUE(rejected.ok());
+  ASSERT_TRUE(WaitDone(*engine, rejected->name()).ok());  // FAILED, uncharged: does not count
+  ASSERT_TRUE(engine->Generate(kTenant, TextRequest("two")).ok());
+  ASSERT_TRUE(engine->Generate(kTenant, TextRequest("three")).ok());
+  auto over = engine->Generate(kTenant, TextRequest("four"));
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Reason(over.status()), "TENANT_BUDGET_EXHAUSTED");
+  auto usage =
+      engine->ReadBudget(kTenant, v1::TASK_KIND_TEXT_TO_MUSIC, absl::Now() - absl::Hours(24));
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->used + usage->reserved, 2);
+}
+
+TEST_F(EngineTest, ShutdownEndsWatchersAndWaiters) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("interrupted"));
+  ASSERT_TRUE(op.ok());
+  auto stream = engine->Watch(kTenant, op->name(), 0);
+  ASSERT_TRUE(stream.ok());
+  StreamReader<v1::OperationEvent> reader(*std::move(stream));
+  absl::Notification waited;
+  absl::Status wait_status;
+  engine->Wait(kTenant, op->name(), absl::Minutes(1), [&](absl::StatusOr<v1::Operation> r) {
+    wait_status = r.status();
+    waited.Notify();
+  });
+  engine->Shutdown();
+  ASSERT_TRUE(reader.WaitFinished());
+  EXPECT_EQ(reader.status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(waited.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(wait_status.code(), absl::StatusCode::kUnavailable);
+  // The operation is still live in the ledger for the next start.
+  auto stored = engine->Get(kTenant, op->name());
+  ASSERT_TRUE(stored.ok());
+  EXPECT_FALSE(stored->done());
+}
+
+}  // namespace
+}  // namespace musicgw::operations
