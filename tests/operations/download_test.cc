@@ -1,0 +1,412 @@
+// Downloads through the real CurlHttpClient from a local HTTP server standing in for the
+// provider's file host (signed URLs that expire, Range support or not, dropped connections).
+#include <curl/curl.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "adapters/http/curl_http_client.h"
+#include "common/crypto.h"
+#include "gtest/gtest.h"
+#include "services/operations/download_stream.h"
+#include "services/operations/engine.h"
+#include "tests/operations/fake_adapter.h"
+#include "tests/operations/test_util.h"
+
+namespace musicgw::operations {
+namespace {
+
+namespace v1 = musicgw::v1;
+using testing::FakeAdapter;
+using testing::StreamReader;
+using testing::TextRequest;
+
+constexpr char kTenant[] = "tenant-a";
+
+std::string MakeFile(size_t size, uint32_t seed) {
+  std::string data(size, '\0');
+  uint32_t x = seed;
+  for (auto& c : data) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<char>(x >> 24);
+  }
+  return data;
+}
+
+// The provider's file host. Paths: /a/<file> honours Range; /norange/<file> ignores it (and
+// sends no Content-Length); /expiring/<file> drops the first transfer halfway and answers 403
+// from then on (the signed URL expired).
+class FileHost {
+ public:
+  FileHost() : files_(Files()) {
+    server_.new_task_queue = [] { return new httplib::ThreadPool(8); };
+    server_.Get(R"(/(a|norange|expiring)/(\w+))",
+                [this](const httplib::Request& req, httplib::Response& res) { Serve(req, res); });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    // Bound already: connections queue in the backlog until the loop runs.
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  ~FileHost() {
+    server_.stop();
+    thread_.join();
+  }
+
+  std::string Url(const std::string& mode, const std::string& file) const {
+    return absl::StrCat("http://127.0.0.1:", port_, "/", mode, "/", file);
+  }
+  const std::string& file(const std::string& name) const { return files_.at(name); }
+  int requests(const std::string& mode) const {
+    absl::MutexLock lock(&mu_);
+    auto it = requests_.find(mode);
+    return it == requests_.end() ? 0 : it->second;
+  }
+  int64_t bytes_sent() const { return bytes_sent_.load(); }
+  // Waits until a transfer ended early (the client went away).
+  bool WaitForAbortedTransfer(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&aborted_), timeout);
+  }
+
+ private:
+  void Serve(const httplib::Request& req, httplib::Response& res) {
+    const std::string mode = req.matches[1];
+    const std::string name = req.matches[2];
+    int count;
+    {
+      absl::MutexLock lock(&mu_);
+      count = ++requests_[mode];
+    }
+    // httplib would apply Range itself (even to error bodies); this host decides per path.
+    const httplib::Ranges ranges = req.ranges;
+    const_cast<httplib::Request&>(req).ranges.clear();
+    auto it = files_.find(name);
+    if (it == files_.end()) {
+      res.status = 404;
+      return;
+    }
+    const std::string* data = &it->second;
+    const size_t size = data->size();
+    if (mode == "expiring" && count > 1) {
+      res.status = 403;
+      res.set_content("Request has expired", "text/plain");
+      return;
+    }
+    if (mode == "norange") {
+      res.set_chunked_content_provider(
+          "audio/flac", [this, data](size_t offset, httplib::DataSink& sink) {
+            const size_t n = std::min<size_t>(64 * 1024, data->size() - offset);
+            if (n == 0) {
+              sink.done();
+              return true;
+            }
+            bytes_sent_ += static_cast<int64_t>(n);
+            return sink.write(data->data() + offset, n);
+          });
+      return;
+    }
+    size_t start = 0;
+    if (!ranges.empty() && ranges[0].first >= 0) start = static_cast<size_t>(ranges[0].first);
+    if (start >= size && !ranges.empty()) {
+      res.status = 416;
+      res.set_header("Content-Range", absl::StrCat("bytes */", size));
+      return;
+    }
+    if (!ranges.empty()) {
+      res.status = 206;
+      res.set_header("Content-Range", absl::StrCat("bytes ", start, "-", size - 1, "/", size));
+    }
+    const size_t cut = mode == "expiring" ? size / 2 : size;
+    res.set_content_provider(
+        size - start, "audio/flac",
+        [this, data, start, cut](size_t offset, size_t length, httplib::DataSink& sink) {
+          offset += start;
+          if (offset >= cut) return false;  // drop the connection mid-body
+          const size_t n = std::min<size_t>({64 * 1024, length, cut - offset});
+          bytes_sent_ += static_cast<int64_t>(n);
+          return sink.write(data->data() + offset, n);
+        },
+        [this](bool success) {
+          if (success) return;
+          absl::MutexLock lock(&mu_);
+          aborted_ = true;
+        });
+  }
+
+  // Generated once per process: the 50 MB file takes a moment.
+  static const std::map<std::string, std::string>& Files() {
+    static const auto* files = new std::map<std::string, std::string>{
+        {"small", MakeFile(300 * 1000 + 7, 1)}, {"big", MakeFile(50 * 1000 * 1000, 2)}};
+    return *files;
+  }
+
+  const std::map<std::string, std::string>& files_;
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, int> requests_ ABSL_GUARDED_BY(mu_);
+  bool aborted_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int64_t> bytes_sent_{0};
+};
+
+class DownloadTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+  void SetUp() override {
+    http_ = http::CurlHttpClient::Create();
+    ASSERT_NE(http_, nullptr);
+    options_.min_poll_interval = absl::Milliseconds(1);
+    options_.download_chunk_bytes = 64 * 1024;
+    options_.download_buffer_bytes = 256 * 1024;
+  }
+
+  void OpenEngine() {
+    auto store = OpenSqliteOperationStore(testing::TempLedgerPath());
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto engine = CreateOperationsEngine(options_, std::move(*store), {&provider_}, http_.get());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = std::move(*engine);
+    ASSERT_TRUE(engine_->Start().ok());
+  }
+
+  // A finished operation whose one asset the provider serves at `url`.
+  std::string Finished(const std::string& url, absl::Time expire = absl::InfiniteFuture()) {
+    adapters::ProviderOutput output;
+    output.content_type = "audio/flac";
+    output.format = v1::AUDIO_FORMAT_FLAC;
+    output.url = url;
+    output.url_expire_time = expire;
+    provider_.SetOutputs({output});
+    provider_.SetPollsToFinish(1);
+    auto op = engine_->Generate(kTenant, TextRequest("download me"));
+    EXPECT_TRUE(op.ok()) << op.status();
+    absl::Notification done;
+    engine_->Wait(kTenant, op->name(), absl::Seconds(10), [&](absl::StatusOr<v1::Operation> r) {
+      EXPECT_TRUE(r.ok() && r->state() == v1::OPERATION_STATE_SUCCEEDED);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return op->name() + "/assets/0";
+  }
+
+  struct Result {
+    v1::AssetInfo info;
+    std::string data;
+    absl::Status status;
+    bool offsets_contiguous = true;
+  };
+
+  Result Fetch(const std::string& asset, int64_t offset) {
+    Result result;
+    auto stream = engine_->Download(kTenant, asset, offset);
+    if (!stream.ok()) {
+      result.status = stream.status();
+      return result;
+    }
+    StreamReader<v1::DownloadChunk> reader(*std::move(stream));
+    EXPECT_TRUE(reader.WaitFinished(absl::Seconds(30)));
+    result.status = reader.status();
+    int64_t expected = offset;
+    for (const auto& chunk : reader.messages()) {
+      if (chunk.has_info()) {
+        result.info = chunk.info();
+        continue;
+      }
+      if (chunk.offset() != expected) result.offsets_contiguous = false;
+      expected += static_cast<int64_t>(chunk.data().size());
+      result.data += chunk.data();
+    }
+    return result;
+  }
+
+  FileHost host_;
+  FakeAdapter provider_;
+  std::unique_ptr<http::CurlHttpClient> http_;
+  EngineOptions options_;
+  std::unique_ptr<OperationsEngine> engine_;
+};
+
+TEST_F(DownloadTest, FullDownloadStreamsEveryByteAndRecordsTheDigest) {
+  OpenEngine();
+  const std::string asset = Finished(host_.Url("a", "small"));
+  const std::string& file = host_.file("small");
+  Result first = Fetch(asset, 0);
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_EQ(first.info.asset(), asset);
+  EXPECT_EQ(first.info.content_type(), "audio/flac");
+  EXPECT_EQ(first.info.size_bytes(), static_cast<int64_t>(file.size()));
+  EXPECT_EQ(first.info.format(), v1::AUDIO_FORMAT_FLAC);
+  EXPECT_TRUE(first.offsets_contiguous);
+  EXPECT_EQ(first.data.size(), file.size());
+  EXPECT_TRUE(first.data == file);
+
+  // The first full pass stored size and digest on the asset (written off the loop thread).
+  const std::string expected_sha = Sha256Hex(file);
+  std::string stored_sha;
+  for (int i = 0; i < 500 && stored_sha.empty(); ++i) {
+    auto op = engine_->Get(kTenant, asset.substr(0, asset.find("/assets/")));
+    ASSERT_TRUE(op.ok());
+    stored_sha = op->outputs(0).sha256();
+    if (stored_sha.empty()) absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(stored_sha, expected_sha);
+  Result second = Fetch(asset, 0);
+  ASSERT_TRUE(second.status.ok());
+  EXPECT_EQ(second.info.sha256(), expected_sha);
+  // Known size: an offset past the end is refused before any transfer.
+  EXPECT_EQ(engine_->Download(kTenant, asset, file.size() + 1).status().code(),
+            absl::StatusCode::kOutOfRange);
+  Result at_end = Fetch(asset, static_cast<int64_t>(file.size()));
+  EXPECT_TRUE(at_end.status.ok());
+  EXPECT_TRUE(at_end.data.empty());
+}
+
+TEST_F(DownloadTest, ResumeAtOffsetReturnsTheTail) {
+  OpenEngine();
+  const std::string& file = host_.file("small");
+  const std::string asset = Finished(host_.Url("a", "small"));
+  Result tail = Fetch(asset, 100000);
+  ASSERT_TRUE(tail.status.ok()) << tail.status;
+  EXPECT_EQ(tail.info.offset(), 100000);
+  EXPECT_TRUE(tail.offsets_contiguous);
+  EXPECT_TRUE(tail.data == file.substr(100000));
+  EXPECT_TRUE(tail.info.sha256().empty());  // a partial pass proves nothing about the whole
+}
+
+TEST_F(DownloadTest, ResumeWorksWhenTheProviderIgnoresRange) {
+  OpenEngine();
+  const std::string& file = host_.file("small");
+  const std::string asset = Finished(host_.Url("norange", "small"));
+  Result tail = Fetch(asset, 123457);
+  ASSERT_TRUE(tail.status.ok()) << tail.status;
+  EXPECT_TRUE(tail.data == file.substr(123457));
+}
+
+TEST_F(DownloadTest, OffsetBeyondTheEndIsOutOfRange) {
+  OpenEngine();
+  const std::string asset = Finished(host_.Url("a", "small"));
+  Result result = Fetch(asset, 10 * 1000 * 1000);
+  EXPECT_EQ(result.status.code(), absl::StatusCode::kOutOfRange) << result.status;
+}
+
+TEST_F(DownloadTest, ExpiredUrlMidTransferIsRefreshedAndTheTransferContinues) {
+  OpenEngine();
+  const std::string& file = host_.file("small");
+  const std::string asset = Finished(host_.Url("expiring", "small"));
+  // From now on the provider mints fresh URLs on the good path.
+  adapters::ProviderOutput fresh;
+  fresh.content_type = "audio/flac";
+  fresh.url = host_.Url("a", "small");
+  provider_.SetOutputs({fresh});
+  Result result = Fetch(asset, 0);
+  ASSERT_TRUE(result.status.ok()) << result.status;
+  EXPECT_TRUE(result.offsets_contiguous);
+  EXPECT_EQ(result.data.size(), file.size());
+  EXPECT_TRUE(result.data == file);
+  EXPECT_EQ(provider_.refresh_polls(), 1);
+  EXPECT_EQ(host_.requests("expiring"), 2);  // the cut transfer, then the 403
+  EXPECT_EQ(host_.requests("a"), 1);         // resumed with a Range at the current offset
+}
+
+TEST_F(DownloadTest, UrlPastItsExpiryIsRefreshedBeforeUse) {
+  OpenEngine();
+  const std::string asset =
+      Finished(host_.Url("expiring", "small"), absl::Now() - absl::Minutes(1));
+  adapters::ProviderOutput fresh;
+  fresh.url = host_.Url("a", "small");
+  provider_.SetOutputs({fresh});
+  Result result = Fetch(asset, 0);
+  ASSERT_TRUE(result.status.ok()) << result.status;
+  EXPECT_TRUE(result.data == host_.file("small"));
+  EXPECT_EQ(host_.requests("expiring"), 0);
+  EXPECT_EQ(provider_.refresh_polls(), 1);
+}
+
+TEST_F(DownloadTest, ClientCancelStopsTheUpstreamTransfer) {
+  options_.download_buffer_bytes = 64 * 1024;
+  OpenEngine();
+  const std::string asset = Finished(host_.Url("a", "big"));
+  auto stream = engine_->Download(kTenant, asset, 0);
+  ASSERT_TRUE(stream.ok());
+  {
+    StreamReader<v1::DownloadChunk> reader(*std::move(stream), /*auto_drain=*/false);
+    // Read the info and a little data, then go away like a cancelled call.
+    for (int i = 0; i < 1000 && reader.messages().size() < 2; ++i) {
+      reader.Drain();
+      if (reader.messages().size() < 2) absl::SleepFor(absl::Milliseconds(5));
+    }
+    ASSERT_GE(reader.messages().size(), 2u);
+    EXPECT_EQ(engine_->Stats().open_downloads, 1);
+  }
+  EXPECT_TRUE(host_.WaitForAbortedTransfer(absl::Seconds(10)));
+  EXPECT_LT(host_.bytes_sent(), static_cast<int64_t>(host_.file("big").size()));
+  EXPECT_EQ(engine_->Stats().open_downloads, 0);
+}
+
+TEST_F(DownloadTest, MemoryStaysBoundedForALargeFile) {
+  options_.download_chunk_bytes = 32 * 1024;
+  options_.download_buffer_bytes = 64 * 1024;
+  OpenEngine();
+  const std::string& file = host_.file("big");
+  const std::string asset = Finished(host_.Url("a", "big"));
+  auto stream = engine_->Download(kTenant, asset, 0);
+  ASSERT_TRUE(stream.ok());
+  auto* download = dynamic_cast<DownloadStream*>(stream->get());
+  ASSERT_NE(download, nullptr);
+  // A reactor-like consumer: Next() until nothing is ready, then wait for the wake-up.
+  absl::Mutex mu;
+  bool woken = false;
+  (*stream)->SetWakeup([&] {
+    absl::MutexLock lock(&mu);
+    woken = true;
+  });
+  std::string received;
+  received.reserve(file.size());
+  absl::Status status;
+  bool finished = false;
+  while (!finished) {
+    auto chunk = (*stream)->Next(&finished, &status);
+    if (chunk.has_value()) {
+      if (!chunk->has_info()) received += chunk->data();
+      continue;
+    }
+    if (finished) break;
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&woken), absl::Seconds(30)));
+    woken = false;
+  }
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(received.size(), file.size());
+  EXPECT_TRUE(received == file);
+  // The buffer never held more than its bound plus one socket read held back by libcurl.
+  EXPECT_LE(download->pipe().max_buffered_bytes(), 64 * 1024 + CURL_MAX_WRITE_SIZE);
+}
+
+TEST_F(DownloadTest, OnlySucceededOperationsAndKnownAssets) {
+  OpenEngine();
+  const std::string asset = Finished(host_.Url("a", "small"));
+  const std::string name = asset.substr(0, asset.find("/assets/"));
+  EXPECT_EQ(engine_->Download(kTenant, name + "/assets/1", 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine_->Download(kTenant, name, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  provider_.SetPollsToFinish(0);
+  auto running = engine_->Generate(kTenant, TextRequest("not yet"));
+  ASSERT_TRUE(running.ok());
+  EXPECT_EQ(engine_->Download(kTenant, running->name() + "/assets/0", 0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace musicgw::operations
