@@ -42,7 +42,7 @@ nlohmann::json TestConfig(const ProviderUrls& urls, const std::string& ledger_pa
 }
 
 void SetTestSecrets() {
-  setenv("MUSICGW_TEST_LOUDLY_KEY", "loudly-test-api-key", 1);
+  setenv("MUSICGW_TEST_LOUDLY_KEY", "loudly_test_key", 1);
   setenv("MUSICGW_TEST_SOUNDPIECE_KEY", "spk_test_key", 1);
 }
 

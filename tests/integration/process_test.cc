@@ -155,7 +155,7 @@ TEST_F(ProcessTest, SigtermEndsStreamsWithUnavailableAndExitsWithinTheDrainDeadl
   const std::string logs = (*process)->Logs();
   EXPECT_NE(logs.find("\"msg\":\"musicgw draining\""), std::string::npos);
   // No secret ever reaches the logs.
-  EXPECT_EQ(logs.find("loudly-test-api-key"), std::string::npos);
+  EXPECT_EQ(logs.find("loudly_test_key"), std::string::npos);
   EXPECT_EQ(logs.find("spk_test_key"), std::string::npos);
   EXPECT_EQ(logs.find(kAcmeKey), std::string::npos);
 }
