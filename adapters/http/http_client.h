@@ -22,6 +22,9 @@
 
 namespace musicgw::http {
 
+class HttpObserver;  // observer.h
+class RetryBudget;   // retry.h
+
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 // Case-insensitive header lookup; nullopt when absent.
@@ -84,6 +87,12 @@ class Client {
   virtual std::unique_ptr<StreamHandle> Stream(Request request, StreamHandler* handler) = 0;
   // Runs `fn` on the loop thread after `delay` (timers for backoff and polling).
   virtual void RunAfter(absl::Duration delay, absl::AnyInvocable<void() &&> fn) = 0;
+
+  // Metrics hooks, or nullptr. Owned by the client; lives as long as it.
+  virtual HttpObserver* observer() const { return nullptr; }
+  // The budget SendWithRetry (retry.h) draws retries from, or nullptr for unlimited retries
+  // (fakes in tests). Owned by the client; lives as long as it.
+  virtual RetryBudget* retry_budget() const { return nullptr; }
 };
 
 // Retry policy for one logical call: full-jitter exponential backoff, Retry-After honoured as a
