@@ -23,13 +23,14 @@
 #include "common/errors.h"
 #include "gtest/gtest.h"
 #include "tests/loudly/fake_http_client.h"
+#include "tests/loudly/test_util.h"
 
 namespace musicgw::adapters::loudly {
 namespace {
 
 using testing::FakeHttpClient;
-
-constexpr absl::Duration kWait = absl::Seconds(10);
+using testing::Reason;
+using testing::Waiter;
 
 std::string Jwt(int64_t exp, int seq) {
   return absl::StrCat(
@@ -169,30 +170,6 @@ class ScriptedLoudly {
   int songs_ = 0;
   absl::Duration token_lifetime_ = absl::Hours(1);
 };
-
-// Blocks until the callback ran; records the thread it ran on.
-template <typename T>
-struct Waiter {
-  absl::Notification done;
-  absl::StatusOr<T> result = absl::UnknownError("not called");
-  std::thread::id thread;
-  Callback<T> callback() {
-    return [this](absl::StatusOr<T> value) {
-      result = std::move(value);
-      thread = std::this_thread::get_id();
-      done.Notify();
-    };
-  }
-  absl::StatusOr<T>& Get() {
-    EXPECT_TRUE(done.WaitForNotificationWithTimeout(kWait));
-    return result;
-  }
-};
-
-std::string Reason(const absl::Status& status) {
-  google::rpc::ErrorInfo info;
-  return GetErrorInfo(status, &info) ? info.reason() : "";
-}
 
 class LoudlyAdapterFakeTest : public ::testing::Test {
  protected:
