@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""Offline checks of the Kubernetes manifests (no cluster): renders each kustomization with
+`kubectl kustomize`, then checks kinds and apiVersions, required fields, and the
+cross-references a dry run against a cluster would not catch: selectors match pod labels,
+Service and probe ports match container ports and the config's listen addresses, volumes match
+mounts, secret files named in the config are mounted, the ledger is on the persistent volume,
+the grace period covers preStop plus the drain deadline, the Ingress host is the webhook
+callback host. With --musicgw, the rendered config also goes through `musicgw --check_config`.
+
+  check_manifests.py --kubectl kubectl --deploy-dir deploy/kubernetes [--musicgw path] [--self-test]
+"""
+
+import argparse
+import copy
+import json
+import os
+import posixpath
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+
+import yaml
+
+KNOWN_KINDS = {
+    "Namespace": "v1",
+    "ServiceAccount": "v1",
+    "ConfigMap": "v1",
+    "Service": "v1",
+    "PersistentVolumeClaim": "v1",
+    "StatefulSet": "apps/v1",
+    "Deployment": "apps/v1",
+    "Ingress": "networking.k8s.io/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PodDisruptionBudget": "policy/v1",
+}
+CLUSTER_SCOPED = {"Namespace"}
+# Field names of the core objects (Kubernetes 1.30 API), to catch typos a client-side dry run
+# would: an unknown field is dropped or rejected by the API server.
+KNOWN_FIELDS = {
+    "pod": {"serviceAccountName", "automountServiceAccountToken", "terminationGracePeriodSeconds",
+            "securityContext", "containers", "initContainers", "volumes", "affinity",
+            "tolerations", "nodeSelector", "topologySpreadConstraints", "priorityClassName",
+            "enableServiceLinks", "imagePullSecrets", "dnsPolicy", "restartPolicy"},
+    "container": {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom",
+                  "ports", "resources", "securityContext", "startupProbe", "readinessProbe",
+                  "livenessProbe", "lifecycle", "volumeMounts", "workingDir",
+                  "terminationMessagePolicy"},
+    "probe": {"grpc", "httpGet", "tcpSocket", "exec", "initialDelaySeconds", "periodSeconds",
+              "timeoutSeconds", "failureThreshold", "successThreshold",
+              "terminationGracePeriodSeconds"},
+    "statefulset": {"replicas", "serviceName", "selector", "template", "volumeClaimTemplates",
+                    "podManagementPolicy", "updateStrategy", "minReadySeconds",
+                    "persistentVolumeClaimRetentionPolicy", "revisionHistoryLimit", "ordinals"},
+    "service": {"type", "selector", "ports", "clusterIP", "clusterIPs", "sessionAffinity",
+                "publishNotReadyAddresses", "internalTrafficPolicy", "ipFamilyPolicy"},
+    "service_port": {"name", "port", "targetPort", "protocol", "appProtocol", "nodePort"},
+}
+
+
+def known_fields(c, what, obj, kind):
+    unknown = set(obj or {}) - KNOWN_FIELDS[kind]
+    c.check(not unknown, f"{what}: unknown fields {sorted(unknown)}")
+CONFIG_FILE = "musicgw.json"
+WEBHOOK_PATH = "/webhooks/soundpiece"
+
+
+class Checker:
+    def __init__(self, name):
+        self.name = name
+        self.failures = []
+        self.passed = 0
+
+    def check(self, ok, what):
+        if ok:
+            self.passed += 1
+        else:
+            self.failures.append(what)
+        return ok
+
+
+def labels_match(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def listen_port(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def secret_files(node, found):
+    """Every {"file": path} secret reference in the config."""
+    if isinstance(node, dict):
+        if set(node) == {"file"}:
+            found.append(node["file"])
+        for value in node.values():
+            secret_files(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            secret_files(value, found)
+    return found
+
+
+def find(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def check_docs(docs, c):
+    """All checks over one rendered kustomization; failures go to c."""
+    for d in docs:
+        kind = d.get("kind")
+        name = (d.get("metadata") or {}).get("name")
+        c.check(bool(kind) and bool(name), f"document without kind or metadata.name: {d}")
+        c.check(kind in KNOWN_KINDS, f"{kind}/{name}: unexpected kind")
+        c.check(
+            KNOWN_KINDS.get(kind) == d.get("apiVersion"),
+            f"{kind}/{name}: apiVersion {d.get('apiVersion')}, expected {KNOWN_KINDS.get(kind)}",
+        )
+        c.check(kind != "Secret", f"Secret/{name}: secrets are never committed")
+
+    namespaces = [d["metadata"]["name"] for d in find(docs, "Namespace")]
+    if namespaces:
+        for d in docs:
+            if d["kind"] not in CLUSTER_SCOPED:
+                c.check(
+                    d["metadata"].get("namespace") == namespaces[0],
+                    f"{d['kind']}/{d['metadata']['name']}: not in namespace {namespaces[0]}",
+                )
+
+    workloads = find(docs, "StatefulSet") + find(docs, "Deployment")
+    if not c.check(len(workloads) == 1, f"expected one workload, found {len(workloads)}"):
+        return
+    wl = workloads[0]
+    spec = wl.get("spec", {})
+    wl_name = f"{wl['kind']}/{wl['metadata']['name']}"
+    # The ledger is embedded SQLite: one writer per volume.
+    c.check(spec.get("replicas") == 1, f"{wl_name}: replicas must be 1 (one pod per ledger)")
+    if wl["kind"] == "Deployment":
+        c.check(
+            spec.get("strategy", {}).get("type") == "Recreate",
+            f"{wl_name}: a Deployment over the ledger needs strategy Recreate",
+        )
+    template = spec.get("template", {})
+    pod_labels = template.get("metadata", {}).get("labels", {})
+    selector = spec.get("selector", {}).get("matchLabels", {})
+    c.check(labels_match(selector, pod_labels), f"{wl_name}: selector does not match pod labels")
+    pod = template.get("spec", {})
+    containers = pod.get("containers", [])
+    if not c.check(len(containers) >= 1, f"{wl_name}: no containers"):
+        return
+    ct = containers[0]
+    c.check(bool(ct.get("image")), f"{wl_name}: container without image")
+    if wl["kind"] == "StatefulSet":
+        known_fields(c, wl_name, spec, "statefulset")
+    known_fields(c, f"{wl_name} pod", pod, "pod")
+    for container in containers:
+        known_fields(c, f"{wl_name} container {container.get('name')}", container, "container")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in container:
+                known_fields(c, f"{wl_name} {probe}", container[probe], "probe")
+
+    psc = pod.get("securityContext", {})
+    c.check(psc.get("runAsNonRoot") is True, f"{wl_name}: runAsNonRoot must be true")
+    c.check(psc.get("runAsUser", 0) != 0, f"{wl_name}: runAsUser must not be 0")
+    csc = ct.get("securityContext", {})
+    c.check(csc.get("readOnlyRootFilesystem") is True, f"{wl_name}: root filesystem not read-only")
+    c.check(csc.get("allowPrivilegeEscalation") is False, f"{wl_name}: privilege escalation allowed")
+    c.check("ALL" in csc.get("capabilities", {}).get("drop", []), f"{wl_name}: capabilities not dropped")
+    res = ct.get("resources", {})
+    for part in ("requests", "limits"):
+        for r in ("cpu", "memory"):
+            c.check(r in res.get(part, {}), f"{wl_name}: no resources.{part}.{r}")
+
+    ports = {p.get("name"): p.get("containerPort") for p in ct.get("ports", [])}
+    for port_name in ("grpc", "metrics", "webhook"):
+        c.check(port_name in ports, f"{wl_name}: no container port named {port_name}")
+
+    for probe_name in ("readinessProbe", "livenessProbe"):
+        probe = ct.get(probe_name)
+        if c.check(probe and "grpc" in probe, f"{wl_name}: {probe_name} must be a gRPC probe"):
+            c.check(
+                probe["grpc"].get("port") == ports.get("grpc"),
+                f"{wl_name}: {probe_name} port {probe['grpc'].get('port')} is not the grpc port",
+            )
+
+    # Volumes and mounts.
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    claims = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
+    mounts = {m["name"]: m for m in ct.get("volumeMounts", [])}
+    for m in mounts:
+        c.check(m in volumes or m in claims, f"{wl_name}: volumeMount {m} has no volume")
+    for v in list(volumes) + list(claims):
+        c.check(v in mounts, f"{wl_name}: volume {v} is never mounted")
+    for v in volumes.values():
+        if "persistentVolumeClaim" in v and wl["kind"] == "Deployment":
+            claim = v["persistentVolumeClaim"]["claimName"]
+            pvcs = [d for d in find(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == claim]
+            c.check(bool(pvcs), f"{wl_name}: PersistentVolumeClaim {claim} not found")
+
+    # The config: mounted from the ConfigMap, passed with --config, and consistent.
+    config_maps = {d["metadata"]["name"]: d for d in find(docs, "ConfigMap")}
+    config = None
+    args = ct.get("args", []) + ct.get("command", [])
+    config_args = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    if c.check(len(config_args) == 1, f"{wl_name}: no --config= argument"):
+        config_path = config_args[0]
+        for m in mounts.values():
+            if posixpath.dirname(config_path) != m["mountPath"].rstrip("/"):
+                continue
+            volume = volumes.get(m["name"], {})
+            cm_name = volume.get("configMap", {}).get("name")
+            if c.check(cm_name in config_maps, f"{wl_name}: ConfigMap {cm_name} not found"):
+                text = config_maps[cm_name].get("data", {}).get(posixpath.basename(config_path))
+                if c.check(text is not None, f"ConfigMap {cm_name} has no {config_path}"):
+                    config = json.loads(text)
+        c.check(config is not None, f"{wl_name}: {config_path} is not mounted from a ConfigMap")
+    if config is None:
+        return config
+
+    server = config.get("server", {})
+    for key, port_name in (("grpc_listen", "grpc"), ("metrics_listen", "metrics"),
+                           ("webhook_listen", "webhook")):
+        if c.check(key in server, f"config: server.{key} not set"):
+            c.check(
+                listen_port(server[key]) == ports.get(port_name),
+                f"config server.{key} {server[key]} is not container port {port_name}",
+            )
+            c.check(
+                not server[key].startswith("127.") and not server[key].startswith("localhost"),
+                f"config server.{key} listens on loopback only",
+            )
+
+    drain = server.get("drain_deadline_seconds", 20)
+    pre_stop = ct.get("lifecycle", {}).get("preStop")
+    pre_stop_seconds = 0
+    if c.check(pre_stop is not None, f"{wl_name}: no preStop hook"):
+        command = pre_stop.get("exec", {}).get("command", [])
+        if command and command[0].endswith("sleep"):
+            pre_stop_seconds = float(command[1])
+        elif "sleep" in pre_stop:
+            pre_stop_seconds = float(pre_stop["sleep"]["seconds"])
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    c.check(
+        grace > drain + pre_stop_seconds,
+        f"{wl_name}: terminationGracePeriodSeconds {grace} <= preStop {pre_stop_seconds} s "
+        f"+ drain_deadline_seconds {drain}",
+    )
+
+    ledger_dir = posixpath.dirname(config.get("ledger", {}).get("path", ""))
+    ledger_mount = [m for m in mounts.values() if m["mountPath"].rstrip("/") == ledger_dir]
+    c.check(
+        ledger_mount
+        and (ledger_mount[0]["name"] in claims
+             or "persistentVolumeClaim" in volumes.get(ledger_mount[0]["name"], {})),
+        f"config ledger.path {config.get('ledger', {}).get('path')} is not on a persistent volume",
+    )
+    for provider in config.get("providers", []):
+        state = provider.get("token_state_file")
+        if state:
+            c.check(posixpath.dirname(state) == ledger_dir,
+                    f"config token_state_file {state} is not on the ledger volume")
+
+    # Every secret file the config names is a key of a mounted Secret.
+    mounted_files = set()
+    for m in mounts.values():
+        volume = volumes.get(m["name"], {})
+        sources = volume.get("projected", {}).get("sources", [])
+        if "secret" in volume:
+            sources = [{"secret": volume["secret"]}]
+        for source in sources:
+            for item in source.get("secret", {}).get("items", []):
+                mounted_files.add(posixpath.join(m["mountPath"], item["path"]))
+    files = secret_files(config.get("providers", []), [])
+    c.check(bool(files), "config: no provider secret is read from a file")
+    for f in files:
+        c.check(f in mounted_files, f"config secret file {f} is not mounted from a Secret")
+
+    # Services.
+    services = {d["metadata"]["name"]: d for d in find(docs, "Service")}
+    for name, svc in services.items():
+        s = svc.get("spec", {})
+        known_fields(c, f"Service/{name}", s, "service")
+        for p in s.get("ports", []):
+            known_fields(c, f"Service/{name} port", p, "service_port")
+        c.check(labels_match(s.get("selector", {}), pod_labels),
+                f"Service/{name}: selector does not match the pod labels")
+        for p in s.get("ports", []):
+            target = p.get("targetPort", p.get("port"))
+            c.check(target in ports or target in ports.values(),
+                    f"Service/{name}: targetPort {target} is not a container port")
+    if wl["kind"] == "StatefulSet":
+        headless = services.get(spec.get("serviceName"))
+        c.check(headless is not None and headless["spec"].get("clusterIP") == "None",
+                f"{wl_name}: serviceName {spec.get('serviceName')} is not a headless Service")
+    c.check(any(p.get("name") == "grpc" for s in services.values()
+                for p in s["spec"].get("ports", []) if s["spec"].get("clusterIP") != "None"),
+            "no ClusterIP Service for gRPC")
+
+    # ServiceMonitor -> metrics Service.
+    for sm in find(docs, "ServiceMonitor"):
+        sel = sm["spec"].get("selector", {}).get("matchLabels", {})
+        targets = [s for s in services.values() if labels_match(sel, s["metadata"].get("labels", {}))]
+        if c.check(len(targets) == 1, f"ServiceMonitor/{sm['metadata']['name']}: selects "
+                                      f"{len(targets)} Services, expected 1"):
+            names = {p.get("name") for p in targets[0]["spec"]["ports"]}
+            for ep in sm["spec"].get("endpoints", []):
+                c.check(ep.get("port") in names,
+                        f"ServiceMonitor endpoint port {ep.get('port')} not on the Service")
+                c.check(targets[0]["spec"]["ports"][0].get("targetPort") in ("metrics", ports["metrics"]),
+                        "ServiceMonitor does not reach the metrics port")
+
+    # Ingress -> webhook Service, host = the provider's callback host.
+    callback_hosts = {urllib.parse.urlparse(p["callback_url"]).hostname
+                      for p in config.get("providers", []) if p.get("callback_url")}
+    ingresses = find(docs, "Ingress")
+    c.check(bool(ingresses), "no Ingress for the webhook endpoint")
+    for ing in ingresses:
+        routed = False
+        for rule in ing["spec"].get("rules", []):
+            c.check(rule.get("host") in callback_hosts,
+                    f"Ingress host {rule.get('host')} is not a callback_url host {callback_hosts}")
+            for p in rule.get("http", {}).get("paths", []):
+                backend = p["backend"]["service"]
+                svc = services.get(backend["name"])
+                if not c.check(svc is not None, f"Ingress backend {backend['name']} not found"):
+                    continue
+                port = backend["port"].get("name", backend["port"].get("number"))
+                svc_ports = [sp for sp in svc["spec"]["ports"] if port in (sp.get("name"), sp.get("port"))]
+                if c.check(bool(svc_ports), f"Ingress backend port {port} not on {backend['name']}"):
+                    c.check(svc_ports[0].get("targetPort") in ("webhook", ports["webhook"]),
+                            "Ingress does not reach the webhook port")
+                routed |= p.get("path") == WEBHOOK_PATH
+        c.check(routed, f"Ingress does not route {WEBHOOK_PATH}")
+        for tls in ing["spec"].get("tls", []):
+            for host in tls.get("hosts", []):
+                c.check(host in callback_hosts, f"Ingress TLS host {host} is not a callback host")
+
+    # NetworkPolicy.
+    policies = find(docs, "NetworkPolicy")
+    c.check(bool(policies), "no NetworkPolicy")
+    for np in policies:
+        s = np["spec"]
+        c.check(labels_match(s.get("podSelector", {}).get("matchLabels", {}), pod_labels),
+                "NetworkPolicy podSelector does not match the pod")
+        c.check(set(s.get("policyTypes", [])) == {"Ingress", "Egress"},
+                "NetworkPolicy must restrict both ingress and egress")
+        allowed_in = set()
+        for rule in s.get("ingress", []):
+            c.check(bool(rule.get("from")), "NetworkPolicy ingress rule open to every source")
+            for p in rule.get("ports", []):
+                c.check(p["port"] in ports or p["port"] in ports.values(),
+                        f"NetworkPolicy port {p['port']} is not a container port")
+                allowed_in.add(ports.get(p["port"], p["port"]))
+        c.check(allowed_in == set(ports[n] for n in ("grpc", "metrics", "webhook")),
+                f"NetworkPolicy ingress allows ports {allowed_in}")
+        egress_ports = {(p.get("port"), p.get("protocol", "TCP"))
+                        for rule in s.get("egress", []) for p in rule.get("ports", [])}
+        c.check((53, "UDP") in egress_ports, "NetworkPolicy egress: no DNS")
+        c.check((443, "TCP") in egress_ports, "NetworkPolicy egress: no HTTPS to providers")
+    return config
+
+
+def check_config_with_binary(musicgw, config, c):
+    """Runs the gateway's own parser on the config, secrets replaced by placeholder files."""
+    config = copy.deepcopy(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        def replace(node):
+            if isinstance(node, dict):
+                if set(node) == {"file"}:
+                    path = os.path.join(tmp, str(len(os.listdir(tmp))))
+                    with open(path, "w") as f:
+                        f.write("whsec_placeholder" if "webhook" in node["file"] else "placeholder")
+                    node["file"] = path
+                for v in node.values():
+                    replace(v)
+            elif isinstance(node, list):
+                for v in node:
+                    replace(v)
+        replace(config)
+        path = os.path.join(tmp, CONFIG_FILE)
+        with open(path, "w") as f:
+            json.dump(config, f)
+        result = subprocess.run([musicgw, "--check_config", f"--config={path}"],
+                                capture_output=True, text=True, timeout=30)
+        c.check(result.returncode == 0,
+                f"musicgw --check_config rejects the config: {result.stderr.strip()}")
+
+
+def render(kubectl, directory):
+    out = subprocess.run([kubectl, "kustomize", directory], capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize {directory}: {out.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def self_test(docs):
+    """The checks must catch what they claim to: each mutation has to fail."""
+    def workload(ds):
+        return [d for d in ds if d["kind"] in ("StatefulSet", "Deployment")][0]
+
+    def pod(ds):
+        return workload(ds)["spec"]["template"]["spec"]
+
+    mutations = {
+        "grace period below drain": lambda ds: pod(ds).update(terminationGracePeriodSeconds=10),
+        "probe on the metrics port": lambda ds: pod(ds)["containers"][0]["readinessProbe"]["grpc"]
+        .update(port=9464),
+        "two replicas": lambda ds: workload(ds)["spec"].update(replicas=2),
+        "mount without volume": lambda ds: pod(ds)["containers"][0]["volumeMounts"][0]
+        .update(name="nope"),
+        "service selector typo": lambda ds: [d for d in ds if d["kind"] == "Service"][0]["spec"]
+        ["selector"].update({"app.kubernetes.io/name": "musicgw-typo"}),
+        "probe field typo": lambda ds: pod(ds)["containers"][0].update(
+            readinesProbe=pod(ds)["containers"][0]["readinessProbe"]),
+        "writable root": lambda ds: pod(ds)["containers"][0]["securityContext"]
+        .update(readOnlyRootFilesystem=False),
+        "a Secret with data": lambda ds: ds.append(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}, "data": {}}),
+    }
+    failures = []
+    for name, mutate in mutations.items():
+        mutated = copy.deepcopy(docs)
+        mutate(mutated)
+        c = Checker(name)
+        check_docs(mutated, c)
+        if not c.failures:
+            failures.append(f"self-test: '{name}' was not detected")
+    return len(mutations) - len(failures), failures
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kubectl", default="kubectl")
+    parser.add_argument("--deploy-dir", required=True)
+    parser.add_argument("--musicgw", help="gateway binary, for --check_config")
+    parser.add_argument("--self-test", action="store_true")
+    args = parser.parse_args()
+
+    passed, failed = 0, 0
+    for overlay in ("base", "overlays/production"):
+        c = Checker(overlay)
+        docs = render(args.kubectl, os.path.join(args.deploy_dir, overlay))
+        config = check_docs(docs, c)
+        if config is not None and args.musicgw:
+            check_config_with_binary(args.musicgw, config, c)
+        kinds = sorted({d["kind"] for d in docs})
+        print(f"{overlay}: {len(docs)} objects ({', '.join(kinds)}): "
+              f"{c.passed} checks passed, {len(c.failures)} failed")
+        for f in c.failures:
+            print(f"  FAIL {f}")
+        passed += c.passed
+        failed += len(c.failures)
+        if args.self_test and overlay == "base":
+            ok, problems = self_test(docs)
+            print(f"self-test: {ok} mutations detected, {len(problems)} missed")
+            for p in problems:
+                print(f"  FAIL {p}")
+            passed += ok
+            failed += len(problems)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
