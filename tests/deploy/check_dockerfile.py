@@ -16,18 +16,7 @@ import shlex
 import subprocess
 import sys
 
-
-class Checker:
-    def __init__(self):
-        self.passed = 0
-        self.failures = []
-
-    def check(self, ok, what):
-        if ok:
-            self.passed += 1
-        else:
-            self.failures.append(what)
-        return ok
+from checker import Checker
 
 
 def instructions(text):
@@ -78,7 +67,7 @@ def main():
     for name in ("build", "runtime", "sandbox"):
         c.check(name in st, f"no stage {name}")
     if c.failures:
-        return report(c)
+        return c.report()
     for name in ("build", "runtime"):
         c.check(st[name][0][1].startswith("${DEBIAN_IMAGE}"), f"stage {name} is not on DEBIAN_IMAGE")
     c.check(st["sandbox"][0][1].startswith("runtime"), "sandbox does not extend runtime")
@@ -162,14 +151,7 @@ def main():
         ignored = {line.strip() for line in f if line.strip() and not line.startswith("#")}
     for must in ("build*/", "**/node_modules/", "sandbox-out/", ".git"):
         c.check(must in ignored, f".dockerignore does not exclude {must}")
-    return report(c)
-
-
-def report(c):
-    for f in c.failures:
-        print(f"  FAIL {f}")
-    print(f"{c.passed} passed, {len(c.failures)} failed")
-    return 1 if c.failures else 0
+    return c.report()
 
 
 if __name__ == "__main__":

@@ -16,25 +16,14 @@ import sys
 
 import yaml
 
+from checker import Checker
+
 SERVICE = "musicgw.v1.MusicGateway"
 TRANSCODER = ("type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3."
               "GrpcJsonTranscoder")
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
        "HttpConnectionManager")
-
-
-class Checker:
-    def __init__(self):
-        self.passed = 0
-        self.failures = []
-
-    def check(self, ok, what):
-        if ok:
-            self.passed += 1
-        else:
-            self.failures.append(what)
-        return ok
 
 
 def build(envoy_dir, work):
@@ -159,10 +148,7 @@ def main():
     descriptor = build(args.envoy_dir, args.work)
     services = check_descriptor(descriptor, args.work, c)
     check_envoy_yaml(os.path.join(args.envoy_dir, "envoy.yaml"), services, c)
-    for f in c.failures:
-        print(f"  FAIL {f}")
-    print(f"{c.passed} passed, {len(c.failures)} failed")
-    return 1 if c.failures else 0
+    return c.report()
 
 
 if __name__ == "__main__":

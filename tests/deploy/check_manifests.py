@@ -22,6 +22,8 @@ import urllib.parse
 
 import yaml
 
+from checker import Checker
+
 KNOWN_KINDS = {
     "Namespace": "v1",
     "ServiceAccount": "v1",
@@ -64,20 +66,6 @@ def known_fields(c, what, obj, kind):
     c.check(not unknown, f"{what}: unknown fields {sorted(unknown)}")
 CONFIG_FILE = "musicgw.json"
 WEBHOOK_PATH = "/webhooks/soundpiece"
-
-
-class Checker:
-    def __init__(self, name):
-        self.name = name
-        self.failures = []
-        self.passed = 0
-
-    def check(self, ok, what):
-        if ok:
-            self.passed += 1
-        else:
-            self.failures.append(what)
-        return ok
 
 
 def labels_match(selector, labels):
