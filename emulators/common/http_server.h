@@ -83,6 +83,7 @@ class HttpServer {
   httplib::Server server_;
   std::thread listener_;
   int port_ = 0;
+  int listen_fd_ = -1;
   std::atomic<bool> stopping_{false};
   absl::Notification stopped_;
 };

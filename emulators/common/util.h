@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -48,6 +49,14 @@ std::string DumpEscapedSlashes(const nlohmann::json& value);
 nlohmann::json ParseJson(absl::string_view text);
 
 std::string HmacSha256(absl::string_view key, absl::string_view data);
+
+// The whole file; empty path -> empty string.
+absl::StatusOr<std::string> ReadFileOrEmpty(const std::string& path);
+
+// For the binaries: BlockTerminationSignals() before any thread starts (threads inherit the
+// mask), then WaitForTerminationSignal() returns SIGTERM or SIGINT once one arrives.
+void BlockTerminationSignals();
+int WaitForTerminationSignal();
 
 // A named set of counters. Thread-safe.
 class Counters {
