@@ -437,6 +437,8 @@ class EngineImpl final : public OperationsEngine,
     }
     {
       absl::MutexLock lock(&mu_);
+      // Shutdown may have run meanwhile; it ends only the watches it found.
+      if (shutdown_) return ShuttingDown();
       if (watches_.size() >= 2 * watches_gc_at_) {
         watches_.erase(std::remove_if(watches_.begin(), watches_.end(),
                                       [](const std::weak_ptr<WatchState>& w) {
