@@ -50,17 +50,19 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (absl::GetFlag(FLAGS_config).empty()) return Fail("--config is required");
-  auto config = musicgw::config::LoadConfigFile(absl::GetFlag(FLAGS_config),
-                                                musicgw::config::ProcessEnv());
+  auto config =
+      musicgw::config::LoadConfigFile(absl::GetFlag(FLAGS_config), musicgw::config::ProcessEnv());
   if (!config.ok()) return Fail(absl::StrCat("config error: ", config.status().message()));
-  if (!absl::GetFlag(FLAGS_grpc_listen).empty()) config->grpc_listen = absl::GetFlag(FLAGS_grpc_listen);
+  if (!absl::GetFlag(FLAGS_grpc_listen).empty())
+    config->grpc_listen = absl::GetFlag(FLAGS_grpc_listen);
   if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
     config->metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   }
   if (!absl::GetFlag(FLAGS_webhook_listen).empty()) {
     config->webhook_listen = absl::GetFlag(FLAGS_webhook_listen);
   }
-  if (!absl::GetFlag(FLAGS_ledger_path).empty()) config->ledger_path = absl::GetFlag(FLAGS_ledger_path);
+  if (!absl::GetFlag(FLAGS_ledger_path).empty())
+    config->ledger_path = absl::GetFlag(FLAGS_ledger_path);
   if (absl::GetFlag(FLAGS_check_config)) {
     std::cout << "config OK: " << config->providers.size() << " provider account(s), "
               << config->tenants.size() << " tenant(s)" << std::endl;
@@ -83,8 +85,8 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(absl::StrCat("cannot start: ", server.status().message()));
   // Scripts wait for this line to know the ports.
   std::cout << "musicgw listening grpc=" << (*server)->grpc_port()
-            << " metrics=" << (*server)->metrics_port()
-            << " webhook=" << (*server)->webhook_port() << std::endl;
+            << " metrics=" << (*server)->metrics_port() << " webhook=" << (*server)->webhook_port()
+            << std::endl;
 
   int received = 0;
   sigwait(&signals, &received);

@@ -17,8 +17,8 @@ struct QuotaMonitor::State {
   std::vector<char> refresh_pending ABSL_GUARDED_BY(mu);
 };
 
-QuotaMonitor::QuotaMonitor(std::vector<adapters::ProviderAdapter*> adapters,
-                           http::Client* timers, absl::Duration interval)
+QuotaMonitor::QuotaMonitor(std::vector<adapters::ProviderAdapter*> adapters, http::Client* timers,
+                           absl::Duration interval)
     : adapters_(std::move(adapters)),
       timers_(timers),
       interval_(interval),
@@ -86,30 +86,29 @@ void QuotaMonitor::Read(size_t index, bool periodic) {
     }
     state_->reading[index] = 1;
   }
-  adapters_[index]->ReadQuota(
-      [this, index, periodic,
-       state = state_](absl::StatusOr<std::vector<adapters::QuotaFigure>> figures) {
-        {
-          absl::MutexLock lock(&state->mu);
-          state->reading[index] = 0;
-          if (state->stopped) return;
-          AccountQuota& account = state->accounts[index];
-          if (figures.ok()) {
-            account.figures = std::move(*figures);
-            account.read_time = absl::Now();
-            account.last_error.clear();
-          } else {
-            account.last_error = std::string(figures.status().message());
-          }
-        }
-        if (!figures.ok()) {
-          log::Warning("quota read failed", {{"provider", musicgw::v1::Provider_Name(
-                                                              adapters_[index]->provider())},
-                                             {"account", adapters_[index]->account()},
-                                             {"error", std::string(figures.status().message())}});
-        }
-        if (periodic) Schedule(index, interval_);
-      });
+  adapters_[index]->ReadQuota([this, index, periodic, state = state_](
+                                  absl::StatusOr<std::vector<adapters::QuotaFigure>> figures) {
+    {
+      absl::MutexLock lock(&state->mu);
+      state->reading[index] = 0;
+      if (state->stopped) return;
+      AccountQuota& account = state->accounts[index];
+      if (figures.ok()) {
+        account.figures = std::move(*figures);
+        account.read_time = absl::Now();
+        account.last_error.clear();
+      } else {
+        account.last_error = std::string(figures.status().message());
+      }
+    }
+    if (!figures.ok()) {
+      log::Warning("quota read failed",
+                   {{"provider", musicgw::v1::Provider_Name(adapters_[index]->provider())},
+                    {"account", adapters_[index]->account()},
+                    {"error", std::string(figures.status().message())}});
+    }
+    if (periodic) Schedule(index, interval_);
+  });
 }
 
 std::vector<AccountQuota> QuotaMonitor::Snapshot() const {

@@ -5,12 +5,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "adapters/capabilities.h"
 #include "adapters/http/curl_http_client.h"
 #include "adapters/registry.h"
+#include "adapters/soundpiece/webhook.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
@@ -95,7 +97,8 @@ class Directory final : public ProviderDirectory {
     return quotas;
   }
 
-  std::vector<musicgw::v1::TenantBudget> Budgets(const config::TenantConfig& tenant) const override {
+  std::vector<musicgw::v1::TenantBudget> Budgets(
+      const config::TenantConfig& tenant) const override {
     return ReportBudgets(*engine_, tenant, absl::Now());
   }
 
@@ -131,9 +134,9 @@ class GatewayServerImpl final : public GatewayServer {
     for (const auto& provider : config_.providers) {
       auto adapter = adapters::CreateAdapter(provider, http_.get());
       if (!adapter.ok()) {
-        return absl::Status(adapter.status().code(),
-                            absl::StrCat("provider account ", provider.name, ": ",
-                                         adapter.status().message()));
+        return absl::Status(
+            adapter.status().code(),
+            absl::StrCat("provider account ", provider.name, ": ", adapter.status().message()));
       }
       adapter_ptrs_.push_back(adapter->get());
       adapters_.push_back(std::move(*adapter));
@@ -153,12 +156,12 @@ class GatewayServerImpl final : public GatewayServer {
     options.download_chunk_bytes = config_.download_chunk_bytes;
     options.budgets = MakeBudgetResolver(config_.tenants);
     options.observer = &quota_observer_;
-    MUSICGW_ASSIGN_OR_RETURN(engine_, operations::CreateOperationsEngine(std::move(options),
-                                                                         std::move(*store),
-                                                                         adapter_ptrs_, http_.get()));
+    MUSICGW_ASSIGN_OR_RETURN(
+        engine_, operations::CreateOperationsEngine(std::move(options), std::move(*store),
+                                                    adapter_ptrs_, http_.get()));
 
-    quota_ = std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(),
-                                            config_.quota_refresh_interval);
+    quota_ =
+        std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(), config_.quota_refresh_interval);
     quota_observer_.set_monitor(quota_.get());
     directory_ = std::make_unique<Directory>(adapter_ptrs_, engine_.get(), quota_.get());
     tenants_ = std::make_unique<TenantDirectory>(config_.tenants);
@@ -190,6 +193,7 @@ class GatewayServerImpl final : public GatewayServer {
     }
 
     MUSICGW_RETURN_IF_ERROR(engine_->Start());
+    MUSICGW_RETURN_IF_ERROR(StartWebhooks());
     quota_->Start();
     server_->GetHealthCheckService()->SetServingStatus(true);
     log::Info("musicgw serving", {{"grpc_port", grpc_port_},
@@ -201,7 +205,7 @@ class GatewayServerImpl final : public GatewayServer {
 
   int grpc_port() const override { return grpc_port_; }
   int metrics_port() const override { return 0; }
-  int webhook_port() const override { return 0; }
+  int webhook_port() const override { return webhooks_ == nullptr ? 0 : webhooks_->port(); }
 
   void Drain(absl::Duration deadline) override {
     {
@@ -211,6 +215,8 @@ class GatewayServerImpl final : public GatewayServer {
     }
     log::Info("musicgw draining", {{"deadline_seconds", absl::ToDoubleSeconds(deadline)}});
     if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
+    // Webhooks stop first: polling remains the source of truth after a restart.
+    if (webhooks_ != nullptr) webhooks_->Stop();
     // Streams end first, with UNAVAILABLE, so Shutdown only waits for short unary calls.
     if (engine_ != nullptr) engine_->Shutdown();
     if (server_ != nullptr) {
@@ -219,6 +225,7 @@ class GatewayServerImpl final : public GatewayServer {
     }
     if (quota_ != nullptr) quota_->Stop();
     for (auto& adapter : adapters_) adapter->Stop();
+    webhooks_.reset();
     service_.reset();
     server_.reset();
     engine_.reset();
@@ -229,6 +236,39 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
  private:
+  // Soundpiece completion callbacks: verified, then handed to the engine at once.
+  absl::Status StartWebhooks() {
+    if (config_.webhook_listen.empty()) return absl::OkStatus();
+    const config::ProviderConfig* soundpiece = nullptr;
+    for (const auto& provider : config_.providers) {
+      if (provider.type == musicgw::v1::PROVIDER_SOUNDPIECE) soundpiece = &provider;
+    }
+    if (soundpiece == nullptr || soundpiece->webhook_secrets.empty()) {
+      log::Warning("webhook endpoint disabled: no soundpiece webhook_secrets configured");
+      return absl::OkStatus();
+    }
+    adapters::soundpiece::WebhookReceiverOptions options;
+    const size_t colon = config_.webhook_listen.rfind(':');
+    options.host = config_.webhook_listen.substr(0, colon);
+    if (!absl::SimpleAtoi(config_.webhook_listen.substr(colon + 1), &options.port)) {
+      return absl::InvalidArgumentError("server.webhook_listen: bad port");
+    }
+    options.verifier.secrets = soundpiece->webhook_secrets;
+    options.verifier.tolerance = config_.webhook_tolerance;
+    operations::OperationsEngine* engine = engine_.get();
+    auto receiver = adapters::soundpiece::WebhookReceiver::Start(
+        std::move(options), [engine](const adapters::UpstreamStatus& status) {
+          engine->OnProviderUpdate(musicgw::v1::PROVIDER_SOUNDPIECE, status);
+        });
+    if (!receiver.ok()) {
+      return absl::Status(receiver.status().code(),
+                          absl::StrCat("webhook endpoint ", config_.webhook_listen, ": ",
+                                       receiver.status().message()));
+    }
+    webhooks_ = std::move(*receiver);
+    return absl::OkStatus();
+  }
+
   config::Config config_;
   std::unique_ptr<http::CurlHttpClient> http_;
   std::vector<adapters::ProviderAdapterPtr> adapters_;
@@ -240,6 +280,7 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<adapters::soundpiece::WebhookReceiver> webhooks_;
   int grpc_port_ = 0;
   absl::Mutex drain_mu_;
   bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;

@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -74,8 +74,8 @@ class EndToEndTest : public ::testing::Test {
     loudly_ = loudly->release();
 
     // Web dialect for Loudly, webhooks on for Soundpiece.
-    nlohmann::json doc = TestConfig({loudly_->base_url(), soundpiece_->base_url()},
-                                    dir + "/web-ledger.db");
+    nlohmann::json doc =
+        TestConfig({loudly_->base_url(), soundpiece_->base_url()}, dir + "/web-ledger.db");
     const int webhook_port = FreePort();
     doc["server"]["webhook_listen"] = absl::StrCat("127.0.0.1:", webhook_port);
     doc["providers"][0] = {{"name", "loudly-web"},
@@ -216,10 +216,13 @@ TEST_F(EndToEndTest, EverySoundpieceTaskSucceedsWithFlacAssets) {
       },
       2);
   cases["remix_instrumental"] = with(
-      [&](GenerateRequest& q) { q.mutable_remix_instrumental()->mutable_source()->set_url(source); },
+      [&](GenerateRequest& q) {
+        q.mutable_remix_instrumental()->mutable_source()->set_url(source);
+      },
       1);
   cases["separate_stems"] = with(
-      [&](GenerateRequest& q) { q.mutable_separate_stems()->mutable_source()->set_url(source); }, 4);
+      [&](GenerateRequest& q) { q.mutable_separate_stems()->mutable_source()->set_url(source); },
+      4);
   cases["cut_down"] = with(
       [&](GenerateRequest& q) {
         q.mutable_cut_down()->mutable_source()->set_url(source);
@@ -240,10 +243,9 @@ TEST_F(EndToEndTest, EverySoundpieceTaskSucceedsWithFlacAssets) {
       ExpectFlac(Download(web_, asset.name()), name + " " + asset.name());
     }
     if (name == "separate_stems") {
-      EXPECT_EQ(kinds, (std::set<int>{musicgw::v1::ASSET_KIND_STEM_VOCALS,
-                                      musicgw::v1::ASSET_KIND_STEM_DRUMS,
-                                      musicgw::v1::ASSET_KIND_STEM_BASS,
-                                      musicgw::v1::ASSET_KIND_STEM_OTHER}));
+      EXPECT_EQ(kinds, (std::set<int>{
+                           musicgw::v1::ASSET_KIND_STEM_VOCALS, musicgw::v1::ASSET_KIND_STEM_DRUMS,
+                           musicgw::v1::ASSET_KIND_STEM_BASS, musicgw::v1::ASSET_KIND_STEM_OTHER}));
     }
   }
 }
@@ -308,8 +310,8 @@ TEST_F(EndToEndTest, DownloadResumesAtAnOffset) {
   ASSERT_TRUE(tail.status.ok()) << tail.status.error_message();
   EXPECT_EQ(tail.info.offset(), offset);
   EXPECT_EQ(Sha256Hex(tail.bytes), Sha256Hex(full.bytes.substr(offset)));
-  const Downloaded beyond = Download(web_, done.outputs(0).name(),
-                                     static_cast<int64_t>(full.bytes.size()) + 1);
+  const Downloaded beyond =
+      Download(web_, done.outputs(0).name(), static_cast<int64_t>(full.bytes.size()) + 1);
   EXPECT_EQ(beyond.status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
 }
 

@@ -23,16 +23,16 @@ nlohmann::json TestConfig(const ProviderUrls& urls, const std::string& ledger_pa
                       {"drain_deadline_seconds", 3}};
   config["ledger"] = {{"path", ledger_path}};
   config["operations"] = {{"deadline_seconds", 120}, {"watch_heartbeat_seconds", 1}};
-  config["providers"] = nlohmann::json::array(
-      {{{"name", "loudly-test"},
-        {"type", "loudly"},
-        {"dialect", "b2b"},
-        {"base_url", urls.loudly},
-        {"api_key", {{"env", "MUSICGW_TEST_LOUDLY_KEY"}}}},
-       {{"name", "soundpiece-test"},
-        {"type", "soundpiece"},
-        {"base_url", urls.soundpiece},
-        {"api_key", {{"env", "MUSICGW_TEST_SOUNDPIECE_KEY"}}}}});
+  config["providers"] =
+      nlohmann::json::array({{{"name", "loudly-test"},
+                              {"type", "loudly"},
+                              {"dialect", "b2b"},
+                              {"base_url", urls.loudly},
+                              {"api_key", {{"env", "MUSICGW_TEST_LOUDLY_KEY"}}}},
+                             {{"name", "soundpiece-test"},
+                              {"type", "soundpiece"},
+                              {"base_url", urls.soundpiece},
+                              {"api_key", {{"env", "MUSICGW_TEST_SOUNDPIECE_KEY"}}}}});
   config["tenants"] = nlohmann::json::array(
       {{{"name", "acme"},
         {"api_key_sha256", {Sha256Hex(kAcmeKey)}},
@@ -54,14 +54,14 @@ std::unique_ptr<grpc::ClientContext> Context(const std::string& key, absl::Durat
 }
 
 std::unique_ptr<musicgw::v1::MusicGateway::Stub> Stub(int port) {
-  return musicgw::v1::MusicGateway::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  return musicgw::v1::MusicGateway::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
 }
 
 std::string NewRequestId() { return RandomUuid(); }
 
-absl::StatusOr<std::unique_ptr<GatewayProcess>> GatewayProcess::Start(
-    const nlohmann::json& config, const std::string& work_dir) {
+absl::StatusOr<std::unique_ptr<GatewayProcess>> GatewayProcess::Start(const nlohmann::json& config,
+                                                                      const std::string& work_dir) {
   const std::string config_path = work_dir + "/musicgw.json";
   std::ofstream(config_path) << config.dump(2);
   auto process = std::make_unique<GatewayProcess>();

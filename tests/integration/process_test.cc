@@ -108,15 +108,14 @@ TEST_F(ProcessTest, BadConfigFailsAtStartWithOneLineNamingTheKey) {
   auto config = TestConfig({blackhole_.url(), "ftp://nowhere"}, dir_ + "/ledger.db");
   const std::string path = dir_ + "/bad.json";
   std::ofstream(path) << config.dump();
-  const std::string command = absl::StrCat(MUSICGW_BINARY, " --config=", path, " 2>", dir_,
-                                           "/err.txt >/dev/null");
+  const std::string command =
+      absl::StrCat(MUSICGW_BINARY, " --config=", path, " 2>", dir_, "/err.txt >/dev/null");
   const int status = std::system(command.c_str());
   EXPECT_EQ(WEXITSTATUS(status), 2);
   std::ifstream err(dir_ + "/err.txt");
   std::string line, rest;
   std::getline(err, line);
-  EXPECT_EQ(line,
-            "musicgw: config error: providers[1].base_url: must be an http or https URL");
+  EXPECT_EQ(line, "musicgw: config error: providers[1].base_url: must be an http or https URL");
   EXPECT_FALSE(std::getline(err, rest)) << "more than one line: " << rest;
 }
 

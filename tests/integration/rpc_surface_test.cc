@@ -38,7 +38,8 @@ class RpcSurfaceTest : public ::testing::Test {
 
   void SetUp() override { stub_ = Stub(server_->grpc_port()); }
 
-  musicgw::v1::Operation MustGenerate(const std::string& key, musicgw::v1::GenerateRequest request) {
+  musicgw::v1::Operation MustGenerate(const std::string& key,
+                                      musicgw::v1::GenerateRequest request) {
     musicgw::v1::Operation operation;
     grpc::Status status = stub_->Generate(Context(key).get(), request, &operation);
     EXPECT_TRUE(status.ok()) << status.error_message();
@@ -242,8 +243,8 @@ TEST_F(RpcSurfaceTest, InvalidRequestsNameTheField) {
   musicgw::v1::WaitOperationRequest wait;
   wait.set_name(good);
   wait.mutable_timeout()->set_seconds(3600);
-  cases.push_back({"wait too long", stub_->WaitOperation(Context(kAcmeKey).get(), wait, &op),
-                   "timeout"});
+  cases.push_back(
+      {"wait too long", stub_->WaitOperation(Context(kAcmeKey).get(), wait, &op), "timeout"});
   for (const auto& c : cases) {
     EXPECT_EQ(c.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
     EXPECT_EQ(Field(c.status), c.field) << c.name << ": " << c.status.error_message();
@@ -313,8 +314,9 @@ TEST_F(RpcSurfaceTest, TenantBudgetsAdmitExactlyTheLimit) {
   google::rpc::QuotaFailure quota;
   google::rpc::RetryInfo retry;
   ASSERT_TRUE(GetQuotaFailure(FromGrpcStatus(last), &quota));
-  EXPECT_EQ(quota.violations(0).subject().find("task:SOUND_EFFECT/day") != std::string::npos, true)
-      << quota.violations(0).subject();
+  EXPECT_EQ(quota.violations(0).subject(), "tenant:acme");
+  EXPECT_NE(quota.violations(0).description().find("task:SOUND_EFFECT/day"), std::string::npos)
+      << quota.violations(0).description();
   EXPECT_TRUE(GetRetryInfo(FromGrpcStatus(last), &retry));
 
   musicgw::v1::QuotaReport report;
