@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 jobs="${JOBS:-2}"
+# Let ccache share objects between clones and build trees (CI builds a fresh clone).
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 build_root="${MUSICGW_BUILD_ROOT:-build}"
 
 configure_and_build() {
