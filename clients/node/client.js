@@ -120,6 +120,10 @@ class Client {
     });
   }
 
+  getOperation(name, timeoutSeconds = 10) {
+    return this.unary('GetOperation', { name }, timeoutSeconds);
+  }
+
   // Starts a generation. The request_id makes retries safe: the gateway returns the same
   // operation and never charges twice.
   async generate(request, { timeoutSeconds = 30, attempts = 3 } = {}) {
@@ -216,9 +220,13 @@ function verify(file, info) {
     throw new Error(`${file}: ${size} bytes, expected ${info.sizeBytes}`);
   }
   if (info && info.sha256) {
-    const digest = crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+    const digest = fileSha256(file);
     if (digest !== info.sha256) throw new Error(`${file}: sha256 ${digest}, expected ${info.sha256}`);
   }
 }
 
-module.exports = { Client, errorDetails, grpc, verify };
+function fileSha256(file) {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+module.exports = { Client, errorDetails, fileSha256, grpc, verify };

@@ -10,7 +10,7 @@
 
 const fs = require('node:fs');
 const path = require('node:path');
-const { Client, errorDetails, grpc } = require('./client');
+const { Client, errorDetails, fileSha256, grpc, verify } = require('./client');
 
 function printEvent(label) {
   return (event) => {
@@ -54,8 +54,18 @@ async function runJob(client, label, request, outDir) {
   console.log(`  [${label}] download interrupted after the first chunk at ` +
     `${fs.statSync(file).size} bytes; resuming`);
   const info = await client.download(asset.name, file);
+  let sha256 = info.sha256;
+  if (!sha256) {
+    // The gateway learns an asset's digest from a download that streams every byte in one
+    // pass, which an interrupted one is not. Take one clean pass, then the digest is known.
+    const full = `${file}.full`;
+    fs.rmSync(full, { force: true });
+    await client.download(asset.name, full);
+    sha256 = (await client.getOperation(op.name)).outputs[0].sha256 || fileSha256(full);
+    verify(file, { sha256 });
+  }
   console.log(`  [${label}] saved ${file}: ${fs.statSync(file).size} bytes, ${info.contentType}, ` +
-    `sha256 ${info.sha256 ? 'verified ' + info.sha256 : 'not reported'}`);
+    `sha256 verified ${sha256}`);
 }
 
 async function checkInvalidArgument(client) {
@@ -105,7 +115,7 @@ async function main() {
   try {
     await runJob(client, 'soundpiece', {
       provider: 'PROVIDER_SOUNDPIECE',
-      sample: { prompt: 'dusty vinyl drum loop, 90 bpm', durationSeconds: 4, loopable: true },
+      sample: { prompt: 'dusty vinyl drum loop, 90 bpm', durationSeconds: 8, loopable: true },
     }, outDir);
     await runJob(client, 'loudly', {
       provider: 'PROVIDER_LOUDLY',

@@ -64,10 +64,19 @@ def run_job(client, label, request, out_dir):
     partial = os.path.getsize(path)
     print(f"  [{label}] download interrupted after the first chunk at {partial} bytes; resuming")
     info = client.download(asset.name, path)
-    size = os.path.getsize(path)
+    sha256 = info.sha256
+    if not sha256:
+        # The gateway learns an asset's digest from a download that streams every byte in one
+        # pass, which an interrupted one is not. Take one clean pass, then the digest is known.
+        full = path + ".full"
+        if os.path.exists(full):
+            os.remove(full)
+        client.download(asset.name, full)
+        sha256 = client.get_operation(op.name).outputs[0].sha256 or musicgw_client.file_sha256(full)
+        musicgw_client.verify(path, pb.AssetInfo(sha256=sha256))
     print(
-        f"  [{label}] saved {path}: {size} bytes, {info.content_type}, "
-        f"sha256 {'verified ' + info.sha256 if info.sha256 else 'not reported'}"
+        f"  [{label}] saved {path}: {os.path.getsize(path)} bytes, {info.content_type}, "
+        f"sha256 verified {sha256}"
     )
 
 
@@ -110,7 +119,7 @@ def main():
     try:
         sample = pb.GenerateRequest(provider=pb.PROVIDER_SOUNDPIECE)
         sample.sample.prompt = "dusty vinyl drum loop, 90 bpm"
-        sample.sample.duration_seconds = 4
+        sample.sample.duration_seconds = 8
         sample.sample.loopable = True
         run_job(client, "soundpiece", sample, args.out_dir)
 

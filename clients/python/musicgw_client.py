@@ -80,6 +80,11 @@ class Client:
             pb.ListProvidersRequest(), metadata=self._metadata, timeout=timeout
         )
 
+    def get_operation(self, name, timeout=10):
+        return self.stub.GetOperation(
+            pb.GetOperationRequest(name=name), metadata=self._metadata, timeout=timeout
+        )
+
     def generate(self, request, timeout=30, attempts=3):
         """Starts a generation. The request_id makes retries safe: the gateway returns the same
         operation and never charges twice."""
@@ -178,12 +183,17 @@ def verify(path, info):
     if info is not None and info.size_bytes and size != info.size_bytes:
         raise ValueError(f"{path}: {size} bytes, expected {info.size_bytes}")
     if info is not None and info.sha256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != info.sha256:
-            raise ValueError(f"{path}: sha256 {digest.hexdigest()}, expected {info.sha256}")
+        digest = file_sha256(path)
+        if digest != info.sha256:
+            raise ValueError(f"{path}: sha256 {digest}, expected {info.sha256}")
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def error_details(err):

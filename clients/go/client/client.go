@@ -142,6 +142,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// GetOperation returns an operation's latest snapshot.
+func (c *Client) GetOperation(ctx context.Context, name string) (*pb.Operation, error) {
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return c.Stub.GetOperation(callCtx, &pb.GetOperationRequest{Name: name})
+}
+
 // Generate starts a generation. The request_id makes retries safe: the gateway returns the same
 // operation and never charges twice.
 func (c *Client) Generate(ctx context.Context, req *pb.GenerateRequest) (*pb.Operation, error) {
@@ -299,24 +306,41 @@ func (c *Client) downloadOnce(ctx context.Context, asset, path string, stopAfter
 
 // Verify checks a finished download against its AssetInfo: size when known, SHA-256 when known.
 func Verify(path string, info *pb.AssetInfo) error {
-	data, err := os.ReadFile(path)
+	stat, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
-	if len(data) == 0 {
+	if stat.Size() == 0 {
 		return fmt.Errorf("%s is empty", path)
 	}
 	if info == nil {
 		return nil
 	}
-	if info.SizeBytes > 0 && int64(len(data)) != info.SizeBytes {
-		return fmt.Errorf("%s: %d bytes, expected %d", path, len(data), info.SizeBytes)
+	if info.SizeBytes > 0 && stat.Size() != info.SizeBytes {
+		return fmt.Errorf("%s: %d bytes, expected %d", path, stat.Size(), info.SizeBytes)
 	}
 	if info.Sha256 != "" {
-		sum := sha256.Sum256(data)
-		if got := hex.EncodeToString(sum[:]); got != info.Sha256 {
+		got, err := FileSha256(path)
+		if err != nil {
+			return err
+		}
+		if got != info.Sha256 {
 			return fmt.Errorf("%s: sha256 %s, expected %s", path, got, info.Sha256)
 		}
 	}
 	return nil
+}
+
+// FileSha256 is the lower-case hex SHA-256 of a file.
+func FileSha256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

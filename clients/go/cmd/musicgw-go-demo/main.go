@@ -95,12 +95,36 @@ func runJob(ctx context.Context, c *client.Client, label string, req *pb.Generat
 	if err != nil {
 		return err
 	}
-	check := "not reported"
-	if info.Sha256 != "" {
-		check = "verified " + info.Sha256
+	sha256 := info.Sha256
+	if sha256 == "" {
+		// The gateway learns an asset's digest from a download that streams every byte in one
+		// pass, which an interrupted one is not. Take one clean pass, then the digest is known.
+		if sha256, err = digestFromCleanPass(ctx, c, op.Name, asset.Name, path+".full"); err != nil {
+			return err
+		}
+		if err := client.Verify(path, &pb.AssetInfo{Sha256: sha256}); err != nil {
+			return err
+		}
 	}
-	fmt.Printf("  [%s] saved %s: %d bytes, %s, sha256 %s\n", label, path, full.Size(), info.ContentType, check)
+	fmt.Printf("  [%s] saved %s: %d bytes, %s, sha256 verified %s\n", label, path, full.Size(), info.ContentType, sha256)
 	return nil
+}
+
+// digestFromCleanPass downloads the asset in one pass to path and returns its SHA-256 as the
+// gateway then reports it (or, if the gateway has not recorded it yet, as computed locally).
+func digestFromCleanPass(ctx context.Context, c *client.Client, name, asset, path string) (string, error) {
+	_ = os.Remove(path)
+	if _, err := c.Download(ctx, asset, path, 0); err != nil {
+		return "", err
+	}
+	latest, err := c.GetOperation(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	if sum := latest.Outputs[0].Sha256; sum != "" {
+		return sum, nil
+	}
+	return client.FileSha256(path)
 }
 
 func checkInvalidArgument(ctx context.Context, c *client.Client) error {
@@ -164,7 +188,7 @@ func run() int {
 	sample := &pb.GenerateRequest{
 		Provider: pb.Provider_PROVIDER_SOUNDPIECE,
 		Task: &pb.GenerateRequest_Sample{Sample: &pb.SampleTask{
-			Prompt: "dusty vinyl drum loop, 90 bpm", DurationSeconds: 4, Loopable: true}},
+			Prompt: "dusty vinyl drum loop, 90 bpm", DurationSeconds: 8, Loopable: true}},
 	}
 	duration := int32(30)
 	track := &pb.GenerateRequest{
