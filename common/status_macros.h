@@ -18,7 +18,10 @@
 // `lhs = value of expr`, or returns expr's status when it is not OK.
 #define MUSICGW_ASSIGN_OR_RETURN(lhs, expr) \
   MUSICGW_ASSIGN_OR_RETURN_IMPL_(MUSICGW_CONCAT_(musicgw_statusor_, __LINE__), lhs, expr)
+// `lhs` may be a declaration ("auto x"), so it cannot be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define MUSICGW_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                                   \
   if (!tmp.ok()) return std::move(tmp).status();       \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
