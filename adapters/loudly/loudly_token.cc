@@ -123,10 +123,7 @@ absl::StatusOr<std::shared_ptr<TokenSource>> TokenSource::Create(http::Client* c
 
 TokenSource::TokenSource(http::Client* client, TokenSourceOptions options,
                          std::string refresh_token)
-    : client_(client), options_(std::move(options)), refresh_token_(std::move(refresh_token)) {
-  // Starting from the configured token means there is nothing to fall back to.
-  tried_configured_ = refresh_token_ == options_.refresh_token;
-}
+    : client_(client), options_(std::move(options)), refresh_token_(std::move(refresh_token)) {}
 
 void TokenSource::Get(Callback<std::string> done) {
   std::string token;
@@ -207,14 +204,15 @@ void TokenSource::OnRefreshed(const std::string& used_token,
       std::string fallback;
       {
         absl::MutexLock lock(&mu_);
-        if (!tried_configured_ && !options_.refresh_token.empty()) {
+        if (!tried_configured_ && !options_.refresh_token.empty() &&
+            used_token != options_.refresh_token) {
           tried_configured_ = true;
           refresh_token_ = options_.refresh_token;
           fallback = refresh_token_;
         }
       }
       if (!fallback.empty()) {
-        log::Warning("loudly: the persisted refresh token was rejected; trying the configured one",
+        log::Warning("loudly: the current refresh token was rejected; trying the configured one",
                      {{"account", options_.account}});
         SendRefresh(std::move(fallback));
         return;
@@ -255,6 +253,7 @@ void TokenSource::OnRefreshed(const std::string& used_token,
   {
     absl::MutexLock lock(&mu_);
     if (!grant->refresh_token.empty()) refresh_token_ = grant->refresh_token;
+    tried_configured_ = false;
     access_token_ = grant->access_token;
     refresh_at_ = grant->expiry - margin;
     ++refreshes_;

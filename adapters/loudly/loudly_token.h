@@ -10,8 +10,9 @@
 //   others queue on it and all get its result.
 // - The rotated refresh token is persisted to `state_file` (temp file + fsync + rename, mode
 //   0600) before anyone is told about the new access token, so a restart can authenticate. At
-//   creation a persisted token is preferred over the configured one; if the provider rejects
-//   it, the configured one is tried once (an operator may have replaced a revoked token).
+//   creation a persisted token is preferred over the configured one. When the provider rejects
+//   the current refresh token and it is not the configured one, the configured one is tried
+//   once before failing (an operator may have put a new token in the configuration).
 // - One state file per account and process: two gateways sharing a file would each rotate the
 //   other's token away.
 //
