@@ -22,6 +22,7 @@
 namespace musicgw::adapters::loudly {
 namespace {
 
+using testing::ConcurrentReadQuota;
 using testing::Reason;
 using testing::Waiter;
 namespace emu = musicgw::emulators::loudly;
@@ -90,18 +91,7 @@ class LoudlyEmulatorTest : public ::testing::Test {
 
   static SubmitRequest CapturedAdvanced() {
     SubmitRequest submit;
-    auto* task = submit.request.mutable_parametric_music();
-    task->set_genre("Deep House");
-    task->set_duration_seconds(128);
-    for (const char* name : {"drums", "bass", "percussion", "synth", "strings"}) {
-      task->add_instruments(name);
-    }
-    task->set_genre_blend("Techno");
-    task->set_energy(musicgw::v1::ENERGY_ORIGINAL);
-    task->set_structure_id(2);
-    task->set_bpm(125);
-    task->set_key_root(musicgw::v1::KEY_ROOT_E);
-    task->set_key_quality(musicgw::v1::KEY_QUALITY_MINOR);
+    submit.request = testing::CapturedAdvancedRequest();
     submit.deadline = absl::Now() + absl::Minutes(1);
     return submit;
   }
@@ -227,20 +217,9 @@ TEST_F(LoudlyEmulatorTest, TokenExpiryMidRunIsRefreshedOnceUnderFiftyConcurrentC
 
   // The token's lifetime is wall-clock time: let it run out.
   absl::SleepFor(absl::Milliseconds(1200));
-  std::vector<std::unique_ptr<Waiter<std::vector<QuotaFigure>>>> waiters;
-  waiters.reserve(50);
-  for (int i = 0; i < 50; ++i) {
-    waiters.push_back(std::make_unique<Waiter<std::vector<QuotaFigure>>>());
+  for (auto& result : ConcurrentReadQuota(*adapter, 50, 5)) {
+    ASSERT_TRUE(result.ok()) << result.status();
   }
-  std::vector<std::thread> threads;
-  threads.reserve(5);
-  for (int t = 0; t < 5; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = t * 10; i < t * 10 + 10; ++i) adapter->ReadQuota(waiters[i]->callback());
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  for (auto& waiter : waiters) ASSERT_TRUE(waiter->Get().ok()) << waiter->Get().status();
   EXPECT_EQ(emulator_->stats().token_refreshes, 2);
   EXPECT_EQ(adapter->token_refreshes(), 2);
 }
@@ -253,13 +232,9 @@ TEST_F(LoudlyEmulatorTest, FiftyCallsRefusedWith401ShareOneRefreshAndRetry) {
   // gets a 401, and the rotated refresh token is refused, so the one refresh falls back to the
   // configured token.
   emulator_->Reset();
-  std::vector<std::unique_ptr<Waiter<std::vector<QuotaFigure>>>> waiters;
-  waiters.reserve(50);
-  for (int i = 0; i < 50; ++i) {
-    waiters.push_back(std::make_unique<Waiter<std::vector<QuotaFigure>>>());
-    adapter->ReadQuota(waiters.back()->callback());
+  for (auto& result : ConcurrentReadQuota(*adapter, 50, 1)) {
+    ASSERT_TRUE(result.ok()) << result.status();
   }
-  for (auto& waiter : waiters) ASSERT_TRUE(waiter->Get().ok()) << waiter->Get().status();
   const emu::Stats stats = emulator_->stats();
   EXPECT_EQ(stats.token_refreshes, 1);
   EXPECT_EQ(stats.token_refreshes_rejected, 1);

@@ -28,6 +28,7 @@
 namespace musicgw::adapters::loudly {
 namespace {
 
+using testing::ConcurrentReadQuota;
 using testing::FakeHttpClient;
 using testing::Reason;
 using testing::Waiter;
@@ -265,20 +266,7 @@ TEST_F(LoudlyAdapterFakeTest, FiftyConcurrentCallsShareOneRefreshAfterRevocation
   ASSERT_EQ(server_.refreshes(), 1);
 
   server_.RevokeAccessTokens();  // every call now meets a 401 with the cached token
-  std::vector<std::unique_ptr<Waiter<std::vector<QuotaFigure>>>> waiters;
-  waiters.reserve(50);
-  for (int i = 0; i < 50; ++i)
-    waiters.push_back(std::make_unique<Waiter<std::vector<QuotaFigure>>>());
-  std::vector<std::thread> threads;
-  threads.reserve(5);
-  for (int t = 0; t < 5; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = t * 10; i < t * 10 + 10; ++i) adapter->ReadQuota(waiters[i]->callback());
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  for (auto& waiter : waiters) {
-    auto& figures = waiter->Get();
+  for (auto& figures : ConcurrentReadQuota(*adapter, 50, 5)) {
     ASSERT_TRUE(figures.ok()) << figures.status();
     EXPECT_EQ(figures->at(0).remaining, 9);
   }

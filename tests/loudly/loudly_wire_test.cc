@@ -14,11 +14,14 @@
 #include "common/crypto.h"
 #include "common/errors.h"
 #include "gtest/gtest.h"
+#include "tests/loudly/test_util.h"
 
 namespace musicgw::adapters::loudly {
 namespace {
 
 using musicgw::v1::GenerateRequest;
+using testing::CapturedAdvancedRequest;
+using testing::Reason;
 
 std::string ReadTestdata(const std::string& name) {
   std::ifstream in(std::string(LOUDLY_TESTDATA_DIR) + "/" + name, std::ios::binary);
@@ -48,29 +51,6 @@ Form ParseMultipart(const std::string& body) {
     form.push_back({headers.substr(name_at + 6, name_end - name_at - 6), value});
   }
   return form;
-}
-
-GenerateRequest CapturedAdvancedRequest() {
-  GenerateRequest request;
-  auto* task = request.mutable_parametric_music();
-  task->set_genre("Deep House");
-  task->set_duration_seconds(128);
-  for (const char* instrument : {"drums", "Bass", "PERCUSSION", "synth", "strings"}) {
-    task->add_instruments(instrument);
-  }
-  task->set_genre_blend("Techno");
-  task->set_energy(musicgw::v1::ENERGY_ORIGINAL);
-  task->set_structure_id(2);
-  task->set_bpm(125);
-  task->set_key_root(musicgw::v1::KEY_ROOT_E);
-  task->set_key_quality(musicgw::v1::KEY_QUALITY_MINOR);
-  return request;
-}
-
-std::string Reason(const absl::Status& status) {
-  google::rpc::ErrorInfo info;
-  if (!GetErrorInfo(status, &info)) return "";
-  return info.reason();
 }
 
 TEST(LoudlyEncodeTest, AdvancedBundleMatchesCaptureFieldForField) {
