@@ -10,6 +10,12 @@ export GO111MODULE=off GOFLAGS= GOPROXY=off
 export GOPATH="$out/gopath:/usr/share/gocode"
 export GOCACHE="${GOCACHE:-$out/gocache}"
 mkdir -p "$out/bin" "$out/gopath/src/musicgw"
+# grpc-go marshals through github.com/golang/protobuf; its 1.3 package crashes on the APIv2
+# messages protoc-gen-go writes.
+if [[ -f /usr/share/gocode/src/github.com/golang/protobuf/proto/table_marshal.go ]]; then
+  echo "build.sh: github.com/golang/protobuf is 1.3; install golang-github-golang-protobuf-1-5-dev" >&2
+  exit 1
+fi
 
 [[ -x "$out/bin/protoc-gen-go" ]] ||
   go build -o "$out/bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
