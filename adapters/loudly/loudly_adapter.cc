@@ -156,7 +156,10 @@ class LoudlyAdapter::Impl : public std::enable_shared_from_this<Impl> {
       return Post(std::move(done), absl::StatusOr<UpstreamStatus>(absl::DeadlineExceededError(
                                        "the operation's deadline passed before submission")));
     }
-    const EncodedBody body = EncodeMultipart(*form, absl::StrCat("----musicgw", RandomHex(12)));
+    const EncodedBody body =
+        options_.form_urlencoded
+            ? EncodeFormUrlencoded(*form)
+            : EncodeMultipart(*form, absl::StrCat("----musicgw", RandomHex(12)));
     http::Request request =
         web ? NewRequest("POST", "/ai/vega/bundles", "loudly:vega.bundles:post")
             : NewRequest("POST", B2BSongPath(submit.request),

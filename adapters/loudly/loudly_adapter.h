@@ -75,6 +75,9 @@ struct LoudlyOptions {
   absl::Duration token_refresh_margin = absl::Seconds(60);
   // B2B wire form of `instruments` (unsettled upstream; see loudly_wire.h).
   InstrumentsForm b2b_instruments = InstrumentsForm::kRepeated;
+  // Generation bodies: multipart/form-data (what the web app and the spec use) or
+  // application/x-www-form-urlencoded (what the official Python client sends).
+  bool form_urlencoded = false;
 };
 
 // From the gateway configuration: dialect "web" or "b2b" (also "loudly-web"/"loudly-b2b").

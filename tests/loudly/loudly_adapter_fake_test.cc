@@ -328,6 +328,40 @@ TEST_F(LoudlyAdapterFakeTest, RepeatedUnauthorizedIsAProviderAuthFault) {
   EXPECT_TRUE(absl::StrContains(status.message(), "not at fault"));
 }
 
+TEST_F(LoudlyAdapterFakeTest, UnauthorizedAfterAFreshTokenIsNotRetriedAgain) {
+  auto adapter = Make(WebOptions());
+  Waiter<std::vector<QuotaFigure>> warm;
+  adapter->ReadQuota(warm.callback());
+  ASSERT_TRUE(warm.Get().ok());
+  // The call and its retry with a freshly refreshed token are both refused.
+  server_.AddFault(Json(401, R"({"code":401,"message":"Expired JWT Token"})"));
+  server_.AddFault(Json(200, R"({"token_type":"Bearer","expires_in":3600,)"
+                             R"("access_token":"fresh-token-value","refresh_token":"rt-x"})"));
+  server_.AddFault(Json(401, R"({"code":401,"message":"Invalid JWT Token"})"));
+  Waiter<std::vector<QuotaFigure>> read;
+  adapter->ReadQuota(read.callback());
+  const absl::Status status = read.Get().status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Reason(status), "PROVIDER_AUTH_FAILED");
+  EXPECT_FALSE(absl::StrContains(status.ToString(), "fresh-token-value"));
+  EXPECT_EQ(client_->Count("/users/limits"), 3);  // warm-up, the call, its one retry
+  EXPECT_EQ(client_->Count("/oauth/v2/token"), 2);
+}
+
+TEST_F(LoudlyAdapterFakeTest, FormUrlencodedBodiesOnRequest) {
+  LoudlyOptions options = B2BOptions();
+  options.form_urlencoded = true;
+  auto adapter = Make(options);
+  SubmitRequest submit = Parametric("Deep House");
+  submit.request.mutable_parametric_music()->add_instruments("synth");
+  Waiter<UpstreamStatus> submitted;
+  adapter->Submit(std::move(submit), submitted.callback());
+  ASSERT_TRUE(submitted.Get().ok());
+  const http::Request request = client_->requests().back();
+  EXPECT_EQ(http::FindHeader(request.headers, "Content-Type"), "application/x-www-form-urlencoded");
+  EXPECT_EQ(request.body, "genre=Deep+House&instruments%5B%5D=SYNTH");
+}
+
 TEST_F(LoudlyAdapterFakeTest, QuotaFiveHundredIsNotRetriedButOther5xxAre) {
   auto adapter = Make(B2BOptions());
   server_.AddFault(Json(500,
