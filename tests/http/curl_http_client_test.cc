@@ -349,6 +349,8 @@ TEST_F(CurlHttpClientTest, StreamWithPauseResumeKeepsMemoryBounded) {
   EXPECT_EQ(handler.completions_, 1);
   EXPECT_EQ(handler.data_while_paused_, 0);
   EXPECT_GT(handler.pauses_, 10);
+  RecordProperty("max_pending_bytes", static_cast<int>(handler.max_pending_));
+  RecordProperty("pauses", handler.pauses_);
   // At most one socket read beyond the high-water mark is ever buffered.
   EXPECT_LE(handler.max_pending_, kHighWater + CURL_MAX_WRITE_SIZE * 4);
 }
