@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -52,6 +53,9 @@ absl::StatusOr<std::unique_ptr<WebhookVerifier>> WebhookVerifier::Create(
     }
     keys.push_back(std::move(*key));
   }
+  // A replay is only caught while its id is remembered; within the tolerance window it would
+  // otherwise pass the timestamp check.
+  options.remember_for = std::max(options.remember_for, 2 * options.tolerance);
   return std::unique_ptr<WebhookVerifier>(
       new WebhookVerifier(std::move(options), std::move(keys), std::move(clock)));
 }

@@ -41,8 +41,8 @@ struct WebhookVerifierOptions {
   std::vector<std::string> secrets;
   // Largest accepted |now - webhook-timestamp|.
   absl::Duration tolerance = absl::Minutes(5);
-  // How long an accepted webhook-id is remembered (beyond the tolerance a replay is stale
-  // anyway), and how many at most (oldest forgotten first).
+  // How long an accepted webhook-id is remembered (at least twice the tolerance: beyond it a
+  // replay is stale anyway), and how many at most (oldest forgotten first).
   absl::Duration remember_for = absl::Minutes(15);
   size_t max_remembered_ids = 100000;
 };

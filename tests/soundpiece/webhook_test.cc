@@ -116,6 +116,7 @@ TEST_F(WebhookVerifierTest, Malformed) {
 
 TEST_F(WebhookVerifierTest, DedupeSetExpiresAndIsBounded) {
   WebhookVerifierOptions options;
+  options.tolerance = absl::Seconds(20);
   options.remember_for = absl::Seconds(60);
   options.max_remembered_ids = 2;
   auto verifier = Make({Secret(kKeyA)}, options);
@@ -124,12 +125,25 @@ TEST_F(WebhookVerifierTest, DedupeSetExpiresAndIsBounded) {
   };
   EXPECT_EQ(deliver("a"), WebhookOutcome::kVerified);
   EXPECT_EQ(deliver("a"), WebhookOutcome::kDuplicate);
-  now_ += absl::Seconds(61);  // forgotten (a replay this late within tolerance is rare)
+  now_ += absl::Seconds(61);  // forgotten
   EXPECT_EQ(deliver("a"), WebhookOutcome::kVerified);
   EXPECT_EQ(deliver("b"), WebhookOutcome::kVerified);
   EXPECT_EQ(deliver("c"), WebhookOutcome::kVerified);  // evicts "a", the oldest
   EXPECT_EQ(deliver("c"), WebhookOutcome::kDuplicate);
   EXPECT_EQ(deliver("a"), WebhookOutcome::kVerified);
+}
+
+TEST_F(WebhookVerifierTest, RemembersIdsForTheWholeToleranceWindow) {
+  WebhookVerifierOptions options;
+  options.remember_for = absl::Seconds(10);  // raised to twice the 5 min tolerance
+  auto verifier = Make({Secret(kKeyA)}, options);
+  const int64_t ts = Now();
+  const std::string sig = Sign(kKeyA, "m", ts, kBody);
+  EXPECT_EQ(verifier->Verify("m", absl::StrCat(ts), sig, kBody), WebhookOutcome::kVerified);
+  now_ += absl::Minutes(4);  // the replay still passes the timestamp check
+  EXPECT_EQ(verifier->Verify("m", absl::StrCat(ts), sig, kBody), WebhookOutcome::kDuplicate);
+  now_ += absl::Minutes(2);
+  EXPECT_EQ(verifier->Verify("m", absl::StrCat(ts), sig, kBody), WebhookOutcome::kStale);
 }
 
 TEST(WebhookVerifierCreateTest, RejectsBadSecretsWithoutEchoingThem) {
