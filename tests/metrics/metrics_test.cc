@@ -446,7 +446,8 @@ TEST(MetricsExposerTest, ServesTheScrapeOverHttpAndPromtoolAcceptsIt) {
   if (access(testing::kPromtool, X_OK) != 0) {
     GTEST_SKIP() << "promtool not installed (Debian package prometheus): lint skipped";
   }
-  const std::string path = ::testing::TempDir() + "/musicgw-metrics-scrape.txt";
+  const std::string path =
+      ::testing::TempDir() + "/musicgw-metrics-scrape-" + std::to_string(getpid()) + ".txt";
   std::ofstream(path) << *body;
   const auto [rc, output] =
       testing::Run(absl::StrCat(testing::kPromtool, " check metrics < ", path));

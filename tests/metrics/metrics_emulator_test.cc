@@ -1,0 +1,379 @@
+// Metrics through real generations: the HTTP client, both adapters, the engine (SQLite ledger,
+// tenant budgets) and the quota monitor wired to Metrics as server.cc wires them, against the
+// in-process emulators; /metrics is scraped over HTTP and its values must move.
+#include <curl/curl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "adapters/http/curl_http_client.h"
+#include "adapters/loudly/loudly_adapter.h"
+#include "adapters/registry.h"
+#include "common/config.h"
+#include "common/errors.h"
+#include "emulators/loudly/loudly_emulator.h"
+#include "emulators/soundpiece/soundpiece_emulator.h"
+#include "google/rpc/error_details.pb.h"
+#include "gtest/gtest.h"
+#include "services/gateway/budgets.h"
+#include "services/gateway/quota_monitor.h"
+#include "services/metrics/metrics.h"
+#include "services/operations/engine.h"
+#include "services/operations/operation_store.h"
+#include "tests/metrics/metrics_test_util.h"
+
+namespace musicgw::metrics {
+namespace {
+
+namespace v1 = ::musicgw::v1;
+constexpr char kTenant[] = "acme";
+
+size_t Append(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+std::string Fetch(int port) {
+  std::string body;
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) return body;
+  const std::string url = absl::StrCat("http://127.0.0.1:", port, "/metrics");
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Append);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
+  const CURLcode code = curl_easy_perform(curl);
+  curl_easy_cleanup(curl);
+  return code == CURLE_OK ? body : "";
+}
+
+// The value of the first sample of `name` whose label set contains every `key="value"` pair
+// in `labels`, from Prometheus text.
+std::optional<double> Sample(const std::string& text, const std::string& name,
+                             const std::vector<std::string>& labels) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::StartsWith(line, name + "{") && !absl::StartsWith(line, name + " ")) continue;
+    bool match = true;
+    for (const std::string& label : labels) match = match && absl::StrContains(line, label);
+    if (!match) continue;
+    const size_t space = line.rfind(' ');
+    double value = 0;
+    if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &value)) {
+      return value;
+    }
+  }
+  return std::nullopt;
+}
+
+// Refreshes quota after each generation, as the server's own observer does.
+class QuotaRefresh final : public operations::EngineObserver {
+ public:
+  explicit QuotaRefresh(gateway::QuotaMonitor* monitor) : monitor_(monitor) {}
+  void OnCompleted(v1::Provider provider, v1::TaskKind, v1::OperationState,
+                   absl::StatusCode) override {
+    monitor_->RefreshSoon(provider);
+  }
+
+ private:
+  gateway::QuotaMonitor* monitor_;
+};
+
+class MetricsEmulatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    emulators::loudly::Options ld;
+    ld.sync_latency = absl::Milliseconds(200);
+    ld.bundle_song_delay = absl::Milliseconds(200);
+    auto loudly = emulators::loudly::Emulator::Start(ld);
+    ASSERT_TRUE(loudly.ok()) << loudly.status();
+    loudly_ = std::move(*loudly);
+    emulators::soundpiece::Options sp;
+    sp.processing_time = absl::Milliseconds(200);
+    sp.long_poll = absl::Seconds(2);
+    auto soundpiece = emulators::soundpiece::Emulator::Start(sp);
+    ASSERT_TRUE(soundpiece.ok()) << soundpiece.status();
+    soundpiece_ = std::move(*soundpiece);
+
+    auto metrics = Metrics::Create();
+    ASSERT_TRUE(metrics.ok()) << metrics.status();
+    metrics_ = std::move(*metrics);  // shared: the HTTP client keeps a reference
+
+    http::CurlHttpClient::Options http_options;
+    http_options.observer = metrics_;
+    http_ = http::CurlHttpClient::Create(http_options);
+    ASSERT_NE(http_, nullptr);
+
+    config::ProviderConfig loudly_config;
+    loudly_config.name = "loudly-b2b";
+    loudly_config.type = v1::PROVIDER_LOUDLY;
+    loudly_config.dialect = "b2b";
+    loudly_config.base_url = loudly_->base_url();
+    loudly_config.api_key = "loudly_test_key";
+    config::ProviderConfig soundpiece_config;
+    soundpiece_config.name = "soundpiece-main";
+    soundpiece_config.type = v1::PROVIDER_SOUNDPIECE;
+    soundpiece_config.dialect = "v1";
+    soundpiece_config.base_url = soundpiece_->base_url();
+    soundpiece_config.api_key = "spk_test_key";
+    for (const auto* config : {&loudly_config, &soundpiece_config}) {
+      auto adapter = adapters::CreateAdapter(*config, http_.get());
+      ASSERT_TRUE(adapter.ok()) << adapter.status();
+      adapter_ptrs_.push_back(adapter->get());
+      adapters_.push_back(std::move(*adapter));
+    }
+    for (auto& adapter : adapters_) adapter->Start();
+
+    quota_ = std::make_unique<gateway::QuotaMonitor>(adapter_ptrs_, http_.get(), absl::Minutes(10));
+    refresh_ = std::make_unique<QuotaRefresh>(quota_.get());
+    fan_out_ = std::make_unique<EngineObserverFanOut>(
+        std::vector<operations::EngineObserver*>{metrics_.get(), refresh_.get()});
+
+    config::TenantConfig tenant;
+    tenant.name = kTenant;
+    config::BudgetConfig budget;
+    budget.task = v1::TASK_KIND_SOUND_EFFECT;
+    budget.limit = 10;
+    budget.period = config::BudgetPeriod::kDay;
+    tenant.budgets.push_back(budget);
+
+    operations::EngineOptions options;
+    options.ledger_path = ":memory:";
+    options.budgets = gateway::MakeBudgetResolver({tenant});
+    options.observer = fan_out_.get();
+    options.min_poll_interval = absl::Milliseconds(50);
+    auto store = operations::OpenSqliteOperationStore(":memory:");
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto engine = operations::CreateOperationsEngine(std::move(options), std::move(*store),
+                                                     adapter_ptrs_, http_.get());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = std::move(*engine);
+    ASSERT_TRUE(engine_->Start().ok());
+    quota_->Start();
+
+    // What server.cc does with the sources.
+    metrics_->SetQuotaSource([quota = quota_.get()] { return quota->Snapshot(); });
+    metrics_->SetEngine(engine_.get());
+    for (auto* adapter : adapter_ptrs_) {
+      if (auto* loudly_adapter = dynamic_cast<adapters::loudly::LoudlyAdapter*>(adapter)) {
+        metrics_->AddTokenRefreshSource(adapter->provider(), adapter->account(), [loudly_adapter] {
+          return loudly_adapter->token_refreshes();
+        });
+      }
+    }
+    ASSERT_TRUE(metrics_->StartExposer("127.0.0.1:0").ok());
+  }
+
+  void TearDown() override {
+    if (metrics_ != nullptr) {
+      metrics_->StopExposer();
+      metrics_->ClearSources();
+    }
+    if (engine_ != nullptr) engine_->Shutdown();
+    if (quota_ != nullptr) quota_->Stop();
+    for (auto& adapter : adapters_) adapter->Stop();
+    engine_.reset();
+    quota_.reset();
+    adapters_.clear();
+    http_.reset();
+  }
+
+  // The latest quota read of `provider`, once one newer than `after` has succeeded.
+  std::optional<gateway::AccountQuota> QuotaReadAfter(v1::Provider provider, absl::Time after) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < deadline) {
+      for (const auto& account : quota_->Snapshot()) {
+        if (account.provider == provider && account.read_time > after) return account;
+      }
+      absl::SleepFor(absl::Milliseconds(20));  // the monitor offers no change notification
+    }
+    return std::nullopt;
+  }
+
+  absl::StatusOr<v1::Operation> WaitDone(const std::string& name) {
+    absl::Notification done;
+    absl::StatusOr<v1::Operation> result;
+    engine_->Wait(kTenant, name, absl::Seconds(30), [&](absl::StatusOr<v1::Operation> op) {
+      result = std::move(op);
+      done.Notify();
+    });
+    done.WaitForNotificationWithTimeout(absl::Seconds(40));
+    return result;
+  }
+
+  std::unique_ptr<emulators::loudly::Emulator> loudly_;
+  std::unique_ptr<emulators::soundpiece::Emulator> soundpiece_;
+  std::shared_ptr<Metrics> metrics_;
+  std::unique_ptr<http::CurlHttpClient> http_;
+  std::vector<adapters::ProviderAdapterPtr> adapters_;
+  std::vector<adapters::ProviderAdapter*> adapter_ptrs_;
+  std::unique_ptr<gateway::QuotaMonitor> quota_;
+  std::unique_ptr<QuotaRefresh> refresh_;
+  std::unique_ptr<EngineObserverFanOut> fan_out_;
+  std::unique_ptr<operations::OperationsEngine> engine_;
+};
+
+TEST_F(MetricsEmulatorTest, AGenerationMovesCountersAndTheProvidersDecrementedLimits) {
+  const std::optional<gateway::AccountQuota> before =
+      QuotaReadAfter(v1::PROVIDER_LOUDLY, absl::InfinitePast());
+  ASSERT_TRUE(before.has_value()) << "no Loudly quota read";
+  ASSERT_FALSE(before->figures.empty());
+  const std::string scrape_before = Fetch(metrics_->port());
+  ASSERT_FALSE(scrape_before.empty());
+
+  v1::GenerateRequest request;
+  request.set_request_id("metrics-e2e-1");
+  request.set_provider(v1::PROVIDER_LOUDLY);
+  request.mutable_text_to_music()->set_prompt("calm piano, rain");
+  request.mutable_text_to_music()->set_duration_seconds(30);
+  absl::StatusOr<v1::Operation> created = engine_->Generate(kTenant, request);
+  ASSERT_TRUE(created.ok()) << created.status();
+  absl::StatusOr<v1::Operation> done = WaitDone(created->name());
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED) << done->error().message();
+
+  // The monitor re-reads Loudly's limits after the generation; the gauges follow.
+  const std::optional<gateway::AccountQuota> after =
+      QuotaReadAfter(v1::PROVIDER_LOUDLY, before->read_time);
+  ASSERT_TRUE(after.has_value()) << "quota was not re-read after the generation";
+  const std::string scrape = Fetch(metrics_->port());
+  ASSERT_FALSE(scrape.empty());
+
+  const std::vector<std::string> loudly_t2m = {"provider=\"loudly\"", "task=\"text_to_music\""};
+  EXPECT_EQ(Sample(scrape_before, "musicgw_operations_created_total", loudly_t2m), std::nullopt);
+  EXPECT_EQ(Sample(scrape, "musicgw_operations_created_total", loudly_t2m), 1);
+  std::vector<std::string> succeeded = loudly_t2m;
+  succeeded.push_back("outcome=\"succeeded\"");
+  succeeded.push_back("grpc_code=\"OK\"");
+  EXPECT_EQ(Sample(scrape, "musicgw_operations_completed_total", succeeded), 1);
+  EXPECT_EQ(Sample(scrape, "musicgw_operation_time_to_success_seconds_count", loudly_t2m), 1);
+  EXPECT_GE(Sample(scrape, "musicgw_upstream_requests_total",
+                   {"provider=\"loudly\"", "endpoint=\"loudly:ai.prompt.songs:post\"",
+                    "status_class=\"2xx\""})
+                .value_or(0),
+            1);
+  EXPECT_GE(Sample(scrape, "musicgw_upstream_requests_total",
+                   {"provider=\"loudly\"", "endpoint=\"loudly:account.limits:get\""})
+                .value_or(0),
+            2);
+  EXPECT_EQ(Sample(scrape, "musicgw_operations_live", {"provider=\"loudly\"", "state=\"running\""}),
+            0);
+  EXPECT_EQ(Sample(scrape, "musicgw_provider_health",
+                   {"provider=\"loudly\"", "account=\"loudly-b2b\"", "health=\"healthy\""}),
+            1);
+  EXPECT_EQ(Sample(scrape, "musicgw_upstream_token_refreshes_total", {"provider=\"loudly\""}), 0);
+  EXPECT_LT(Sample(scrape, "musicgw_provider_quota_read_age_seconds", {"provider=\"loudly\""})
+                .value_or(1e9),
+            60);
+
+  // Some resource's figures moved by exactly this generation, and the gauges show the same
+  // numbers as the snapshot GetQuota reports.
+  int moved = 0;
+  for (const auto& figure : after->figures) {
+    const std::vector<std::string> labels = {"provider=\"loudly\"", "account=\"loudly-b2b\"",
+                                             "resource=\"" + figure.resource + "\""};
+    if (figure.remaining >= 0) {
+      EXPECT_EQ(Sample(scrape, "musicgw_provider_quota_remaining", labels), figure.remaining)
+          << figure.resource;
+    }
+    if (figure.used >= 0) {
+      EXPECT_EQ(Sample(scrape, "musicgw_provider_quota_used", labels), figure.used)
+          << figure.resource;
+      const std::optional<double> was =
+          Sample(scrape_before, "musicgw_provider_quota_used", labels);
+      if (was.has_value() && *was + 1 == figure.used) {
+        ++moved;
+        EXPECT_EQ(
+            Sample(scrape_before, "musicgw_provider_quota_remaining", labels).value_or(-1) - 1,
+            Sample(scrape, "musicgw_provider_quota_remaining", labels).value_or(-2))
+            << figure.resource;
+      }
+    }
+  }
+  EXPECT_EQ(moved, 1) << "exactly one Loudly resource should count the generation\n" << scrape;
+
+  if (access(testing::kPromtool, X_OK) == 0) {
+    const std::string path =
+        ::testing::TempDir() + "/musicgw-metrics-e2e-scrape-" + std::to_string(getpid()) + ".txt";
+    FILE* file = fopen(path.c_str(), "w");
+    ASSERT_NE(file, nullptr);
+    fwrite(scrape.data(), 1, scrape.size(), file);
+    fclose(file);
+    const auto [rc, output] =
+        testing::Run(absl::StrCat(testing::kPromtool, " check metrics < ", path));
+    EXPECT_EQ(rc, 0) << output;
+  }
+}
+
+TEST_F(MetricsEmulatorTest, FiftyConcurrentGeneratesAgainstABudgetOfTenAdmitExactlyTen) {
+  constexpr int kCalls = 50;
+  std::vector<absl::StatusOr<v1::Operation>> results(kCalls, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  std::atomic<bool> go{false};
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      while (!go.load()) std::this_thread::yield();
+      v1::GenerateRequest request;
+      request.set_request_id(absl::StrCat("budget-", i));
+      request.set_provider(v1::PROVIDER_SOUNDPIECE);
+      request.mutable_sound_effect()->set_prompt("door slam");
+      request.mutable_sound_effect()->set_duration_seconds(1);
+      results[i] = engine_->Generate(kTenant, request);
+    });
+  }
+  go = true;
+  for (auto& thread : threads) thread.join();
+
+  int admitted = 0;
+  std::vector<std::string> names;
+  for (const auto& result : results) {
+    if (result.ok()) {
+      ++admitted;
+      names.push_back(result->name());
+      continue;
+    }
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << result.status();
+    google::rpc::QuotaFailure quota;
+    ASSERT_TRUE(GetQuotaFailure(result.status(), &quota)) << result.status();
+    ASSERT_EQ(quota.violations_size(), 1);
+    EXPECT_EQ(quota.violations(0).subject(), "tenant:acme");
+    EXPECT_TRUE(absl::StrContains(quota.violations(0).description(), "SOUND_EFFECT"))
+        << quota.violations(0).description();
+    google::rpc::RetryInfo retry;
+    ASSERT_TRUE(GetRetryInfo(result.status(), &retry)) << result.status();
+    EXPECT_GT(retry.retry_delay().seconds(), 0);
+    EXPECT_LE(retry.retry_delay().seconds(), 24 * 3600);
+  }
+  EXPECT_EQ(admitted, 10);
+
+  for (const std::string& name : names) {
+    absl::StatusOr<v1::Operation> done = WaitDone(name);
+    ASSERT_TRUE(done.ok()) << done.status();
+    EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED) << done->error().message();
+  }
+  // Rejected calls never reached the provider, and the counters say the same.
+  EXPECT_EQ(soundpiece_->stats().operations_created, 10);
+  const std::string scrape = Fetch(metrics_->port());
+  EXPECT_EQ(Sample(scrape, "musicgw_operations_created_total",
+                   {"provider=\"soundpiece\"", "task=\"sound_effect\""}),
+            10);
+  EXPECT_EQ(Sample(scrape, "musicgw_operations_completed_total",
+                   {"provider=\"soundpiece\"", "task=\"sound_effect\"", "outcome=\"succeeded\""}),
+            10);
+  EXPECT_EQ(Sample(scrape, "musicgw_upstream_requests_total",
+                   {"provider=\"soundpiece\"", "status_class=\"4xx\""}),
+            std::nullopt);
+}
+
+}  // namespace
+}  // namespace musicgw::metrics
