@@ -1,7 +1,6 @@
 // Metrics through real generations: the HTTP client, both adapters, the engine (SQLite ledger,
 // tenant budgets) and the quota monitor wired to Metrics as server.cc wires them, against the
 // in-process emulators; /metrics is scraped over HTTP and its values must move.
-#include <curl/curl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -39,24 +38,7 @@ namespace {
 namespace v1 = ::musicgw::v1;
 constexpr char kTenant[] = "acme";
 
-size_t Append(char* data, size_t size, size_t count, void* out) {
-  static_cast<std::string*>(out)->append(data, size * count);
-  return size * count;
-}
-
-std::string Fetch(int port) {
-  std::string body;
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return body;
-  const std::string url = absl::StrCat("http://127.0.0.1:", port, "/metrics");
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Append);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
-  const CURLcode code = curl_easy_perform(curl);
-  curl_easy_cleanup(curl);
-  return code == CURLE_OK ? body : "";
-}
+std::string Fetch(int port) { return testing::FetchMetrics(port).value_or(""); }
 
 // The value of the first sample of `name` whose label set contains every `key="value"` pair
 // in `labels`, from Prometheus text.
@@ -303,14 +285,7 @@ TEST_F(MetricsEmulatorTest, AGenerationMovesCountersAndTheProvidersDecrementedLi
   EXPECT_EQ(moved, 1) << "exactly one Loudly resource should count the generation\n" << scrape;
 
   if (access(testing::kPromtool, X_OK) == 0) {
-    const std::string path =
-        ::testing::TempDir() + "/musicgw-metrics-e2e-scrape-" + std::to_string(getpid()) + ".txt";
-    FILE* file = fopen(path.c_str(), "w");
-    ASSERT_NE(file, nullptr);
-    fwrite(scrape.data(), 1, scrape.size(), file);
-    fclose(file);
-    const auto [rc, output] =
-        testing::Run(absl::StrCat(testing::kPromtool, " check metrics < ", path));
+    const auto [rc, output] = testing::PromtoolCheckMetrics(scrape);
     EXPECT_EQ(rc, 0) << output;
   }
 }

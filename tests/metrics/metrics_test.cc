@@ -2,7 +2,6 @@
 // read at scrape time, and the exposer serves text promtool accepts.
 #include "services/metrics/metrics.h"
 
-#include <curl/curl.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -397,30 +396,6 @@ TEST(MetricsTest, FanOutCallsEveryObserver) {
 
 // --- the exposer over HTTP ---
 
-size_t Append(char* data, size_t size, size_t count, void* out) {
-  static_cast<std::string*>(out)->append(data, size * count);
-  return size * count;
-}
-
-// GET http://127.0.0.1:<port>/metrics; the body, or an error.
-absl::StatusOr<std::string> Fetch(int port) {
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return absl::InternalError("curl_easy_init");
-  std::string body;
-  const std::string url = absl::StrCat("http://127.0.0.1:", port, "/metrics");
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Append);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
-  const CURLcode code = curl_easy_perform(curl);
-  long status = 0;
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-  curl_easy_cleanup(curl);
-  if (code != CURLE_OK) return absl::UnavailableError(curl_easy_strerror(code));
-  if (status != 200) return absl::UnavailableError(absl::StrCat("HTTP ", status));
-  return body;
-}
-
 TEST(MetricsExposerTest, ServesTheScrapeOverHttpAndPromtoolAcceptsIt) {
   auto metrics = NewMetrics();
   testing::ScriptedEngine engine;
@@ -430,7 +405,7 @@ TEST(MetricsExposerTest, ServesTheScrapeOverHttpAndPromtoolAcceptsIt) {
   ASSERT_GT(metrics->port(), 0);
   EXPECT_EQ(metrics->StartExposer("127.0.0.1:0").code(), absl::StatusCode::kFailedPrecondition);
 
-  absl::StatusOr<std::string> body = Fetch(metrics->port());
+  absl::StatusOr<std::string> body = testing::FetchMetrics(metrics->port());
   ASSERT_TRUE(body.ok()) << body.status();
   for (const char* expected :
        {"# TYPE musicgw_grpc_requests_total counter",
@@ -446,16 +421,12 @@ TEST(MetricsExposerTest, ServesTheScrapeOverHttpAndPromtoolAcceptsIt) {
   if (access(testing::kPromtool, X_OK) != 0) {
     GTEST_SKIP() << "promtool not installed (Debian package prometheus): lint skipped";
   }
-  const std::string path =
-      ::testing::TempDir() + "/musicgw-metrics-scrape-" + std::to_string(getpid()) + ".txt";
-  std::ofstream(path) << *body;
-  const auto [rc, output] =
-      testing::Run(absl::StrCat(testing::kPromtool, " check metrics < ", path));
+  const auto [rc, output] = testing::PromtoolCheckMetrics(*body);
   EXPECT_EQ(rc, 0) << output << "\n--- scrape ---\n" << *body;
   EXPECT_EQ(output, "") << "promtool lint findings";
   metrics->StopExposer();
   EXPECT_EQ(metrics->port(), 0);
-  EXPECT_FALSE(Fetch(0).ok());
+  EXPECT_FALSE(testing::FetchMetrics(0).ok());
 }
 
 TEST(MetricsExposerTest, PortInUseIsUnavailable) {
@@ -479,7 +450,7 @@ TEST(MetricsExposerTest, ScrapesWhileSourcesAreClearedAndEventsArrive) {
     }
     metrics->ClearSources();
   });
-  for (int i = 0; i < 5; ++i) EXPECT_TRUE(Fetch(metrics->port()).ok());
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(testing::FetchMetrics(metrics->port()).ok());
   events.join();
   EXPECT_EQ(Get(*metrics, "musicgw_operations_live", {{"provider", "loudly"}, {"state", "queued"}}),
             2000);

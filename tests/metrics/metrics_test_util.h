@@ -2,9 +2,12 @@
 // pull-time sources, and running promtool.
 #pragma once
 
+#include <curl/curl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -13,7 +16,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/clock.h"
+#include "gtest/gtest.h"
 #include "prometheus/metric_family.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
@@ -114,6 +119,30 @@ class ScriptedEngine final : public operations::OperationsEngine {
   }
 };
 
+inline size_t AppendBody(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+// GET http://127.0.0.1:<port>/metrics: the body, or an error.
+inline absl::StatusOr<std::string> FetchMetrics(int port) {
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) return absl::InternalError("curl_easy_init");
+  std::string body;
+  const std::string url = "http://127.0.0.1:" + std::to_string(port) + "/metrics";
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &AppendBody);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
+  const CURLcode code = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(curl);
+  if (code != CURLE_OK) return absl::UnavailableError(curl_easy_strerror(code));
+  if (status != 200) return absl::UnavailableError("HTTP " + std::to_string(status));
+  return body;
+}
+
 inline constexpr char kPromtool[] = "/usr/bin/promtool";
 
 // Runs a shell command; returns its exit code and combined output.
@@ -126,6 +155,16 @@ inline std::pair<int, std::string> Run(const std::string& command) {
   while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
   const int status = pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+// Runs `promtool check metrics` on `text`: exit code and findings.
+inline std::pair<int, std::string> PromtoolCheckMetrics(const std::string& text) {
+  const std::string path =
+      ::testing::TempDir() + "/musicgw-metrics-scrape-" + std::to_string(getpid()) + ".txt";
+  std::ofstream(path) << text;
+  auto result = Run(std::string(kPromtool) + " check metrics < " + path);
+  std::remove(path.c_str());
+  return result;
 }
 
 // Drives every family so the scrape has each kind of series in it.
