@@ -33,9 +33,28 @@ async function firstEventThenDrop(client, name) {
   throw new Error(`watch of ${name} ended without an event`);
 }
 
+// The same request_id and request: the same operation. A different request: REQUEST_ID_REUSED.
+async function checkIdempotency(client, request, op) {
+  const again = await client.generate(request);
+  if (again.name !== op.name) {
+    throw new Error(`retry with the same request_id gave ${again.name}, not ${op.name}`);
+  }
+  const changed = { ...request, sample: { ...request.sample, prompt: `${request.sample.prompt} (changed)` } };
+  try {
+    await client.generate(changed);
+  } catch (err) {
+    const reasons = errorDetails(err).filter((d) => d.type === 'ErrorInfo').map((d) => d.reason);
+    if (err.code !== grpc.status.ALREADY_EXISTS || reasons.join() !== 'REQUEST_ID_REUSED') throw err;
+    console.log(`  retry -> same operation; same request_id, other request -> ALREADY_EXISTS ${reasons[0]}`);
+    return;
+  }
+  throw new Error('a reused request_id with a different request was accepted');
+}
+
 async function runJob(client, label, request, outDir) {
   let op = await client.generate(request);
   console.log(`[${label}] Generate request_id=${request.requestId} -> ${op.name} ${op.state}`);
+  if (request.sample) await checkIdempotency(client, request, op);
 
   const first = await firstEventThenDrop(client, op.name);
   printEvent(label)(first);

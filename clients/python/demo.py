@@ -37,9 +37,32 @@ def print_event(label):
     return show
 
 
+def check_idempotency(client, request, op):
+    """The same request_id and request: the same operation. A different request: REQUEST_ID_REUSED."""
+    again = client.generate(request)
+    if again.name != op.name:
+        raise RuntimeError(f"retry with the same request_id gave {again.name}, not {op.name}")
+    changed = pb.GenerateRequest()
+    changed.CopyFrom(request)
+    changed.sample.prompt += " (changed)"
+    try:
+        client.generate(changed)
+    except grpc.RpcError as err:
+        reasons = [d.reason for d in musicgw_client.error_details(err)
+                   if isinstance(d, error_details_pb2.ErrorInfo)]
+        if err.code() != grpc.StatusCode.ALREADY_EXISTS or reasons != ["REQUEST_ID_REUSED"]:
+            raise
+        print(f"  retry -> same operation; same request_id, other request -> "
+              f"{err.code().name} {reasons[0]}")
+        return
+    raise RuntimeError("a reused request_id with a different request was accepted")
+
+
 def run_job(client, label, request, out_dir):
     op = client.generate(request)
     print(f"[{label}] Generate request_id={request.request_id} -> {op.name} {state_name(op.state)}")
+    if request.WhichOneof("task") == "sample":
+        check_idempotency(client, request, op)
 
     # Simulate a dropped connection: read one event, cancel the stream, then resume after it.
     stream = client.watch_once(op.name)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"musicgw/client"
 	pb "musicgw/v1"
@@ -46,12 +47,46 @@ func firstEventThenDrop(ctx context.Context, c *client.Client, name string) (*pb
 	return stream.Recv()
 }
 
+// checkIdempotency: the same request_id and request give the same operation; a different
+// request with that request_id is ALREADY_EXISTS with reason REQUEST_ID_REUSED.
+func checkIdempotency(ctx context.Context, c *client.Client, req *pb.GenerateRequest, op *pb.Operation) error {
+	again, err := c.Generate(ctx, req)
+	if err != nil {
+		return err
+	}
+	if again.Name != op.Name {
+		return fmt.Errorf("retry with the same request_id gave %s, not %s", again.Name, op.Name)
+	}
+	changed := proto.Clone(req).(*pb.GenerateRequest)
+	changed.GetSample().Prompt += " (changed)"
+	_, err = c.Generate(ctx, changed)
+	if err == nil {
+		return errors.New("a reused request_id with a different request was accepted")
+	}
+	var reasons []string
+	for _, d := range client.ErrorDetails(err) {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			reasons = append(reasons, info.Reason)
+		}
+	}
+	if status.Code(err) != codes.AlreadyExists || len(reasons) != 1 || reasons[0] != "REQUEST_ID_REUSED" {
+		return err
+	}
+	fmt.Printf("  retry -> same operation; same request_id, other request -> %s %s\n", status.Code(err), reasons[0])
+	return nil
+}
+
 func runJob(ctx context.Context, c *client.Client, label string, req *pb.GenerateRequest, outDir string) error {
 	op, err := c.Generate(ctx, req)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("[%s] Generate request_id=%s -> %s %s\n", label, req.RequestId, op.Name, op.State)
+	if req.GetSample() != nil {
+		if err := checkIdempotency(ctx, c, req, op); err != nil {
+			return err
+		}
+	}
 
 	first, err := firstEventThenDrop(ctx, c, op.Name)
 	if err != nil {
