@@ -46,14 +46,17 @@ class Synth {
         beat_frames_(60.0 * kSampleRate / std::clamp(spec.bpm, 20, 400)) {
     const int third = spec.minor ? 3 : 4;
     const int root = ((spec.key_root % 12) + 12) % 12;
-    bass_root_ = 36 + root;
-    pad_notes_[0] = 60 + root;
-    pad_notes_[1] = 60 + root + third;
-    pad_notes_[2] = 60 + root + 7;
+    // Phase increments per sample, computed once: pow() per sample would dominate the render.
+    bass_inc_[0] = kTwoPi * MidiToHz(36 + root) / kSampleRate;
+    bass_inc_[1] = kTwoPi * MidiToHz(36 + root + 7) / kSampleRate;
+    pad_inc_[0] = kTwoPi * MidiToHz(60 + root) / kSampleRate;
+    pad_inc_[1] = kTwoPi * MidiToHz(60 + root + third) / kSampleRate;
+    pad_inc_[2] = kTwoPi * MidiToHz(60 + root + 7) / kSampleRate;
     static constexpr int kMinorPenta[] = {0, 3, 5, 7, 10};
     static constexpr int kMajorPenta[] = {0, 2, 4, 7, 9};
     for (int i = 0; i < 5; ++i) {
-      lead_scale_[i] = 72 + root + (spec.minor ? kMinorPenta[i] : kMajorPenta[i]);
+      lead_inc_[i] = kTwoPi * MidiToHz(72 + root + (spec.minor ? kMinorPenta[i] : kMajorPenta[i])) /
+                     kSampleRate;
     }
     want_drums_ = spec.stem.empty() || spec.stem == "drums";
     want_bass_ = spec.stem.empty() || spec.stem == "bass";
@@ -107,8 +110,7 @@ class Synth {
       const int64_t eighth = static_cast<int64_t>(eighth_pos);
       const double in_eighth =
           (eighth_pos - static_cast<double>(eighth)) * beat_frames_ / 2 / kSampleRate;
-      const int note = bass_root_ + ((eighth % 8) == 4 ? 7 : 0);
-      bass_phase_ += kTwoPi * MidiToHz(note) / kSampleRate;
+      bass_phase_ += bass_inc_[(eighth % 8) == 4 ? 1 : 0];
       const double env = std::exp(-in_eighth * 6.0);
       const double bass = std::sin(bass_phase_) + 0.3 * std::sin(2 * bass_phase_);
       *left += 0.28 * env * bass;
@@ -117,7 +119,7 @@ class Synth {
     if (want_other_) {
       double pad = 0;
       for (int i = 0; i < 3; ++i) {
-        pad_phase_[i] += kTwoPi * MidiToHz(pad_notes_[i]) / kSampleRate;
+        pad_phase_[i] += pad_inc_[i];
         pad += std::sin(pad_phase_[i]) + 0.2 * std::sin(2 * pad_phase_[i]);
       }
       const double tremolo = 0.75 + 0.25 * std::sin(kTwoPi * 0.25 * t);
@@ -126,9 +128,9 @@ class Synth {
     }
     if (want_vocals_) {
       const uint64_t pick = Mix64(spec_.seed ^ static_cast<uint64_t>(beat) * 0x9E3779B97F4A7C15ULL);
-      const int note = lead_scale_[pick % 5];
-      const double vibrato = 0.15 * std::sin(kTwoPi * 5.0 * t);
-      lead_phase_ += kTwoPi * MidiToHz(note + vibrato) / kSampleRate;
+      // +-0.15 semitone vibrato at 5 Hz (2^(x/12) ~ 1 + x ln2 / 12 for small x).
+      const double vibrato = 1.0 + 0.15 * 0.05776 * std::sin(kTwoPi * 5.0 * t);
+      lead_phase_ += lead_inc_[pick % 5] * vibrato;
       const double attack = std::min(1.0, in_beat * 40.0);
       const double env = attack * std::exp(-in_beat * 2.5);
       const double lead = std::sin(lead_phase_) + 0.25 * std::sin(3 * lead_phase_);
@@ -141,9 +143,9 @@ class Synth {
   int64_t total_frames_;
   double beat_frames_;
   int64_t pos_ = 0;
-  int bass_root_ = 40;
-  int pad_notes_[3] = {};
-  int lead_scale_[5] = {};
+  double bass_inc_[2] = {};
+  double pad_inc_[3] = {};
+  double lead_inc_[5] = {};
   bool want_drums_ = true, want_bass_ = true, want_other_ = true, want_vocals_ = true;
   double kick_phase_ = 0, bass_phase_ = 0, lead_phase_ = 0;
   double pad_phase_[3] = {};

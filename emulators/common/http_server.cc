@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace musicgw::emulators {
 namespace {
@@ -172,6 +173,11 @@ absl::Status HttpServer::Start() {
   }
   if (listen_fd_ >= 0) ::listen(listen_fd_, kListenBacklog);
   listener_ = std::thread([this] { server_.listen_after_bind(); });
+  // cpp-httplib's stop() is a no-op until the listener thread has marked itself running, which
+  // would leave a quick Start-then-Stop blocked in accept() forever; wait for it here.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!server_.is_running() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  if (!server_.is_running()) return absl::UnavailableError("the HTTP listener did not start");
   return absl::OkStatus();
 }
 

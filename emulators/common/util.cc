@@ -82,13 +82,12 @@ std::string FormatDate(absl::Time t) {
   return absl::FormatTime("%Y-%m-%d", t, absl::UTCTimeZone());
 }
 
-std::string DumpEscapedSlashes(const nlohmann::json& value) {
-  const std::string plain = value.dump();
-  // A '/' in the dump can only occur inside a string (JSON syntax has none), so escaping every
-  // one is exact.
+std::string EscapeJsonSlashes(absl::string_view json_text) {
+  // A '/' in JSON text can only occur inside a string (the syntax has none), so escaping every
+  // one is exact. Input comes from nlohmann's dump, which never writes "\/" itself.
   std::string out;
-  out.reserve(plain.size() + 16);
-  for (char c : plain) {
+  out.reserve(json_text.size() + 16);
+  for (char c : json_text) {
     if (c == '/') out += '\\';
     out += c;
   }

@@ -43,8 +43,8 @@ std::string FormatCacheBuster(absl::Time t);
 // "2025-04-03"
 std::string FormatDate(absl::Time t);
 
-// nlohmann's dump with every '/' inside strings written as "\/" (as PHP's json_encode does).
-std::string DumpEscapedSlashes(const nlohmann::json& value);
+// A JSON text with every '/' written as "\/" (as PHP's json_encode does).
+std::string EscapeJsonSlashes(absl::string_view json_text);
 // Parses without exceptions; discarded (is_discarded()) on error.
 nlohmann::json ParseJson(absl::string_view text);
 
