@@ -278,6 +278,21 @@ TEST_F(SoundpieceAdapterTest, TimedOutPutIsRetriedWithTheSameKey) {
   EXPECT_EQ(stats.idempotent_replays, 1);
 }
 
+TEST_F(SoundpieceAdapterTest, GarbledAnswersAreRetriedWithTheSameKey) {
+  ASSERT_TRUE(emulator_
+                  ->SetFaultPlan(R"({"rules":[
+        {"match":"PUT /v1/create.new_sample","nth":[1],"action":"truncate"},
+        {"match":"PUT /v1/create.new_sample","nth":[2],"action":"malformed"}]})")
+                  .ok());
+  auto status = Submit(Sample(), "c0ffee00-1234-4abc-8def-0123456789ab");
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->phase, Phase::kRunning);
+  const auto stats = emulator_->stats();
+  EXPECT_EQ(stats.puts, 3);
+  EXPECT_EQ(stats.operations_created, 1);
+  EXPECT_EQ(stats.idempotent_replays, 2);
+}
+
 TEST_F(SoundpieceAdapterTest, ProviderAuthFailureIsAConfigurationFault) {
   SoundpieceOptions options = Options();
   options.api_key = "spk_wrong_key";
