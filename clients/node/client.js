@@ -146,7 +146,9 @@ class Client {
 
   // Follows an operation until it is done and returns its last snapshot. A dropped stream is
   // reopened with afterSequence = the last sequence seen, so no change is missed or repeated.
-  async watch(name, { afterSequence = 0, timeoutSeconds = 120, onEvent = null, reconnects = 5 } = {}) {
+  // onRetry(err, lastSequence) is called before each reconnection.
+  async watch(name, { afterSequence = 0, timeoutSeconds = 120, onEvent = null, reconnects = 5,
+    onRetry = null } = {}) {
     const deadline = Date.now() + timeoutSeconds * 1000;
     let last = afterSequence;
     let failures = 0;
@@ -165,6 +167,7 @@ class Client {
       } catch (err) {
         failures++;
         if (!RETRYABLE.has(err.code) || failures > reconnects) throw err;
+        if (onRetry) onRetry(err, last);
         await sleep(retryDelayMs(err, failures - 1));
       }
     }
@@ -172,8 +175,9 @@ class Client {
 
   // Downloads an asset to file, resuming from the bytes already there, and returns the last
   // AssetInfo. With stopAfterChunks, cancels the stream after that many data chunks (to show
-  // an interruption) and returns null.
-  async download(asset, file, { timeoutSeconds = 120, stopAfterChunks = null, attempts = 5 } = {}) {
+  // an interruption) and returns null. onRetry(err, bytesOnDisk) is called before each resumption.
+  async download(asset, file, { timeoutSeconds = 120, stopAfterChunks = null, attempts = 5,
+    onRetry = null } = {}) {
     let info = null;
     for (let attempt = 0; attempt < attempts; attempt++) {
       const offset = fs.existsSync(file) ? fs.statSync(file).size : 0;
@@ -202,6 +206,7 @@ class Client {
         break;
       } catch (err) {
         if (!RETRYABLE.has(err.code) || attempt + 1 >= attempts) throw err;
+        if (onRetry) onRetry(err, position);
         await sleep(retryDelayMs(err, attempt));
       } finally {
         fs.closeSync(fd);

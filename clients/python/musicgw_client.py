@@ -107,10 +107,11 @@ class Client:
             timeout=timeout,
         )
 
-    def watch(self, name, after_sequence=0, timeout=120, on_event=None, reconnects=5):
+    def watch(self, name, after_sequence=0, timeout=120, on_event=None, reconnects=5,
+              on_retry=None):
         """Follows an operation until it is done and returns its last snapshot. A dropped stream
         is reopened with after_sequence = the last sequence seen, so no change is missed or
-        repeated."""
+        repeated. on_retry(error, last_sequence) is called before each reconnection."""
         deadline = time.monotonic() + timeout
         last = after_sequence
         failures = 0
@@ -134,12 +135,16 @@ class Client:
                 failures += 1
                 if err.code() not in RETRYABLE or failures > reconnects:
                     raise
+                if on_retry:
+                    on_retry(err, last)
                 time.sleep(retry_delay(err, failures - 1))
 
-    def download(self, asset, path, timeout=120, stop_after_chunks=None, attempts=5):
+    def download(self, asset, path, timeout=120, stop_after_chunks=None, attempts=5,
+                 on_retry=None):
         """Downloads an asset to path, resuming from the bytes already there. Returns the last
         AssetInfo. With stop_after_chunks, cancels the stream after that many data chunks (to
-        show an interruption) and returns None."""
+        show an interruption) and returns None. on_retry(error, bytes_on_disk) is called before
+        each resumption."""
         info = None
         for attempt in range(attempts):
             offset = os.path.getsize(path) if os.path.exists(path) else 0
@@ -170,6 +175,8 @@ class Client:
             except grpc.RpcError as err:
                 if err.code() not in RETRYABLE or attempt + 1 == attempts:
                     raise
+                if on_retry:
+                    on_retry(err, os.path.getsize(path))
                 time.sleep(retry_delay(err, attempt))
         verify(path, info)
         return info

@@ -69,5 +69,21 @@ set -a
 source "$work/sandbox/sandbox.env"
 set +a
 
-# 3. The client's own walk-through; it exits non-zero on any failed check.
-timeout 120 "${run[@]}"
+# 3. A path that throttles and drops connections, for the client's automatic resumption.
+proxy_py="$(command -v python3)"
+[[ -x /usr/bin/python3 ]] && proxy_py=/usr/bin/python3
+"$proxy_py" "$src/tests/clients/flaky_proxy.py" --upstream "$MUSICGW_TARGET" \
+  --port-file "$work/sandbox/proxy.port" --lifetime 150 >"$work/sandbox/proxy.log" 2>&1 &
+proxy_pid=$!
+for _ in $(seq 1 50); do [[ -s "$work/sandbox/proxy.port" ]] && break; sleep 0.1; done
+flaky="127.0.0.1:$(cat "$work/sandbox/proxy.port")"
+
+# 4. The client's own walk-through; it exits non-zero on any failed check.
+rc=0
+timeout 120 "${run[@]}" --flaky-target "$flaky" || rc=$?
+kill "$proxy_pid" 2>/dev/null || true
+wait "$proxy_pid" 2>/dev/null || true
+cat "$work/sandbox/proxy.log"
+[[ $rc -eq 0 ]] || exit $rc
+# The drops must really have happened for the resumption to count as tested.
+grep -q "cut a connection" "$work/sandbox/proxy.log" || { echo "FAIL: the proxy never cut a connection" >&2; exit 1; }

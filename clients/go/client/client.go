@@ -32,6 +32,15 @@ import (
 type Client struct {
 	conn *grpc.ClientConn
 	Stub pb.MusicGatewayClient
+	// OnRetry, when set, is told before each automatic retry: what ("generate", "watch",
+	// "download"), the error, and where it resumes (last sequence, or bytes on disk).
+	OnRetry func(what string, err error, position int64)
+}
+
+func (c *Client) noteRetry(what string, err error, position int64) {
+	if c.OnRetry != nil {
+		c.OnRetry(what, err, position)
+	}
 }
 
 // apiKey adds `authorization: Bearer <key>` to every call.
@@ -162,6 +171,7 @@ func (c *Client) Generate(ctx context.Context, req *pb.GenerateRequest) (*pb.Ope
 		if err == nil || !retryable(err) || attempt == 2 {
 			return op, err
 		}
+		c.noteRetry("generate", err, 0)
 		if err := sleep(ctx, RetryDelay(err, attempt)); err != nil {
 			return nil, err
 		}
@@ -190,6 +200,7 @@ func (c *Client) Watch(ctx context.Context, name string, afterSequence int64,
 			return nil, err
 		}
 		// Ended early (a proxy, or a draining server) or dropped: resume after `last`.
+		c.noteRetry("watch", err, last)
 		if err := sleep(ctx, RetryDelay(err, failures)); err != nil {
 			return nil, err
 		}
@@ -245,6 +256,9 @@ func (c *Client) Download(ctx context.Context, asset, path string, stopAfterChun
 		}
 		if !retryable(err) || attempt == 4 {
 			return nil, err
+		}
+		if stat, statErr := os.Stat(path); statErr == nil {
+			c.noteRetry("download", err, stat.Size())
 		}
 		if err := sleep(ctx, RetryDelay(err, attempt)); err != nil {
 			return nil, err

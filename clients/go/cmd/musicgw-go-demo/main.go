@@ -194,10 +194,82 @@ func checkInvalidArgument(ctx context.Context, c *client.Client) error {
 	return fmt.Errorf("expected a violation of sample.duration_seconds, got %v", fields)
 }
 
+// runThroughFlakyNetwork: Generate, Watch and Download through a path that drops connections
+// mid-stream; the client retries Generate with the same request_id, reopens the Watch after the
+// last sequence and resumes the Download from the file's size, on its own.
+func runThroughFlakyNetwork(ctx context.Context, direct, flaky *client.Client, outDir string) error {
+	retries := 0
+	flaky.OnRetry = func(what string, err error, position int64) {
+		retries++
+		fmt.Printf("  [flaky] %s lost (%s); resuming after %d\n", what, status.Code(err), position)
+	}
+	duration := int32(30)
+	op, err := flaky.Generate(ctx, &pb.GenerateRequest{
+		Provider: pb.Provider_PROVIDER_LOUDLY,
+		Task: &pb.GenerateRequest_ParametricMusic{ParametricMusic: &pb.ParametricMusicTask{
+			Genre: "House", DurationSeconds: &duration}},
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("[flaky] Generate -> %s\n", op.Name)
+	var last int64
+	var order error
+	op, err = flaky.Watch(ctx, op.Name, 0, func(e *pb.OperationEvent) {
+		if e.Kind != pb.OperationEvent_KIND_HEARTBEAT {
+			if e.Sequence <= last && order == nil {
+				order = fmt.Errorf("sequence went back from %d to %d", last, e.Sequence)
+			}
+			last = e.Sequence
+		}
+		printEvent("flaky")(e)
+	})
+	if err != nil {
+		return err
+	}
+	if order != nil {
+		return order
+	}
+	if op.State != pb.OperationState_OPERATION_STATE_SUCCEEDED {
+		return fmt.Errorf("[flaky] ended %s", op.State)
+	}
+	path := filepath.Join(outDir, "flaky-download")
+	reference := path + ".direct"
+	_ = os.Remove(path)
+	_ = os.Remove(reference)
+	if _, err := flaky.Download(ctx, op.Outputs[0].Name, path, 0); err != nil {
+		return err
+	}
+	if _, err := direct.Download(ctx, op.Outputs[0].Name, reference, 0); err != nil {
+		return err
+	}
+	got, err := client.FileSha256(path)
+	if err != nil {
+		return err
+	}
+	want, err := client.FileSha256(reference)
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return errors.New("the download resumed through drops differs from a direct one")
+	}
+	if retries == 0 {
+		return errors.New("no stream was cut: the resumption went untested")
+	}
+	stat, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  [flaky] downloaded %d bytes through %d drops; identical to a direct download\n", stat.Size(), retries)
+	return nil
+}
+
 func run() int {
 	target := flag.String("target", os.Getenv("MUSICGW_TARGET"), "musicgw address (default $MUSICGW_TARGET)")
 	outDir := flag.String("out-dir", ".", "where to save the audio")
 	useTLS := flag.Bool("tls", false, "use TLS (default: only off loopback)")
+	flakyTarget := flag.String("flaky-target", "", "the gateway through a connection-dropping proxy")
 	flag.Parse()
 	key := os.Getenv("MUSICGW_API_KEY")
 	if key == "" {
@@ -231,11 +303,22 @@ func run() int {
 		Task: &pb.GenerateRequest_ParametricMusic{ParametricMusic: &pb.ParametricMusicTask{
 			Genre: "House", DurationSeconds: &duration, Energy: pb.Energy_ENERGY_HIGH}},
 	}
-	for _, step := range []func() error{
+	steps := []func() error{
 		func() error { return runJob(ctx, c, "soundpiece", sample, *outDir) },
 		func() error { return runJob(ctx, c, "loudly", track, *outDir) },
 		func() error { return checkInvalidArgument(ctx, c) },
-	} {
+	}
+	if *flakyTarget != "" {
+		steps = append(steps, func() error {
+			flaky, err := client.Dial(ctx, *flakyTarget, key, false)
+			if err != nil {
+				return err
+			}
+			defer flaky.Close()
+			return runThroughFlakyNetwork(ctx, c, flaky, *outDir)
+		})
+	}
+	for _, step := range steps {
 		if err := step(); err != nil {
 			fmt.Fprintln(os.Stderr, "FAILED:", err)
 			for _, d := range client.ErrorDetails(err) {
