@@ -25,6 +25,40 @@ constexpr size_t kBlockFrames = 4096;
 
 double MidiToHz(double note) { return 440.0 * std::pow(2.0, (note - 69.0) / 12.0); }
 
+// Table lookups with linear interpolation: std::sin/std::exp per sample made a 20-minute render
+// take over a minute; these keep it to seconds and are exact enough for test audio.
+class Tables {
+ public:
+  static const Tables& Get() {
+    static const Tables* tables = new Tables();
+    return *tables;
+  }
+  // sin(2*pi*cycles) for any cycles.
+  double Sin(double cycles) const {
+    const double c = (cycles - std::floor(cycles)) * kSinSize;
+    const int i = static_cast<int>(c);
+    return sin_[i] + (c - i) * (sin_[i + 1] - sin_[i]);
+  }
+  // exp(-x) for x >= 0 (0 beyond the table).
+  double ExpNeg(double x) const {
+    const double c = x * kExpPerUnit;
+    if (c >= kExpSize) return 0.0;
+    const int i = static_cast<int>(c);
+    return exp_[i] + (c - i) * (exp_[i + 1] - exp_[i]);
+  }
+
+ private:
+  static constexpr int kSinSize = 4096;
+  static constexpr int kExpPerUnit = 256;
+  static constexpr int kExpSize = 64 * kExpPerUnit;
+  Tables() {
+    for (int i = 0; i <= kSinSize; ++i) sin_[i] = std::sin(kTwoPi * i / kSinSize);
+    for (int i = 0; i <= kExpSize; ++i) exp_[i] = std::exp(-static_cast<double>(i) / kExpPerUnit);
+  }
+  double sin_[kSinSize + 1];
+  double exp_[kExpSize + 1];
+};
+
 uint64_t Mix64(uint64_t x) {
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;
@@ -46,17 +80,17 @@ class Synth {
         beat_frames_(60.0 * kSampleRate / std::clamp(spec.bpm, 20, 400)) {
     const int third = spec.minor ? 3 : 4;
     const int root = ((spec.key_root % 12) + 12) % 12;
-    // Phase increments per sample, computed once: pow() per sample would dominate the render.
-    bass_inc_[0] = kTwoPi * MidiToHz(36 + root) / kSampleRate;
-    bass_inc_[1] = kTwoPi * MidiToHz(36 + root + 7) / kSampleRate;
-    pad_inc_[0] = kTwoPi * MidiToHz(60 + root) / kSampleRate;
-    pad_inc_[1] = kTwoPi * MidiToHz(60 + root + third) / kSampleRate;
-    pad_inc_[2] = kTwoPi * MidiToHz(60 + root + 7) / kSampleRate;
+    // Phase increments (cycles per sample), computed once.
+    bass_inc_[0] = MidiToHz(36 + root) / kSampleRate;
+    bass_inc_[1] = MidiToHz(36 + root + 7) / kSampleRate;
+    pad_inc_[0] = MidiToHz(60 + root) / kSampleRate;
+    pad_inc_[1] = MidiToHz(60 + root + third) / kSampleRate;
+    pad_inc_[2] = MidiToHz(60 + root + 7) / kSampleRate;
     static constexpr int kMinorPenta[] = {0, 3, 5, 7, 10};
     static constexpr int kMajorPenta[] = {0, 2, 4, 7, 9};
     for (int i = 0; i < 5; ++i) {
-      lead_inc_[i] = kTwoPi * MidiToHz(72 + root + (spec.minor ? kMinorPenta[i] : kMajorPenta[i])) /
-                     kSampleRate;
+      lead_inc_[i] =
+          MidiToHz(72 + root + (spec.minor ? kMinorPenta[i] : kMajorPenta[i])) / kSampleRate;
     }
     want_drums_ = spec.stem.empty() || spec.stem == "drums";
     want_bass_ = spec.stem.empty() || spec.stem == "bass";
@@ -84,22 +118,23 @@ class Synth {
 
  private:
   void Frame(int64_t pos, double* left, double* right) {
+    const Tables& m = Tables::Get();
     const double t = static_cast<double>(pos) / kSampleRate;
     const double beat_pos = static_cast<double>(pos) / beat_frames_;
     const int64_t beat = static_cast<int64_t>(beat_pos);
     const double in_beat = (beat_pos - static_cast<double>(beat)) * beat_frames_ / kSampleRate;
     if (want_drums_) {
       // Kick: a falling sine burst at each beat.
-      const double kick_freq = 50.0 + 70.0 * std::exp(-in_beat * 30.0);
-      kick_phase_ += kTwoPi * kick_freq / kSampleRate;
-      const double kick = std::sin(kick_phase_) * std::exp(-in_beat * 9.0);
+      const double kick_freq = 50.0 + 70.0 * m.ExpNeg(in_beat * 30.0);
+      kick_phase_ += kick_freq / kSampleRate;
+      const double kick = m.Sin(kick_phase_) * m.ExpNeg(in_beat * 9.0);
       // Hat: short noise burst on the off-beat.
       const double half = beat_frames_ / 2 / kSampleRate;
       double hat = 0;
       if (in_beat >= half) {
         noise_ = noise_ * 6364136223846793005ULL + 1442695040888963407ULL;
         const double white = static_cast<double>(noise_ >> 40) / static_cast<double>(1 << 24) - 0.5;
-        hat = white * std::exp(-(in_beat - half) * 60.0);
+        hat = white * m.ExpNeg((in_beat - half) * 60.0);
       }
       *left += 0.55 * kick + 0.18 * hat;
       *right += 0.55 * kick + 0.14 * hat;
@@ -111,8 +146,8 @@ class Synth {
       const double in_eighth =
           (eighth_pos - static_cast<double>(eighth)) * beat_frames_ / 2 / kSampleRate;
       bass_phase_ += bass_inc_[(eighth % 8) == 4 ? 1 : 0];
-      const double env = std::exp(-in_eighth * 6.0);
-      const double bass = std::sin(bass_phase_) + 0.3 * std::sin(2 * bass_phase_);
+      const double env = m.ExpNeg(in_eighth * 6.0);
+      const double bass = m.Sin(bass_phase_) + 0.3 * m.Sin(2 * bass_phase_);
       *left += 0.28 * env * bass;
       *right += 0.28 * env * bass;
     }
@@ -120,20 +155,20 @@ class Synth {
       double pad = 0;
       for (int i = 0; i < 3; ++i) {
         pad_phase_[i] += pad_inc_[i];
-        pad += std::sin(pad_phase_[i]) + 0.2 * std::sin(2 * pad_phase_[i]);
+        pad += m.Sin(pad_phase_[i]) + 0.2 * m.Sin(2 * pad_phase_[i]);
       }
-      const double tremolo = 0.75 + 0.25 * std::sin(kTwoPi * 0.25 * t);
+      const double tremolo = 0.75 + 0.25 * m.Sin(0.25 * t);
       *left += 0.07 * tremolo * pad;
       *right += 0.05 * tremolo * pad;
     }
     if (want_vocals_) {
       const uint64_t pick = Mix64(spec_.seed ^ static_cast<uint64_t>(beat) * 0x9E3779B97F4A7C15ULL);
       // +-0.15 semitone vibrato at 5 Hz (2^(x/12) ~ 1 + x ln2 / 12 for small x).
-      const double vibrato = 1.0 + 0.15 * 0.05776 * std::sin(kTwoPi * 5.0 * t);
+      const double vibrato = 1.0 + 0.15 * 0.05776 * m.Sin(5.0 * t);
       lead_phase_ += lead_inc_[pick % 5] * vibrato;
       const double attack = std::min(1.0, in_beat * 40.0);
-      const double env = attack * std::exp(-in_beat * 2.5);
-      const double lead = std::sin(lead_phase_) + 0.25 * std::sin(3 * lead_phase_);
+      const double env = attack * m.ExpNeg(in_beat * 2.5);
+      const double lead = m.Sin(lead_phase_) + 0.25 * m.Sin(3 * lead_phase_);
       *left += 0.10 * env * lead;
       *right += 0.16 * env * lead;
     }

@@ -138,25 +138,10 @@ int WaitForTerminationSignal() {
   return sig;
 }
 
-void Counters::Add(const std::string& name, int64_t n) {
-  absl::MutexLock lock(&mu_);
-  values_[name] += n;
-}
-
-int64_t Counters::Get(const std::string& name) const {
-  absl::MutexLock lock(&mu_);
-  auto it = values_.find(name);
-  return it == values_.end() ? 0 : it->second;
-}
-
-std::map<std::string, int64_t> Counters::Snapshot() const {
-  absl::MutexLock lock(&mu_);
-  return values_;
-}
-
-void Counters::Clear() {
-  absl::MutexLock lock(&mu_);
-  values_.clear();
+std::pair<std::string, std::string> SplitKeyValue(absl::string_view item) {
+  const size_t eq = item.find('=');
+  if (eq == absl::string_view::npos) return {std::string(item), ""};
+  return {std::string(item.substr(0, eq)), std::string(item.substr(eq + 1))};
 }
 
 }  // namespace musicgw::emulators

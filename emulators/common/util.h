@@ -1,11 +1,15 @@
 // File: util.h
-// Small helpers shared by the emulators: ids, timestamps, JSON formatting, HMAC, counters.
+// Small helpers shared by the emulators: ids, timestamps, JSON formatting, HMAC, the binaries' main
+// loop.
 #pragma once
 
 #include <cstdint>
+#include <iostream>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -58,17 +62,23 @@ absl::StatusOr<std::string> ReadFileOrEmpty(const std::string& path);
 void BlockTerminationSignals();
 int WaitForTerminationSignal();
 
-// A named set of counters. Thread-safe.
-class Counters {
- public:
-  void Add(const std::string& name, int64_t n = 1);
-  int64_t Get(const std::string& name) const;
-  std::map<std::string, int64_t> Snapshot() const;
-  void Clear();
+// "KEY=VALUE" -> {KEY, VALUE}; "KEY" -> {KEY, ""}.
+std::pair<std::string, std::string> SplitKeyValue(absl::string_view item);
 
- private:
-  mutable absl::Mutex mu_;
-  std::map<std::string, int64_t> values_ ABSL_GUARDED_BY(mu_);
-};
+// The binaries' main loop: prints "listening on <url>" (scripts wait for it), serves until
+// SIGTERM/SIGINT, stops. Returns the process exit code. Call BlockTerminationSignals() before
+// starting the emulator.
+template <typename EmulatorT>
+int ServeUntilSignal(const char* name, absl::StatusOr<std::unique_ptr<EmulatorT>> emulator) {
+  if (!emulator.ok()) {
+    std::cerr << name << ": " << emulator.status() << std::endl;
+    return 1;
+  }
+  std::cout << "listening on " << (*emulator)->base_url() << std::endl;
+  const int sig = WaitForTerminationSignal();
+  (*emulator)->Stop();
+  std::cerr << name << ": stopped on signal " << sig << std::endl;
+  return 0;
+}
 
 }  // namespace musicgw::emulators

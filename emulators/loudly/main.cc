@@ -6,7 +6,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/strings/str_split.h"
 #include "emulators/common/util.h"
 #include "emulators/loudly/loudly_emulator.h"
 
@@ -34,7 +33,7 @@ namespace {
 std::map<std::string, int64_t> Pairs(const std::vector<std::string>& items) {
   std::map<std::string, int64_t> out;
   for (const std::string& item : items) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    const auto kv = musicgw::emulators::SplitKeyValue(item);
     out[kv.first] = std::atoll(kv.second.c_str());
   }
   return out;
@@ -52,7 +51,7 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.api_keys.clear();
   for (const std::string& item : absl::GetFlag(FLAGS_api_key)) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    const auto kv = musicgw::emulators::SplitKeyValue(item);
     options.api_keys[kv.first] = kv.second.empty() ? "b2b" : kv.second;
   }
   options.client_id = absl::GetFlag(FLAGS_client_id);
@@ -81,14 +80,6 @@ int main(int argc, char** argv) {
   options.fault_plan_json = *plan;
 
   musicgw::emulators::BlockTerminationSignals();
-  auto emulator = Emulator::Start(std::move(options));
-  if (!emulator.ok()) {
-    std::cerr << "loudly-emulator: " << emulator.status() << "\n";
-    return 1;
-  }
-  std::cout << "listening on " << (*emulator)->base_url() << std::endl;
-  const int sig = musicgw::emulators::WaitForTerminationSignal();
-  (*emulator)->Stop();
-  std::cerr << "loudly-emulator: stopped on signal " << sig << "\n";
-  return 0;
+  return musicgw::emulators::ServeUntilSignal("loudly-emulator",
+                                              Emulator::Start(std::move(options)));
 }

@@ -6,7 +6,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/strings/str_split.h"
 #include "emulators/common/util.h"
 #include "emulators/soundpiece/soundpiece_emulator.h"
 
@@ -43,11 +42,11 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.api_keys.clear();
   for (const std::string& item : absl::GetFlag(FLAGS_api_key)) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    const auto kv = musicgw::emulators::SplitKeyValue(item);
     options.api_keys[kv.first] = kv.second.empty() ? "acct" : kv.second;
   }
   for (const std::string& item : absl::GetFlag(FLAGS_webhook_secret)) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    const auto kv = musicgw::emulators::SplitKeyValue(item);
     if (kv.second.empty()) {
       options.webhook_secrets["acct"] = kv.first;
     } else {
@@ -60,7 +59,7 @@ int main(int argc, char** argv) {
   options.strict_idempotency = absl::GetFlag(FLAGS_strict_idempotency);
   options.initial_credits = absl::GetFlag(FLAGS_credits);
   for (const std::string& item : absl::GetFlag(FLAGS_route_cost)) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    const auto kv = musicgw::emulators::SplitKeyValue(item);
     options.route_cost[kv.first] = std::atoll(kv.second.c_str());
   }
   options.rate_limit_per_second = absl::GetFlag(FLAGS_rate_limit_per_second);
@@ -79,14 +78,6 @@ int main(int argc, char** argv) {
   options.fault_plan_json = *plan;
 
   musicgw::emulators::BlockTerminationSignals();
-  auto emulator = Emulator::Start(std::move(options));
-  if (!emulator.ok()) {
-    std::cerr << "soundpiece-emulator: " << emulator.status() << "\n";
-    return 1;
-  }
-  std::cout << "listening on " << (*emulator)->base_url() << std::endl;
-  const int sig = musicgw::emulators::WaitForTerminationSignal();
-  (*emulator)->Stop();
-  std::cerr << "soundpiece-emulator: stopped on signal " << sig << "\n";
-  return 0;
+  return musicgw::emulators::ServeUntilSignal("soundpiece-emulator",
+                                              Emulator::Start(std::move(options)));
 }
