@@ -30,6 +30,7 @@
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
+#include "tests/metrics/emulator_util.h"
 #include "tests/metrics/metrics_test_util.h"
 
 namespace musicgw::metrics {
@@ -39,24 +40,6 @@ namespace v1 = ::musicgw::v1;
 constexpr char kTenant[] = "acme";
 
 std::string Fetch(int port) { return testing::FetchMetrics(port).value_or(""); }
-
-// The value of the first sample of `name` whose label set contains every `key="value"` pair
-// in `labels`, from Prometheus text.
-std::optional<double> Sample(const std::string& text, const std::string& name,
-                             const std::vector<std::string>& labels) {
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (!absl::StartsWith(line, name + "{") && !absl::StartsWith(line, name + " ")) continue;
-    bool match = true;
-    for (const std::string& label : labels) match = match && absl::StrContains(line, label);
-    if (!match) continue;
-    const size_t space = line.rfind(' ');
-    double value = 0;
-    if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &value)) {
-      return value;
-    }
-  }
-  return std::nullopt;
-}
 
 // Refreshes quota after each generation, as the server's own observer does.
 class QuotaRefresh final : public operations::EngineObserver {
@@ -74,18 +57,8 @@ class QuotaRefresh final : public operations::EngineObserver {
 class MetricsEmulatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    emulators::loudly::Options ld;
-    ld.sync_latency = absl::Milliseconds(200);
-    ld.bundle_song_delay = absl::Milliseconds(200);
-    auto loudly = emulators::loudly::Emulator::Start(ld);
-    ASSERT_TRUE(loudly.ok()) << loudly.status();
-    loudly_ = std::move(*loudly);
-    emulators::soundpiece::Options sp;
-    sp.processing_time = absl::Milliseconds(200);
-    sp.long_poll = absl::Seconds(2);
-    auto soundpiece = emulators::soundpiece::Emulator::Start(sp);
-    ASSERT_TRUE(soundpiece.ok()) << soundpiece.status();
-    soundpiece_ = std::move(*soundpiece);
+    const absl::Status started = emulators_.Start();
+    ASSERT_TRUE(started.ok()) << started;
 
     auto metrics = Metrics::Create();
     ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -100,13 +73,13 @@ class MetricsEmulatorTest : public ::testing::Test {
     loudly_config.name = "loudly-b2b";
     loudly_config.type = v1::PROVIDER_LOUDLY;
     loudly_config.dialect = "b2b";
-    loudly_config.base_url = loudly_->base_url();
+    loudly_config.base_url = emulators_.loudly->base_url();
     loudly_config.api_key = "loudly_test_key";
     config::ProviderConfig soundpiece_config;
     soundpiece_config.name = "soundpiece-main";
     soundpiece_config.type = v1::PROVIDER_SOUNDPIECE;
     soundpiece_config.dialect = "v1";
-    soundpiece_config.base_url = soundpiece_->base_url();
+    soundpiece_config.base_url = emulators_.soundpiece->base_url();
     soundpiece_config.api_key = "spk_test_key";
     for (const auto* config : {&loudly_config, &soundpiece_config}) {
       auto adapter = adapters::CreateAdapter(*config, http_.get());
@@ -193,8 +166,7 @@ class MetricsEmulatorTest : public ::testing::Test {
     return result;
   }
 
-  std::unique_ptr<emulators::loudly::Emulator> loudly_;
-  std::unique_ptr<emulators::soundpiece::Emulator> soundpiece_;
+  testing::Emulators emulators_;
   std::shared_ptr<Metrics> metrics_;
   std::unique_ptr<http::CurlHttpClient> http_;
   std::vector<adapters::ProviderAdapterPtr> adapters_;
@@ -232,31 +204,38 @@ TEST_F(MetricsEmulatorTest, AGenerationMovesCountersAndTheProvidersDecrementedLi
   ASSERT_FALSE(scrape.empty());
 
   const std::vector<std::string> loudly_t2m = {"provider=\"loudly\"", "task=\"text_to_music\""};
-  EXPECT_EQ(Sample(scrape_before, "musicgw_operations_created_total", loudly_t2m), std::nullopt);
-  EXPECT_EQ(Sample(scrape, "musicgw_operations_created_total", loudly_t2m), 1);
+  EXPECT_EQ(testing::Sample(scrape_before, "musicgw_operations_created_total", loudly_t2m),
+            std::nullopt);
+  EXPECT_EQ(testing::Sample(scrape, "musicgw_operations_created_total", loudly_t2m), 1);
   std::vector<std::string> succeeded = loudly_t2m;
   succeeded.push_back("outcome=\"succeeded\"");
   succeeded.push_back("grpc_code=\"OK\"");
-  EXPECT_EQ(Sample(scrape, "musicgw_operations_completed_total", succeeded), 1);
-  EXPECT_EQ(Sample(scrape, "musicgw_operation_time_to_success_seconds_count", loudly_t2m), 1);
-  EXPECT_GE(Sample(scrape, "musicgw_upstream_requests_total",
-                   {"provider=\"loudly\"", "endpoint=\"loudly:ai.prompt.songs:post\"",
-                    "status_class=\"2xx\""})
+  EXPECT_EQ(testing::Sample(scrape, "musicgw_operations_completed_total", succeeded), 1);
+  EXPECT_EQ(testing::Sample(scrape, "musicgw_operation_time_to_success_seconds_count", loudly_t2m),
+            1);
+  EXPECT_GE(testing::Sample(scrape, "musicgw_upstream_requests_total",
+                            {"provider=\"loudly\"", "endpoint=\"loudly:ai.prompt.songs:post\"",
+                             "status_class=\"2xx\""})
                 .value_or(0),
             1);
-  EXPECT_GE(Sample(scrape, "musicgw_upstream_requests_total",
-                   {"provider=\"loudly\"", "endpoint=\"loudly:account.limits:get\""})
+  EXPECT_GE(testing::Sample(scrape, "musicgw_upstream_requests_total",
+                            {"provider=\"loudly\"", "endpoint=\"loudly:account.limits:get\""})
                 .value_or(0),
             2);
-  EXPECT_EQ(Sample(scrape, "musicgw_operations_live", {"provider=\"loudly\"", "state=\"running\""}),
+  EXPECT_EQ(testing::Sample(scrape, "musicgw_operations_live",
+                            {"provider=\"loudly\"", "state=\"running\""}),
             0);
-  EXPECT_EQ(Sample(scrape, "musicgw_provider_health",
-                   {"provider=\"loudly\"", "account=\"loudly-b2b\"", "health=\"healthy\""}),
-            1);
-  EXPECT_EQ(Sample(scrape, "musicgw_upstream_token_refreshes_total", {"provider=\"loudly\""}), 0);
-  EXPECT_LT(Sample(scrape, "musicgw_provider_quota_read_age_seconds", {"provider=\"loudly\""})
-                .value_or(1e9),
-            60);
+  EXPECT_EQ(
+      testing::Sample(scrape, "musicgw_provider_health",
+                      {"provider=\"loudly\"", "account=\"loudly-b2b\"", "health=\"healthy\""}),
+      1);
+  EXPECT_EQ(
+      testing::Sample(scrape, "musicgw_upstream_token_refreshes_total", {"provider=\"loudly\""}),
+      0);
+  EXPECT_LT(
+      testing::Sample(scrape, "musicgw_provider_quota_read_age_seconds", {"provider=\"loudly\""})
+          .value_or(1e9),
+      60);
 
   // Some resource's figures moved by exactly this generation, and the gauges show the same
   // numbers as the snapshot GetQuota reports.
@@ -265,19 +244,21 @@ TEST_F(MetricsEmulatorTest, AGenerationMovesCountersAndTheProvidersDecrementedLi
     const std::vector<std::string> labels = {"provider=\"loudly\"", "account=\"loudly-b2b\"",
                                              "resource=\"" + figure.resource + "\""};
     if (figure.remaining >= 0) {
-      EXPECT_EQ(Sample(scrape, "musicgw_provider_quota_remaining", labels), figure.remaining)
+      EXPECT_EQ(testing::Sample(scrape, "musicgw_provider_quota_remaining", labels),
+                figure.remaining)
           << figure.resource;
     }
     if (figure.used >= 0) {
-      EXPECT_EQ(Sample(scrape, "musicgw_provider_quota_used", labels), figure.used)
+      EXPECT_EQ(testing::Sample(scrape, "musicgw_provider_quota_used", labels), figure.used)
           << figure.resource;
       const std::optional<double> was =
-          Sample(scrape_before, "musicgw_provider_quota_used", labels);
+          testing::Sample(scrape_before, "musicgw_provider_quota_used", labels);
       if (was.has_value() && *was + 1 == figure.used) {
         ++moved;
-        EXPECT_EQ(
-            Sample(scrape_before, "musicgw_provider_quota_remaining", labels).value_or(-1) - 1,
-            Sample(scrape, "musicgw_provider_quota_remaining", labels).value_or(-2))
+        EXPECT_EQ(testing::Sample(scrape_before, "musicgw_provider_quota_remaining", labels)
+                          .value_or(-1) -
+                      1,
+                  testing::Sample(scrape, "musicgw_provider_quota_remaining", labels).value_or(-2))
             << figure.resource;
       }
     }
@@ -337,16 +318,17 @@ TEST_F(MetricsEmulatorTest, FiftyConcurrentGeneratesAgainstABudgetOfTenAdmitExac
     EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED) << done->error().message();
   }
   // Rejected calls never reached the provider, and the counters say the same.
-  EXPECT_EQ(soundpiece_->stats().operations_created, 10);
+  EXPECT_EQ(emulators_.soundpiece->stats().operations_created, 10);
   const std::string scrape = Fetch(metrics_->port());
-  EXPECT_EQ(Sample(scrape, "musicgw_operations_created_total",
-                   {"provider=\"soundpiece\"", "task=\"sound_effect\""}),
+  EXPECT_EQ(testing::Sample(scrape, "musicgw_operations_created_total",
+                            {"provider=\"soundpiece\"", "task=\"sound_effect\""}),
             10);
-  EXPECT_EQ(Sample(scrape, "musicgw_operations_completed_total",
-                   {"provider=\"soundpiece\"", "task=\"sound_effect\"", "outcome=\"succeeded\""}),
+  EXPECT_EQ(testing::Sample(
+                scrape, "musicgw_operations_completed_total",
+                {"provider=\"soundpiece\"", "task=\"sound_effect\"", "outcome=\"succeeded\""}),
             10);
-  EXPECT_EQ(Sample(scrape, "musicgw_upstream_requests_total",
-                   {"provider=\"soundpiece\"", "status_class=\"4xx\""}),
+  EXPECT_EQ(testing::Sample(scrape, "musicgw_upstream_requests_total",
+                            {"provider=\"soundpiece\"", "status_class=\"4xx\""}),
             std::nullopt);
 }
 
