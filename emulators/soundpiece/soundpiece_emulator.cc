@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <optional>
 #include <queue>
 #include <thread>
 #include <utility>
@@ -374,7 +375,8 @@ class Emulator::Impl {
       absl::MutexLock lock(&mu_);
       if (stopped_) return;
       stopped_ = true;
-      changed_.SignalAll();  // long-polls and workers
+      polls_wake_.SignalAll();
+      tasks_wake_.SignalAll();
     }
     server_.Stop();
     for (auto& w : workers_) w.join();
@@ -393,7 +395,7 @@ class Emulator::Impl {
     tasks_ = {};
     stats_ = Stats{};
     ResetAccountsLocked();
-    changed_.SignalAll();
+    polls_wake_.SignalAll();  // their operations are gone
   }
 
   void SetCredits(const std::string& account, int64_t credits) {
@@ -860,11 +862,27 @@ class Emulator::Impl {
     if (!errors.empty()) return SendJson(res, 422, errors.Body());
 
     const Fault* expire = FaultPlan::Find(faults, FaultAction::kExpireUrl);
-    absl::MutexLock lock(&mu_);
-    auto it = ops_.find(id);
-    if (it == ops_.end() || it->second.account != account || it->second.route != route) {
+    std::optional<Operation> snapshot;
+    {
+      absl::MutexLock lock(&mu_);
+      snapshot = FindForPollLocked(id, account, route, wait);
+    }
+    if (!snapshot.has_value()) {
       errors.Add("not_found", Loc({"query", "id"}), "Operation not found", id);
       return SendJson(res, 422, errors.Body());
+    }
+    // Serialized outside the lock: thousands of long-polls finishing together must not queue on it.
+    SendJson(res, 200, Wrap(*snapshot, absl::Now(), expire));
+  }
+
+  // The operation `id` of `account` on `route`, after waiting for it (wait=true) until it is
+  // terminal or the long-poll ends; nullopt when unknown (or gone by a Reset meanwhile).
+  std::optional<Operation> FindForPollLocked(const std::string& id, const std::string& account,
+                                             const RouteSpec* route, bool wait)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = ops_.find(id);
+    if (it == ops_.end() || it->second.account != account || it->second.route != route) {
+      return std::nullopt;
     }
     if (wait) {
       ++stats_.polls;
@@ -875,15 +893,12 @@ class Emulator::Impl {
         if (op == ops_.end()) break;
         const absl::Time now = absl::Now();
         if (now >= op->second.ready_at || now >= deadline) break;
-        changed_.WaitWithDeadline(&mu_, std::min(op->second.ready_at, deadline));
+        polls_wake_.WaitWithDeadline(&mu_, std::min(op->second.ready_at, deadline));
       }
       it = ops_.find(id);
-      if (it == ops_.end()) {
-        errors.Add("not_found", Loc({"query", "id"}), "Operation not found", id);
-        return SendJson(res, 422, errors.Body());
-      }
+      if (it == ops_.end()) return std::nullopt;
     }
-    SendJson(res, 200, Wrap(it->second, absl::Now(), expire));
+    return it->second;
   }
 
   void HandleDownload(const httplib::Request& req, httplib::Response& res) {
@@ -978,7 +993,7 @@ class Emulator::Impl {
   void Schedule(Task task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     task.seq = ++task_seq_;
     tasks_.push(std::move(task));
-    changed_.SignalAll();
+    tasks_wake_.Signal();
   }
 
   // Background: completes operations (stats, long-poll wake-ups) and delivers webhooks.
@@ -986,12 +1001,12 @@ class Emulator::Impl {
     absl::MutexLock lock(&mu_);
     while (!stopped_) {
       if (tasks_.empty()) {
-        changed_.WaitWithTimeout(&mu_, absl::Seconds(1));
+        tasks_wake_.WaitWithTimeout(&mu_, absl::Seconds(1));
         continue;
       }
       const absl::Time due = tasks_.top().due;
       if (absl::Now() < due) {
-        changed_.WaitWithDeadline(&mu_, due);
+        tasks_wake_.WaitWithDeadline(&mu_, due);
         continue;
       }
       Task task = tasks_.top();
@@ -1000,7 +1015,6 @@ class Emulator::Impl {
       if (it == ops_.end()) continue;  // reset meanwhile
       if (!task.webhook) {
         ++(it->second.fail ? stats_.operations_failed : stats_.operations_ready);
-        changed_.SignalAll();
         if (!it->second.callback_url.empty()) {
           Task hook{absl::Now(), 0, task.op_id, /*webhook=*/true};
           Schedule(std::move(hook));
@@ -1085,7 +1099,10 @@ class Emulator::Impl {
   std::vector<std::thread> workers_;
 
   mutable absl::Mutex mu_;
-  absl::CondVar changed_;
+  // Long-polls wake on their own deadline (ready_at), so completions need not signal them: one
+  // SignalAll per completion would wake every waiting poll (quadratic with thousands of polls).
+  absl::CondVar polls_wake_;  // Reset and Stop only
+  absl::CondVar tasks_wake_;  // a new task for the workers
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, Operation> ops_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> idempotency_ ABSL_GUARDED_BY(mu_);  // key -> op id
