@@ -888,8 +888,12 @@ class EngineImpl final : public OperationsEngine,
       absl::MutexLock lock(&t->mu);
       deadline = FromProto(t->op.deadline());
     }
-    executor_->PostAfter(deadline - absl::Now(), [weak, t] {
-      if (auto self = weak.lock()) self->OnDeadline(t);
+    // Weak: a done operation's tracker must not live on until its deadline.
+    std::weak_ptr<Tracker> weak_tracker = t;
+    executor_->PostAfter(deadline - absl::Now(), [weak, weak_tracker] {
+      auto self = weak.lock();
+      auto tracker = weak_tracker.lock();
+      if (self != nullptr && tracker != nullptr) self->OnDeadline(tracker);
     });
   }
 
