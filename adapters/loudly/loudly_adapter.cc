@@ -85,11 +85,12 @@ class LoudlyAdapter::Impl : public std::enable_shared_from_this<Impl> {
             Callback<http::Response> done) {
     if (options_.dialect == Dialect::kB2B) {
       request.headers.emplace_back("API-KEY", options_.api_key);
-      http::SendWithRetry(*client_, std::move(request), policy, LoudlyClassifier(kind),
-                          [self = shared_from_this(),
-                           done = std::move(done)](absl::StatusOr<http::Response> result) mutable {
-                            std::move(done)(CheckResponse(std::move(result), self->Context()));
-                          });
+      http::SendWithRetry(
+          *client_, std::move(request), policy, LoudlyClassifier(kind),
+          [self = shared_from_this(), kind,
+           done = std::move(done)](absl::StatusOr<http::Response> result) mutable {
+            std::move(done)(CheckResponse(std::move(result), self->Context(), kind));
+          });
       return;
     }
     tokens_->Get([self = shared_from_this(), request = std::move(request), kind, policy,
@@ -126,7 +127,7 @@ class LoudlyAdapter::Impl : public std::enable_shared_from_this<Impl> {
                 });
             return;
           }
-          std::move(done)(CheckResponse(std::move(result), self->Context()));
+          std::move(done)(CheckResponse(std::move(result), self->Context(), kind));
         });
   }
 

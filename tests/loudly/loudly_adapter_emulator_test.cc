@@ -301,6 +301,26 @@ TEST_F(LoudlyEmulatorTest, B2BSynchronousGenerationWithLongLatencyCompletes) {
   EXPECT_EQ(polled.Get()->outputs[0].url, song->outputs[0].url);
 }
 
+TEST_F(LoudlyEmulatorTest, B2BConnectionLostAfterSendingIsNeverResent) {
+  StartEmulator(Fast());
+  // The emulator generates the song, then breaks the answer off (today it stalls after the
+  // headers rather than closing, so the POST ends by timeout; either way the outcome is unknown).
+  ASSERT_TRUE(emulator_
+                  ->SetFaultPlan(R"({"rules":[{"match":"POST /api/ai/prompt/songs","times":1,)"
+                                 R"("action":"reset"}]})")
+                  .ok());
+  LoudlyOptions b2b = B2B();
+  b2b.sync_timeout = absl::Seconds(2);
+  auto adapter = Make(b2b);
+  Waiter<UpstreamStatus> submitted;
+  adapter->Submit(Text("lost answer", 30), submitted.callback());
+  const absl::Status status = submitted.Get().status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_TRUE(Reason(status) == "PROVIDER_OUTCOME_UNKNOWN" || Reason(status) == "PROVIDER_TIMEOUT")
+      << status;
+  EXPECT_EQ(emulator_->stats().b2b_songs, 1);  // generated (and charged) once, never twice
+}
+
 TEST_F(LoudlyEmulatorTest, B2BDryRunSpendsNothing) {
   StartEmulator(Fast());
   auto adapter = Make(B2B());

@@ -383,12 +383,37 @@ TEST_F(LoudlyAdapterFakeTest, QuotaFiveHundredIsNotRetriedButOther5xxAre) {
   ASSERT_TRUE(retried.Get().ok()) << retried.Get().status();
   EXPECT_EQ(client_->Count("/api/ai/songs"), 3);
 
+  // A connection that could not be made is retried: the request never left.
+  server_.AddFault(absl::UnavailableError(
+      "HTTP transport error (loudly x: Failed to connect to 127.0.0.1 port 9 after 0 ms: "
+      "Connection refused)"));
+  Waiter<UpstreamStatus> reconnected;
+  adapter->Submit(Parametric("House"), reconnected.callback());
+  ASSERT_TRUE(reconnected.Get().ok()) << reconnected.Get().status();
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 5);
+
+  // A connection broken after sending is not: the song may exist (and be charged) already.
+  server_.AddFault(absl::UnavailableError(
+      "HTTP transport error (loudly x: Recv failure: Connection reset by peer)"));
+  Waiter<UpstreamStatus> broken;
+  adapter->Submit(Parametric("House"), broken.callback());
+  EXPECT_EQ(broken.Get().status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(Reason(broken.Get().status()), "PROVIDER_OUTCOME_UNKNOWN");
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 6);
+
   // A timeout is not retried for a generation: the provider may still be producing the song.
   server_.AddFault(absl::DeadlineExceededError("timed out"));
   Waiter<UpstreamStatus> timed_out;
   adapter->Submit(Parametric("House"), timed_out.callback());
   EXPECT_EQ(timed_out.Get().status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(client_->Count("/api/ai/songs"), 4);
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 7);
+
+  // Reads are retried after a reset.
+  server_.AddFault(absl::UnavailableError("HTTP transport error (Connection reset by peer)"));
+  Waiter<std::vector<QuotaFigure>> read;
+  adapter->ReadQuota(read.callback());
+  ASSERT_TRUE(read.Get().ok()) << read.Get().status();
+  EXPECT_EQ(client_->Count("/api/account/limits"), 2);
 }
 
 TEST_F(LoudlyAdapterFakeTest, B2BSubmitIsTerminalAndPollReturnsTheStoredResult) {
