@@ -3,9 +3,12 @@
 build stage's dependency install, Release build and unit tests, the runtime stage's user,
 ports, volume, health check and copied binaries, and that those binaries are real CMake targets
 at the paths the Dockerfile copies from. Runtime package names are checked against Debian's
-package lists when apt has them.
+package lists when apt has them; given the built binaries, so is the claim that those packages
+(with their dependencies) provide every shared library the binaries load, the same check the
+build stage makes.
 
-  check_dockerfile.py --source-dir .
+  check_dockerfile.py --source-dir . [--gateway-binaries musicgw musicgw-health]
+                      [--sandbox-binaries loudly-emulator soundpiece-emulator]
 """
 
 import argparse
@@ -54,9 +57,50 @@ def stages(instrs):
     return out, global_args
 
 
+def apt_closure(packages):
+    out = subprocess.run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+                          "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+                          *packages], capture_output=True, text=True, check=True).stdout
+    return {line.strip() for line in out.splitlines() if line and line[0] not in " <"}
+
+
+def owning_packages(paths):
+    """{path: package} for files dpkg knows, in one dpkg call per pass (each call reads every
+    package's file list); a second pass tries the resolved paths (usrmerge)."""
+    owners = {}
+    for resolve in (False, True):
+        wanted = {os.path.realpath(p) if resolve else p: p for p in paths if p not in owners}
+        if not wanted:
+            break
+        out = subprocess.run(["dpkg", "-S", *wanted], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            pkgs, _, path = line.partition(": ")
+            if path in wanted:
+                owners[wanted[path]] = pkgs.split(",")[0].split(":")[0].strip()
+    return owners
+
+
+def check_libraries(binaries, packages, c):
+    """Every shared library a binary loads comes from the packages or their dependencies."""
+    allowed = apt_closure(packages)
+    needs = {}
+    for binary in binaries:
+        ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+        libs = re.findall(r"=> (/\S+)", ldd)
+        c.check(bool(libs), f"ldd found no libraries in {binary}")
+        for lib in libs:
+            needs.setdefault(lib, os.path.basename(binary))
+    owners = owning_packages(list(needs))
+    for lib, binary in sorted(needs.items()):
+        pkg = owners.get(lib)
+        c.check(pkg in allowed, f"{binary} loads {lib} from {pkg}, which the image lacks")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--source-dir", required=True)
+    parser.add_argument("--gateway-binaries", nargs="*", default=[])
+    parser.add_argument("--sandbox-binaries", nargs="*", default=[])
     args = parser.parse_args()
     src = args.source_dir
     c = Checker()
@@ -144,6 +188,11 @@ def main():
         known = set(re.findall(r"^Package: (\S+)$", shown.stdout, re.M))
         for p in packages:
             c.check(p in known, f"no Debian package {p}")
+        runtime = global_args.get("RUNTIME_PACKAGES", "").split()
+        if args.gateway_binaries:
+            check_libraries(args.gateway_binaries, runtime, c)
+        if args.sandbox_binaries:
+            check_libraries(args.sandbox_binaries, packages, c)
     else:
         print("note: no apt lists here; package names not checked")
 

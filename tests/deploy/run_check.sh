@@ -3,7 +3,7 @@
 # (Debian's), skipping (77) only when a needed tool is absent.
 #   run_check.sh manifests SOURCE_DIR [MUSICGW_BINARY]
 #   run_check.sh envoy SOURCE_DIR WORK_DIR
-#   run_check.sh dockerfile SOURCE_DIR
+#   run_check.sh dockerfile SOURCE_DIR [--gateway-binaries ... --sandbox-binaries ...]
 set -euo pipefail
 what="$1" src="$2"
 py=""
@@ -31,7 +31,8 @@ case "$what" in
     exec "$py" "$here/check_envoy.py" --envoy-dir "$src/deploy/envoy" --work "$3"
     ;;
   dockerfile)
-    exec "$py" "$here/check_dockerfile.py" --source-dir "$src"
+    # Optional: "--gateway-binaries A B --sandbox-binaries C D" of the built tree.
+    exec "$py" "$here/check_dockerfile.py" --source-dir "$src" "${@:3}"
     ;;
   *) echo "unknown check $what" >&2; exit 2 ;;
 esac
