@@ -8,7 +8,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="$(mkdir -p "${1:-$here/build}" && cd "${1:-$here/build}" && pwd)"
 export GO111MODULE=off GOFLAGS= GOPROXY=off
 export GOPATH="$out/gopath:/usr/share/gocode"
-export GOCACHE="${GOCACHE:-$out/gocache}"
+# Go's default cache (~/.cache/go-build) when there is a home, else one beside the output.
+if [[ -z "${GOCACHE:-}" && ( -z "${HOME:-}" || ! -w "${HOME:-/nonexistent}" ) ]]; then
+  export GOCACHE="$out/gocache"
+fi
 mkdir -p "$out/bin" "$out/gopath/src/musicgw"
 # grpc-go marshals through github.com/golang/protobuf; its 1.3 package crashes on the APIv2
 # messages protoc-gen-go writes.

@@ -43,7 +43,7 @@ case "$lang" in
     [[ -d /usr/share/gocode/src/google.golang.org/grpc ]] || skip "no golang-google-grpc-dev"
     [[ -d /usr/share/gocode/src/google.golang.org/protobuf ]] || skip "no golang-google-protobuf-dev"
     command -v protoc-gen-go-grpc >/dev/null || skip "no protoc-gen-go-grpc"
-    GOCACHE="$build/go-cache" "$src/clients/go/build.sh" "$work/go"
+    "$src/clients/go/build.sh" "$work/go"
     run=("$work/go/bin/musicgw-go-demo" -out-dir "$work/out")
     ;;
   *) echo "unknown client language $lang" >&2; exit 2 ;;
