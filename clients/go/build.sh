@@ -6,7 +6,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$(mkdir -p "${1:-$here/build}" && cd "${1:-$here/build}" && pwd)"
-export GO111MODULE=off GOFLAGS= GOPROXY=off
+export GO111MODULE=off GOFLAGS='' GOPROXY=off
 export GOPATH="$out/gopath:/usr/share/gocode"
 # Go's default cache (~/.cache/go-build) when there is a home, else one beside the output.
 if [[ -z "${GOCACHE:-}" && ( -z "${HOME:-}" || ! -w "${HOME:-/nonexistent}" ) ]]; then
