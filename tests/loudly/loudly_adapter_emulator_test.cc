@@ -207,7 +207,9 @@ TEST_F(LoudlyEmulatorTest, FailedBundleFailsTheOperation) {
 
 TEST_F(LoudlyEmulatorTest, TokenExpiryMidRunIsRefreshedOnceUnderFiftyConcurrentCalls) {
   emu::Options options = Fast();
-  options.access_token_ttl = absl::Seconds(1);
+  // Long enough that the 50 calls are served before the next token expires too, even on a
+  // loaded machine.
+  options.access_token_ttl = absl::Seconds(2);
   StartEmulator(options);
   LoudlyOptions web = Web();
   web.token_refresh_margin = absl::ZeroDuration();
@@ -216,7 +218,7 @@ TEST_F(LoudlyEmulatorTest, TokenExpiryMidRunIsRefreshedOnceUnderFiftyConcurrentC
   ASSERT_EQ(emulator_->stats().token_refreshes, 1);
 
   // The token's lifetime is wall-clock time: let it run out.
-  absl::SleepFor(absl::Milliseconds(1200));
+  absl::SleepFor(absl::Milliseconds(2200));
   for (auto& result : ConcurrentReadQuota(*adapter, 50, 5)) {
     ASSERT_TRUE(result.ok()) << result.status();
   }
@@ -238,7 +240,9 @@ TEST_F(LoudlyEmulatorTest, FiftyCallsRefusedWith401ShareOneRefreshAndRetry) {
   const emu::Stats stats = emulator_->stats();
   EXPECT_EQ(stats.token_refreshes, 1);
   EXPECT_EQ(stats.token_refreshes_rejected, 1);
-  EXPECT_EQ(stats.unauthorized, 50);
+  // Calls issued after the first 401 wait for the refresh instead of trying the dead token.
+  EXPECT_GE(stats.unauthorized, 1);
+  EXPECT_LE(stats.unauthorized, 50);
 }
 
 TEST_F(LoudlyEmulatorTest, RotatedRefreshTokenSurvivesARestart) {
