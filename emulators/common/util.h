@@ -65,11 +65,19 @@ int WaitForTerminationSignal();
 // "KEY=VALUE" -> {KEY, VALUE}; "KEY" -> {KEY, ""}.
 std::pair<std::string, std::string> SplitKeyValue(absl::string_view item);
 
-// The binaries' main loop: prints "listening on <url>" (scripts wait for it), serves until
-// SIGTERM/SIGINT, stops. Returns the process exit code. Call BlockTerminationSignals() before
-// starting the emulator.
-template <typename EmulatorT>
-int ServeUntilSignal(const char* name, absl::StatusOr<std::unique_ptr<EmulatorT>> emulator) {
+// The binaries' main: reads the fault plan file into options.fault_plan_json, blocks SIGTERM and
+// SIGINT for every thread, starts the emulator, prints "listening on <url>" (scripts wait for
+// it), serves until a signal arrives and stops. Returns the process exit code.
+template <typename EmulatorT, typename OptionsT>
+int RunEmulatorMain(const char* name, OptionsT options, const std::string& fault_plan_path) {
+  auto plan = ReadFileOrEmpty(fault_plan_path);
+  if (!plan.ok()) {
+    std::cerr << name << ": " << plan.status() << std::endl;
+    return 2;
+  }
+  options.fault_plan_json = *std::move(plan);
+  BlockTerminationSignals();
+  auto emulator = EmulatorT::Start(std::move(options));
   if (!emulator.ok()) {
     std::cerr << name << ": " << emulator.status() << std::endl;
     return 1;

@@ -72,14 +72,6 @@ int main(int argc, char** argv) {
   options.seed = absl::GetFlag(FLAGS_seed);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.public_url = absl::GetFlag(FLAGS_public_url);
-  auto plan = musicgw::emulators::ReadFileOrEmpty(absl::GetFlag(FLAGS_fault_plan));
-  if (!plan.ok()) {
-    std::cerr << "loudly-emulator: " << plan.status() << "\n";
-    return 2;
-  }
-  options.fault_plan_json = *plan;
-
-  musicgw::emulators::BlockTerminationSignals();
-  return musicgw::emulators::ServeUntilSignal("loudly-emulator",
-                                              Emulator::Start(std::move(options)));
+  return musicgw::emulators::RunEmulatorMain<Emulator>("loudly-emulator", std::move(options),
+                                                       absl::GetFlag(FLAGS_fault_plan));
 }

@@ -70,14 +70,6 @@ int main(int argc, char** argv) {
   options.source_seconds = absl::GetFlag(FLAGS_source_seconds);
   options.max_source_seconds = absl::GetFlag(FLAGS_max_source_seconds);
   options.public_url = absl::GetFlag(FLAGS_public_url);
-  auto plan = musicgw::emulators::ReadFileOrEmpty(absl::GetFlag(FLAGS_fault_plan));
-  if (!plan.ok()) {
-    std::cerr << "soundpiece-emulator: " << plan.status() << "\n";
-    return 2;
-  }
-  options.fault_plan_json = *plan;
-
-  musicgw::emulators::BlockTerminationSignals();
-  return musicgw::emulators::ServeUntilSignal("soundpiece-emulator",
-                                              Emulator::Start(std::move(options)));
+  return musicgw::emulators::RunEmulatorMain<Emulator>("soundpiece-emulator", std::move(options),
+                                                       absl::GetFlag(FLAGS_fault_plan));
 }

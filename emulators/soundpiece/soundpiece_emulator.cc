@@ -103,7 +103,8 @@ void SendDetail(httplib::Response& res, int status, absl::string_view detail) {
 // Collects Pydantic-v2 style errors: {type, loc, msg, input[, ctx]}.
 class Errors {
  public:
-  void Add(const char* type, Json loc, std::string msg, const Json& input, Json ctx = nullptr) {
+  void Add(const char* type, const Json& loc, std::string msg, const Json& input,
+           const Json& ctx = nullptr) {
     // Pydantic's key order: type, loc, msg, input, ctx.
     OJson e;
     e["type"] = type;
@@ -500,14 +501,25 @@ class Emulator::Impl {
     }
   }
 
-  // Bearer key -> account, and the per-account token bucket. False when `res` holds the answer.
-  bool Admit(const httplib::Request& req, httplib::Response& res, std::string* account) {
+  // The route named by the path (counted in `counter`), the Bearer key's account, and the
+  // account's token bucket. nullptr when `res` holds the answer (404, 401 or 429).
+  const RouteSpec* Admit(const httplib::Request& req, httplib::Response& res,
+                         int64_t Stats::*counter, std::string* account) {
+    const RouteSpec* route = FindRoute(req.matches[1].str());
+    if (route == nullptr) {
+      SendDetail(res, 404, "Not Found");
+      return nullptr;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      ++(stats_.*counter);
+    }
     const std::string auth = req.get_header_value("Authorization");
     const auto it = absl::StartsWith(auth, "Bearer ") ? options_.api_keys.find(auth.substr(7))
                                                       : options_.api_keys.end();
     if (it == options_.api_keys.end()) {
       SendDetail(res, 401, "Missing or invalid Authorization header");
-      return false;
+      return nullptr;
     }
     *account = it->second;
     const absl::Time now = absl::Now();
@@ -524,10 +536,10 @@ class Emulator::Impl {
           1, static_cast<int64_t>(std::ceil((1.0 - b.tokens) / options_.rate_limit_per_second)));
       res.set_header("Retry-After", std::to_string(wait));
       SendDetail(res, 429, absl::StrCat("Rate limit exceeded; retry in ", wait, " seconds"));
-      return false;
+      return nullptr;
     }
     b.tokens -= 1.0;
-    return true;
+    return route;
   }
 
   // The route's fields: validated into `op` (echo, outputs) or reported in `errors`.
@@ -767,15 +779,9 @@ class Emulator::Impl {
 
   void HandlePut(const httplib::Request& req, httplib::Response& res,
                  const std::vector<Fault>& faults) {
-    const std::string route_name = req.matches[1];
-    const RouteSpec* route = FindRoute(route_name);
-    if (route == nullptr) return SendDetail(res, 404, "Not Found");
-    {
-      absl::MutexLock lock(&mu_);
-      ++stats_.puts;
-    }
     std::string account;
-    if (!Admit(req, res, &account)) return;
+    const RouteSpec* route = Admit(req, res, &Stats::puts, &account);
+    if (route == nullptr) return;
     const Json body = ParseJson(req.body);
     if (body.is_discarded()) return SendDetail(res, 400, "Malformed JSON body");
     Errors errors;
@@ -831,15 +837,9 @@ class Emulator::Impl {
 
   void HandleGet(const httplib::Request& req, httplib::Response& res,
                  const std::vector<Fault>& faults) {
-    const std::string route_name = req.matches[1];
-    const RouteSpec* route = FindRoute(route_name);
-    if (route == nullptr) return SendDetail(res, 404, "Not Found");
-    {
-      absl::MutexLock lock(&mu_);
-      ++stats_.gets;
-    }
     std::string account;
-    if (!Admit(req, res, &account)) return;
+    const RouteSpec* route = Admit(req, res, &Stats::gets, &account);
+    if (route == nullptr) return;
     Errors errors;
     const std::string id = req.get_param_value("id");
     if (!req.has_param("id")) {

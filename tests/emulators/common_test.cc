@@ -214,6 +214,7 @@ TEST_F(AudioTest, CacheRendersOnceAndSharesTheFile) {
   spec.seconds = 1;
   std::vector<std::thread> threads;
   std::vector<std::string> paths(4);
+  threads.reserve(paths.size());
   for (int i = 0; i < 4; ++i) {
     threads.emplace_back([&, i] { paths[i] = *(*cache)->Get(spec, AudioFormat::kFlac); });
   }

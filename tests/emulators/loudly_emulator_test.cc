@@ -103,7 +103,7 @@ class LoudlyTest : public ::testing::Test {
     EXPECT_TRUE(r);
     EXPECT_EQ(r->status, 200);
     EXPECT_EQ(r->get_header_value("Content-Type"), "audio/mpeg");
-    const std::string path = ::testing::TempDir() + "/" + name;
+    std::string path = ::testing::TempDir() + "/" + name;
     std::ofstream(path, std::ios::binary) << r->body;
     return path;
   }

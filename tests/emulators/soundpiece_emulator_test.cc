@@ -489,6 +489,7 @@ TEST_F(SoundpieceTest, ManyConcurrentLongPollsWaitWithoutBlockingEachOther) {
   }
   std::atomic<int> ready{0};
   std::vector<std::thread> threads;
+  threads.reserve(ids.size());
   const absl::Time start = absl::Now();
   for (const std::string& id : ids) {
     threads.emplace_back([&, id] {

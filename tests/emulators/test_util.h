@@ -69,7 +69,7 @@ inline ::testing::AssertionResult SameShape(const nlohmann::json& golden,
       if (!actual.contains(key)) {
         return ::testing::AssertionFailure() << path << "." << key << ": missing in emulator body";
       }
-      auto sub = SameShape(value, actual[key], path + "." + key);
+      auto sub = SameShape(value, actual[key], absl::StrCat(path, ".", key));
       if (!sub) return sub;
     }
     for (const auto& [key, value] : actual.items()) {
