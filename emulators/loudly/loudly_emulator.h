@@ -70,6 +70,7 @@ struct Options {
   // Top-up credits reported by the object shape of /api/account/limits.
   int64_t b2b_top_up = 0;
   LimitsShape limits_shape = LimitsShape::kArray;
+  // Seeds fault probabilities (ids also mix in the start time, so they never repeat across runs).
   uint64_t seed = 1;
   std::string fault_plan_json;
   // Audio cache directory; empty = a private temporary directory removed on Stop().

@@ -24,7 +24,7 @@ ABSL_FLAG(std::vector<std::string>, web_limit, {}, "usage_data totals, KEY=TOTAL
 ABSL_FLAG(std::vector<std::string>, b2b_limit, {}, "B2B monthly limits, REQUEST_TYPE=LIMIT pairs");
 ABSL_FLAG(int64_t, b2b_top_up, 0, "Top-up credits in the object shape of /api/account/limits");
 ABSL_FLAG(std::string, limits_shape, "array", "/api/account/limits shape: array or object");
-ABSL_FLAG(uint64_t, seed, 1, "Seed for ids and fault probabilities");
+ABSL_FLAG(uint64_t, seed, 1, "Seed for fault probabilities");
 ABSL_FLAG(std::string, fault_plan, "", "Fault plan JSON file (see emulators/common/fault_plan.h)");
 ABSL_FLAG(std::string, data_dir, "", "Audio cache directory (default: a temporary one)");
 ABSL_FLAG(std::string, public_url, "", "Base of file URLs (default: the listen URL)");

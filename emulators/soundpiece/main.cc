@@ -25,7 +25,7 @@ ABSL_FLAG(std::vector<std::string>, route_cost, {}, "ROUTE=COST pairs (default c
 ABSL_FLAG(double, rate_limit_per_second, 50, "Per-account request rate");
 ABSL_FLAG(int, rate_limit_burst, 100, "Per-account burst");
 ABSL_FLAG(bool, allow_loopback_callbacks, true, "Accept http:// and private callback URLs");
-ABSL_FLAG(uint64_t, seed, 1, "Seed for ids and fault probabilities");
+ABSL_FLAG(uint64_t, seed, 1, "Seed for fault probabilities");
 ABSL_FLAG(std::string, fault_plan, "", "Fault plan JSON file (see emulators/common/fault_plan.h)");
 ABSL_FLAG(std::string, data_dir, "", "Audio cache directory (default: a temporary one)");
 ABSL_FLAG(double, source_seconds, 120, "Assumed length of a source URL without duration=");

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "emulators/common/audio.h"
 #include "emulators/common/fault_plan.h"
 #include "emulators/common/http_server.h"
@@ -323,7 +324,9 @@ class Emulator::Impl {
   explicit Impl(Options options)
       : options_(std::move(options)),
         plan_(options_.seed),
-        ids_(options_.seed),
+        // Ids differ between runs (a restarted emulator must not reuse the ids a gateway may have
+        // persisted); faults and audio stay deterministic (their own seeds).
+        ids_(options_.seed ^ static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()))),
         server_(HttpServerOptions{options_.host, options_.port, options_.threads}, &plan_,
                 DialectErrors{[](int status) {
                                 return Json{{"detail", StatusText(status)}}.dump();

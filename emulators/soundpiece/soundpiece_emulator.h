@@ -65,7 +65,7 @@ struct Options {
   std::vector<absl::Duration> webhook_retry_delays = {absl::Milliseconds(200), absl::Seconds(1),
                                                       absl::Seconds(5)};
   absl::Duration webhook_timeout = absl::Seconds(10);
-  // Seeds ids and fault probabilities.
+  // Seeds fault probabilities (ids also mix in the start time, so they never repeat across runs).
   uint64_t seed = 1;
   // Initial fault plan (JSON, see fault_plan.h); empty = none.
   std::string fault_plan_json;
