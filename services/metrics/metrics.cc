@@ -190,12 +190,12 @@ class PullFamily {
     family_.type = type;
   }
 
-  void Add(std::vector<std::pair<std::string, std::string>> labels, double value) {
+  void Add(const std::vector<std::pair<std::string, std::string>>& labels, double value) {
     std::string key;
     for (const auto& [name, label] : labels) absl::StrAppend(&key, name, "\x1f", label, "\x1f");
     if (!keys_.insert(std::move(key)).second) return;
     prometheus::ClientMetric metric;
-    for (auto& [name, label] : labels) metric.label.push_back({std::move(name), std::move(label)});
+    for (const auto& [name, label] : labels) metric.label.push_back({name, label});
     if (family_.type == prometheus::MetricType::Counter) {
       metric.counter.value = value;
     } else {

@@ -275,6 +275,7 @@ TEST_F(MetricsEmulatorTest, FiftyConcurrentGeneratesAgainstABudgetOfTenAdmitExac
   constexpr int kCalls = 50;
   std::vector<absl::StatusOr<v1::Operation>> results(kCalls, absl::UnknownError("not run"));
   std::vector<std::thread> threads;
+  threads.reserve(kCalls);
   std::atomic<bool> go{false};
   for (int i = 0; i < kCalls; ++i) {
     threads.emplace_back([&, i] {

@@ -407,14 +407,14 @@ TEST(MetricsExposerTest, ServesTheScrapeOverHttpAndPromtoolAcceptsIt) {
 
   absl::StatusOr<std::string> body = testing::FetchMetrics(metrics->port());
   ASSERT_TRUE(body.ok()) << body.status();
-  for (const char* expected :
-       {"# TYPE musicgw_grpc_requests_total counter",
-        "musicgw_grpc_requests_total{grpc_code=\"OK\",method=\"Generate\"} 1",
-        "# TYPE musicgw_grpc_request_duration_seconds histogram",
-        "musicgw_provider_quota_remaining{provider=\"soundpiece\",account=\"sp-main\","
-        "resource=\"credits\"} 1",
-        "musicgw_webhooks_received_total{provider=\"soundpiece\",outcome=\"verified\"} 5",
-        "musicgw_upstream_token_refreshes_total{provider=\"loudly\",account=\"loudly-web\"} 3"}) {
+  for (
+      const char* expected :
+      {"# TYPE musicgw_grpc_requests_total counter",
+       "musicgw_grpc_requests_total{grpc_code=\"OK\",method=\"Generate\"} 1",
+       "# TYPE musicgw_grpc_request_duration_seconds histogram",
+       R"(musicgw_provider_quota_remaining{provider="soundpiece",account="sp-main",resource="credits"} 1)",
+       "musicgw_webhooks_received_total{provider=\"soundpiece\",outcome=\"verified\"} 5",
+       "musicgw_upstream_token_refreshes_total{provider=\"loudly\",account=\"loudly-web\"} 3"}) {
     EXPECT_TRUE(absl::StrContains(*body, expected)) << expected << "\n" << *body;
   }
 
