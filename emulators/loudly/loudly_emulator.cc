@@ -108,6 +108,8 @@ constexpr UsageKey kUsageKeys[] = {
     {"upload_audio", 100, false},
 };
 
+constexpr char kTestSongTitle[] = "Test Song";
+
 constexpr const char* kB2BTypes[] = {"GENERATE_VEGA_SONG_WITH_PROMPT", "GENERATE_SONG_VEGA_1",
                                      "GET_SONGS"};
 
@@ -506,6 +508,7 @@ class Emulator::Impl {
     }
     b2b_used_.clear();
     prompt_counter_ = 0;
+    test_file_id_.clear();
   }
 
   std::string QuotaMessage(absl::string_view service, int64_t attempts_left) const {
@@ -855,7 +858,8 @@ class Emulator::Impl {
       dummy.minor = true;
       absl::MutexLock lock(&mu_);
       ++stats_.b2b_test_songs;
-      return SendJson(res, 200, NewB2BSongLocked(dummy, 0, 31, now, "Test Song"));
+      return SendJson(res, 200,
+                      NewB2BSongLocked(dummy, 0, 31, now, kTestSongTitle, /*canned=*/true));
     }
     const std::string type = prompt ? "GENERATE_VEGA_SONG_WITH_PROMPT" : "GENERATE_SONG_VEGA_1";
     {
@@ -879,14 +883,22 @@ class Emulator::Impl {
     ++stats_.b2b_songs;
     ++stats_.songs_created;
     ++stats_.b2b_songs_by_account[*account];
-    SendJson(res, 200, NewB2BSongLocked(params, seed, seconds, absl::Now(), Title(seed)));
+    SendJson(res, 200,
+             NewB2BSongLocked(params, seed, seconds, absl::Now(), Title(seed), /*canned=*/false));
   }
 
   OJson NewB2BSongLocked(const Params& params, uint64_t seed, int seconds, absl::Time now,
-                         const std::string& title) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                         const std::string& title, bool canned) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const AudioSpec audio = SpecFor(params, seed, seconds);
-    const std::string file_id = ids_.UuidV4();
-    files_[file_id] = FileEntry{audio, /*web=*/false};
+    // Every dry-run song is the same canned file: test=true traffic must not grow the file table.
+    std::string file_id;
+    if (canned && !test_file_id_.empty()) {
+      file_id = test_file_id_;
+    } else {
+      file_id = ids_.UuidV4();
+      files_[file_id] = FileEntry{audio, /*web=*/false};
+      if (canned) test_file_id_ = file_id;
+    }
     OJson song;
     song["id"] = ids_.UuidV4();
     song["title"] = title;
@@ -1012,6 +1024,7 @@ class Emulator::Impl {
   // account -> request_type -> used
   std::map<std::string, std::map<std::string, int64_t>> b2b_used_ ABSL_GUARDED_BY(mu_);
   size_t prompt_counter_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string test_file_id_ ABSL_GUARDED_BY(mu_);  // the canned test=true song's file
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -445,7 +445,10 @@ TEST_F(LoudlyTest, B2BTestSongsSpendNoQuota) {
   EXPECT_TRUE(SameShape(Golden("loudly/b2b_ai_song.json"), Json::parse(r->body)));
   auto limits = Json::parse(client_->Get("/api/account/limits", {{"API-KEY", kApiKey}})->body);
   for (const Json& item : limits) EXPECT_EQ(item["used"], 0);
-  EXPECT_EQ(emulator_->stats().b2b_test_songs, 1);
+  auto again = B2B("/api/ai/songs", {{"genre", "Techno"}, {"test", "true"}});
+  EXPECT_EQ(Json::parse(again->body)["music_file_path"], Json::parse(r->body)["music_file_path"])
+      << "one canned dry-run file";
+  EXPECT_EQ(emulator_->stats().b2b_test_songs, 2);
   EXPECT_EQ(emulator_->stats().b2b_songs, 0);
 }
 
