@@ -6,6 +6,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "emulators/common/util.h"
 #include "emulators/soundpiece/soundpiece_emulator.h"
 
@@ -15,7 +17,8 @@ ABSL_FLAG(int, threads, 256, "HTTP worker threads (one per open connection, long
 ABSL_FLAG(std::vector<std::string>, api_key, {"spk_test_key"},
           "Accepted Bearer keys, comma-separated, each KEY or KEY=ACCOUNT (default account: acct)");
 ABSL_FLAG(std::vector<std::string>, webhook_secret, {},
-          "Webhook signing secrets, each whsec_... (account acct) or ACCOUNT=whsec_...");
+          "Webhook signing secrets, each whsec_... (account acct) or ACCOUNT=whsec_...; two for "
+          "one account = a rotation (both sign)");
 ABSL_FLAG(int, processing_ms, 2000, "How long an operation stays processing");
 ABSL_FLAG(int, long_poll_ms, 20000, "Longest wait of a wait=true GET");
 ABSL_FLAG(int, url_ttl_s, 900, "Lifetime of signed download URLs");
@@ -46,12 +49,12 @@ int main(int argc, char** argv) {
     options.api_keys[kv.first] = kv.second.empty() ? "acct" : kv.second;
   }
   for (const std::string& item : absl::GetFlag(FLAGS_webhook_secret)) {
+    // "whsec_..." belongs to account acct; a second secret for one account is a rotation.
     const auto kv = musicgw::emulators::SplitKeyValue(item);
-    if (kv.second.empty()) {
-      options.webhook_secrets["acct"] = kv.first;
-    } else {
-      options.webhook_secrets[kv.first] = kv.second;
-    }
+    const bool bare = absl::StartsWith(item, "whsec_");
+    const std::string secret = bare ? item : kv.second;
+    std::string& secrets = options.webhook_secrets[bare ? "acct" : kv.first];
+    secrets = secrets.empty() ? secret : absl::StrCat(secrets, " ", secret);
   }
   options.processing_time = absl::Milliseconds(absl::GetFlag(FLAGS_processing_ms));
   options.long_poll = absl::Milliseconds(absl::GetFlag(FLAGS_long_poll_ms));

@@ -14,7 +14,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "emulators/common/audio.h"
@@ -351,15 +353,17 @@ class Emulator::Impl {
     if (!cache.ok()) return cache.status();
     cache_ = *std::move(cache);
     if (absl::Status s = plan_.Set(options_.fault_plan_json); !s.ok()) return s;
-    for (const auto& [account, secret] : options_.webhook_secrets) {
-      std::string key;
-      absl::string_view b64 = secret;
-      if (absl::StartsWith(b64, "whsec_")) b64.remove_prefix(6);
-      if (!absl::Base64Unescape(b64, &key) || key.empty()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("webhook secret for ", account, " is not whsec_<base64>"));
+    for (const auto& [account, secrets] : options_.webhook_secrets) {
+      // Several space-separated secrets = a rotation in progress: every one signs.
+      for (absl::string_view secret : absl::StrSplit(secrets, ' ', absl::SkipEmpty())) {
+        std::string key;
+        if (!absl::ConsumePrefix(&secret, "whsec_") || !absl::Base64Unescape(secret, &key) ||
+            key.empty()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("webhook secret for ", account, " is not whsec_<base64>"));
+        }
+        webhook_keys_[account].push_back(std::move(key));
       }
-      webhook_keys_[account] = key;
     }
     ResetAccounts();
     RegisterRoutes();
@@ -1045,13 +1049,18 @@ class Emulator::Impl {
       ++stats_.webhooks_dropped;
       return;
     }
-    std::string key = webhook_keys_.at(op.account);
-    if (FaultPlan::Find(faults, FaultAction::kWebhookBadSignature) != nullptr) key = "not-the-key";
+    std::vector<std::string> keys = webhook_keys_.at(op.account);
+    if (FaultPlan::Find(faults, FaultAction::kWebhookBadSignature) != nullptr)
+      keys = {"not-the-key"};
     const int copies = FaultPlan::Find(faults, FaultAction::kWebhookDuplicate) != nullptr ? 2 : 1;
-    const std::string signature = absl::StrCat(
-        "v1,",
-        absl::Base64Escape(HmacSha256(
-            key, absl::StrCat(task.webhook_id, ".", task.webhook_timestamp, ".", task.body))));
+    const std::string signed_content =
+        absl::StrCat(task.webhook_id, ".", task.webhook_timestamp, ".", task.body);
+    std::vector<std::string> signatures;
+    for (const std::string& key : keys) {
+      signatures.push_back(
+          absl::StrCat("v1,", absl::Base64Escape(HmacSha256(key, signed_content))));
+    }
+    const std::string signature = absl::StrJoin(signatures, " ");
     const std::string url = op.callback_url;
     bool ok = false;
     {
@@ -1098,7 +1107,7 @@ class Emulator::Impl {
   HttpServer server_;
   std::unique_ptr<AudioCache> cache_;
   std::string url_secret_;
-  std::map<std::string, std::string> webhook_keys_;  // account -> key bytes
+  std::map<std::string, std::vector<std::string>> webhook_keys_;  // account -> key bytes
   std::vector<std::thread> workers_;
 
   mutable absl::Mutex mu_;

@@ -43,7 +43,8 @@ struct Options {
   int threads = 256;
   // Bearer key -> account name.
   std::map<std::string, std::string> api_keys = {{"spk_test_key", "acct"}};
-  // Account -> "whsec_<base64>". An account without a secret gets no webhooks.
+  // Account -> "whsec_<base64>" (several, space-separated, during a rotation: each signs, and
+  // webhook-signature carries one "v1,<sig>" per secret). No secret = no webhooks.
   std::map<std::string, std::string> webhook_secrets;
   // How long an operation stays `processing`.
   absl::Duration processing_time = absl::Seconds(2);

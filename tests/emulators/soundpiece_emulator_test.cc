@@ -676,6 +676,32 @@ TEST_F(SoundpieceTest, WebhooksAreSignedPerStandardWebhooks) {
   EXPECT_TRUE(WaitFor([&] { return emulator_->stats().webhook_successes == 1; }));
 }
 
+TEST_F(SoundpieceTest, DuringARotationEverySecretSigns) {
+  // A second fake secret: "whsec_" + base64("rotated-test-secret").
+  constexpr char kRotated[] = "whsec_cm90YXRlZC10ZXN0LXNlY3JldA==";
+  Options o = WebhookOptions();
+  o.webhook_secrets = {{"acct", absl::StrCat(kSecret, " ", kRotated)}};
+  StartEmulator(o);
+  Receiver old_receiver(kSecret);
+  Receiver new_receiver(kRotated);
+  Json body = Golden("soundpiece/new_sample_request.json");
+  body["callback_url"] = old_receiver.url();
+  ASSERT_EQ(Put("create.new_sample", body)->status, 200);
+  body["idempotency_key"] = Uuid(31);
+  body["callback_url"] = new_receiver.url();
+  ASSERT_EQ(Put("create.new_sample", body)->status, 200);
+  ASSERT_TRUE(WaitFor([&] {
+    return old_receiver.deliveries().size() == 1 && new_receiver.deliveries().size() == 1;
+  }));
+  EXPECT_TRUE(old_receiver.deliveries()[0].valid);
+  EXPECT_TRUE(new_receiver.deliveries()[0].valid);
+  const std::string signature = new_receiver.deliveries()[0].signature;
+  EXPECT_EQ(std::count(signature.begin(), signature.end(), ' '), 1) << signature;
+  Options bad = WebhookOptions();
+  bad.webhook_secrets = {{"acct", "not-a-secret"}};
+  EXPECT_FALSE(Emulator::Start(bad).ok());
+}
+
 TEST_F(SoundpieceTest, FailedWebhookDeliveriesAreRetriedWithTheSameIdAndTimestamp) {
   StartEmulator(WebhookOptions());
   Receiver receiver(kSecret);
