@@ -117,9 +117,8 @@ class Emulator {
   std::string StatsJson() const;
   void Stop();
 
-  class Impl;
-
  private:
+  class Impl;
   explicit Emulator(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -127,9 +127,8 @@ class Emulator {
   // Stops the server; wakes long-polls and stops webhook retries. Idempotent.
   void Stop();
 
-  class Impl;
-
  private:
+  class Impl;
   explicit Emulator(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
