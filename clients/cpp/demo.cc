@@ -44,7 +44,8 @@ void Authorize(grpc::ClientContext* context, const std::string& key, absl::Durat
 std::string Describe(const grpc::Status& status) {
   const absl::Status rich = musicgw::FromGrpcStatus(status);
   google::rpc::ErrorInfo info;
-  std::string text = absl::StrCat(static_cast<int>(status.error_code()), " ", status.error_message());
+  std::string text =
+      absl::StrCat(static_cast<int>(status.error_code()), " ", status.error_message());
   if (musicgw::GetErrorInfo(rich, &info)) absl::StrAppend(&text, " [", info.reason(), "]");
   return text;
 }
@@ -109,7 +110,8 @@ int main(int argc, char** argv) {
   }
   const std::string key = key_value;
   const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_seconds));
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
   auto stub = MusicGateway::NewStub(channel);
 
   std::vector<Job> jobs(2);

@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "adapters/capabilities.h"
 #include "adapters/http/curl_http_client.h"
+#include "adapters/loudly/loudly_adapter.h"
 #include "adapters/registry.h"
 #include "adapters/soundpiece/webhook.h"
 #include "common/log.h"
@@ -23,6 +24,7 @@
 #include "services/gateway/budgets.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/quota_monitor.h"
+#include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
 
@@ -128,7 +130,10 @@ class GatewayServerImpl final : public GatewayServer {
   ~GatewayServerImpl() override { Drain(absl::ZeroDuration()); }
 
   absl::Status Init() {
-    http_ = http::CurlHttpClient::Create();
+    MUSICGW_ASSIGN_OR_RETURN(metrics_, metrics::Metrics::Create());
+    http::CurlHttpClient::Options http_options;
+    http_options.observer = metrics_;
+    http_ = http::CurlHttpClient::Create(std::move(http_options));
     if (http_ == nullptr) return absl::InternalError("cannot start the HTTP client (libcurl)");
 
     for (const auto& provider : config_.providers) {
@@ -155,7 +160,9 @@ class GatewayServerImpl final : public GatewayServer {
     options.watch_buffer = config_.watch_buffer;
     options.download_chunk_bytes = config_.download_chunk_bytes;
     options.budgets = MakeBudgetResolver(config_.tenants);
-    options.observer = &quota_observer_;
+    engine_observer_ = std::make_unique<metrics::EngineObserverFanOut>(
+        std::vector<operations::EngineObserver*>{&quota_observer_, metrics_.get()});
+    options.observer = engine_observer_.get();
     MUSICGW_ASSIGN_OR_RETURN(
         engine_, operations::CreateOperationsEngine(std::move(options), std::move(*store),
                                                     adapter_ptrs_, http_.get()));
@@ -171,6 +178,7 @@ class GatewayServerImpl final : public GatewayServer {
     deps.engine = engine_.get();
     deps.adapters = adapter_ptrs_;
     deps.directory = directory_.get();
+    deps.observer = metrics_.get();
     service_ = std::make_unique<GatewayService>(std::move(deps));
 
     grpc::EnableDefaultHealthCheckService(true);
@@ -195,6 +203,7 @@ class GatewayServerImpl final : public GatewayServer {
     MUSICGW_RETURN_IF_ERROR(engine_->Start());
     MUSICGW_RETURN_IF_ERROR(StartWebhooks());
     quota_->Start();
+    MUSICGW_RETURN_IF_ERROR(StartMetrics());
     server_->GetHealthCheckService()->SetServingStatus(true);
     log::Info("musicgw serving", {{"grpc_port", grpc_port_},
                                   {"providers", static_cast<long>(adapters_.size())},
@@ -204,7 +213,7 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
   int grpc_port() const override { return grpc_port_; }
-  int metrics_port() const override { return 0; }
+  int metrics_port() const override { return metrics_ == nullptr ? 0 : metrics_->port(); }
   int webhook_port() const override { return webhooks_ == nullptr ? 0 : webhooks_->port(); }
 
   void Drain(absl::Duration deadline) override {
@@ -225,6 +234,8 @@ class GatewayServerImpl final : public GatewayServer {
     }
     if (quota_ != nullptr) quota_->Stop();
     for (auto& adapter : adapters_) adapter->Stop();
+    // Scrapes keep working through the drain; the sources go before what they read.
+    if (metrics_ != nullptr) metrics_->ClearSources();
     webhooks_.reset();
     service_.reset();
     server_.reset();
@@ -232,10 +243,29 @@ class GatewayServerImpl final : public GatewayServer {
     quota_.reset();
     adapters_.clear();
     http_.reset();
+    if (metrics_ != nullptr) metrics_->StopExposer();
     log::Info("musicgw stopped");
   }
 
  private:
+  // /metrics on its own port; pull-time gauges read the quota snapshot GetQuota reports, the
+  // engine's routing view, Loudly's token refreshes and the webhook outcomes.
+  absl::Status StartMetrics() {
+    metrics_->SetQuotaSource([quota = quota_.get()] { return quota->Snapshot(); });
+    metrics_->SetEngine(engine_.get());
+    for (auto* adapter : adapter_ptrs_) {
+      if (auto* loudly = dynamic_cast<adapters::loudly::LoudlyAdapter*>(adapter)) {
+        metrics_->AddTokenRefreshSource(adapter->provider(), adapter->account(),
+                                        [loudly] { return loudly->token_refreshes(); });
+      }
+    }
+    if (webhooks_ != nullptr) {
+      metrics_->AddWebhookSource(musicgw::v1::PROVIDER_SOUNDPIECE,
+                                 [receiver = webhooks_.get()] { return receiver->counters(); });
+    }
+    return metrics_->StartExposer(config_.metrics_listen);
+  }
+
   // Soundpiece completion callbacks: verified, then handed to the engine at once.
   absl::Status StartWebhooks() {
     if (config_.webhook_listen.empty()) return absl::OkStatus();
@@ -270,6 +300,9 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
   config::Config config_;
+  // Shared with the HTTP client, which reports to it.
+  std::shared_ptr<metrics::Metrics> metrics_;
+  std::unique_ptr<metrics::EngineObserverFanOut> engine_observer_;
   std::unique_ptr<http::CurlHttpClient> http_;
   std::vector<adapters::ProviderAdapterPtr> adapters_;
   std::vector<adapters::ProviderAdapter*> adapter_ptrs_;
