@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,6 +62,9 @@ bool Watch(MusicGateway::Stub& stub, const std::string& key, Job& job, absl::Dur
   while (reader->Read(&event)) {
     if (event.kind() == musicgw::v1::OperationEvent::KIND_HEARTBEAT) continue;
     const auto& op = event.operation();
+    // Two watches print at once: one line at a time.
+    static std::mutex print_mu;
+    std::lock_guard<std::mutex> lock(print_mu);
     std::cout << "  [" << job.label << "] " << musicgw::v1::OperationState_Name(op.state())
               << "  seq=" << op.sequence()
               << (op.upstream_id().empty() ? "" : "  upstream=" + op.upstream_id()) << "\n";
