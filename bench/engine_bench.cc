@@ -159,6 +159,7 @@ int RunGenerate(const Flags& flags) {
   std::vector<std::vector<double>> per_thread(flags.concurrency);
   const absl::Time start = absl::Now();
   std::vector<std::thread> threads;
+  threads.reserve(flags.concurrency);
   for (int t = 0; t < flags.concurrency; ++t) {
     threads.emplace_back([&, t] {
       for (int i = next++; i < flags.ops; i = next++) {

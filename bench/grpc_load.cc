@@ -172,7 +172,7 @@ class Load {
     Authorize(&op->context);
     op->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     stub_->async()->Generate(&op->context, &op->request, &op->operation,
-                             [this, op](grpc::Status status) { Generated(op, status); });
+                             [this, op](const grpc::Status& status) { Generated(op, status); });
   }
 
   void Generated(const std::shared_ptr<Op>& op, const grpc::Status& status) {
@@ -189,7 +189,7 @@ class Load {
       wait->second.mutable_timeout()->set_seconds(600);
       stub_->async()->WaitOperation(
           &wait->first, &wait->second, result.get(),
-          [this, op, wait, result](grpc::Status s) { Finish(op, s, result->state()); });
+          [this, op, wait, result](const grpc::Status& s) { Finish(op, s, result->state()); });
       return;
     }
     {

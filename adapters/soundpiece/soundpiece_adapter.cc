@@ -74,7 +74,7 @@ class SoundpieceAdapter::Impl : public std::enable_shared_from_this<Impl> {
 
   const SoundpieceOptions& options() const { return options_; }
 
-  void Submit(SubmitRequest request, Callback<UpstreamStatus> done) {
+  void Submit(const SubmitRequest& request, Callback<UpstreamStatus> done) {
     const musicgw::v1::TaskKind task = TaskKindOf(request.request);
     const Route* route = RouteForTask(task);
     if (route == nullptr) {
@@ -106,7 +106,7 @@ class SoundpieceAdapter::Impl : public std::enable_shared_from_this<Impl> {
          /*quick_read=*/false, route);
   }
 
-  void Poll(PollRequest request, Callback<UpstreamStatus> done) {
+  void Poll(const PollRequest& request, Callback<UpstreamStatus> done) {
     const Route* route = RouteForTask(request.task);
     if (route == nullptr) {
       return Later(std::move(done), absl::InternalError("poll for a task Soundpiece does not run"));
@@ -270,11 +270,11 @@ absl::Status SoundpieceAdapter::CheckRequest(const musicgw::v1::GenerateRequest&
 }
 
 void SoundpieceAdapter::Submit(SubmitRequest request, Callback<UpstreamStatus> done) {
-  impl_->Submit(std::move(request), std::move(done));
+  impl_->Submit(request, std::move(done));
 }
 
 void SoundpieceAdapter::Poll(PollRequest request, Callback<UpstreamStatus> done) {
-  impl_->Poll(std::move(request), std::move(done));
+  impl_->Poll(request, std::move(done));
 }
 
 void SoundpieceAdapter::Cancel(PollRequest request, Callback<bool> done) {

@@ -1056,6 +1056,7 @@ class Emulator::Impl {
     const std::string signed_content =
         absl::StrCat(task.webhook_id, ".", task.webhook_timestamp, ".", task.body);
     std::vector<std::string> signatures;
+    signatures.reserve(keys.size());
     for (const std::string& key : keys) {
       signatures.push_back(
           absl::StrCat("v1,", absl::Base64Escape(HmacSha256(key, signed_content))));

@@ -293,7 +293,8 @@ bool DownloadPipe::OnData(absl::string_view data) {
   return more;
 }
 
-void DownloadPipe::RetryOrFailLocked(absl::Status why, std::shared_ptr<DownloadHost> host) {
+void DownloadPipe::RetryOrFailLocked(const absl::Status& why,
+                                     const std::shared_ptr<DownloadHost>& host) {
   if (transfer_bytes_ > 0) retries_ = 0;  // progress was made: the budget starts over
   if (host == nullptr) {
     error_ = absl::UnavailableError("server shutting down");

@@ -88,7 +88,7 @@ class DownloadPipe final : public http::StreamHandler,
     return buffer_.size() - buffer_pos_;
   }
   // Fails the download unless retries remain; returns the task to schedule, if any.
-  void RetryOrFailLocked(absl::Status why, std::shared_ptr<DownloadHost> host)
+  void RetryOrFailLocked(const absl::Status& why, const std::shared_ptr<DownloadHost>& host)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   http::Client* const http_;

@@ -39,7 +39,7 @@ json ValidConfig() {
   })");
 }
 
-EnvLookup FakeEnv(std::map<std::string, std::string> values = {
+EnvLookup FakeEnv(const std::map<std::string, std::string>& values = {
                       {"LOUDLY_REFRESH_TOKEN", "refresh-secret"},
                       {"SOUNDPIECE_API_KEY", "spk_secret"},
                       {"SOUNDPIECE_WEBHOOK_SECRETS", "whsec_AAAA whsec_BBBB"}}) {

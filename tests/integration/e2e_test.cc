@@ -1,8 +1,5 @@
 // End to end through the gateway: every task on its provider reaches SUCCEEDED with
 // downloadable audio, against the emulators, with webhooks and both Loudly dialects.
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <map>
 #include <memory>
@@ -28,18 +25,6 @@ using musicgw::v1::GenerateRequest;
 using musicgw::v1::Operation;
 
 constexpr char kWebhookSecret[] = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC0xMjM0NTY=";
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 struct Downloaded {
   musicgw::v1::AssetInfo info;

@@ -39,6 +39,27 @@ std::unique_ptr<musicgw::v1::MusicGateway::Stub> Stub(int port);
 
 std::string NewRequestId();
 
+// A TCP socket bound to a free loopback port. Listening but never accepting, it makes a provider
+// whose calls hang (operations stay live); closed at once, its port is a free one to hand out.
+class LoopbackListener {
+ public:
+  LoopbackListener();
+  ~LoopbackListener();
+  LoopbackListener(const LoopbackListener&) = delete;
+  LoopbackListener& operator=(const LoopbackListener&) = delete;
+
+  bool ok() const { return port_ > 0; }
+  int port() const { return port_; }
+  std::string url() const;
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+// A loopback port nothing listens on right now.
+int FreePort();
+
 // The musicgw binary as a child process.
 class GatewayProcess {
  public:

@@ -1,9 +1,6 @@
 // The musicgw binary as operators run it: health, reflection, config errors, SIGTERM drain.
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -21,28 +18,6 @@
 namespace musicgw::testing {
 namespace {
 
-// A TCP listener that never accepts: provider calls to it hang, so operations stay live.
-class Blackhole {
- public:
-  Blackhole() {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    listen(fd_, 64);
-    socklen_t len = sizeof(addr);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-  }
-  ~Blackhole() { close(fd_); }
-  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
-
 class ProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -51,7 +26,7 @@ class ProcessTest : public ::testing::Test {
     std::system(("mkdir -p " + dir_).c_str());
   }
   std::string dir_;
-  Blackhole blackhole_;
+  LoopbackListener blackhole_;  // provider calls to it hang, so operations stay live
 };
 
 TEST_F(ProcessTest, AnswersHealthAndReflectionWithAllNineMethods) {

@@ -103,6 +103,7 @@ TEST_F(RestartTest, KilledAroundSubmissionEveryOperationCompletesOnceUpstream) {
                                    "action":"latency","delay_ms":1500}]})")
                   .ok());
   std::vector<Operation> operations;
+  operations.reserve(6);
   for (int i = 0; i < 3; ++i) operations.push_back(Generate(Sample(2 + i)));
   KillAndRestart();  // immediately: between ledger write and (some) provider calls
   for (int i = 0; i < 3; ++i) operations.push_back(Generate(Sample(5 + i)));
@@ -183,6 +184,7 @@ TEST_F(RestartTest, HundredWatchersResumeBySequenceAfterACrash) {
   }
   std::atomic<int> finished{0};
   std::vector<std::thread> threads;
+  threads.reserve(kWatchers);
   for (int i = 0; i < kWatchers; ++i) {
     threads.emplace_back([&, i] {
       if (saw_done[i]) {

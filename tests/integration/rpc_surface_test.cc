@@ -39,7 +39,7 @@ class RpcSurfaceTest : public ::testing::Test {
   void SetUp() override { stub_ = Stub(server_->grpc_port()); }
 
   musicgw::v1::Operation MustGenerate(const std::string& key,
-                                      musicgw::v1::GenerateRequest request) {
+                                      const musicgw::v1::GenerateRequest& request) {
     musicgw::v1::Operation operation;
     grpc::Status status = stub_->Generate(Context(key).get(), request, &operation);
     EXPECT_TRUE(status.ok()) << status.error_message();
@@ -195,7 +195,7 @@ TEST_F(RpcSurfaceTest, InvalidRequestsNameTheField) {
     std::string field;
   };
   std::vector<Case> cases;
-  auto generate = [&](const std::string& label, musicgw::v1::GenerateRequest request,
+  auto generate = [&](const std::string& label, const musicgw::v1::GenerateRequest& request,
                       const std::string& field) {
     musicgw::v1::Operation response;
     cases.push_back({label, stub_->Generate(Context(kAcmeKey).get(), request, &response), field});
