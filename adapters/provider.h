@@ -132,6 +132,13 @@ class ProviderAdapter {
   // Reads quota figures from the provider.
   virtual void ReadQuota(Callback<std::vector<QuotaFigure>> done) = 0;
 
+  // The ReadQuota resources `request` would be charged to, any one of which can pay for it
+  // (empty: unknown). Routing skips this account while all of them read zero.
+  virtual std::vector<std::string> QuotaResources(
+      const musicgw::v1::GenerateRequest& request) const {
+    return {};
+  }
+
   // The latest cached catalog (empty when the provider publishes none).
   virtual ProviderCatalog catalog() const { return {}; }
 };

@@ -498,6 +498,14 @@ void LoudlyAdapter::ReadQuota(Callback<std::vector<QuotaFigure>> done) {
   impl_->ReadQuota(std::move(done));
 }
 
+std::vector<std::string> LoudlyAdapter::QuotaResources(
+    const musicgw::v1::GenerateRequest& request) const {
+  if (options_.dialect == Dialect::kWeb) return {"generate_vega_song"};
+  if (request.has_parametric_music()) return {"GENERATE_SONG_VEGA_1"};
+  if (request.has_text_to_music()) return {"GENERATE_VEGA_SONG_WITH_PROMPT"};
+  return {};
+}
+
 ProviderCatalog LoudlyAdapter::catalog() const { return impl_->catalog(); }
 
 void LoudlyAdapter::RefreshCatalog(Callback<ProviderCatalog> done) {

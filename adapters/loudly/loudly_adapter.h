@@ -113,6 +113,10 @@ class LoudlyAdapter final : public ProviderAdapter {
   // Loudly cannot cancel: always false.
   void Cancel(PollRequest request, Callback<bool> done) override;
   void ReadQuota(Callback<std::vector<QuotaFigure>> done) override;
+  // Web: "generate_vega_song" (its top-up is already in the figure). B2B: the request type the
+  // endpoint is metered by, GENERATE_SONG_VEGA_1 or GENERATE_VEGA_SONG_WITH_PROMPT.
+  std::vector<std::string> QuotaResources(
+      const musicgw::v1::GenerateRequest& request) const override;
   ProviderCatalog catalog() const override;
 
   // Reads genres, structures and an example prompt now (B2B; the web dialect has no catalog

@@ -86,6 +86,11 @@ class SoundpieceAdapter final : public ProviderAdapter {
   void Poll(PollRequest request, Callback<UpstreamStatus> done) override;
   void Cancel(PollRequest request, Callback<bool> done) override;
   void ReadQuota(Callback<std::vector<QuotaFigure>> done) override;
+  // Every route is paid in "credits".
+  std::vector<std::string> QuotaResources(
+      const musicgw::v1::GenerateRequest& request) const override {
+    return {"credits"};
+  }
 
   // When the last 402 was seen (InfinitePast: never).
   absl::Time last_quota_exhausted() const;

@@ -6,6 +6,7 @@
 // Thread-safe.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,11 @@ class QuotaMonitor {
                absl::Duration interval);
   ~QuotaMonitor();
 
+  // Told of every successful read (routing keeps used-up accounts out). Set before Start().
+  using Listener = std::function<void(const adapters::ProviderAdapter* adapter,
+                                      const std::vector<adapters::QuotaFigure>& figures)>;
+  void set_listener(Listener listener) { listener_ = std::move(listener); }
+
   // Reads every account now and then every `interval`.
   void Start();
   // No reads are started after this returns; in-flight ones are ignored.
@@ -51,6 +57,7 @@ class QuotaMonitor {
   std::vector<adapters::ProviderAdapter*> adapters_;
   http::Client* timers_;
   absl::Duration interval_;
+  Listener listener_;
   std::shared_ptr<State> state_;
 };
 

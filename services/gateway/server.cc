@@ -170,6 +170,11 @@ class GatewayServerImpl final : public GatewayServer {
     quota_ =
         std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(), config_.quota_refresh_interval);
     quota_observer_.set_monitor(quota_.get());
+    quota_->set_listener(
+        [engine = engine_.get()](const adapters::ProviderAdapter* adapter,
+                                 const std::vector<adapters::QuotaFigure>& figures) {
+          engine->UpdateQuota(adapter, figures);
+        });
     directory_ = std::make_unique<Directory>(adapter_ptrs_, engine_.get(), quota_.get());
     tenants_ = std::make_unique<TenantDirectory>(config_.tenants);
 

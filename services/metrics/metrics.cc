@@ -83,10 +83,6 @@ std::string CodeLabel(int code) {
   if (code < 0 || code > 16) return kOther;
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
-bool Terminal(v1::OperationState state) {
-  return state == v1::OPERATION_STATE_SUCCEEDED || state == v1::OPERATION_STATE_FAILED ||
-         state == v1::OPERATION_STATE_CANCELLED;
-}
 
 // A value an open-ended label may carry: short, and nothing that could be an id with spaces,
 // a URL or free text.
@@ -351,13 +347,6 @@ class Metrics::Impl {
                      v1::OperationState to) {
     const std::string p = Provider(provider);
     if (from == v1::OPERATION_STATE_UNSPECIFIED) ops_created_.Get({p, Task(task)}).Increment();
-    absl::MutexLock lock(&live_mu_);
-    if (from != v1::OPERATION_STATE_UNSPECIFIED && !Terminal(from)) {
-      // Clamped: operations resumed after a restart were never counted in.
-      int64_t& count = live_[{p, StateLabel(from)}];
-      if (count > 0) --count;
-    }
-    if (to != v1::OPERATION_STATE_UNSPECIFIED && !Terminal(to)) ++live_[{p, StateLabel(to)}];
   }
   void OnCompleted(v1::Provider provider, v1::TaskKind task, v1::OperationState outcome,
                    absl::StatusCode code) {
@@ -489,7 +478,7 @@ class Metrics::Impl {
     std::function<adapters::soundpiece::WebhookCounters()> counters;
   };
 
-  std::vector<prometheus::MetricFamily> Pull() ABSL_LOCKS_EXCLUDED(sources_mu_, live_mu_);
+  std::vector<prometheus::MetricFamily> Pull() ABSL_LOCKS_EXCLUDED(sources_mu_);
   void PullQuota(const std::vector<gateway::AccountQuota>& accounts, absl::Time now,
                  std::vector<prometheus::MetricFamily>& out);
   void PullProviders(const std::vector<operations::ProviderState>& states, absl::Time now,
@@ -518,10 +507,6 @@ class Metrics::Impl {
   std::unique_ptr<BoundedValues> resources_;
   std::unique_ptr<BoundedValues> accounts_;
 
-  absl::Mutex live_mu_;
-  // (provider, state) -> live operations, from state changes.
-  std::map<std::pair<std::string, std::string>, int64_t> live_ ABSL_GUARDED_BY(live_mu_);
-
   absl::Mutex sources_mu_;
   std::function<std::vector<gateway::AccountQuota>()> quota_ ABSL_GUARDED_BY(sources_mu_);
   const operations::OperationsEngine* engine_ ABSL_GUARDED_BY(sources_mu_) = nullptr;
@@ -537,16 +522,33 @@ class Metrics::Impl {
 std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
   const absl::Time now = options_.clock();
   std::vector<prometheus::MetricFamily> out;
-  std::vector<std::string> providers;  // configured, so live gauges exist at zero
   {
     // Held while sources run so ClearSources() can wait for this scrape.
     absl::MutexLock lock(&sources_mu_);
     if (quota_) PullQuota(quota_(), now, out);
     if (engine_ != nullptr) {
       const std::vector<operations::ProviderState> states = engine_->ProviderStates();
-      for (const auto& state : states) providers.push_back(Provider(state.provider));
       PullProviders(states, now, out);
       const operations::EngineStats stats = engine_->Stats();
+      // The engine counts live operations where their states change (resumed ones included);
+      // every configured provider's series exist, at zero when idle.
+      PullFamily by_state_family(
+          "musicgw_operations_live",
+          "Live operations by provider and state (queued, running), resumed ones included.",
+          MetricType::Gauge);
+      std::map<std::pair<std::string, std::string>, int64_t> by_state;
+      for (const auto& state : states) {
+        by_state.try_emplace({Provider(state.provider), "queued"}, 0);
+        by_state.try_emplace({Provider(state.provider), "running"}, 0);
+      }
+      for (const auto& entry : stats.live_by_state) {
+        by_state[{Provider(entry.provider), StateLabel(entry.state)}] += entry.count;
+      }
+      for (const auto& [key, count] : by_state) {
+        by_state_family.Add({{"provider", key.first}, {"state", key.second}},
+                            static_cast<double>(count));
+      }
+      by_state_family.MoveTo(out);
       PullFamily live("musicgw_engine_live_operations",
                       "Operations this replica tracks now (resumed ones included).",
                       MetricType::Gauge);
@@ -589,21 +591,6 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
     }
     webhooks.MoveTo(out);
   }
-  PullFamily live("musicgw_operations_live",
-                  "Live operations by provider and state (queued, running), from state changes "
-                  "seen by this replica.",
-                  MetricType::Gauge);
-  {
-    absl::MutexLock lock(&live_mu_);
-    for (const auto& p : providers) {
-      live_.try_emplace({p, "queued"}, 0);
-      live_.try_emplace({p, "running"}, 0);
-    }
-    for (const auto& [key, count] : live_) {
-      live.Add({{"provider", key.first}, {"state", key.second}}, static_cast<double>(count));
-    }
-  }
-  live.MoveTo(out);
   return out;
 }
 

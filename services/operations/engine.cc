@@ -19,10 +19,12 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -101,6 +103,19 @@ struct AdapterSlot {
   absl::Time cooldown_until = absl::InfinitePast();
   absl::Time quota_until = absl::InfinitePast();
   std::string last_error;
+  // The account's last quota read, by resource.
+  std::map<std::string, adapters::QuotaFigure> quota;
+};
+
+// "loudly", "soundpiece": as the adapters name providers in QuotaFailure subjects.
+std::string ProviderSlug(v1::Provider provider) {
+  return absl::AsciiStrToLower(absl::StripPrefix(v1::Provider_Name(provider), "PROVIDER_"));
+}
+
+// A quota resource a request needs, known to be used up.
+struct KnownExhaustion {
+  std::string resource;
+  absl::Time reset_time = absl::InfinitePast();  // InfinitePast: unknown
 };
 
 // The one tracker of a live operation.
@@ -143,7 +158,7 @@ class EngineImpl final : public OperationsEngine,
                          public std::enable_shared_from_this<EngineImpl> {
  public:
   EngineImpl(EngineOptions options, std::unique_ptr<OperationStore> store,
-             std::vector<ProviderAdapter*> adapters, http::Client* http)
+             const std::vector<ProviderAdapter*>& adapters, http::Client* http)
       : options_(std::move(options)),
         store_(std::move(store)),
         http_(http),
@@ -546,6 +561,16 @@ class EngineImpl final : public OperationsEngine,
     });
   }
 
+  void UpdateQuota(const ProviderAdapter* adapter,
+                   const std::vector<adapters::QuotaFigure>& figures) override {
+    absl::MutexLock lock(&slots_mu_);
+    for (AdapterSlot& slot : slots_) {
+      if (slot.adapter != adapter) continue;
+      slot.quota.clear();
+      for (const auto& figure : figures) slot.quota[figure.resource] = figure;
+    }
+  }
+
   std::vector<ProviderState> ProviderStates() const override {
     const absl::Time now = absl::Now();
     std::vector<ProviderState> states;
@@ -579,6 +604,14 @@ class EngineImpl final : public OperationsEngine,
     {
       absl::MutexLock lock(&mu_);
       stats.live_operations = static_cast<int64_t>(live_.size());
+    }
+    {
+      absl::MutexLock lock(&counts_mu_);
+      for (const auto& [key, count] : live_counts_) {
+        if (count <= 0) continue;
+        stats.live_by_state.push_back({static_cast<v1::Provider>(key.first),
+                                       static_cast<v1::OperationState>(key.second), count});
+      }
     }
     stats.open_watchers = open_watchers_->load();
     stats.open_downloads = open_downloads_->load();
@@ -719,7 +752,50 @@ class EngineImpl final : public OperationsEngine,
     return fallback;
   }
 
+  // ---- live counts ----
+
+  void CountLive(v1::Provider provider, v1::OperationState state, int delta) {
+    if (state == v1::OPERATION_STATE_UNSPECIFIED) return;
+    absl::MutexLock lock(&counts_mu_);
+    live_counts_[{static_cast<int>(provider), static_cast<int>(state)}] += delta;
+  }
+
   // ---- routing ----
+
+  // Which of the quota resources `request` needs from `slot`'s account is known to be used up,
+  // when none of them is known to have units left.
+  static std::optional<KnownExhaustion> KnownExhaustedLocked(
+      const AdapterSlot& slot, const std::vector<std::string>& resources, absl::Time now) {
+    std::optional<KnownExhaustion> exhausted;
+    for (const std::string& resource : resources) {
+      auto it = slot.quota.find(resource);
+      if (it == slot.quota.end() || it->second.remaining < 0) continue;  // not known
+      if (it->second.remaining > 0) return std::nullopt;
+      const absl::Time reset = it->second.reset_time;
+      if (reset != absl::InfinitePast() && reset <= now) continue;  // reset since the read
+      if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, reset};
+    }
+    return exhausted;
+  }
+
+  absl::Status KnownExhaustedStatus(const AdapterSlot& slot, const KnownExhaustion& exhausted,
+                                    absl::Time now) const {
+    const std::string provider = v1::Provider_Name(slot.adapter->provider());
+    const std::string& account = slot.adapter->account();
+    absl::Status status = absl::ResourceExhaustedError(
+        absl::StrCat(provider, " quota '", exhausted.resource, "' is used up (account ", account,
+                     "); nothing was sent to the provider"));
+    status = WithErrorInfo(
+        std::move(status), "PROVIDER_QUOTA_EXHAUSTED", kGatewayDomain,
+        {{"provider", provider}, {"account", account}, {"resource", exhausted.resource}});
+    status =
+        WithQuotaViolation(std::move(status),
+                           absl::StrCat("provider:", ProviderSlug(slot.adapter->provider()),
+                                        "/account:", account, "/resource:", exhausted.resource),
+                           "the provider's last quota read shows none left");
+    if (exhausted.reset_time == absl::InfinitePast()) return status;
+    return WithRetryInfo(std::move(status), exhausted.reset_time - now);
+  }
 
   bool AvailableLocked(const AdapterSlot& slot, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(slots_mu_) {
@@ -734,9 +810,10 @@ class EngineImpl final : public OperationsEngine,
           absl::StrCat(provider, " quota is exhausted (account ", slot.adapter->account(), ")"));
       status = WithErrorInfo(std::move(status), "PROVIDER_QUOTA_EXHAUSTED", kGatewayDomain,
                              {{"provider", provider}, {"account", slot.adapter->account()}});
-      status =
-          WithQuotaViolation(std::move(status), absl::StrCat("provider:", slot.adapter->account()),
-                             "the provider reported its quota exhausted");
+      status = WithQuotaViolation(std::move(status),
+                                  absl::StrCat("provider:", ProviderSlug(slot.adapter->provider()),
+                                               "/account:", slot.adapter->account()),
+                                  "the provider reported its quota exhausted");
       return WithRetryInfo(std::move(status), slot.quota_until - now);
     }
     absl::Status status =
@@ -783,15 +860,27 @@ class EngineImpl final : public OperationsEngine,
           absl::InvalidArgumentError("no configured provider supports this request"),
           "NO_PROVIDER_FOR_TASK", kGatewayDomain);
     }
+    std::vector<std::vector<std::string>> resources(slots_.size());
+    for (int index : preferred) resources[index] = slots_[index].adapter->QuotaResources(request);
+    for (int index : others) resources[index] = slots_[index].adapter->QuotaResources(request);
     const absl::Time now = absl::Now();
     absl::MutexLock lock(&slots_mu_);
+    auto usable = [&](int index) {
+      return AvailableLocked(slots_[index], now) &&
+             !KnownExhaustedLocked(slots_[index], resources[index], now).has_value();
+    };
     for (int index : preferred) {
-      if (AvailableLocked(slots_[index], now)) return index;
+      if (usable(index)) return index;
     }
     for (int index : others) {
-      if (AvailableLocked(slots_[index], now)) return index;
+      if (usable(index)) return index;
     }
-    return BlockedLocked(slots_[preferred.front()], now);
+    const AdapterSlot& first = slots_[preferred.front()];
+    if (AvailableLocked(first, now)) {
+      return KnownExhaustedStatus(
+          first, *KnownExhaustedLocked(first, resources[preferred.front()], now), now);
+    }
+    return BlockedLocked(first, now);
   }
 
   // Picks an adapter not tried yet for `op` that supports its request with every parameter
@@ -806,8 +895,12 @@ class EngineImpl final : public OperationsEngine,
       const ProviderAdapter* adapter = slots_[i].adapter;
       if (tried.count({static_cast<int>(adapter->provider()), adapter->account()}) > 0) continue;
       if (!Supports(static_cast<int>(i), op.request())) continue;
+      const std::vector<std::string> resources = adapter->QuotaResources(op.request());
       absl::MutexLock lock(&slots_mu_);
-      if (AvailableLocked(slots_[i], now)) return static_cast<int>(i);
+      if (AvailableLocked(slots_[i], now) &&
+          !KnownExhaustedLocked(slots_[i], resources, now).has_value()) {
+        return static_cast<int>(i);
+      }
     }
     return -1;
   }
@@ -867,8 +960,12 @@ class EngineImpl final : public OperationsEngine,
       t->slot = SlotFor(t->op);
     }
     std::string upstream_key;
+    v1::Provider initial_provider;
+    v1::OperationState initial_state;
     {
       absl::MutexLock lock(&t->mu);
+      initial_provider = t->op.provider();
+      initial_state = t->op.done() ? v1::OPERATION_STATE_UNSPECIFIED : t->op.state();
       if (!t->op.upstream_id().empty()) {
         upstream_key = UpstreamKey(t->op.provider(), t->op.upstream_id());
       }
@@ -877,6 +974,7 @@ class EngineImpl final : public OperationsEngine,
       absl::MutexLock lock(&mu_);
       if (shutdown_ || live_.count(t->id) > 0) return;
       live_.emplace(t->id, t);
+      CountLive(initial_provider, initial_state, +1);
       if (!upstream_key.empty()) by_upstream_[upstream_key] = t->id;
     }
     std::weak_ptr<EngineImpl> weak = weak_from_this();
@@ -975,6 +1073,10 @@ class EngineImpl final : public OperationsEngine,
       return status;
     }
     const v1::OperationState from = t.op.state();
+    if (t.op.provider() != next.provider() || from != next.state()) {
+      if (!t.op.done()) CountLive(t.op.provider(), from, -1);
+      if (!next.done()) CountLive(next.provider(), next.state(), +1);
+    }
     t.op = std::move(next);
     if (EngineObserver* observer = options_.observer) {
       if (from != t.op.state()) {
@@ -1466,6 +1568,10 @@ class EngineImpl final : public OperationsEngine,
   std::vector<std::weak_ptr<WatchState>> watches_ ABSL_GUARDED_BY(mu_);
   size_t watches_gc_at_ ABSL_GUARDED_BY(mu_) = 64;
 
+  // A leaf lock: (provider, state) -> live operations, kept where states change.
+  mutable absl::Mutex counts_mu_;
+  std::map<std::pair<int, int>, int64_t> live_counts_ ABSL_GUARDED_BY(counts_mu_);
+
   absl::Time last_prune_ = absl::InfinitePast();  // maintenance task only (one at a time)
   const std::shared_ptr<std::atomic<int64_t>> open_watchers_;
   const std::shared_ptr<std::atomic<int64_t>> open_downloads_;
@@ -1512,6 +1618,10 @@ class EngineHandle final : public OperationsEngine {
   }
   std::vector<ProviderState> ProviderStates() const override { return impl_->ProviderStates(); }
   EngineStats Stats() const override { return impl_->Stats(); }
+  void UpdateQuota(const adapters::ProviderAdapter* adapter,
+                   const std::vector<adapters::QuotaFigure>& figures) override {
+    impl_->UpdateQuota(adapter, figures);
+  }
   absl::StatusOr<BudgetUsage> ReadBudget(const std::string& tenant, v1::TaskKind task,
                                          absl::Time period_start) override {
     return impl_->ReadBudget(tenant, task, period_start);
@@ -1525,7 +1635,7 @@ class EngineHandle final : public OperationsEngine {
 
 absl::StatusOr<std::unique_ptr<OperationsEngine>> CreateOperationsEngine(
     EngineOptions options, std::unique_ptr<OperationStore> store,
-    std::vector<adapters::ProviderAdapter*> adapters, http::Client* http) {
+    const std::vector<adapters::ProviderAdapter*>& adapters, http::Client* http) {
   if (store == nullptr) return absl::InvalidArgumentError("an operation store is required");
   if (adapters.empty()) return absl::InvalidArgumentError("at least one provider is required");
   for (auto* adapter : adapters) {
@@ -1535,8 +1645,7 @@ absl::StatusOr<std::unique_ptr<OperationsEngine>> CreateOperationsEngine(
       options.download_buffer_bytes < 1 || options.worker_threads < 1) {
     return absl::InvalidArgumentError("engine buffer sizes and worker threads must be positive");
   }
-  auto impl =
-      std::make_shared<EngineImpl>(std::move(options), std::move(store), std::move(adapters), http);
+  auto impl = std::make_shared<EngineImpl>(std::move(options), std::move(store), adapters, http);
   return std::unique_ptr<OperationsEngine>(std::make_unique<EngineHandle>(std::move(impl)));
 }
 

@@ -112,8 +112,17 @@ struct ProviderState {
   absl::Time quota_exhausted_until = absl::InfinitePast();
 };
 
+// Live operations of one provider in one state (QUEUED, RUNNING).
+struct LiveCount {
+  musicgw::v1::Provider provider = musicgw::v1::PROVIDER_UNSPECIFIED;
+  musicgw::v1::OperationState state = musicgw::v1::OPERATION_STATE_UNSPECIFIED;
+  int64_t count = 0;
+};
+
 struct EngineStats {
   int64_t live_operations = 0;
+  // The same operations by provider and state, resumed ones included (only non-zero entries).
+  std::vector<LiveCount> live_by_state;
   int64_t open_watchers = 0;
   int64_t open_downloads = 0;
 };
@@ -158,6 +167,13 @@ class OperationsEngine {
   virtual void OnProviderUpdate(musicgw::v1::Provider provider,
                                 const adapters::UpstreamStatus& status) = 0;
 
+  // The latest quota figures read from `adapter`'s account (from the quota monitor). Routing
+  // sends no request whose quota resources (ProviderAdapter::QuotaResources) all read zero
+  // until the figure's reset time passes or a later read shows some left: such a Generate
+  // goes to the other provider when it allows fallback, else fails RESOURCE_EXHAUSTED.
+  virtual void UpdateQuota(const adapters::ProviderAdapter* adapter,
+                           const std::vector<adapters::QuotaFigure>& figures) = 0;
+
   // Routing's view of each adapter, in routing order (for ListProviders and metrics).
   virtual std::vector<ProviderState> ProviderStates() const = 0;
   virtual EngineStats Stats() const = 0;
@@ -172,6 +188,6 @@ class OperationsEngine {
 // Call Start() before serving.
 absl::StatusOr<std::unique_ptr<OperationsEngine>> CreateOperationsEngine(
     EngineOptions options, std::unique_ptr<OperationStore> store,
-    std::vector<adapters::ProviderAdapter*> adapters, http::Client* http);
+    const std::vector<adapters::ProviderAdapter*>& adapters, http::Client* http);
 
 }  // namespace musicgw::operations

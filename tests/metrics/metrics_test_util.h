@@ -111,6 +111,8 @@ class ScriptedEngine final : public operations::OperationsEngine {
     return absl::UnimplementedError("scripted");
   }
   void OnProviderUpdate(musicgw::v1::Provider, const adapters::UpstreamStatus&) override {}
+  void UpdateQuota(const adapters::ProviderAdapter*,
+                   const std::vector<adapters::QuotaFigure>&) override {}
   std::vector<operations::ProviderState> ProviderStates() const override { return states; }
   operations::EngineStats Stats() const override { return stats; }
   absl::StatusOr<operations::BudgetUsage> ReadBudget(const std::string&, musicgw::v1::TaskKind,

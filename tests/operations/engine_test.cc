@@ -44,7 +44,7 @@ class EngineTest : public ::testing::Test {
     options_.operation_deadline = absl::Minutes(1);
   }
 
-  std::unique_ptr<OperationsEngine> Open(std::vector<adapters::ProviderAdapter*> adapters,
+  std::unique_ptr<OperationsEngine> Open(const std::vector<adapters::ProviderAdapter*>& adapters,
                                          bool start = true) {
     SqliteOptions sqlite;
     sqlite.synchronous_full = false;  // tests simulate process death, not power loss
@@ -53,7 +53,7 @@ class EngineTest : public ::testing::Test {
       ADD_FAILURE() << store.status();
       return nullptr;
     }
-    auto engine = CreateOperationsEngine(options_, std::move(*store), std::move(adapters), nullptr);
+    auto engine = CreateOperationsEngine(options_, std::move(*store), adapters, nullptr);
     if (!engine.ok()) {
       ADD_FAILURE() << engine.status();
       return nullptr;
@@ -181,6 +181,7 @@ TEST_F(EngineTest, ConcurrentIdenticalGeneratesMakeOneOperation) {
   auto engine = Open({&adapter});
   const auto request = TextRequest("race");
   std::vector<std::thread> threads;
+  threads.reserve(50);
   std::vector<std::string> names(50);
   for (int i = 0; i < 50; ++i) {
     threads.emplace_back([&, i] {
@@ -652,6 +653,114 @@ TEST_F(EngineTest, NoFallbackFailsWithTheProvidersError) {
   EXPECT_EQ(engine->ProviderStates()[0].health, v1::PROVIDER_HEALTH_DEGRADED);
 }
 
+TEST_F(EngineTest, KnownExhaustedQuotaShortCircuitsAndRoutesToTheOtherProvider) {
+  FakeAdapter::Options loudly_options;
+  loudly_options.provider = v1::PROVIDER_LOUDLY;
+  loudly_options.account = "loudly-main";
+  loudly_options.quota_resources = {"GENERATE_VEGA_SONG_WITH_PROMPT"};
+  FakeAdapter loudly(loudly_options);
+  FakeAdapter::Options soundpiece_options;
+  soundpiece_options.quota_resources = {"credits"};
+  FakeAdapter soundpiece(soundpiece_options);
+  auto engine = Open({&loudly, &soundpiece});
+
+  adapters::QuotaFigure used_up;
+  used_up.resource = "GENERATE_VEGA_SONG_WITH_PROMPT";
+  used_up.limit = 15;
+  used_up.used = 15;
+  used_up.remaining = 0;
+  used_up.reset_time = absl::Now() + absl::Hours(6);
+  adapters::QuotaFigure other = used_up;  // a resource this request is not charged to
+  other.resource = "GENERATE_SONG_VEGA_1";
+  other.remaining = 10;
+  engine->UpdateQuota(&loudly, {used_up, other});
+
+  // Pinned without fallback: refused at once, nothing sent upstream, nothing stored.
+  auto pinned = TextRequest("pinned");
+  pinned.set_provider(v1::PROVIDER_LOUDLY);
+  auto refused = engine->Generate(kTenant, pinned);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Reason(refused.status()), "PROVIDER_QUOTA_EXHAUSTED");
+  google::rpc::QuotaFailure quota;
+  ASSERT_TRUE(GetQuotaFailure(refused.status(), &quota));
+  ASSERT_EQ(quota.violations_size(), 1);
+  EXPECT_EQ(quota.violations(0).subject(),
+            "provider:loudly/account:loudly-main/resource:GENERATE_VEGA_SONG_WITH_PROMPT");
+  google::rpc::RetryInfo retry;
+  ASSERT_TRUE(GetRetryInfo(refused.status(), &retry));
+  EXPECT_GT(retry.retry_delay().seconds(), 5 * 3600);
+  EXPECT_LE(retry.retry_delay().seconds(), 6 * 3600);
+  EXPECT_EQ(loudly.submit_calls(), 0);
+  auto listed = engine->List(kTenant, v1::ListOperationsRequest());
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->operations_size(), 0);
+
+  // Pinned with fallback, and unspecified: Soundpiece serves it.
+  pinned.set_request_id(RandomUuid());
+  pinned.set_allow_fallback(true);
+  auto moved = engine->Generate(kTenant, pinned);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(moved->provider(), v1::PROVIDER_SOUNDPIECE);
+  auto routed = engine->Generate(kTenant, TextRequest("unspecified"));
+  ASSERT_TRUE(routed.ok()) << routed.status();
+  EXPECT_EQ(routed->provider(), v1::PROVIDER_SOUNDPIECE);
+  ASSERT_TRUE(WaitDone(*engine, moved->name()).ok());
+  ASSERT_TRUE(WaitDone(*engine, routed->name()).ok());
+  EXPECT_EQ(loudly.submit_calls(), 0);
+
+  // Both used up: the caller learns about the first choice.
+  adapters::QuotaFigure credits;
+  credits.resource = "credits";
+  credits.remaining = 0;
+  engine->UpdateQuota(&soundpiece, {credits});
+  auto none = engine->Generate(kTenant, TextRequest("none left"));
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(soundpiece.submit_calls(), 2);
+
+  // A read showing units again, or a reset time that has passed, opens the account again.
+  used_up.reset_time = absl::Now() - absl::Seconds(1);
+  engine->UpdateQuota(&loudly, {used_up});
+  auto after_reset = engine->Generate(kTenant, TextRequest("after reset"));
+  ASSERT_TRUE(after_reset.ok()) << after_reset.status();
+  EXPECT_EQ(after_reset->provider(), v1::PROVIDER_LOUDLY);
+  credits.remaining = -1;  // unknown never blocks
+  engine->UpdateQuota(&soundpiece, {credits});
+  auto to_soundpiece = TextRequest("credits unknown");
+  to_soundpiece.set_provider(v1::PROVIDER_SOUNDPIECE);
+  EXPECT_TRUE(engine->Generate(kTenant, to_soundpiece).ok());
+}
+
+TEST_F(EngineTest, LiveCountsFollowStatesAndIncludeResumedOperations) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  auto count = [](const EngineStats& stats, v1::OperationState state) -> int64_t {
+    int64_t total = 0;
+    for (const auto& entry : stats.live_by_state) {
+      if (entry.provider == v1::PROVIDER_SOUNDPIECE && entry.state == state) total += entry.count;
+    }
+    return total;
+  };
+  std::string name;
+  {
+    auto engine = Open({&provider});
+    auto op = engine->Generate(kTenant, TextRequest("counted"));
+    ASSERT_TRUE(op.ok());
+    name = op->name();
+    ASSERT_TRUE(provider.WaitForPollCalls(1, absl::Seconds(10)));
+    const EngineStats stats = engine->Stats();
+    EXPECT_EQ(count(stats, v1::OPERATION_STATE_RUNNING), 1);
+    EXPECT_EQ(count(stats, v1::OPERATION_STATE_QUEUED), 0);
+  }
+  auto engine = Open({&provider});
+  // Resumed, never announced by a state change: still counted.
+  EXPECT_EQ(count(engine->Stats(), v1::OPERATION_STATE_RUNNING), 1);
+  provider.SetPollsToFinish(1);
+  auto done = WaitDone(*engine, name);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_TRUE(engine->Stats().live_by_state.empty());
+}
+
 TEST_F(EngineTest, SynchronousProviderCompletesOnSubmit) {
   FakeAdapter::Options options;
   options.provider = v1::PROVIDER_LOUDLY;
@@ -760,7 +869,7 @@ TEST_F(EngineTest, ShutdownEndsWatchersAndWaiters) {
   StreamReader<v1::OperationEvent> reader(*std::move(stream));
   absl::Notification waited;
   absl::Status wait_status;
-  engine->Wait(kTenant, op->name(), absl::Minutes(1), [&](absl::StatusOr<v1::Operation> r) {
+  engine->Wait(kTenant, op->name(), absl::Minutes(1), [&](const absl::StatusOr<v1::Operation>& r) {
     wait_status = r.status();
     waited.Notify();
   });

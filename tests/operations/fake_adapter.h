@@ -30,6 +30,7 @@ class FakeAdapter final : public adapters::ProviderAdapter {
     bool synchronous = false;
     bool idempotent = true;
     absl::Duration latency = absl::Milliseconds(1);
+    std::vector<std::string> quota_resources;
   };
 
   // What Submit does when no scripted result is queued.
@@ -125,6 +126,9 @@ class FakeAdapter final : public adapters::ProviderAdapter {
   bool synchronous() const override { return options_.synchronous; }
   absl::Status CheckRequest(const musicgw::v1::GenerateRequest&) const override {
     return absl::OkStatus();
+  }
+  std::vector<std::string> QuotaResources(const musicgw::v1::GenerateRequest&) const override {
+    return options_.quota_resources;
   }
 
   void Submit(adapters::SubmitRequest request, adapters::Callback<UpstreamStatus> done) override {
