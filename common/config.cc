@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -148,6 +149,49 @@ absl::StatusOr<std::vector<std::string>> ResolveSecretList(const json& ref, cons
   return secrets;
 }
 
+// "song" or "SONG" -> TASK_KIND_SONG.
+std::optional<musicgw::v1::TaskKind> ParseTaskKind(const std::string& task) {
+  musicgw::v1::TaskKind kind;
+  if (!musicgw::v1::TaskKind_Parse(absl::StrCat("TASK_KIND_", absl::AsciiStrToUpper(task)),
+                                   &kind) ||
+      kind == musicgw::v1::TASK_KIND_UNSPECIFIED) {
+    return std::nullopt;
+  }
+  return kind;
+}
+
+constexpr char kTaskNames[] =
+    "unknown task; one of PARAMETRIC_MUSIC, TEXT_TO_MUSIC, SONG, INSTRUMENTAL, SAMPLE, "
+    "SOUND_EFFECT, REMIX_SONG, REMIX_INSTRUMENTAL, SEPARATE_STEMS, CUT_DOWN";
+
+absl::Status ParseCredits(const json& object, const std::string& path, ProviderConfig* provider) {
+  if (!object.is_object()) return Problem(path, "must be an object");
+  ObjectReader reader(object, path);
+  MUSICGW_RETURN_IF_ERROR(reader.Int("balance", &provider->credit_balance, 1, 1'000'000'000'000));
+  if (reader.Find("balance") == nullptr) return Problem(reader.Path("balance"), "required");
+  std::string since;
+  MUSICGW_RETURN_IF_ERROR(reader.String("since", &since));
+  if (!since.empty()) {
+    std::string error;
+    if (!absl::ParseTime(absl::RFC3339_full, since, &provider->credits_since, &error)) {
+      return Problem(reader.Path("since"), "must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z");
+    }
+  }
+  if (const json* costs = reader.Find("costs"); costs != nullptr) {
+    if (!costs->is_object()) return Problem(reader.Path("costs"), "must be an object");
+    for (const auto& [task, cost] : costs->items()) {
+      const std::string item_path = absl::StrCat(reader.Path("costs"), ".", task);
+      const std::optional<musicgw::v1::TaskKind> kind = ParseTaskKind(task);
+      if (!kind.has_value()) return Problem(item_path, kTaskNames);
+      if (!cost.is_number_integer() || cost.get<int64_t>() < 0) {
+        return Problem(item_path, "must be a whole number of credits, 0 or more");
+      }
+      provider->credit_costs[*kind] = cost.get<int64_t>();
+    }
+  }
+  return reader.CheckNoUnknownKeys();
+}
+
 absl::StatusOr<ProviderConfig> ParseProvider(const json& object, const std::string& path,
                                              const EnvLookup& env) {
   if (!object.is_object()) return Problem(path, "must be an object");
@@ -200,6 +244,9 @@ absl::StatusOr<ProviderConfig> ParseProvider(const json& object, const std::stri
     if (refresh_token != nullptr) {
       return Problem(reader.Path("refresh_token"), "soundpiece uses api_key only");
     }
+    if (const json* credits = reader.Find("credits"); credits != nullptr) {
+      MUSICGW_RETURN_IF_ERROR(ParseCredits(*credits, reader.Path("credits"), &provider));
+    }
   } else {
     return Problem(reader.Path("type"), "must be \"loudly\" or \"soundpiece\"");
   }
@@ -234,16 +281,9 @@ absl::StatusOr<BudgetConfig> ParseBudget(const json& object, const std::string& 
   MUSICGW_RETURN_IF_ERROR(reader.String("period", &period));
   MUSICGW_RETURN_IF_ERROR(reader.Int("limit", &budget.limit, 0, 1'000'000'000));
   if (reader.Find("limit") == nullptr) return Problem(reader.Path("limit"), "required");
-  musicgw::v1::TaskKind kind;
-  if (!musicgw::v1::TaskKind_Parse(absl::StrCat("TASK_KIND_", absl::AsciiStrToUpper(task)),
-                                   &kind) ||
-      kind == musicgw::v1::TASK_KIND_UNSPECIFIED) {
-    return Problem(
-        reader.Path("task"),
-        "unknown task; one of PARAMETRIC_MUSIC, TEXT_TO_MUSIC, SONG, INSTRUMENTAL, "
-        "SAMPLE, SOUND_EFFECT, REMIX_SONG, REMIX_INSTRUMENTAL, SEPARATE_STEMS, CUT_DOWN");
-  }
-  budget.task = kind;
+  const std::optional<musicgw::v1::TaskKind> kind = ParseTaskKind(task);
+  if (!kind.has_value()) return Problem(reader.Path("task"), kTaskNames);
+  budget.task = *kind;
   if (period == "hour") {
     budget.period = BudgetPeriod::kHour;
   } else if (period == "day") {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +36,12 @@ struct ProviderConfig {
   std::string callback_url;
   // Loudly B2B: how long one synchronous generation may take.
   absl::Duration sync_timeout = absl::Seconds(180);
+  // Soundpiece publishes no balance. When the operator states the credits bought, the gateway
+  // reports credits left as that balance minus what its ledger shows charged on the account
+  // since `credits_since`, at `credit_costs` per task (1 for tasks not listed). 0: unknown.
+  int64_t credit_balance = 0;
+  absl::Time credits_since = absl::InfinitePast();
+  std::map<musicgw::v1::TaskKind, int64_t> credit_costs;
 };
 
 enum class BudgetPeriod { kHour, kDay, kWeek, kMonth };

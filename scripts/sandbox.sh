@@ -48,7 +48,7 @@ start() {
     >"$out/loudly.log" 2>&1 &
   echo $! >"$out/loudly.pid"
   "$build/emulators/soundpiece-emulator" --host=127.0.0.1 --port="$sp_port" --data_dir="$data/soundpiece" \
-    --api_key="$sp_key" --webhook_secret="$whsec" --processing_ms=2000 \
+    --api_key="$sp_key" --webhook_secret="$whsec" --processing_ms=2000 --credits=1000 \
     >"$out/soundpiece.log" 2>&1 &
   echo $! >"$out/soundpiece.pid"
   wait_for_line "$out/loudly.log" "listening on" 20
@@ -78,7 +78,8 @@ start() {
      "base_url": "http://127.0.0.1:$sp_port",
      "api_key": {"file": "$out/secrets/soundpiece_api_key"},
      "webhook_secrets": {"file": "$out/secrets/soundpiece_webhook_secret"},
-     "callback_url": "http://127.0.0.1:$webhook_port/webhooks/soundpiece"}
+     "callback_url": "http://127.0.0.1:$webhook_port/webhooks/soundpiece",
+     "credits": {"balance": 1000, "since": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}}
   ],
   "tenants": [
     {"name": "sandbox", "api_key_sha256": ["$key_hash"],

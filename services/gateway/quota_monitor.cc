@@ -94,11 +94,11 @@ void QuotaMonitor::Read(size_t index, bool periodic) {
       if (state->stopped) return;
       AccountQuota& account = state->accounts[index];
       if (figures.ok()) {
+        // Under the lock, so no call is under way once Stop() returns.
+        if (listener_) listener_(adapters_[index], &*figures);
         account.figures = std::move(*figures);
         account.read_time = absl::Now();
         account.last_error.clear();
-        // Under the lock, so no call is under way once Stop() returns.
-        if (listener_) listener_(adapters_[index], account.figures);
       } else {
         account.last_error = std::string(figures.status().message());
       }

@@ -35,9 +35,10 @@ class QuotaMonitor {
                absl::Duration interval);
   ~QuotaMonitor();
 
-  // Told of every successful read (routing keeps used-up accounts out). Set before Start().
+  // Sees every successful read before it is kept: may complete figures the provider does not
+  // publish, and tells routing (which keeps used-up accounts out). Set before Start().
   using Listener = std::function<void(const adapters::ProviderAdapter* adapter,
-                                      const std::vector<adapters::QuotaFigure>& figures)>;
+                                      std::vector<adapters::QuotaFigure>* figures)>;
   void set_listener(Listener listener) { listener_ = std::move(listener); }
 
   // Reads every account now and then every `interval`.

@@ -1,5 +1,6 @@
 #include "services/gateway/server.h"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
@@ -170,11 +171,11 @@ class GatewayServerImpl final : public GatewayServer {
     quota_ =
         std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(), config_.quota_refresh_interval);
     quota_observer_.set_monitor(quota_.get());
-    quota_->set_listener(
-        [engine = engine_.get()](const adapters::ProviderAdapter* adapter,
-                                 const std::vector<adapters::QuotaFigure>& figures) {
-          engine->UpdateQuota(adapter, figures);
-        });
+    quota_->set_listener([this](const adapters::ProviderAdapter* adapter,
+                                std::vector<adapters::QuotaFigure>* figures) {
+      EstimateCredits(adapter, figures);
+      engine_->UpdateQuota(adapter, *figures);
+    });
     directory_ = std::make_unique<Directory>(adapter_ptrs_, engine_.get(), quota_.get());
     tenants_ = std::make_unique<TenantDirectory>(config_.tenants);
 
@@ -220,6 +221,36 @@ class GatewayServerImpl final : public GatewayServer {
   int grpc_port() const override { return grpc_port_; }
   int metrics_port() const override { return metrics_ == nullptr ? 0 : metrics_->port(); }
   int webhook_port() const override { return webhooks_ == nullptr ? 0 : webhooks_->port(); }
+
+  // Soundpiece publishes no balance: with the credits the operator bought in the config, the
+  // "credits" figure becomes that balance minus the ledger's charged operations at their cost.
+  void EstimateCredits(const adapters::ProviderAdapter* adapter,
+                       std::vector<adapters::QuotaFigure>* figures) {
+    const config::ProviderConfig* account = nullptr;
+    for (size_t i = 0; i < adapter_ptrs_.size(); ++i) {
+      if (adapter_ptrs_[i] == adapter) account = &config_.providers[i];
+    }
+    if (account == nullptr || account->credit_balance <= 0) return;
+    auto charged =
+        engine_->ChargedOperations(adapter->provider(), adapter->account(), account->credits_since);
+    if (!charged.ok()) {
+      log::Warning("credit estimate failed", {{"account", adapter->account()},
+                                              {"error", std::string(charged.status().message())}});
+      return;
+    }
+    int64_t spent = 0;
+    for (const auto& [task, count] : *charged) {
+      auto cost = account->credit_costs.find(task);
+      spent += count * (cost == account->credit_costs.end() ? 1 : cost->second);
+    }
+    for (adapters::QuotaFigure& figure : *figures) {
+      if (figure.resource != "credits") continue;
+      figure.limit = account->credit_balance;
+      figure.used = spent;
+      // A recent 402 (remaining 0) outranks the estimate.
+      if (figure.remaining != 0) figure.remaining = std::max<int64_t>(0, figure.limit - spent);
+    }
+  }
 
   void Drain(absl::Duration deadline) override {
     {

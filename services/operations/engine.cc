@@ -623,6 +623,12 @@ class EngineImpl final : public OperationsEngine,
     return store_->ReadBudget(tenant, task, period_start);
   }
 
+  absl::StatusOr<std::map<v1::TaskKind, int64_t>> ChargedOperations(v1::Provider provider,
+                                                                    const std::string& account,
+                                                                    absl::Time since) override {
+    return store_->CountCharged(provider, account, since);
+  }
+
   // ---- DownloadHost ----
 
   void PostTask(absl::AnyInvocable<void() &&> task, absl::Duration delay) override {
@@ -783,8 +789,8 @@ class EngineImpl final : public OperationsEngine,
     const std::string provider = v1::Provider_Name(slot.adapter->provider());
     const std::string& account = slot.adapter->account();
     absl::Status status = absl::ResourceExhaustedError(
-        absl::StrCat(provider, " quota '", exhausted.resource, "' is used up (account ", account,
-                     "); nothing was sent to the provider"));
+        absl::StrCat("quota '", exhausted.resource, "' of ", ProviderSlug(slot.adapter->provider()),
+                     " account ", account, " is used up; nothing was sent to the provider"));
     status = WithErrorInfo(
         std::move(status), "PROVIDER_QUOTA_EXHAUSTED", kGatewayDomain,
         {{"provider", provider}, {"account", account}, {"resource", exhausted.resource}});
@@ -1625,6 +1631,11 @@ class EngineHandle final : public OperationsEngine {
   absl::StatusOr<BudgetUsage> ReadBudget(const std::string& tenant, v1::TaskKind task,
                                          absl::Time period_start) override {
     return impl_->ReadBudget(tenant, task, period_start);
+  }
+  absl::StatusOr<std::map<v1::TaskKind, int64_t>> ChargedOperations(v1::Provider provider,
+                                                                    const std::string& account,
+                                                                    absl::Time since) override {
+    return impl_->ChargedOperations(provider, account, since);
   }
 
  private:

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -177,6 +178,9 @@ class OperationsEngine {
   // Routing's view of each adapter, in routing order (for ListProviders and metrics).
   virtual std::vector<ProviderState> ProviderStates() const = 0;
   virtual EngineStats Stats() const = 0;
+  // Operations a provider account charged for since `since`, by task (its credit spend).
+  virtual absl::StatusOr<std::map<musicgw::v1::TaskKind, int64_t>> ChargedOperations(
+      musicgw::v1::Provider provider, const std::string& account, absl::Time since) = 0;
   // A tenant's use of one budget period (for GetQuota's tenant_budgets).
   virtual absl::StatusOr<BudgetUsage> ReadBudget(const std::string& tenant,
                                                  musicgw::v1::TaskKind task,

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -132,6 +133,10 @@ class OperationStore {
   virtual absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant,
                                                  musicgw::v1::TaskKind task,
                                                  absl::Time period_start) = 0;
+  // Operations created since `since` on one provider account that the provider charged for,
+  // by task.
+  virtual absl::StatusOr<std::map<musicgw::v1::TaskKind, int64_t>> CountCharged(
+      musicgw::v1::Provider provider, absl::string_view account, absl::Time since) = 0;
 };
 
 struct SqliteOptions {

@@ -2,6 +2,7 @@
 // anyway, and every statement here is short.
 #include <sqlite3.h>
 
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,6 +69,12 @@ CREATE TABLE assets (
   sha256 TEXT NOT NULL,
   PRIMARY KEY (operation_id, idx)
 ) WITHOUT ROWID;
+)sql",
+    // 2: the provider account serving each operation, for its credit spend. Rows written before
+    // keep '' (their account is only in the snapshot).
+    R"sql(
+ALTER TABLE operations ADD COLUMN provider_account TEXT NOT NULL DEFAULT '';
+CREATE INDEX operations_by_account ON operations (provider, provider_account, create_time_us);
 )sql",
 };
 
@@ -250,7 +257,7 @@ class SqliteOperationStore final : public OperationStore {
     absl::Status status = [&]() -> absl::Status {
       std::string sql =
           "UPDATE operations SET state = ?, done = ?, provider = ?, done_time_us = ?, "
-          "sequence = ?, charged = ?, snapshot = ?";
+          "sequence = ?, charged = ?, snapshot = ?, provider_account = ?";
       if (update.upstream_outputs.has_value()) sql += ", upstream_outputs = ?";
       sql += " WHERE id = ? AND sequence = ?";
       Stmt stmt(db_, sql);
@@ -266,7 +273,8 @@ class SqliteOperationStore final : public OperationStore {
       stmt.Bind(5, op.sequence());
       stmt.Bind(6, static_cast<int64_t>(update.charged ? 1 : 0));
       stmt.BindBlob(7, snapshot);
-      int i = 8;
+      stmt.Bind(8, op.provider_account());
+      int i = 9;
       if (update.upstream_outputs.has_value()) {
         stmt.Bind(i++, OutputsToJson(*update.upstream_outputs));
       }
@@ -429,6 +437,23 @@ class SqliteOperationStore final : public OperationStore {
     return usage;
   }
 
+  absl::StatusOr<std::map<v1::TaskKind, int64_t>> CountCharged(v1::Provider provider,
+                                                               absl::string_view account,
+                                                               absl::Time since) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(db_,
+              "SELECT task, COUNT(*) FROM operations WHERE provider = ? AND provider_account = ? "
+              "AND create_time_us >= ? AND charged = 1 GROUP BY task");
+    stmt.Bind(1, static_cast<int64_t>(provider)).Bind(2, account).Bind(3, Micros(since));
+    std::map<v1::TaskKind, int64_t> counts;
+    while (true) {
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      counts[static_cast<v1::TaskKind>(stmt.Int(0))] = stmt.Int(1);
+    }
+    return counts;
+  }
+
  private:
   // Operations that count against a budget: all but the failed or cancelled ones the provider
   // did not charge for.
@@ -547,8 +572,8 @@ class SqliteOperationStore final : public OperationStore {
     Stmt insert(db_,
                 "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, "
                 "provider, task, create_time_us, done_time_us, sequence, charged, owner, "
-                "lease_until_us, snapshot, upstream_outputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "NULL, ?, ?, ?, ?, ?, ?)");
+                "lease_until_us, snapshot, upstream_outputs, provider_account) VALUES (?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)");
     MUSICGW_RETURN_IF_ERROR(insert.status());
     insert.Bind(1, id)
         .Bind(2, record.tenant)
@@ -564,7 +589,8 @@ class SqliteOperationStore final : public OperationStore {
         .Bind(12, record.owner)
         .Bind(13, Micros(record.lease_until))
         .BindBlob(14, snapshot)
-        .Bind(15, OutputsToJson(record.upstream_outputs));
+        .Bind(15, OutputsToJson(record.upstream_outputs))
+        .Bind(16, op.provider_account());
     MUSICGW_RETURN_IF_ERROR(insert.Run());
     MUSICGW_RETURN_IF_ERROR(InsertEvent(id, op.sequence(), snapshot));
     return CreateResult{record, true};

@@ -75,6 +75,21 @@ TEST(ConfigTest, ParsesAValidConfig) {
   EXPECT_EQ(config->tenants[0].budgets[0].limit, 10);
 }
 
+TEST(ConfigTest, ReadsTheSoundpieceCreditsTheOperatorBought) {
+  json doc = ValidConfig();
+  doc["providers"][1]["credits"] = {{"balance", 5000},
+                                    {"since", "2026-11-01T00:00:00Z"},
+                                    {"costs", {{"song", 4}, {"SAMPLE", 0}}}};
+  auto config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  const ProviderConfig& soundpiece = config->providers[1];
+  EXPECT_EQ(soundpiece.credit_balance, 5000);
+  EXPECT_EQ(soundpiece.credits_since, absl::FromUnixSeconds(1793491200));
+  EXPECT_EQ(soundpiece.credit_costs.at(musicgw::v1::TASK_KIND_SONG), 4);
+  EXPECT_EQ(soundpiece.credit_costs.at(musicgw::v1::TASK_KIND_SAMPLE), 0);
+  EXPECT_EQ(config->providers[0].credit_balance, 0);  // unknown unless stated
+}
+
 TEST(ConfigTest, ReadsSecretsFromFilesWithoutTheTrailingNewline) {
   const std::string path = testing::TempDir() + "/spk_key";
   std::ofstream(path) << "spk_from_file\n";
@@ -115,6 +130,28 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
        "providers[0].name: may hold only letters, digits, '-' and '_'"},
       {[](json& d) { d["providers"][1]["base_url"] = "ftp://x"; },
        "providers[1].base_url: must be an http or https URL"},
+      {[](json& d) {
+         d["providers"][0]["credits"] = {{"balance", 10}};
+       },
+       "providers[0].credits: unknown key"},
+      {[](json& d) {
+         d["providers"][1]["credits"] = {{"since", "2026-11-01T00:00:00Z"}};
+       },
+       "providers[1].credits.balance: required"},
+      {[](json& d) {
+         d["providers"][1]["credits"] = {{"balance", 10}, {"since", "last tuesday"}};
+       },
+       "providers[1].credits.since: must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z"},
+      {[](json& d) {
+         d["providers"][1]["credits"] = {{"balance", 10}, {"costs", {{"opera", 2}}}};
+       },
+       "providers[1].credits.costs.opera: unknown task; one of PARAMETRIC_MUSIC, TEXT_TO_MUSIC, "
+       "SONG, INSTRUMENTAL, SAMPLE, SOUND_EFFECT, REMIX_SONG, REMIX_INSTRUMENTAL, SEPARATE_STEMS, "
+       "CUT_DOWN"},
+      {[](json& d) {
+         d["providers"][1]["credits"] = {{"balance", 10}, {"costs", {{"song", -1}}}};
+       },
+       "providers[1].credits.costs.song: must be a whole number of credits, 0 or more"},
       {[](json& d) { d["providers"][0]["dialect"] = "v2"; },
        "providers[0].dialect: must be \"b2b\" or \"web\" for loudly"},
       {[](json& d) { d["providers"][0].erase("client_id"); },

@@ -2,6 +2,7 @@
 // one sample out of Prometheus text.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,9 +22,11 @@ struct Emulators {
   std::unique_ptr<emulators::loudly::Emulator> loudly;
   std::unique_ptr<emulators::soundpiece::Emulator> soundpiece;
 
-  // Generations finish in a fraction of a second.
-  absl::Status Start() {
+  // Generations finish in a fraction of a second. `loudly_b2b_limits`: monthly limits by
+  // request type (others 1000).
+  absl::Status Start(std::map<std::string, int64_t> loudly_b2b_limits = {}) {
     emulators::loudly::Options ld;
+    ld.b2b_limits = std::move(loudly_b2b_limits);
     ld.sync_latency = absl::Milliseconds(200);
     ld.bundle_song_delay = absl::Milliseconds(200);
     auto started_loudly = emulators::loudly::Emulator::Start(ld);

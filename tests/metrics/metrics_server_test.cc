@@ -3,6 +3,7 @@
 // Skips while the server does not serve /metrics (metrics_port() == 0).
 #include <unistd.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/config.h"
+#include "common/errors.h"
 #include "emulators/loudly/loudly_emulator.h"
 #include "emulators/soundpiece/soundpiece_emulator.h"
 #include "gtest/gtest.h"
@@ -33,7 +35,7 @@ class MetricsServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     musicgw::testing::SetTestSecrets();
-    const absl::Status started = emulators_.Start();
+    const absl::Status started = emulators_.Start(LoudlyLimits());
     ASSERT_TRUE(started.ok()) << started;
 
     const std::string ledger = ::testing::TempDir() + "/musicgw-metrics-server-" +
@@ -41,6 +43,7 @@ class MetricsServerTest : public ::testing::Test {
     nlohmann::json doc = musicgw::testing::TestConfig(
         {emulators_.loudly->base_url(), emulators_.soundpiece->base_url()}, ledger);
     doc["operations"]["quota_refresh_seconds"] = 600;  // only reads after generations move it
+    doc["providers"][1]["credits"] = {{"balance", 50}};
     auto config = config::ParseConfig(doc.dump(), config::ProcessEnv());
     ASSERT_TRUE(config.ok()) << config.status();
     auto server = gateway::GatewayServer::Start(std::move(*config));
@@ -49,19 +52,25 @@ class MetricsServerTest : public ::testing::Test {
     stub_ = musicgw::testing::Stub(server_->grpc_port());
   }
 
+  virtual std::map<std::string, int64_t> LoudlyLimits() const { return {}; }
+
   void TearDown() override {
     if (server_ != nullptr) server_->Drain(absl::Seconds(1));
   }
 
   // GetQuota's figure for Loudly `resource`, once `used` differs from `not_used`.
   std::optional<v1::ProviderQuota> LoudlyQuota(const std::string& resource, int64_t not_used) {
+    return Quota(v1::PROVIDER_LOUDLY, resource, not_used);
+  }
+  std::optional<v1::ProviderQuota> Quota(v1::Provider provider, const std::string& resource,
+                                         int64_t not_used) {
     const absl::Time deadline = absl::Now() + absl::Seconds(20);
     while (absl::Now() < deadline) {
       v1::QuotaReport report;
       if (stub_->GetQuota(Context(kAcmeKey).get(), {}, &report).ok()) {
         for (const auto& quota : report.provider_quotas()) {
-          if (quota.provider() == v1::PROVIDER_LOUDLY &&
-              (resource.empty() || quota.resource() == resource) && quota.used() != not_used) {
+          if (quota.provider() == provider && (resource.empty() || quota.resource() == resource) &&
+              quota.used() != not_used) {
             return quota;
           }
         }
@@ -77,10 +86,7 @@ class MetricsServerTest : public ::testing::Test {
 };
 
 TEST_F(MetricsServerTest, ScrapeDuringARealGenerationShowsTheValuesMove) {
-  if (server_->metrics_port() == 0) {
-    GTEST_SKIP() << "the gateway does not serve /metrics yet (services/gateway/server.cc does not "
-                    "wire services/metrics)";
-  }
+  ASSERT_NE(server_->metrics_port(), 0);
   constexpr char kResource[] = "GENERATE_VEGA_SONG_WITH_PROMPT";
   const std::optional<v1::ProviderQuota> before = LoudlyQuota(kResource, -2);
   ASSERT_TRUE(before.has_value()) << "no Loudly quota figure " << kResource;
@@ -158,6 +164,94 @@ TEST_F(MetricsServerTest, ScrapeDuringARealGenerationShowsTheValuesMove) {
     const auto [rc, output] = testing::PromtoolCheckMetrics(*scrape);
     EXPECT_EQ(rc, 0) << output;
   }
+}
+
+// Generate with `request` and wait until it is done.
+v1::Operation GenerateAndWait(v1::MusicGateway::Stub& stub, v1::GenerateRequest request) {
+  request.set_request_id(musicgw::testing::NewRequestId());
+  v1::Operation operation;
+  grpc::Status status = stub.Generate(Context(kAcmeKey).get(), request, &operation);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  v1::WaitOperationRequest wait;
+  wait.set_name(operation.name());
+  wait.mutable_timeout()->set_seconds(30);
+  status = stub.WaitOperation(Context(kAcmeKey, absl::Seconds(40)).get(), wait, &operation);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return operation;
+}
+
+v1::GenerateRequest LoudlyText(bool allow_fallback) {
+  v1::GenerateRequest request;
+  request.set_provider(v1::PROVIDER_LOUDLY);
+  request.set_allow_fallback(allow_fallback);
+  request.mutable_text_to_music()->set_prompt("warm synthwave");  // both providers take it
+  return request;
+}
+
+TEST_F(MetricsServerTest, SoundpieceCreditsFallAsTheLedgerChargesThem) {
+  const std::optional<v1::ProviderQuota> before = Quota(v1::PROVIDER_SOUNDPIECE, "credits", -2);
+  ASSERT_TRUE(before.has_value());
+  EXPECT_EQ(before->limit(), 50);  // the balance the config states
+  EXPECT_EQ(before->used(), 0);
+  EXPECT_EQ(before->remaining(), 50);
+
+  v1::GenerateRequest request;
+  request.mutable_sample()->set_prompt("pads");
+  request.mutable_sample()->set_duration_seconds(4);
+  const v1::Operation done = GenerateAndWait(*stub_, request);
+  ASSERT_EQ(done.state(), v1::OPERATION_STATE_SUCCEEDED) << done.error().message();
+  ASSERT_EQ(done.provider(), v1::PROVIDER_SOUNDPIECE);
+
+  const std::optional<v1::ProviderQuota> after = Quota(v1::PROVIDER_SOUNDPIECE, "credits", 0);
+  ASSERT_TRUE(after.has_value()) << "GetQuota never showed the charge";
+  EXPECT_EQ(after->used(), 1);
+  EXPECT_EQ(after->remaining(), 49);
+  const absl::StatusOr<std::string> scrape = testing::FetchMetrics(server_->metrics_port());
+  ASSERT_TRUE(scrape.ok()) << scrape.status();
+  const std::vector<std::string> labels = {"provider=\"soundpiece\"", "resource=\"credits\""};
+  EXPECT_EQ(testing::Sample(*scrape, "musicgw_provider_quota_remaining", labels), 49);
+  EXPECT_EQ(testing::Sample(*scrape, "musicgw_provider_quota_used", labels), 1);
+}
+
+// Loudly's prompt songs are limited to one a month.
+class ExhaustedQuotaTest : public MetricsServerTest {
+ protected:
+  std::map<std::string, int64_t> LoudlyLimits() const override {
+    return {{"GENERATE_VEGA_SONG_WITH_PROMPT", 1}};
+  }
+};
+
+TEST_F(ExhaustedQuotaTest, KnownExhaustedQuotaIsNotCalledAndFallbackRoutesToTheOtherProvider) {
+  constexpr char kResource[] = "GENERATE_VEGA_SONG_WITH_PROMPT";
+  const v1::Operation first = GenerateAndWait(*stub_, LoudlyText(/*allow_fallback=*/false));
+  ASSERT_EQ(first.state(), v1::OPERATION_STATE_SUCCEEDED) << first.error().message();
+  const std::optional<v1::ProviderQuota> used_up = LoudlyQuota(kResource, 0);
+  ASSERT_TRUE(used_up.has_value()) << "GetQuota never showed the generation";
+  ASSERT_EQ(used_up->remaining(), 0);
+
+  // Pinned to Loudly without fallback: refused by the gateway, the provider never asked.
+  v1::GenerateRequest pinned = LoudlyText(/*allow_fallback=*/false);
+  pinned.set_request_id(musicgw::testing::NewRequestId());
+  v1::Operation refused;
+  const grpc::Status status = stub_->Generate(Context(kAcmeKey).get(), pinned, &refused);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  const absl::Status detailed = FromGrpcStatus(status);
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(GetErrorInfo(detailed, &info));
+  EXPECT_EQ(info.reason(), "PROVIDER_QUOTA_EXHAUSTED");
+  EXPECT_EQ(info.metadata().at("resource"), kResource);
+  google::rpc::QuotaFailure quota;
+  ASSERT_TRUE(GetQuotaFailure(detailed, &quota));
+  ASSERT_EQ(quota.violations_size(), 1);
+  EXPECT_EQ(quota.violations(0).subject(),
+            absl::StrCat("provider:loudly/account:loudly-test/resource:", kResource));
+  EXPECT_EQ(emulators_.loudly->stats().quota_rejections, 0);
+
+  // Allowed to fall back: Soundpiece makes it.
+  const v1::Operation moved = GenerateAndWait(*stub_, LoudlyText(/*allow_fallback=*/true));
+  EXPECT_EQ(moved.state(), v1::OPERATION_STATE_SUCCEEDED) << moved.error().message();
+  EXPECT_EQ(moved.provider(), v1::PROVIDER_SOUNDPIECE);
+  EXPECT_EQ(emulators_.loudly->stats().quota_rejections, 0);
 }
 
 }  // namespace

@@ -111,6 +111,11 @@ class ScriptedEngine final : public operations::OperationsEngine {
     return absl::UnimplementedError("scripted");
   }
   void OnProviderUpdate(musicgw::v1::Provider, const adapters::UpstreamStatus&) override {}
+  absl::StatusOr<std::map<musicgw::v1::TaskKind, int64_t>> ChargedOperations(musicgw::v1::Provider,
+                                                                             const std::string&,
+                                                                             absl::Time) override {
+    return absl::UnimplementedError("scripted");
+  }
   void UpdateQuota(const adapters::ProviderAdapter*,
                    const std::vector<adapters::QuotaFigure>&) override {}
   std::vector<operations::ProviderState> ProviderStates() const override { return states; }

@@ -50,8 +50,8 @@ TEST(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
                                &stmt, nullptr),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(stmt, 0), 1);
-  EXPECT_EQ(sqlite3_column_int(stmt, 1), 1);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 2);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 2);
   sqlite3_finalize(stmt);
   char* error = nullptr;
   ASSERT_EQ(sqlite3_exec(db, "PRAGMA journal_mode", nullptr, nullptr, &error), SQLITE_OK);
@@ -62,6 +62,45 @@ TEST(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
   sqlite3_close(db);
   auto newer = OpenSqliteOperationStore(path);
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(SqliteStoreTest, CountsChargedOperationsPerProviderAccountAndTask) {
+  auto store = Open(testing::TempLedgerPath());
+  const absl::Time now = absl::Now();
+  auto add = [&](const std::string& request_id, const std::string& account, v1::TaskKind task,
+                 bool charged, absl::Time created) {
+    OperationRecord record = MakeRecord("t", request_id, created);
+    record.operation.set_provider_account(account);
+    record.operation.set_task(task);
+    record.charged = charged;
+    ASSERT_TRUE(store->Create(record, {}).ok());
+  };
+  add("a", "sp-main", v1::TASK_KIND_SONG, true, now);
+  add("b", "sp-main", v1::TASK_KIND_SONG, true, now);
+  add("c", "sp-main", v1::TASK_KIND_SAMPLE, true, now);
+  add("d", "sp-main", v1::TASK_KIND_SAMPLE, false, now);                 // not charged
+  add("e", "sp-other", v1::TASK_KIND_SONG, true, now);                   // other account
+  add("f", "sp-main", v1::TASK_KIND_SONG, true, now - absl::Hours(48));  // before `since`
+  auto counts = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", now - absl::Hours(1));
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->size(), 2u);
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SONG], 2);
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SAMPLE], 1);
+
+  // An update that moves the operation to another account (a fallback) moves its charge too.
+  auto moved = store->FindByRequestId("t", "d");
+  ASSERT_TRUE(moved.ok());
+  OperationUpdate update;
+  update.operation = moved->operation;
+  update.operation.set_provider_account("sp-other");
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.charged = true;
+  ASSERT_TRUE(store->Update(update).ok());
+  counts = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-other", now - absl::Hours(1));
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SONG], 1);
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SAMPLE], 1);
 }
 
 TEST(SqliteStoreTest, CreateIsIdempotentPerTenantAndRequestId) {
