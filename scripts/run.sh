@@ -11,8 +11,17 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j"${JOBS:-2}" --target musicgw loudly-emulator soundpiece-emulator musicgw-demo musicgw-health
 MUSICGW_BUILD_DIR="$build" scripts/sandbox.sh start
 set -a; source sandbox-out/sandbox.env; set +a
+# The generation quota each provider account has left, as /metrics shows it.
+quota() {
+  curl -s "$MUSICGW_METRICS_URL" |
+    grep -E '^musicgw_provider_quota_remaining\{.*resource="(generate_vega_song|GENERATE_[A-Z0-9_]+|credits)"' || true
+}
+sleep 1  # the first quota reads
+echo "Provider quota before:"; quota
 "$build/clients/musicgw-demo" --target="$MUSICGW_TARGET" --out_dir=sandbox-out/audio
+sleep 2  # quota is read again shortly after each generation
+echo "Provider quota after:"; quota
 echo
 echo "Audio files:"; ls -l sandbox-out/audio
-echo "Metrics: curl -s $MUSICGW_METRICS_URL | grep musicgw_quota"
+echo "Metrics: curl -s $MUSICGW_METRICS_URL | grep musicgw_provider_quota"
 echo "Stop the sandbox: scripts/sandbox.sh stop"
