@@ -110,6 +110,20 @@ void NoteOperation(CallLog& call, const Operation& operation) {
   call.set_provider(operation.provider());
 }
 
+// The engine's answer, delivered later, finishes the unary call.
+absl::AnyInvocable<void(absl::StatusOr<Operation>) &&> FinishWithOperation(
+    grpc::ServerUnaryReactor* reactor, Operation* response, std::unique_ptr<CallLog> call) {
+  return [reactor, response, call = std::move(call)](absl::StatusOr<Operation> operation) {
+    if (operation.ok()) {
+      NoteOperation(*call, *operation);
+      *response = std::move(*operation);
+    }
+    const absl::Status status = operation.ok() ? absl::OkStatus() : operation.status();
+    call->Done(status);
+    reactor->Finish(ToGrpcStatus(status));
+  };
+}
+
 // Pumps an EventStream into a server stream, one write in flight at a time. The stream wakes
 // the reactor when it has something new; a slow client only slows its own stream.
 template <typename Message>
@@ -301,35 +315,25 @@ grpc::ServerUnaryReactor* GatewayService::WaitOperation(
         timeout, std::max(absl::ZeroDuration(), deadline - absl::Now() - absl::Milliseconds(50)));
   }
   auto* reactor = context->DefaultReactor();
-  deps_.engine->Wait(
-      (*tenant)->name, request->name(), timeout,
-      [reactor, response, call = std::move(call)](absl::StatusOr<Operation> operation) mutable {
-        if (operation.ok()) {
-          NoteOperation(*call, *operation);
-          *response = std::move(*operation);
-        }
-        const absl::Status status = operation.ok() ? absl::OkStatus() : operation.status();
-        call->Done(status);
-        reactor->Finish(ToGrpcStatus(status));
-      });
+  deps_.engine->Wait((*tenant)->name, request->name(), timeout,
+                     FinishWithOperation(reactor, response, std::move(call)));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* GatewayService::CancelOperation(
     grpc::CallbackServerContext* context, const musicgw::v1::CancelOperationRequest* request,
     Operation* response) {
-  CallLog call("CancelOperation", deps_.observer);
+  auto call = std::make_unique<CallLog>("CancelOperation", deps_.observer);
   auto tenant = deps_.tenants->Authenticate(*context);
-  if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
-  call.set_tenant((*tenant)->name);
-  call.set_operation(request->name());
+  if (!tenant.ok()) return FinishUnary(context, *call, tenant.status());
+  call->set_tenant((*tenant)->name);
+  call->set_operation(request->name());
   absl::Status valid = ValidateCancel(*request);
-  if (!valid.ok()) return FinishUnary(context, call, valid);
-  auto operation = deps_.engine->Cancel((*tenant)->name, request->name(), request->reason());
-  if (!operation.ok()) return FinishUnary(context, call, operation.status());
-  NoteOperation(call, *operation);
-  *response = std::move(*operation);
-  return FinishUnary(context, call, absl::OkStatus());
+  if (!valid.ok()) return FinishUnary(context, *call, valid);
+  auto* reactor = context->DefaultReactor();
+  deps_.engine->Cancel((*tenant)->name, request->name(), request->reason(),
+                       FinishWithOperation(reactor, response, std::move(call)));
+  return reactor;
 }
 
 grpc::ServerWriteReactor<musicgw::v1::DownloadChunk>* GatewayService::Download(

@@ -327,21 +327,25 @@ class EngineImpl final : public OperationsEngine,
     return response;
   }
 
-  absl::StatusOr<v1::Operation> Cancel(const std::string& tenant, absl::string_view name,
-                                       absl::string_view reason) override {
-    MUSICGW_ASSIGN_OR_RETURN(OperationRecord record, Lookup(tenant, name));
-    if (record.operation.done()) return AlreadyDone(record.operation);
-    std::shared_ptr<Tracker> t = FindLive(record.id());
+  void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
+              absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done) override {
+    auto record = Lookup(tenant, name);
+    if (!record.ok()) return std::move(done)(record.status());
+    if (record->operation.done()) return std::move(done)(AlreadyDone(record->operation));
+    std::shared_ptr<Tracker> t = FindLive(record->id());
     if (t == nullptr) {
-      return absl::UnavailableError("the operation is not tracked by this server; retry");
+      return std::move(done)(
+          absl::UnavailableError("the operation is not tracked by this server; retry"));
     }
     ProviderAdapter* adapter = nullptr;
     adapters::PollRequest poll;
     {
       absl::MutexLock lock(&t->mu);
-      if (t->op.done()) return AlreadyDone(t->op);
-      if (t->cancelling) return absl::AbortedError("a cancellation is already in progress");
-      if (IsShutdown()) return ShuttingDown();
+      if (t->op.done()) return std::move(done)(AlreadyDone(t->op));
+      if (t->cancelling) {
+        return std::move(done)(absl::AbortedError("a cancellation is already in progress"));
+      }
+      if (IsShutdown()) return std::move(done)(ShuttingDown());
       t->cancelling = true;
       t->stopped = true;  // in-flight provider answers are ignored from here on
       ++t->generation;
@@ -354,21 +358,36 @@ class EngineImpl final : public OperationsEngine,
         poll.wait = false;
       }
     }
-    bool notified = false;
-    if (adapter != nullptr) {
-      struct Answer {
-        absl::Notification done;
-        std::atomic<bool> told{false};
-      };
-      auto answer = std::make_shared<Answer>();
-      adapter->Cancel(poll, [answer](absl::StatusOr<bool> told) {
-        answer->told = told.ok() && *told;
-        answer->done.Notify();
-      });
-      if (answer->done.WaitForNotificationWithTimeout(options_.cancel_notify_timeout)) {
-        notified = answer->told;
-      }
+    if (adapter == nullptr) {
+      return std::move(done)(RecordCancel(t, reason, /*provider_notified=*/false));
     }
+    // Whichever comes first, the provider's answer or the timeout, records the cancellation;
+    // if the executor stops before either, the caller still hears back.
+    struct Pending {
+      std::atomic<bool> finished{false};
+      absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done;
+      ~Pending() {
+        if (!finished.exchange(true)) std::move(done)(ShuttingDown());
+      }
+    };
+    auto pending = std::make_shared<Pending>();
+    pending->done = std::move(done);
+    std::weak_ptr<EngineImpl> weak = weak_from_this();
+    auto finish = [weak, t, pending, reason = std::string(reason)](bool notified) {
+      if (pending->finished.exchange(true)) return;
+      auto self = weak.lock();
+      std::move(pending->done)(self == nullptr ? absl::StatusOr<v1::Operation>(ShuttingDown())
+                                               : self->RecordCancel(t, reason, notified));
+    };
+    adapter->Cancel(poll, [weak, finish](absl::StatusOr<bool> told) {
+      const bool notified = told.ok() && *told;
+      if (auto self = weak.lock()) self->executor_->Post([finish, notified] { finish(notified); });
+    });
+    executor_->PostAfter(options_.cancel_notify_timeout, [finish] { finish(false); });
+  }
+
+  absl::StatusOr<v1::Operation> RecordCancel(const std::shared_ptr<Tracker>& t,
+                                             absl::string_view reason, bool provider_notified) {
     Effects effects;
     absl::StatusOr<v1::Operation> result;
     {
@@ -382,7 +401,7 @@ class EngineImpl final : public OperationsEngine,
       *next.mutable_error() = ToRpcStatus(error);
       auto* cancellation = next.mutable_cancellation();
       cancellation->set_reason(std::string(reason));
-      cancellation->set_provider_notified(notified);
+      cancellation->set_provider_notified(provider_notified);
       *cancellation->mutable_cancel_time() = ToProto(absl::Now());
       absl::Status status = Commit(*t, std::move(next), &effects);
       if (status.ok()) {
@@ -1603,9 +1622,9 @@ class EngineHandle final : public OperationsEngine {
       const std::string& tenant, const v1::ListOperationsRequest& request) override {
     return impl_->List(tenant, request);
   }
-  absl::StatusOr<v1::Operation> Cancel(const std::string& tenant, absl::string_view name,
-                                       absl::string_view reason) override {
-    return impl_->Cancel(tenant, name, reason);
+  void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
+              absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done) override {
+    impl_->Cancel(tenant, name, reason, std::move(done));
   }
   void Wait(const std::string& tenant, absl::string_view name, absl::Duration timeout,
             absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done) override {
@@ -1643,6 +1662,19 @@ class EngineHandle final : public OperationsEngine {
 };
 
 }  // namespace
+
+absl::StatusOr<v1::Operation> OperationsEngine::CancelAndWait(const std::string& tenant,
+                                                              absl::string_view name,
+                                                              absl::string_view reason) {
+  absl::Notification recorded;
+  absl::StatusOr<v1::Operation> result;
+  Cancel(tenant, name, reason, [&](absl::StatusOr<v1::Operation> operation) {
+    result = std::move(operation);
+    recorded.Notify();
+  });
+  recorded.WaitForNotification();
+  return result;
+}
 
 absl::StatusOr<std::unique_ptr<OperationsEngine>> CreateOperationsEngine(
     EngineOptions options, std::unique_ptr<OperationStore> store,

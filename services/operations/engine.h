@@ -149,9 +149,15 @@ class OperationsEngine {
                                                      absl::string_view name) = 0;
   virtual absl::StatusOr<musicgw::v1::ListOperationsResponse> List(
       const std::string& tenant, const musicgw::v1::ListOperationsRequest& request) = 0;
-  virtual absl::StatusOr<musicgw::v1::Operation> Cancel(const std::string& tenant,
-                                                        absl::string_view name,
-                                                        absl::string_view reason) = 0;
+  // Stops tracking and records CANCELLED with `reason`, after asking the provider to stop (its
+  // answer waited for up to cancel_notify_timeout, without blocking the caller). Calls `done`
+  // once, possibly inline.
+  virtual void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
+                      absl::AnyInvocable<void(absl::StatusOr<musicgw::v1::Operation>) &&> done) = 0;
+  // Cancel, blocking until it is recorded (for tools and tests; the server uses the callback).
+  absl::StatusOr<musicgw::v1::Operation> CancelAndWait(const std::string& tenant,
+                                                       absl::string_view name,
+                                                       absl::string_view reason);
   // Calls `done` once: when the operation is done, or after `timeout` with its latest snapshot.
   // May call it inline (operation already done, or an error).
   virtual void Wait(const std::string& tenant, absl::string_view name, absl::Duration timeout,

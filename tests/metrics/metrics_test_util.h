@@ -94,9 +94,9 @@ class ScriptedEngine final : public operations::OperationsEngine {
       const std::string&, const musicgw::v1::ListOperationsRequest&) override {
     return absl::UnimplementedError("scripted");
   }
-  absl::StatusOr<musicgw::v1::Operation> Cancel(const std::string&, absl::string_view,
-                                                absl::string_view) override {
-    return absl::UnimplementedError("scripted");
+  void Cancel(const std::string&, absl::string_view, absl::string_view,
+              absl::AnyInvocable<void(absl::StatusOr<musicgw::v1::Operation>) &&> done) override {
+    std::move(done)(absl::UnimplementedError("scripted"));
   }
   void Wait(const std::string&, absl::string_view, absl::Duration,
             absl::AnyInvocable<void(absl::StatusOr<musicgw::v1::Operation>) &&> done) override {

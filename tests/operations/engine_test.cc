@@ -454,7 +454,7 @@ TEST_F(EngineTest, CancelStopsTrackingAndRecordsReason) {
     waited.Notify();
   });
 
-  auto cancelled = engine->Cancel(kTenant, op->name(), "changed my mind");
+  auto cancelled = engine->CancelAndWait(kTenant, op->name(), "changed my mind");
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
   EXPECT_EQ(cancelled->state(), v1::OPERATION_STATE_CANCELLED);
   EXPECT_TRUE(cancelled->done());
@@ -469,8 +469,33 @@ TEST_F(EngineTest, CancelStopsTrackingAndRecordsReason) {
   EXPECT_EQ(reader.messages().back().operation().state(), v1::OPERATION_STATE_CANCELLED);
   EXPECT_EQ(engine->Stats().live_operations, 0);
 
-  auto twice = engine->Cancel(kTenant, op->name(), "again");
+  auto twice = engine->CancelAndWait(kTenant, op->name(), "again");
   EXPECT_EQ(twice.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(EngineTest, CancelNeverWaitsOnTheCallerForAProviderThatDoesNotAnswer) {
+  FakeAdapter provider;
+  provider.SetPollsToFinish(0);
+  provider.SetCancelHangs();
+  options_.cancel_notify_timeout = absl::Seconds(2);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("unwanted"));
+  ASSERT_TRUE(op.ok());
+  ASSERT_TRUE(provider.WaitForPollCalls(1, absl::Seconds(10)));
+
+  absl::Notification recorded;
+  absl::StatusOr<v1::Operation> cancelled;
+  engine->Cancel(kTenant, op->name(), "too slow", [&](absl::StatusOr<v1::Operation> result) {
+    cancelled = std::move(result);
+    recorded.Notify();
+  });
+  // Returned at once: the provider has not answered and the notify timeout has not passed.
+  EXPECT_FALSE(recorded.HasBeenNotified());
+  ASSERT_TRUE(recorded.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::OPERATION_STATE_CANCELLED);
+  EXPECT_FALSE(cancelled->cancellation().provider_notified());
+  EXPECT_EQ(provider.cancel_calls(), 1);
 }
 
 TEST_F(EngineTest, ListPagesNewestFirstWithFilters) {
@@ -543,7 +568,8 @@ TEST_F(EngineTest, OtherTenantsGetNotFoundEverywhere) {
   ASSERT_TRUE(op.ok());
   ASSERT_TRUE(WaitDone(*engine, op->name()).ok());
   EXPECT_EQ(engine->Get(kOther, op->name()).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(engine->Cancel(kOther, op->name(), "").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->CancelAndWait(kOther, op->name(), "").status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(engine->Watch(kOther, op->name(), 0).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(engine->Download(kOther, op->name() + "/assets/0", 0).status().code(),
             absl::StatusCode::kNotFound);

@@ -81,6 +81,11 @@ class FakeAdapter final : public adapters::ProviderAdapter {
     absl::MutexLock lock(&mu_);
     cancel_answer_ = told;
   }
+  // Cancel calls are recorded and never answered (a provider that hangs).
+  void SetCancelHangs() {
+    absl::MutexLock lock(&mu_);
+    cancel_hangs_ = true;
+  }
 
   // ---- observation ----
   int submit_calls() const {
@@ -201,6 +206,10 @@ class FakeAdapter final : public adapters::ProviderAdapter {
       absl::MutexLock lock(&mu_);
       ++cancel_calls_;
       told = cancel_answer_;
+      if (cancel_hangs_) {
+        hung_cancels_.push_back(std::move(done));
+        return;
+      }
     }
     executor_.PostAfter(options_.latency,
                         [done = std::move(done), told]() mutable { std::move(done)(told); });
@@ -252,6 +261,8 @@ class FakeAdapter final : public adapters::ProviderAdapter {
   absl::Status job_error_ ABSL_GUARDED_BY(mu_);
   std::vector<adapters::ProviderOutput> outputs_ ABSL_GUARDED_BY(mu_);
   bool cancel_answer_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancel_hangs_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<adapters::Callback<bool>> hung_cancels_ ABSL_GUARDED_BY(mu_);
   int submit_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int poll_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int refresh_polls_ ABSL_GUARDED_BY(mu_) = 0;
