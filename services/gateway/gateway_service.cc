@@ -124,6 +124,37 @@ absl::AnyInvocable<void(absl::StatusOr<Operation>) &&> FinishWithOperation(
   };
 }
 
+// validate_only: the routed provider checks the request too where it has a dry run (Loudly B2B
+// test=true: no quota spent); the other adapters encode it and send nothing.
+grpc::ServerUnaryReactor* DryRun(grpc::CallbackServerContext* context,
+                                 const std::vector<adapters::ProviderAdapter*>& adapters,
+                                 const musicgw::v1::GenerateRequest& request, Operation routed,
+                                 Operation* response, std::unique_ptr<CallLog> call) {
+  adapters::ProviderAdapter* adapter = nullptr;
+  for (auto* candidate : adapters) {
+    if (candidate->provider() == routed.provider() &&
+        candidate->account() == routed.provider_account()) {
+      adapter = candidate;
+    }
+  }
+  if (adapter == nullptr) return FinishUnary(context, *call, absl::OkStatus());
+  adapters::SubmitRequest submit;
+  submit.request_id = request.request_id();
+  submit.idempotency_key = absl::StrCat("validate-only-", request.request_id());
+  submit.request = request;
+  submit.deadline = absl::Now() + absl::Seconds(30);
+  submit.validate_only = true;
+  auto* reactor = context->DefaultReactor();
+  adapter->Submit(std::move(submit),
+                  [reactor, response, routed = std::move(routed), call = std::move(call)](
+                      const absl::StatusOr<adapters::UpstreamStatus>& checked) mutable {
+                    FinishWithOperation(reactor, response, std::move(call))(
+                        checked.ok() ? absl::StatusOr<Operation>(std::move(routed))
+                                     : absl::StatusOr<Operation>(checked.status()));
+                  });
+  return reactor;
+}
+
 // Pumps an EventStream into a server stream, one write in flight at a time. The stream wakes
 // the reactor when it has something new; a slow client only slows its own stream.
 template <typename Message>
@@ -229,20 +260,23 @@ absl::Status GatewayService::CheckWithAdapters(
 grpc::ServerUnaryReactor* GatewayService::Generate(grpc::CallbackServerContext* context,
                                                    const musicgw::v1::GenerateRequest* request,
                                                    Operation* response) {
-  CallLog call("Generate", deps_.observer);
+  auto call = std::make_unique<CallLog>("Generate", deps_.observer);
   auto tenant = deps_.tenants->Authenticate(*context);
-  if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
-  call.set_tenant((*tenant)->name);
+  if (!tenant.ok()) return FinishUnary(context, *call, tenant.status());
+  call->set_tenant((*tenant)->name);
   auto candidates = ValidateGenerate(*request, configured_);
-  if (!candidates.ok()) return FinishUnary(context, call, candidates.status());
-  call.set_provider(candidates->front());
+  if (!candidates.ok()) return FinishUnary(context, *call, candidates.status());
+  call->set_provider(candidates->front());
   absl::Status supported = CheckWithAdapters(*request, *candidates);
-  if (!supported.ok()) return FinishUnary(context, call, supported);
+  if (!supported.ok()) return FinishUnary(context, *call, supported);
   auto operation = deps_.engine->Generate((*tenant)->name, *request);
-  if (!operation.ok()) return FinishUnary(context, call, operation.status());
-  NoteOperation(call, *operation);
+  if (!operation.ok()) return FinishUnary(context, *call, operation.status());
+  if (request->validate_only())
+    return DryRun(context, deps_.adapters, *request, std::move(*operation), response,
+                  std::move(call));
+  NoteOperation(*call, *operation);
   *response = std::move(*operation);
-  return FinishUnary(context, call, absl::OkStatus());
+  return FinishUnary(context, *call, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* GatewayService::GetOperation(

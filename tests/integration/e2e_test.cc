@@ -47,7 +47,7 @@ class EndToEndTest : public ::testing::Test {
     sp.webhook_secrets = {{"acct", kWebhookSecret}};
     auto soundpiece = emulators::soundpiece::Emulator::Start(sp);
     ASSERT_TRUE(soundpiece.ok()) << soundpiece.status();
-    soundpiece_ = soundpiece->release();
+    soundpiece_ = std::move(*soundpiece);
 
     emulators::loudly::Options ld;
     ld.refresh_token = "e2e-refresh-token";
@@ -56,7 +56,7 @@ class EndToEndTest : public ::testing::Test {
     ld.sync_latency = absl::Milliseconds(500);
     auto loudly = emulators::loudly::Emulator::Start(ld);
     ASSERT_TRUE(loudly.ok()) << loudly.status();
-    loudly_ = loudly->release();
+    loudly_ = std::move(*loudly);
 
     // Web dialect for Loudly, webhooks on for Soundpiece.
     nlohmann::json doc =
@@ -77,7 +77,7 @@ class EndToEndTest : public ::testing::Test {
     ASSERT_TRUE(web.ok()) << web.status();
     auto web_server = gateway::GatewayServer::Start(std::move(*web));
     ASSERT_TRUE(web_server.ok()) << web_server.status();
-    web_ = web_server->release();
+    web_ = std::move(*web_server);
 
     // B2B dialect for Loudly.
     auto b2b = config::ParseConfig(
@@ -86,14 +86,14 @@ class EndToEndTest : public ::testing::Test {
     ASSERT_TRUE(b2b.ok()) << b2b.status();
     auto b2b_server = gateway::GatewayServer::Start(std::move(*b2b));
     ASSERT_TRUE(b2b_server.ok()) << b2b_server.status();
-    b2b_ = b2b_server->release();
+    b2b_ = std::move(*b2b_server);
   }
 
   static void TearDownTestSuite() {
-    delete web_;
-    delete b2b_;
-    delete soundpiece_;
-    delete loudly_;
+    web_.reset();
+    b2b_.reset();
+    soundpiece_.reset();
+    loudly_.reset();
   }
 
   static Operation GenerateAndWait(gateway::GatewayServer* server, GenerateRequest request) {
@@ -136,16 +136,11 @@ class EndToEndTest : public ::testing::Test {
     return result;
   }
 
-  static gateway::GatewayServer* web_;
-  static gateway::GatewayServer* b2b_;
-  static emulators::soundpiece::Emulator* soundpiece_;
-  static emulators::loudly::Emulator* loudly_;
+  inline static std::unique_ptr<gateway::GatewayServer> web_;
+  inline static std::unique_ptr<gateway::GatewayServer> b2b_;
+  inline static std::unique_ptr<emulators::soundpiece::Emulator> soundpiece_;
+  inline static std::unique_ptr<emulators::loudly::Emulator> loudly_;
 };
-
-gateway::GatewayServer* EndToEndTest::web_ = nullptr;
-gateway::GatewayServer* EndToEndTest::b2b_ = nullptr;
-emulators::soundpiece::Emulator* EndToEndTest::soundpiece_ = nullptr;
-emulators::loudly::Emulator* EndToEndTest::loudly_ = nullptr;
 
 void ExpectFlac(const Downloaded& file, const std::string& what) {
   ASSERT_TRUE(file.status.ok()) << what << ": " << file.status.error_message();
@@ -215,7 +210,7 @@ TEST_F(EndToEndTest, EverySoundpieceTaskSucceedsWithFlacAssets) {
       },
       1);
   for (const auto& [name, c] : cases) {
-    const Operation done = GenerateAndWait(web_, c.first);
+    const Operation done = GenerateAndWait(web_.get(), c.first);
     ASSERT_EQ(done.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED)
         << name << ": " << done.error().message();
     EXPECT_EQ(done.provider(), musicgw::v1::PROVIDER_SOUNDPIECE);
@@ -225,7 +220,7 @@ TEST_F(EndToEndTest, EverySoundpieceTaskSucceedsWithFlacAssets) {
     for (const auto& asset : done.outputs()) {
       kinds.insert(asset.kind());
       EXPECT_EQ(asset.format(), musicgw::v1::AUDIO_FORMAT_FLAC) << name;
-      ExpectFlac(Download(web_, asset.name()), name + " " + asset.name());
+      ExpectFlac(Download(web_.get(), asset.name()), name + " " + asset.name());
     }
     if (name == "separate_stems") {
       EXPECT_EQ(kinds, (std::set<int>{
@@ -251,13 +246,13 @@ TEST_F(EndToEndTest, LoudlyWebDialectParametricAndTextToMusicSucceedWithMp3) {
   text.mutable_text_to_music()->set_prompt("energetic house with flute");
   text.mutable_text_to_music()->set_duration_seconds(30);
   for (const GenerateRequest& request : {parametric, text}) {
-    const Operation done = GenerateAndWait(web_, request);
+    const Operation done = GenerateAndWait(web_.get(), request);
     ASSERT_EQ(done.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED) << done.error().message();
     ASSERT_GE(done.outputs_size(), 1);
     const auto& asset = done.outputs(0);
     EXPECT_EQ(asset.format(), musicgw::v1::AUDIO_FORMAT_MP3);
     EXPECT_NEAR(asset.duration_seconds(), 31, 1.01);
-    const Downloaded file = Download(web_, asset.name());
+    const Downloaded file = Download(web_.get(), asset.name());
     ASSERT_TRUE(file.status.ok()) << file.status.error_message();
     EXPECT_EQ(file.info.content_type(), "audio/mpeg");
     ASSERT_GT(file.bytes.size(), 1000u);
@@ -273,12 +268,30 @@ TEST_F(EndToEndTest, LoudlyB2bSynchronousCallBecomesAnOperation) {
   request.set_provider(musicgw::v1::PROVIDER_LOUDLY);
   request.mutable_parametric_music()->set_genre("House");
   request.mutable_parametric_music()->set_duration_seconds(30);
-  const Operation done = GenerateAndWait(b2b_, request);
+  const Operation done = GenerateAndWait(b2b_.get(), request);
   ASSERT_EQ(done.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED) << done.error().message();
   ASSERT_EQ(done.outputs_size(), 1);
-  const Downloaded file = Download(b2b_, done.outputs(0).name());
+  const Downloaded file = Download(b2b_.get(), done.outputs(0).name());
   ASSERT_TRUE(file.status.ok()) << file.status.error_message();
   EXPECT_GT(file.bytes.size(), 1000u);
+}
+
+TEST_F(EndToEndTest, ValidateOnlyOnLoudlyB2bIsTheProvidersDryRun) {
+  GenerateRequest request;
+  request.set_request_id(NewRequestId());
+  request.set_provider(musicgw::v1::PROVIDER_LOUDLY);
+  request.set_validate_only(true);
+  request.mutable_text_to_music()->set_prompt("late night lo-fi");
+  const auto before = loudly_->stats();
+  Operation checked;
+  auto stub = Stub(b2b_->grpc_port());
+  const grpc::Status status = stub->Generate(Context(kAcmeKey).get(), request, &checked);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(checked.name().empty());  // nothing stored
+  EXPECT_EQ(checked.provider(), musicgw::v1::PROVIDER_LOUDLY);
+  const auto after = loudly_->stats();
+  EXPECT_EQ(after.b2b_test_songs, before.b2b_test_songs + 1);  // test=true reached Loudly
+  EXPECT_EQ(after.b2b_songs, before.b2b_songs);                // and no song was made
 }
 
 TEST_F(EndToEndTest, DownloadResumesAtAnOffset) {
@@ -286,17 +299,17 @@ TEST_F(EndToEndTest, DownloadResumesAtAnOffset) {
   request.set_provider(musicgw::v1::PROVIDER_SOUNDPIECE);
   request.mutable_sample()->set_prompt("pads");
   request.mutable_sample()->set_duration_seconds(10);
-  const Operation done = GenerateAndWait(web_, request);
+  const Operation done = GenerateAndWait(web_.get(), request);
   ASSERT_EQ(done.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED);
-  const Downloaded full = Download(web_, done.outputs(0).name());
+  const Downloaded full = Download(web_.get(), done.outputs(0).name());
   ASSERT_TRUE(full.status.ok());
   const int64_t offset = static_cast<int64_t>(full.bytes.size()) / 3;
-  const Downloaded tail = Download(web_, done.outputs(0).name(), offset);
+  const Downloaded tail = Download(web_.get(), done.outputs(0).name(), offset);
   ASSERT_TRUE(tail.status.ok()) << tail.status.error_message();
   EXPECT_EQ(tail.info.offset(), offset);
   EXPECT_EQ(Sha256Hex(tail.bytes), Sha256Hex(full.bytes.substr(offset)));
   const Downloaded beyond =
-      Download(web_, done.outputs(0).name(), static_cast<int64_t>(full.bytes.size()) + 1);
+      Download(web_.get(), done.outputs(0).name(), static_cast<int64_t>(full.bytes.size()) + 1);
   EXPECT_EQ(beyond.status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
 }
 
@@ -323,7 +336,7 @@ TEST_F(EndToEndTest, GetQuotaShowsTheEmulatorsRemainingCounts) {
   GenerateRequest request;
   request.set_provider(musicgw::v1::PROVIDER_LOUDLY);
   request.mutable_parametric_music()->set_genre("Techno");
-  ASSERT_EQ(GenerateAndWait(web_, request).state(), musicgw::v1::OPERATION_STATE_SUCCEEDED);
+  ASSERT_EQ(GenerateAndWait(web_.get(), request).state(), musicgw::v1::OPERATION_STATE_SUCCEEDED);
   // Read again after each generation (with a short coalescing delay).
   int64_t after = remaining();
   while (after >= before && absl::Now() < deadline + absl::Seconds(10)) {

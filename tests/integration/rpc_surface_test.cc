@@ -29,12 +29,9 @@ class RpcSurfaceTest : public ::testing::Test {
     ASSERT_TRUE(config.ok()) << config.status();
     auto server = gateway::GatewayServer::Start(std::move(*config));
     ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
+    server_ = std::move(*server);
   }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
+  static void TearDownTestSuite() { server_.reset(); }
 
   void SetUp() override { stub_ = Stub(server_->grpc_port()); }
 
@@ -54,11 +51,9 @@ class RpcSurfaceTest : public ::testing::Test {
     return request;
   }
 
-  static gateway::GatewayServer* server_;
+  inline static std::unique_ptr<gateway::GatewayServer> server_;
   std::unique_ptr<MusicGateway::Stub> stub_;
 };
-
-gateway::GatewayServer* RpcSurfaceTest::server_ = nullptr;
 
 std::string Reason(const grpc::Status& status) {
   google::rpc::ErrorInfo info;
