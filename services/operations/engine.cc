@@ -937,9 +937,35 @@ class EngineImpl final : public OperationsEngine,
     slots_[slot].cooldown_until = absl::InfinitePast();
   }
 
-  void RecordFailure(int slot, const absl::Status& status) {
+  // The quota resource a RESOURCE_EXHAUSTED names ("…/resource:X" in its QuotaFailure), when
+  // it is one `request` is charged to; empty otherwise.
+  static std::string ExhaustedResource(const ProviderAdapter& adapter, const absl::Status& status,
+                                       const v1::GenerateRequest* request) {
+    google::rpc::QuotaFailure quota;
+    if (request == nullptr || !GetQuotaFailure(status, &quota)) return "";
+    const std::vector<std::string> resources = adapter.QuotaResources(*request);
+    constexpr absl::string_view kMarker = "/resource:";
+    for (const auto& violation : quota.violations()) {
+      const absl::string_view subject = violation.subject();
+      const size_t at = subject.rfind(kMarker);
+      if (at == absl::string_view::npos) continue;
+      const absl::string_view resource = subject.substr(at + kMarker.size());
+      if (std::find(resources.begin(), resources.end(), resource) != resources.end()) {
+        return std::string(resource);
+      }
+    }
+    return "";
+  }
+
+  // `request`, when known, lets a quota rejection block only the resource it names, so the
+  // account still serves requests charged to its other resources.
+  void RecordFailure(int slot, const absl::Status& status,
+                     const v1::GenerateRequest* request = nullptr) {
     if (slot < 0) return;
     const absl::Time now = absl::Now();
+    const std::string resource = status.code() == absl::StatusCode::kResourceExhausted
+                                     ? ExhaustedResource(*slots_[slot].adapter, status, request)
+                                     : "";
     absl::MutexLock lock(&slots_mu_);
     AdapterSlot& s = slots_[slot];
     switch (status.code()) {
@@ -950,7 +976,14 @@ class EngineImpl final : public OperationsEngine,
           delay = absl::Seconds(retry.retry_delay().seconds()) +
                   absl::Nanoseconds(retry.retry_delay().nanos());
         }
-        s.quota_until = std::max(s.quota_until, now + delay);
+        if (resource.empty()) {
+          s.quota_until = std::max(s.quota_until, now + delay);
+          return;
+        }
+        adapters::QuotaFigure& figure = s.quota[resource];
+        figure.resource = resource;
+        figure.remaining = 0;
+        figure.reset_time = now + delay;
         return;
       }
       case absl::StatusCode::kUnavailable:
@@ -1323,7 +1356,7 @@ class EngineImpl final : public OperationsEngine,
 
   void RejectLocked(const std::shared_ptr<Tracker>& t, int slot, const absl::Status& status,
                     Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    RecordFailure(slot, status);
+    RecordFailure(slot, status, &t->op.request());
     ProviderAdapter* adapter = slots_[slot].adapter;
     const std::string code = absl::StatusCodeToString(status.code());
     if (!adapter->idempotent_submit() && status.code() == absl::StatusCode::kDeadlineExceeded) {

@@ -756,6 +756,43 @@ TEST_F(EngineTest, KnownExhaustedQuotaShortCircuitsAndRoutesToTheOtherProvider) 
   EXPECT_TRUE(engine->Generate(kTenant, to_soundpiece).ok());
 }
 
+TEST_F(EngineTest, QuotaRejectionNamingAResourceBlocksOnlyThatResource) {
+  FakeAdapter::Options options;
+  options.provider = v1::PROVIDER_LOUDLY;
+  options.account = "loudly-main";
+  options.quota_resources_by_task = {{v1::TASK_KIND_TEXT_TO_MUSIC, {"PROMPT_SONGS"}},
+                                     {v1::TASK_KIND_PARAMETRIC_MUSIC, {"PARAMETRIC_SONGS"}}};
+  FakeAdapter loudly(options);
+  absl::Status limit = absl::ResourceExhaustedError("External service calling limit exceeded");
+  limit = WithQuotaViolation(std::move(limit),
+                             "provider:loudly/account:loudly-main/resource:PROMPT_SONGS", "");
+  loudly.PushSubmitResult(WithRetryInfo(std::move(limit), absl::Minutes(5)));
+  auto engine = Open({&loudly});
+
+  auto text = TextRequest("first");
+  text.set_provider(v1::PROVIDER_LOUDLY);
+  auto rejected = engine->Generate(kTenant, text);
+  ASSERT_TRUE(rejected.ok());
+  auto failed = WaitDone(*engine, rejected->name());
+  ASSERT_TRUE(failed.ok());
+  EXPECT_EQ(failed->state(), v1::OPERATION_STATE_FAILED);
+
+  // Another prompt song is refused without a call; a parametric song still goes through.
+  text.set_request_id(RandomUuid());
+  EXPECT_EQ(engine->Generate(kTenant, text).status().code(), absl::StatusCode::kResourceExhausted);
+  v1::GenerateRequest parametric;
+  parametric.set_request_id(RandomUuid());
+  parametric.set_provider(v1::PROVIDER_LOUDLY);
+  parametric.mutable_parametric_music()->set_genre("House");
+  auto served = engine->Generate(kTenant, parametric);
+  ASSERT_TRUE(served.ok()) << served.status();
+  auto done = WaitDone(*engine, served->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_EQ(loudly.submit_calls(), 2);
+  EXPECT_FALSE(engine->ProviderStates()[0].quota_exhausted);  // the account as a whole is not
+}
+
 TEST_F(EngineTest, LiveCountsFollowStatesAndIncludeResumedOperations) {
   FakeAdapter provider;
   provider.SetPollsToFinish(0);

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "adapters/capabilities.h"
 #include "adapters/provider.h"
 #include "services/operations/executor.h"
 
@@ -31,6 +32,8 @@ class FakeAdapter final : public adapters::ProviderAdapter {
     bool idempotent = true;
     absl::Duration latency = absl::Milliseconds(1);
     std::vector<std::string> quota_resources;
+    // Per task, ahead of quota_resources.
+    std::map<musicgw::v1::TaskKind, std::vector<std::string>> quota_resources_by_task;
   };
 
   // What Submit does when no scripted result is queued.
@@ -132,8 +135,10 @@ class FakeAdapter final : public adapters::ProviderAdapter {
   absl::Status CheckRequest(const musicgw::v1::GenerateRequest&) const override {
     return absl::OkStatus();
   }
-  std::vector<std::string> QuotaResources(const musicgw::v1::GenerateRequest&) const override {
-    return options_.quota_resources;
+  std::vector<std::string> QuotaResources(
+      const musicgw::v1::GenerateRequest& request) const override {
+    auto it = options_.quota_resources_by_task.find(adapters::TaskKindOf(request));
+    return it != options_.quota_resources_by_task.end() ? it->second : options_.quota_resources;
   }
 
   void Submit(adapters::SubmitRequest request, adapters::Callback<UpstreamStatus> done) override {
