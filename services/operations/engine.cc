@@ -105,6 +105,8 @@ struct AdapterSlot {
   std::string last_error;
   // The account's last quota read, by resource.
   std::map<std::string, adapters::QuotaFigure> quota;
+  // Resources the provider refused for quota, until when (the rejection's RetryInfo).
+  std::map<std::string, absl::Time> rejected_until;
 };
 
 // "loudly", "soundpiece": as the adapters name providers in QuotaFailure subjects.
@@ -603,6 +605,24 @@ class EngineImpl final : public OperationsEngine,
       state.cooldown_until = slot.cooldown_until;
       state.quota_exhausted = slot.quota_until > now;
       state.quota_exhausted_until = slot.quota_until;
+      // Every resource the last quota read shows is used up (Soundpiece after a 402).
+      bool all_used_up = false;
+      absl::Time until = absl::InfinitePast();
+      for (const auto& [resource, figure] : slot.quota) {
+        if (figure.remaining < 0) continue;
+        const bool used_up = figure.remaining == 0 &&
+                             (figure.reset_time == absl::InfinitePast() || figure.reset_time > now);
+        if (!used_up) {
+          all_used_up = false;
+          break;
+        }
+        all_used_up = true;
+        until = std::max(until, figure.reset_time);
+      }
+      if (all_used_up && !state.quota_exhausted) {
+        state.quota_exhausted = true;
+        state.quota_exhausted_until = until;
+      }
       if (slot.cooldown_until > now) {
         state.health = v1::PROVIDER_HEALTH_UNAVAILABLE;
         state.health_detail = absl::StrCat("cooling down after ", slot.consecutive_failures,
@@ -793,6 +813,11 @@ class EngineImpl final : public OperationsEngine,
       const AdapterSlot& slot, const std::vector<std::string>& resources, absl::Time now) {
     std::optional<KnownExhaustion> exhausted;
     for (const std::string& resource : resources) {
+      if (auto rejected = slot.rejected_until.find(resource);
+          rejected != slot.rejected_until.end() && rejected->second > now) {
+        if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, rejected->second};
+        continue;
+      }
       auto it = slot.quota.find(resource);
       if (it == slot.quota.end() || it->second.remaining < 0) continue;  // not known
       if (it->second.remaining > 0) return std::nullopt;
@@ -980,10 +1005,8 @@ class EngineImpl final : public OperationsEngine,
           s.quota_until = std::max(s.quota_until, now + delay);
           return;
         }
-        adapters::QuotaFigure& figure = s.quota[resource];
-        figure.resource = resource;
-        figure.remaining = 0;
-        figure.reset_time = now + delay;
+        absl::Time& until = s.rejected_until[resource];
+        until = std::max(until, now + delay);
         return;
       }
       case absl::StatusCode::kUnavailable:

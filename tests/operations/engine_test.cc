@@ -741,6 +741,9 @@ TEST_F(EngineTest, KnownExhaustedQuotaShortCircuitsAndRoutesToTheOtherProvider) 
   engine->UpdateQuota(&soundpiece, {credits});
   auto none = engine->Generate(kTenant, TextRequest("none left"));
   EXPECT_EQ(none.status().code(), absl::StatusCode::kResourceExhausted);
+  // ListProviders: Soundpiece has nothing left at all; Loudly still has parametric songs.
+  EXPECT_FALSE(engine->ProviderStates()[0].quota_exhausted);
+  EXPECT_TRUE(engine->ProviderStates()[1].quota_exhausted);
   EXPECT_EQ(soundpiece.submit_calls(), 2);
 
   // A read showing units again, or a reset time that has passed, opens the account again.
