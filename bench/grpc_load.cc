@@ -1,26 +1,45 @@
 // A load generator for a running gateway, on the gRPC callback client API (no thread per
-// call): keeps --concurrency operations in flight, each Generate followed by WatchOperation
-// (or WaitOperation with --wait) until done, and reports throughput and latency as JSON.
+// call). One tool, four modes; each prints one JSON object on stdout.
 //
-//   MUSICGW_API_KEY=... grpc_load --target=127.0.0.1:50051 --ops=1000 --concurrency=100
-//       [--task=text|sample] [--wait] [--watchers_per_op=1]
+//   --mode=generate      Generate then WatchOperation (or WaitOperation with --wait) until done,
+//                        --ops operations with --concurrency in flight (Generate-to-SUCCEEDED).
+//   --mode=get           one operation, then --concurrency callers each issuing GetOperation
+//                        back to back for --duration_s: calls/s and latency percentiles.
+//   --mode=watch_fanout  --ops live operations, --watchers_per_op WatchOperation streams on each;
+//                        per watcher, the time from the operation's completion to its terminal
+//                        event; gateway RSS when --pid is given.
+//   --mode=download      one remix_instrumental of a --source_seconds long source, then
+//                        --repeat Download streams of its asset: MB/s, sha256, gateway RSS.
+//
+//   MUSICGW_API_KEY=... grpc_load --target=127.0.0.1:50051 --mode=get --concurrency=64
+//       [--ops=N] [--task=text|sample] [--wait] [--watchers_per_op=N] [--channels=N]
+//       [--duration_s=S] [--warmup_s=S] [--pid=GATEWAY_PID] [--rss_interval_ms=MS]
+//       [--processing_ms=MS] [--source_seconds=S] [--repeat=N]
 //
 // The API key comes from the environment only, never the command line (it would show in ps).
 #include <grpcpp/grpcpp.h>
+#include <openssl/evp.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/crypto.h"
 #include "musicgw/v1/musicgw.grpc.pb.h"
@@ -29,14 +48,24 @@
 namespace {
 
 namespace v1 = musicgw::v1;
+using Json = nlohmann::ordered_json;
 
 struct Flags {
+  std::string mode = "generate";
   std::string target = "127.0.0.1:50051";
   int ops = 200;
   int concurrency = 20;
   std::string task = "text";
   bool wait = false;
   int watchers_per_op = 1;
+  int channels = 1;
+  double duration_s = 10;
+  double warmup_s = 1;
+  int pid = 0;
+  int rss_interval_ms = 50;
+  int processing_ms = 0;
+  double source_seconds = 2700;
+  int repeat = 3;
 };
 
 Flags Parse(int argc, char** argv) {
@@ -48,14 +77,36 @@ Flags Parse(int argc, char** argv) {
       if (!absl::StartsWith(arg, prefix)) return std::nullopt;
       return std::string(arg.substr(prefix.size()));
     };
+    auto number = [&](absl::string_view name, auto* out) {
+      if (auto v = value(name)) {
+        if (!absl::SimpleAtoi(*v, out)) std::fprintf(stderr, "grpc_load: bad --%s\n", name.data());
+      }
+    };
+    auto real = [&](absl::string_view name, double* out) {
+      if (auto v = value(name)) {
+        if (!absl::SimpleAtod(*v, out)) std::fprintf(stderr, "grpc_load: bad --%s\n", name.data());
+      }
+    };
+    if (auto v = value("mode")) flags.mode = *v;
     if (auto v = value("target")) flags.target = *v;
-    if (auto v = value("ops")) absl::SimpleAtoi(*v, &flags.ops);
-    if (auto v = value("concurrency")) absl::SimpleAtoi(*v, &flags.concurrency);
     if (auto v = value("task")) flags.task = *v;
-    if (auto v = value("watchers_per_op")) absl::SimpleAtoi(*v, &flags.watchers_per_op);
+    number("ops", &flags.ops);
+    number("concurrency", &flags.concurrency);
+    number("watchers_per_op", &flags.watchers_per_op);
+    number("channels", &flags.channels);
+    number("pid", &flags.pid);
+    number("rss_interval_ms", &flags.rss_interval_ms);
+    number("processing_ms", &flags.processing_ms);
+    number("repeat", &flags.repeat);
+    real("duration_s", &flags.duration_s);
+    real("warmup_s", &flags.warmup_s);
+    real("source_seconds", &flags.source_seconds);
     if (arg == "--wait") flags.wait = true;
   }
   flags.watchers_per_op = std::max(1, flags.watchers_per_op);
+  flags.channels = std::max(1, flags.channels);
+  flags.concurrency = std::max(1, flags.concurrency);
+  flags.repeat = std::max(1, flags.repeat);
   return flags;
 }
 
@@ -65,85 +116,114 @@ double Percentile(std::vector<double> values, double p) {
   return values[std::min(values.size() - 1, static_cast<size_t>(p * values.size()))];
 }
 
-class Load {
- public:
-  Load(Flags flags, std::shared_ptr<grpc::Channel> channel, std::string api_key)
-      : flags_(std::move(flags)),
-        stub_(v1::MusicGateway::NewStub(std::move(channel))),
-        api_key_(std::move(api_key)) {}
+Json Distribution(const std::vector<double>& values) {
+  Json out;
+  out["n"] = values.size();
+  out["p50"] = Percentile(values, 0.5);
+  out["p99"] = Percentile(values, 0.99);
+  out["max"] = values.empty() ? 0 : *std::max_element(values.begin(), values.end());
+  return out;
+}
 
-  void Run() {
-    start_ = absl::Now();
-    for (int i = 0; i < flags_.concurrency; ++i) StartNext();
-    absl::MutexLock lock(&mu_);
-    auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ == flags_.ops; };
-    mu_.Await(absl::Condition(&all_done));
-    elapsed_ = absl::Now() - start_;
+absl::Time FromProto(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+// Samples VmRSS (and reads VmHWM) of another process from /proc/<pid>/status on its own thread,
+// so the peak of a short burst is seen; one thread for the whole run, not one per call.
+class RssSampler {
+ public:
+  RssSampler(int pid, absl::Duration interval) : pid_(pid), interval_(interval) {}
+  ~RssSampler() { Stop(); }
+  RssSampler(const RssSampler&) = delete;
+  RssSampler& operator=(const RssSampler&) = delete;
+
+  bool enabled() const { return pid_ > 0; }
+
+  // Both values in KiB; 0 when unreadable.
+  std::pair<int64_t, int64_t> Read() const {
+    if (pid_ <= 0) return {0, 0};
+    std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
+    std::string line;
+    int64_t rss = 0;
+    int64_t hwm = 0;
+    while (std::getline(in, line)) {
+      auto field = [&line](absl::string_view name, int64_t* out) {
+        if (!absl::StartsWith(line, name)) return;
+        absl::string_view rest = absl::string_view(line).substr(name.size());
+        rest = absl::StripAsciiWhitespace(rest);
+        rest = rest.substr(0, rest.find(' '));
+        if (!absl::SimpleAtoi(rest, out)) *out = 0;
+      };
+      field("VmRSS:", &rss);
+      field("VmHWM:", &hwm);
+    }
+    return {rss, hwm};
   }
 
-  void Report() {
-    absl::MutexLock lock(&mu_);
-    nlohmann::ordered_json out;
-    out["scenario"] = flags_.wait ? "generate+wait" : "generate+watch";
-    out["target"] = flags_.target;
-    out["ops"] = flags_.ops;
-    out["concurrency"] = flags_.concurrency;
-    out["watchers_per_op"] = flags_.watchers_per_op;
-    out["elapsed_s"] = absl::ToDoubleSeconds(elapsed_);
-    out["completed_per_second"] = flags_.ops / std::max(1e-9, absl::ToDoubleSeconds(elapsed_));
-    out["generate_ms_p50"] = Percentile(generate_ms_, 0.5);
-    out["generate_ms_p99"] = Percentile(generate_ms_, 0.99);
-    out["to_done_ms_p50"] = Percentile(done_ms_, 0.5);
-    out["to_done_ms_p99"] = Percentile(done_ms_, 0.99);
-    out["watch_events"] = events_;
-    nlohmann::ordered_json errors = nlohmann::ordered_json::object();
-    for (const auto& [code, count] : errors_) errors[code] = count;
-    out["errors"] = errors;
-    out["states"] = nlohmann::ordered_json(states_);
-    std::printf("%s\n", out.dump().c_str());
+  // Starts sampling afresh: the peak restarts from the current RSS.
+  void Start() {
+    Stop();
+    if (pid_ <= 0) return;
+    start_kib_ = Read().first;
+    peak_kib_.store(start_kib_);
+    stop_.store(false);
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        const int64_t rss = Read().first;
+        int64_t peak = peak_kib_.load();
+        while (rss > peak && !peak_kib_.compare_exchange_weak(peak, rss)) {
+        }
+        absl::SleepFor(interval_);
+      }
+    });
+  }
+
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+
+  Json Report() const {
+    const auto [rss, hwm] = Read();
+    Json out;
+    out["pid"] = pid_;
+    out["rss_start_mb"] = start_kib_ / 1024.0;
+    out["rss_peak_mb"] = peak_kib_.load() / 1024.0;
+    out["rss_end_mb"] = rss / 1024.0;
+    out["rss_growth_mb"] = (peak_kib_.load() - start_kib_) / 1024.0;
+    out["vm_hwm_mb"] = hwm / 1024.0;
+    out["interval_ms"] = absl::ToInt64Milliseconds(interval_);
+    return out;
   }
 
  private:
-  struct Op {
-    grpc::ClientContext context;
-    v1::GenerateRequest request;
-    v1::Operation operation;
-    absl::Time start;
-    int watchers_left = 0;
-  };
+  const int pid_;
+  const absl::Duration interval_;
+  int64_t start_kib_ = 0;
+  std::atomic<int64_t> peak_kib_{0};
+  std::atomic<bool> stop_{true};
+  std::thread thread_;
+};
 
-  // One WatchOperation stream; deletes itself when done.
-  class Watcher final : public grpc::ClientReadReactor<v1::OperationEvent> {
-   public:
-    Watcher(Load* load, std::shared_ptr<Op> op) : load_(load), op_(std::move(op)) {
-      load_->Authorize(&context_);
-      request_.set_name(op_->operation.name());
-      load_->stub_->async()->WatchOperation(&context_, &request_, this);
-      StartRead(&event_);
-      StartCall();
+// Stubs on --channels separate connections, and what every mode needs to call the gateway.
+class Client {
+ public:
+  Client(const Flags& flags, std::string api_key) : flags_(flags), api_key_(std::move(api_key)) {
+    stubs_.reserve(static_cast<size_t>(flags.channels));
+    for (int i = 0; i < flags.channels; ++i) {
+      grpc::ChannelArguments args;
+      // A distinct argument per channel keeps gRPC from sharing one connection between them.
+      args.SetInt("musicgw.bench_channel", i);
+      stubs_.push_back(v1::MusicGateway::NewStub(
+          grpc::CreateCustomChannel(flags.target, grpc::InsecureChannelCredentials(), args)));
     }
-    void OnReadDone(bool ok) override {
-      if (!ok) return;  // OnDone follows
-      ++events_;
-      if (event_.operation().done()) state_ = event_.operation().state();
-      StartRead(&event_);
-    }
-    void OnDone(const grpc::Status& status) override {
-      load_->WatchDone(op_, status, state_, events_);
-      delete this;
-    }
+  }
 
-   private:
-    Load* load_;
-    std::shared_ptr<Op> op_;
-    grpc::ClientContext context_;
-    v1::WatchOperationRequest request_;
-    v1::OperationEvent event_;
-    v1::OperationState state_ = v1::OPERATION_STATE_UNSPECIFIED;
-    int events_ = 0;
-  };
+  v1::MusicGateway::Stub* stub(size_t i) { return stubs_[i % stubs_.size()].get(); }
+  const Flags& flags() const { return flags_; }
 
-  void Authorize(grpc::ClientContext* context) {
+  void Authorize(grpc::ClientContext* context) const {
     context->AddMetadata("authorization", absl::StrCat("Bearer ", api_key_));
   }
 
@@ -159,6 +239,122 @@ class Load {
     return request;
   }
 
+  // Generate then WaitOperation until done; setup for the get and download modes, so a plain
+  // blocking call is enough.
+  grpc::Status GenerateAndWait(const v1::GenerateRequest& request, absl::Duration timeout,
+                               v1::Operation* done) {
+    v1::Operation created;
+    {
+      grpc::ClientContext context;
+      Authorize(&context);
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      grpc::Status status = stub(0)->Generate(&context, request, &created);
+      if (!status.ok()) return status;
+    }
+    const absl::Time give_up = absl::Now() + timeout;
+    *done = created;
+    while (!done->done() && absl::Now() < give_up) {
+      grpc::ClientContext context;
+      Authorize(&context);
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(70));
+      v1::WaitOperationRequest wait;
+      wait.set_name(created.name());
+      wait.mutable_timeout()->set_seconds(60);
+      grpc::Status status = stub(0)->WaitOperation(&context, wait, done);
+      if (!status.ok()) return status;
+    }
+    if (!done->done()) return {grpc::StatusCode::DEADLINE_EXCEEDED, "operation not done in time"};
+    return grpc::Status::OK;
+  }
+
+ private:
+  const Flags& flags_;
+  const std::string api_key_;
+  std::vector<std::unique_ptr<v1::MusicGateway::Stub>> stubs_;
+};
+
+Json Header(const Flags& flags) {
+  Json out;
+  out["mode"] = flags.mode;
+  out["target"] = flags.target;
+  out["channels"] = flags.channels;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// --mode=generate: Generate then Watch/Wait, --concurrency operations in flight.
+
+class GenerateLoad {
+ public:
+  explicit GenerateLoad(Client* client) : client_(client), flags_(client->flags()) {}
+
+  Json Run() {
+    start_ = absl::Now();
+    for (int i = 0; i < flags_.concurrency; ++i) StartNext();
+    absl::MutexLock lock(&mu_);
+    auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ == flags_.ops; };
+    mu_.Await(absl::Condition(&all_done));
+    const absl::Duration elapsed = absl::Now() - start_;
+    Json out = Header(flags_);
+    out["scenario"] = flags_.wait ? "generate+wait" : "generate+watch";
+    out["task"] = flags_.task;
+    out["ops"] = flags_.ops;
+    out["concurrency"] = flags_.concurrency;
+    out["watchers_per_op"] = flags_.watchers_per_op;
+    out["elapsed_s"] = absl::ToDoubleSeconds(elapsed);
+    out["completed_per_second"] = flags_.ops / std::max(1e-9, absl::ToDoubleSeconds(elapsed));
+    out["generate_ms"] = Distribution(generate_ms_);
+    out["to_done_ms"] = Distribution(done_ms_);
+    out["watch_events"] = events_;
+    Json errors = Json::object();
+    for (const auto& [code, count] : errors_) errors[code] = count;
+    out["errors"] = errors;
+    out["states"] = Json(states_);
+    return out;
+  }
+
+ private:
+  struct Op {
+    grpc::ClientContext context;
+    v1::GenerateRequest request;
+    v1::Operation operation;
+    absl::Time start;
+    int index = 0;
+    int watchers_left = 0;
+  };
+
+  // One WatchOperation stream; deletes itself when done.
+  class Watcher final : public grpc::ClientReadReactor<v1::OperationEvent> {
+   public:
+    Watcher(GenerateLoad* load, std::shared_ptr<Op> op, size_t channel)
+        : load_(load), op_(std::move(op)) {
+      load_->client_->Authorize(&context_);
+      request_.set_name(op_->operation.name());
+      load_->client_->stub(channel)->async()->WatchOperation(&context_, &request_, this);
+      StartRead(&event_);
+      StartCall();
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) return;  // OnDone follows
+      ++events_;
+      if (event_.operation().done()) state_ = event_.operation().state();
+      StartRead(&event_);
+    }
+    void OnDone(const grpc::Status& status) override {
+      load_->WatchDone(op_, status, state_, events_);
+      delete this;
+    }
+
+   private:
+    GenerateLoad* load_;
+    std::shared_ptr<Op> op_;
+    grpc::ClientContext context_;
+    v1::WatchOperationRequest request_;
+    v1::OperationEvent event_;
+    v1::OperationState state_ = v1::OPERATION_STATE_UNSPECIFIED;
+    int events_ = 0;
+  };
+
   void StartNext() {
     int index;
     {
@@ -167,12 +363,15 @@ class Load {
       index = started_++;
     }
     auto op = std::make_shared<Op>();
-    op->request = MakeRequest(index);
+    op->index = index;
+    op->request = client_->MakeRequest(index);
     op->start = absl::Now();
-    Authorize(&op->context);
+    client_->Authorize(&op->context);
     op->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    stub_->async()->Generate(&op->context, &op->request, &op->operation,
-                             [this, op](const grpc::Status& status) { Generated(op, status); });
+    client_->stub(static_cast<size_t>(index))
+        ->async()
+        ->Generate(&op->context, &op->request, &op->operation,
+                   [this, op](const grpc::Status& status) { Generated(op, status); });
   }
 
   void Generated(const std::shared_ptr<Op>& op, const grpc::Status& status) {
@@ -184,19 +383,23 @@ class Load {
     if (flags_.wait) {
       auto wait = std::make_shared<std::pair<grpc::ClientContext, v1::WaitOperationRequest>>();
       auto result = std::make_shared<v1::Operation>();
-      Authorize(&wait->first);
+      client_->Authorize(&wait->first);
       wait->second.set_name(op->operation.name());
       wait->second.mutable_timeout()->set_seconds(600);
-      stub_->async()->WaitOperation(
-          &wait->first, &wait->second, result.get(),
-          [this, op, wait, result](const grpc::Status& s) { Finish(op, s, result->state()); });
+      client_->stub(static_cast<size_t>(op->index))
+          ->async()
+          ->WaitOperation(
+              &wait->first, &wait->second, result.get(),
+              [this, op, wait, result](const grpc::Status& s) { Finish(op, s, result->state()); });
       return;
     }
     {
       absl::MutexLock lock(&mu_);
       op->watchers_left = flags_.watchers_per_op;
     }
-    for (int i = 0; i < flags_.watchers_per_op; ++i) new Watcher(this, op);
+    for (int i = 0; i < flags_.watchers_per_op; ++i) {
+      new Watcher(this, op, static_cast<size_t>(op->index + i));
+    }
   }
 
   void WatchDone(const std::shared_ptr<Op>& op, const grpc::Status& status,
@@ -224,21 +427,500 @@ class Load {
     StartNext();
   }
 
-  const Flags flags_;
-  std::unique_ptr<v1::MusicGateway::Stub> stub_;
-  const std::string api_key_;
+  Client* client_;
+  const Flags& flags_;
   absl::Time start_;
 
   absl::Mutex mu_;
   int started_ ABSL_GUARDED_BY(mu_) = 0;
   int done_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t events_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Duration elapsed_ ABSL_GUARDED_BY(mu_);
   std::vector<double> generate_ms_ ABSL_GUARDED_BY(mu_);
   std::vector<double> done_ms_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> errors_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> states_ ABSL_GUARDED_BY(mu_);
 };
+
+// ---------------------------------------------------------------------------------------------
+// --mode=get: --concurrency callers, each with one GetOperation in flight at a time.
+
+class GetLoad {
+ public:
+  explicit GetLoad(Client* client) : client_(client), flags_(client->flags()) {}
+
+  Json Run() {
+    Json out = Header(flags_);
+    out["scenario"] = "get_operation";
+    out["concurrency"] = flags_.concurrency;
+    v1::Operation operation;
+    grpc::Status setup =
+        client_->GenerateAndWait(client_->MakeRequest(0), absl::Minutes(2), &operation);
+    if (!setup.ok()) {
+      out["error"] = absl::StrCat("setup: ", setup.error_code(), " ", setup.error_message());
+      return out;
+    }
+    name_ = operation.name();
+    out["operation_bytes"] = operation.ByteSizeLong();
+    callers_.resize(static_cast<size_t>(flags_.concurrency));
+    start_ = absl::Now();
+    measure_from_ = start_ + absl::Seconds(flags_.warmup_s);
+    end_ = measure_from_ + absl::Seconds(flags_.duration_s);
+    for (size_t i = 0; i < callers_.size(); ++i) Issue(i);
+    absl::MutexLock lock(&mu_);
+    auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return finished_callers_ == flags_.concurrency;
+    };
+    mu_.Await(absl::Condition(&all_done));
+    std::vector<double> latencies;
+    int64_t errors = 0;
+    std::map<std::string, int64_t> codes;
+    for (const Caller& caller : callers_) {
+      latencies.insert(latencies.end(), caller.latency_ms.begin(), caller.latency_ms.end());
+      errors += caller.errors;
+      for (const auto& [code, n] : caller.codes) codes[code] += n;
+    }
+    const double seconds = absl::ToDoubleSeconds(last_end_ - measure_from_);
+    out["warmup_s"] = flags_.warmup_s;
+    out["measured_s"] = seconds;
+    out["calls"] = latencies.size();
+    out["calls_per_second"] = static_cast<double>(latencies.size()) / std::max(1e-9, seconds);
+    Json latency = Distribution(latencies);
+    latency["p999"] = Percentile(latencies, 0.999);
+    out["latency_ms"] = latency;
+    out["errors"] = errors;
+    out["error_codes"] = Json(codes);
+    return out;
+  }
+
+ private:
+  // One caller's results; only its own (serialized) callbacks touch it.
+  struct Caller {
+    std::vector<double> latency_ms;
+    int64_t errors = 0;
+    std::map<std::string, int64_t> codes;
+  };
+  struct Call {
+    grpc::ClientContext context;
+    v1::GetOperationRequest request;
+    v1::Operation response;
+    absl::Time start;
+  };
+
+  void Issue(size_t caller) {
+    auto call = std::make_shared<Call>();
+    client_->Authorize(&call->context);
+    call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    call->request.set_name(name_);
+    call->start = absl::Now();
+    client_->stub(caller)->async()->GetOperation(
+        &call->context, &call->request, &call->response,
+        [this, caller, call](const grpc::Status& status) { Done(caller, *call, status); });
+  }
+
+  void Done(size_t caller, const Call& call, const grpc::Status& status) {
+    const absl::Time now = absl::Now();
+    Caller& c = callers_[caller];
+    if (call.start >= measure_from_ && now <= end_) {
+      if (status.ok()) {
+        c.latency_ms.push_back(absl::ToDoubleMilliseconds(now - call.start));
+      } else {
+        ++c.errors;
+        ++c.codes[absl::StrCat(status.error_code())];
+      }
+    }
+    if (now < end_) return Issue(caller);
+    absl::MutexLock lock(&mu_);
+    ++finished_callers_;
+    last_end_ = std::max(last_end_, std::min(now, end_));
+  }
+
+  Client* client_;
+  const Flags& flags_;
+  std::string name_;
+  std::vector<Caller> callers_;
+  absl::Time start_;
+  absl::Time measure_from_;
+  absl::Time end_;
+
+  absl::Mutex mu_;
+  int finished_callers_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+};
+
+// ---------------------------------------------------------------------------------------------
+// --mode=watch_fanout: --ops live operations, --watchers_per_op streams on each.
+
+class FanoutLoad {
+ public:
+  explicit FanoutLoad(Client* client, RssSampler* rss)
+      : client_(client), flags_(client->flags()), rss_(rss) {}
+
+  Json Run() {
+    Json out = Header(flags_);
+    out["scenario"] = "watch_fanout";
+    out["task"] = flags_.task;
+    out["ops"] = flags_.ops;
+    out["watchers_per_op"] = flags_.watchers_per_op;
+    out["processing_ms"] = flags_.processing_ms;
+    rss_->Start();
+    const auto [rss_before, hwm_before] = rss_->Read();
+    out["rss_before_mb"] = rss_before / 1024.0;
+
+    // Phase 1: the live operations.
+    const absl::Time t0 = absl::Now();
+    ops_.resize(static_cast<size_t>(flags_.ops));
+    for (int i = 0; i < std::min(flags_.concurrency, flags_.ops); ++i) GenerateNext();
+    {
+      absl::MutexLock lock(&mu_);
+      auto generated = [this]()
+                           ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return generated_ == flags_.ops; };
+      mu_.Await(absl::Condition(&generated));
+    }
+    const absl::Time t1 = absl::Now();
+    out["generate_s"] = absl::ToDoubleSeconds(t1 - t0);
+    out["generate_errors"] = generate_errors_;
+
+    // Phase 2: every watcher opened at once; the callback API needs no thread per stream.
+    const int total = flags_.ops * flags_.watchers_per_op;
+    int started = 0;
+    for (int w = 0; w < flags_.watchers_per_op; ++w) {
+      for (size_t i = 0; i < ops_.size(); ++i) {
+        if (ops_[i].name.empty()) continue;
+        new Watcher(this, i, static_cast<size_t>(started));
+        ++started;
+      }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      started_ = started;
+      auto opened = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return opened_ + closed_before_open_ >= started_;
+      };
+      mu_.Await(absl::Condition(&opened));
+    }
+    const absl::Time t2 = absl::Now();
+    const auto [rss_open, hwm_open] = rss_->Read();
+    out["open_s"] = absl::ToDoubleSeconds(t2 - t1);
+    out["rss_all_open_mb"] = rss_open / 1024.0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto closed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ >= started_; };
+      mu_.Await(absl::Condition(&closed));
+    }
+    const absl::Time t3 = absl::Now();
+    rss_->Stop();
+    out["watchers"] = total;
+    out["watchers_started"] = started;
+    out["wall_s"] = absl::ToDoubleSeconds(t3 - t0);
+
+    absl::MutexLock lock(&mu_);
+    out["watchers_opened"] = opened_;
+    out["watchers_terminal"] = terminal_;
+    out["watchers_opened_after_done"] = late_;
+    Json codes = Json::object();
+    for (const auto& [code, n] : end_codes_) codes[code] = n;
+    out["stream_end_codes"] = codes;
+    // Per watcher, from the gateway's done_time (when it saw the upstream terminal answer) and
+    // from the first watcher of the same operation to see it.
+    std::vector<double> from_done;
+    std::vector<double> from_first;
+    std::vector<double> op_last_from_done;
+    std::vector<double> detect;
+    from_done.reserve(static_cast<size_t>(total));
+    from_first.reserve(static_cast<size_t>(total));
+    op_last_from_done.reserve(ops_.size());
+    detect.reserve(ops_.size());
+    absl::Time first_done = absl::InfiniteFuture();
+    absl::Time last_arrival = absl::InfinitePast();
+    for (const OpState& op : ops_) {
+      if (op.arrivals.empty() || op.done_time == absl::InfinitePast()) continue;
+      const absl::Time first = *std::min_element(op.arrivals.begin(), op.arrivals.end());
+      absl::Time last = absl::InfinitePast();
+      for (absl::Time arrival : op.arrivals) {
+        from_done.push_back(absl::ToDoubleMilliseconds(arrival - op.done_time));
+        from_first.push_back(absl::ToDoubleMilliseconds(arrival - first));
+        last = std::max(last, arrival);
+      }
+      op_last_from_done.push_back(absl::ToDoubleMilliseconds(last - op.done_time));
+      // How long after the emulator's planned completion (create + processing) the gateway
+      // stamped done: an upper bound on detection delay (it includes submission queueing).
+      if (flags_.processing_ms > 0) {
+        detect.push_back(absl::ToDoubleMilliseconds(
+            op.done_time - (op.create_time + absl::Milliseconds(flags_.processing_ms))));
+      }
+      first_done = std::min(first_done, op.done_time);
+      last_arrival = std::max(last_arrival, last);
+    }
+    out["fanout_from_done_time_ms"] = Distribution(from_done);
+    out["fanout_from_first_watcher_ms"] = Distribution(from_first);
+    out["op_last_watcher_from_done_time_ms"] = Distribution(op_last_from_done);
+    if (!detect.empty()) out["done_time_after_planned_completion_ms"] = Distribution(detect);
+    out["first_done_to_last_terminal_s"] =
+        first_done < last_arrival ? absl::ToDoubleSeconds(last_arrival - first_done) : 0.0;
+    out["completion_window_s"] = first_done < last_arrival
+                                     ? absl::ToDoubleSeconds(completion_window_end_ - first_done)
+                                     : 0.0;
+    if (rss_->enabled()) out["rss"] = rss_->Report();
+    return out;
+  }
+
+ private:
+  struct OpState {
+    std::string name;
+    absl::Time create_time = absl::InfinitePast();
+    absl::Time done_time = absl::InfinitePast();
+    std::vector<absl::Time> arrivals;
+  };
+  struct GenerateCall {
+    grpc::ClientContext context;
+    v1::GenerateRequest request;
+    v1::Operation operation;
+    size_t index = 0;
+  };
+
+  class Watcher final : public grpc::ClientReadReactor<v1::OperationEvent> {
+   public:
+    Watcher(FanoutLoad* load, size_t op, size_t channel) : load_(load), op_(op) {
+      load_->client_->Authorize(&context_);
+      context_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(15));
+      request_.set_name(load_->ops_[op].name);
+      load_->client_->stub(channel)->async()->WatchOperation(&context_, &request_, this);
+      StartRead(&event_);
+      StartCall();
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) return;  // OnDone follows
+      const absl::Time now = absl::Now();
+      const bool done = event_.has_operation() && event_.operation().done();
+      if (!opened_) {
+        opened_ = true;
+        load_->Opened(done);
+        if (done) late_ = true;
+      }
+      if (done && !late_ && !terminal_) {
+        terminal_ = true;
+        load_->Terminal(op_, now, event_.operation());
+      }
+      StartRead(&event_);
+    }
+    void OnDone(const grpc::Status& status) override {
+      load_->Closed(opened_, status);
+      delete this;
+    }
+
+   private:
+    FanoutLoad* load_;
+    const size_t op_;
+    grpc::ClientContext context_;
+    v1::WatchOperationRequest request_;
+    v1::OperationEvent event_;
+    bool opened_ = false;
+    bool late_ = false;
+    bool terminal_ = false;
+  };
+
+  void GenerateNext() {
+    auto call = std::make_shared<GenerateCall>();
+    {
+      absl::MutexLock lock(&mu_);
+      if (generate_started_ >= flags_.ops) return;
+      call->index = static_cast<size_t>(generate_started_++);
+    }
+    call->request = client_->MakeRequest(static_cast<int>(call->index));
+    client_->Authorize(&call->context);
+    call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    client_->stub(call->index)
+        ->async()
+        ->Generate(&call->context, &call->request, &call->operation,
+                   [this, call](const grpc::Status& status) {
+                     {
+                       absl::MutexLock lock(&mu_);
+                       if (status.ok()) {
+                         ops_[call->index].name = call->operation.name();
+                         ops_[call->index].create_time = FromProto(call->operation.create_time());
+                       } else {
+                         ++generate_errors_;
+                       }
+                       ++generated_;
+                     }
+                     GenerateNext();
+                   });
+  }
+
+  void Opened(bool already_done) {
+    absl::MutexLock lock(&mu_);
+    ++opened_;
+    if (already_done) ++late_;
+  }
+
+  void Terminal(size_t op, absl::Time now, const v1::Operation& operation) {
+    absl::MutexLock lock(&mu_);
+    ++terminal_;
+    OpState& state = ops_[op];
+    if (operation.has_done_time()) state.done_time = FromProto(operation.done_time());
+    state.arrivals.push_back(now);
+    completion_window_end_ = std::max(completion_window_end_, state.done_time);
+  }
+
+  void Closed(bool opened, const grpc::Status& status) {
+    absl::MutexLock lock(&mu_);
+    ++closed_;
+    if (!opened) ++closed_before_open_;
+    ++end_codes_[absl::StrCat(status.error_code())];
+  }
+
+  Client* client_;
+  const Flags& flags_;
+  RssSampler* rss_;
+  std::vector<OpState> ops_;  // sized before any callback runs; entries guarded by mu_
+
+  absl::Mutex mu_;
+  int generate_started_ ABSL_GUARDED_BY(mu_) = 0;
+  int generated_ ABSL_GUARDED_BY(mu_) = 0;
+  int generate_errors_ ABSL_GUARDED_BY(mu_) = 0;
+  int started_ ABSL_GUARDED_BY(mu_) = 1 << 30;  // set once every watcher is created
+  int opened_ ABSL_GUARDED_BY(mu_) = 0;
+  int late_ ABSL_GUARDED_BY(mu_) = 0;
+  int terminal_ ABSL_GUARDED_BY(mu_) = 0;
+  int closed_ ABSL_GUARDED_BY(mu_) = 0;
+  int closed_before_open_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time completion_window_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::map<std::string, int> end_codes_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---------------------------------------------------------------------------------------------
+// --mode=download: one long remix_instrumental, then --repeat Download streams of its asset.
+
+class DownloadRun final : public grpc::ClientReadReactor<v1::DownloadChunk> {
+ public:
+  DownloadRun(Client* client, const std::string& asset, bool verify) : verify_(verify) {
+    client->Authorize(&context_);
+    context_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(30));
+    request_.set_asset(asset);
+    if (verify_) {
+      sha_ = EVP_MD_CTX_new();
+      if (sha_ != nullptr && EVP_DigestInit_ex(sha_, EVP_sha256(), nullptr) != 1) {
+        EVP_MD_CTX_free(sha_);
+        sha_ = nullptr;
+      }
+    }
+    start_ = absl::Now();
+    client->stub(0)->async()->Download(&context_, &request_, this);
+    StartRead(&chunk_);
+    StartCall();
+  }
+  ~DownloadRun() override {
+    if (sha_ != nullptr) EVP_MD_CTX_free(sha_);
+  }
+  DownloadRun(const DownloadRun&) = delete;
+  DownloadRun& operator=(const DownloadRun&) = delete;
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    if (chunk_.has_info()) {
+      info_ = chunk_.info();
+      first_byte_ = absl::Now();
+    } else {
+      bytes_ += static_cast<int64_t>(chunk_.data().size());
+      ++chunks_;
+      if (sha_ != nullptr) EVP_DigestUpdate(sha_, chunk_.data().data(), chunk_.data().size());
+    }
+    StartRead(&chunk_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    end_ = absl::Now();
+    status_ = status;
+    done_.Notify();
+  }
+
+  Json Wait() {
+    done_.WaitForNotification();
+    Json out;
+    const double seconds = absl::ToDoubleSeconds(end_ - start_);
+    out["status"] =
+        status_.ok() ? "OK" : absl::StrCat(status_.error_code(), " ", status_.error_message());
+    out["bytes"] = bytes_;
+    out["chunks"] = chunks_;
+    out["seconds"] = seconds;
+    out["mb_per_s"] = static_cast<double>(bytes_) / 1e6 / std::max(1e-9, seconds);
+    out["first_message_ms"] = absl::ToDoubleMilliseconds(first_byte_ - start_);
+    out["size_bytes_announced"] = info_.size_bytes();
+    if (sha_ != nullptr) {
+      unsigned char md[EVP_MAX_MD_SIZE];
+      unsigned int md_len = 0;
+      EVP_DigestFinal_ex(sha_, md, &md_len);
+      const std::string digest =
+          absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(md), md_len));
+      out["sha256_announced"] = !info_.sha256().empty();
+      out["sha256_ok"] = info_.sha256().empty() ? Json(nullptr) : Json(info_.sha256() == digest);
+    }
+    return out;
+  }
+
+  bool ok() const { return status_.ok(); }
+
+ private:
+  const bool verify_;
+  grpc::ClientContext context_;
+  v1::DownloadRequest request_;
+  v1::DownloadChunk chunk_;
+  v1::AssetInfo info_;
+  EVP_MD_CTX* sha_ = nullptr;
+  int64_t bytes_ = 0;
+  int64_t chunks_ = 0;
+  absl::Time start_;
+  absl::Time first_byte_;
+  absl::Time end_;
+  grpc::Status status_;
+  absl::Notification done_;
+};
+
+Json RunDownload(Client* client, RssSampler* rss) {
+  const Flags& flags = client->flags();
+  Json out = Header(flags);
+  out["scenario"] = "download";
+  out["source_seconds"] = flags.source_seconds;
+  v1::GenerateRequest request;
+  request.set_request_id(musicgw::RandomUuid());
+  request.mutable_remix_instrumental()->mutable_source()->set_url(
+      absl::StrCat("https://bench.example/source.flac?duration=", flags.source_seconds));
+  v1::Operation operation;
+  grpc::Status setup = client->GenerateAndWait(request, absl::Minutes(5), &operation);
+  if (!setup.ok() || operation.state() != v1::OPERATION_STATE_SUCCEEDED ||
+      operation.outputs_size() == 0) {
+    out["error"] = absl::StrCat("setup: ", setup.error_code(), " ", setup.error_message(), " ",
+                                v1::OperationState_Name(operation.state()));
+    return out;
+  }
+  const std::string asset = operation.outputs(0).name();
+  out["asset"] = asset;
+  Json runs = Json::array();
+  std::vector<double> rates;
+  std::vector<double> growth;
+  for (int i = 0; i < flags.repeat; ++i) {
+    rss->Start();
+    // The last run checks the sha256 the gateway announces (learnt on the first full download);
+    // the others only count bytes, so the client's hashing does not compete for the CPU.
+    DownloadRun run(client, asset, /*verify=*/i == flags.repeat - 1);
+    Json result = run.Wait();
+    rss->Stop();
+    result["verified"] = i == flags.repeat - 1;
+    if (rss->enabled()) result["rss"] = rss->Report();
+    // The first run also renders and caches the file in the emulator unless --data_dir has it.
+    result["run"] = i + 1;
+    if (run.ok() && i > 0) {
+      rates.push_back(result["mb_per_s"].get<double>());
+      if (rss->enabled()) growth.push_back(result["rss"]["rss_growth_mb"].get<double>());
+    }
+    runs.push_back(std::move(result));
+  }
+  out["runs"] = runs;
+  out["warm_mb_per_s_median"] = Percentile(rates, 0.5);
+  out["warm_mb_per_s_best"] = rates.empty() ? 0 : *std::max_element(rates.begin(), rates.end());
+  out["warm_rss_growth_mb_max"] =
+      growth.empty() ? 0 : *std::max_element(growth.begin(), growth.end());
+  return out;
+}
 
 }  // namespace
 
@@ -249,11 +931,25 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "grpc_load: set MUSICGW_API_KEY\n");
     return 2;
   }
-  grpc::ChannelArguments args;
-  // One connection is the realistic worst case for a single client process.
-  auto channel = grpc::CreateCustomChannel(flags.target, grpc::InsecureChannelCredentials(), args);
-  Load load(flags, channel, key);
-  load.Run();
-  load.Report();
-  return 0;
+  Client client(flags, key);
+  RssSampler rss(flags.pid, absl::Milliseconds(std::max(1, flags.rss_interval_ms)));
+  Json out;
+  if (flags.mode == "generate") {
+    GenerateLoad load(&client);
+    out = load.Run();
+  } else if (flags.mode == "get") {
+    GetLoad load(&client);
+    out = load.Run();
+  } else if (flags.mode == "watch_fanout") {
+    FanoutLoad load(&client, &rss);
+    out = load.Run();
+  } else if (flags.mode == "download") {
+    out = RunDownload(&client, &rss);
+  } else {
+    std::fprintf(stderr, "grpc_load: unknown --mode=%s (generate|get|watch_fanout|download)\n",
+                 flags.mode.c_str());
+    return 2;
+  }
+  std::printf("%s\n", out.dump().c_str());
+  return out.contains("error") ? 1 : 0;
 }

@@ -3,6 +3,10 @@
 # loopback ports. Binaries come from $MUSICGW_BUILD_DIR (default build/release). State, logs and
 # sandbox.env (MUSICGW_TARGET, MUSICGW_API_KEY, ...) go to $MUSICGW_SANDBOX_DIR (default
 # sandbox-out). Test-only keys are generated per run; nothing here is a real credential.
+# Benchmarks tune it: $MUSICGW_SANDBOX_LOUDLY_FLAGS and $MUSICGW_SANDBOX_SOUNDPIECE_FLAGS are
+# appended to the emulators' flags (the last value of a flag wins); $MUSICGW_SANDBOX_CREDITS
+# (Soundpiece credits, emulator and config) and $MUSICGW_SANDBOX_SAMPLE_BUDGET (the tenant's daily
+# SAMPLE budget) default to 1000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${MUSICGW_BUILD_DIR:-build/release}"
@@ -45,11 +49,11 @@ start() {
 
   "$build/emulators/loudly-emulator" --host=127.0.0.1 --port="$loudly_port" --data_dir="$data/loudly" \
     --client_id=1_sandbox --refresh_token="$loudly_refresh" --song_delay_ms=3000 \
-    >"$out/loudly.log" 2>&1 &
+    ${MUSICGW_SANDBOX_LOUDLY_FLAGS:-} >"$out/loudly.log" 2>&1 &
   echo $! >"$out/loudly.pid"
   "$build/emulators/soundpiece-emulator" --host=127.0.0.1 --port="$sp_port" --data_dir="$data/soundpiece" \
-    --api_key="$sp_key" --webhook_secret="$whsec" --processing_ms=2000 --credits=1000 \
-    >"$out/soundpiece.log" 2>&1 &
+    --api_key="$sp_key" --webhook_secret="$whsec" --processing_ms=2000 --credits="${MUSICGW_SANDBOX_CREDITS:-1000}" \
+    ${MUSICGW_SANDBOX_SOUNDPIECE_FLAGS:-} >"$out/soundpiece.log" 2>&1 &
   echo $! >"$out/soundpiece.pid"
   wait_for_line "$out/loudly.log" "listening on" 20
   wait_for_line "$out/soundpiece.log" "listening on" 20
@@ -79,11 +83,11 @@ start() {
      "api_key": {"file": "$out/secrets/soundpiece_api_key"},
      "webhook_secrets": {"file": "$out/secrets/soundpiece_webhook_secret"},
      "callback_url": "http://127.0.0.1:$webhook_port/webhooks/soundpiece",
-     "credits": {"balance": 1000, "since": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}}
+     "credits": {"balance": ${MUSICGW_SANDBOX_CREDITS:-1000}, "since": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}}
   ],
   "tenants": [
     {"name": "sandbox", "api_key_sha256": ["$key_hash"],
-     "budgets": [{"task": "SAMPLE", "limit": 1000, "period": "day"}]}
+     "budgets": [{"task": "SAMPLE", "limit": ${MUSICGW_SANDBOX_SAMPLE_BUDGET:-1000}, "period": "day"}]}
   ]
 }
 JSON

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Merges run_bench.sh's scenario objects into bench/results/<date>.json and renders RESULTS.md.
+
+A scenario run again on the same day replaces the earlier object of that scenario. RESULTS.md is
+the table (target vs reached) built from the JSON, followed by bench/analysis.md verbatim (where
+the time goes, maintained by hand).
+"""
+import argparse
+import json
+import os
+
+TARGETS = {
+    "get": "≥ 15,000 calls/s, p99 < 5 ms",
+    "generate": "(no target)",
+    "fanout": "RSS < 400 MB, fan-out p99 < 250 ms",
+    "download": "≥ 300 MB/s, RSS growth < 32 MB",
+}
+TITLES = {
+    "get": "(a) GetOperation, 64 concurrent callers",
+    "generate": "(b) Generate → SUCCEEDED, 1,000 operations, zero-latency emulators",
+    "fanout": "(c) 10,000 WatchOperation streams on 1,000 live operations",
+    "download": "(d) Download of a ~200 MB asset",
+}
+ORDER = ["get", "generate", "fanout", "download"]
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def reached(obj):
+    """(reached text, met: True/False/None) for one scenario object."""
+    r = obj["result"]
+    name = obj["scenario"]
+    if "error" in r:
+        return f"failed: {r['error']}", False
+    if name == "get":
+        lat = r["latency_ms"]
+        text = (f"{fmt(r['calls_per_second'], 0)} calls/s; p50 {fmt(lat['p50'], 2)} ms, "
+                f"p99 {fmt(lat['p99'], 2)} ms, p99.9 {fmt(lat['p999'], 2)} ms; "
+                f"{fmt(r['errors'])} errors")
+        return text, r["calls_per_second"] >= 15000 and lat["p99"] < 5
+    if name == "generate":
+        done = r["to_done_ms"]
+        gen = r["generate_ms"]
+        states = ", ".join(f"{k} {v}" for k, v in r["states"].items())
+        text = (f"{fmt(r['ops'])} ops in {fmt(r['elapsed_s'], 2)} s "
+                f"({fmt(r['completed_per_second'], 0)} ops/s, {r['concurrency']} in flight); "
+                f"Generate→SUCCEEDED p50 {fmt(done['p50'], 0)} ms, p99 {fmt(done['p99'], 0)} ms; "
+                f"Generate p50 {fmt(gen['p50'], 1)} ms, p99 {fmt(gen['p99'], 1)} ms; {states}")
+        if r["errors"]:
+            text += f"; errors {r['errors']}"
+        return text, None
+    if name == "fanout":
+        rss = r.get("rss", {})
+        fan = r["fanout_from_done_time_ms"]
+        first = r["fanout_from_first_watcher_ms"]
+        polls = upstream_rate(obj, r["wall_s"])
+        text = (f"{fmt(r['watchers_terminal'])}/{fmt(r['watchers'])} streams got the terminal event "
+                f"({fmt(r['watchers_opened_after_done'])} opened after completion); "
+                f"RSS {fmt(r.get('rss_before_mb'), 0)} MB before, {fmt(r.get('rss_all_open_mb'), 0)} MB "
+                f"with all streams open, peak {fmt(rss.get('rss_peak_mb'), 0)} MB; "
+                f"from done_time p50 {fmt(fan['p50'], 0)} ms, p99 {fmt(fan['p99'], 0)} ms, "
+                f"max {fmt(fan['max'], 0)} ms; from the op's first watcher p99 "
+                f"{fmt(first['p99'], 0)} ms; {polls}")
+        met = rss.get("rss_peak_mb", 1e9) < 400 and fan["p99"] < 250 and \
+            r["watchers_terminal"] == r["watchers"]
+        return text, met
+    if name == "download":
+        warm = [run for run in r["runs"] if run["run"] > 1 and run["status"] == "OK"]
+        size = r["runs"][0]["bytes"] / 1e6 if r["runs"] else 0
+        sha = next((run.get("sha256_ok") for run in r["runs"] if "sha256_ok" in run), None)
+        first = r["runs"][0] if r["runs"] else {}
+        text = (f"{fmt(size, 0)} MB asset; warm runs median {fmt(r['warm_mb_per_s_median'], 0)} MB/s, "
+                f"best {fmt(r['warm_mb_per_s_best'], 0)} MB/s (first run "
+                f"{fmt(first.get('mb_per_s'), 0)} MB/s); RSS growth max "
+                f"{fmt(r['warm_rss_growth_mb_max'], 1)} MB; sha256 "
+                f"{'verified' if sha else 'not verified' if sha is None else 'MISMATCH'}")
+        met = bool(warm) and r["warm_mb_per_s_median"] >= 300 and r["warm_rss_growth_mb_max"] < 32
+        return text, met
+    return json.dumps(r), None
+
+
+def upstream_rate(obj, seconds):
+    before, after = obj.get("upstream_before"), obj.get("upstream_after")
+    if not before or not after or not seconds:
+        return "upstream calls: not sampled"
+    polls = after["emulator_long_polls"] - before["emulator_long_polls"]
+    gets = after["emulator_gets"] - before["emulator_gets"]
+    puts = after["emulator_puts"] - before["emulator_puts"]
+    gw = after["gateway_upstream_requests"] - before["gateway_upstream_requests"]
+    return (f"upstream over {fmt(seconds, 1)} s: {fmt(puts)} submits, {fmt(gets)} GETs "
+            f"({fmt(polls)} long-polls) = {fmt(gets / seconds, 1)} polls/s; "
+            f"gateway musicgw_upstream_requests_total +{fmt(gw, 0)}")
+
+
+def render(objs, path, analysis_path):
+    by_name = {o["scenario"]: o for o in objs}
+    machine = next(iter(by_name.values()))["machine"] if by_name else {}
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `bench/run_bench.sh` (`bench/results_table.py` renders this table from "
+        "`bench/results/<date>.json`; the analysis below the table is `bench/analysis.md`).",
+        "",
+        f"Machine: {machine.get('nproc')} vCPUs ({machine.get('cpu_model')}), "
+        f"{fmt(machine.get('mem_total_mb'))} MB RAM, kernel {machine.get('kernel')}; "
+        f"{machine.get('build_type')} build at {machine.get('git_commit')}. "
+        "Load generator, gateway and emulators share the same cores.",
+        "",
+        "| scenario | target | reached | met |",
+        "|---|---|---|---|",
+    ]
+    for name in ORDER:
+        if name not in by_name:
+            continue
+        text, met = reached(by_name[name])
+        mark = "–" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {TITLES[name]} | {TARGETS[name]} | {text} | {mark} |")
+    lines += ["", "Commands (each against a fresh gateway and emulators):", ""]
+    for name in ORDER:
+        if name in by_name:
+            lines.append(f"- {name}: `{by_name[name]['command']}`")
+    lines.append("")
+    if os.path.exists(analysis_path):
+        with open(analysis_path) as f:
+            lines.append(f.read().rstrip())
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--merge", nargs=2, metavar=("NEW_JSONL", "DATE_JSON"), required=True)
+    parser.add_argument("--markdown", required=True)
+    args = parser.parse_args()
+    new_path, date_path = args.merge
+    objs = []
+    if os.path.exists(date_path):
+        with open(date_path) as f:
+            objs = json.load(f)
+    with open(new_path) as f:
+        fresh = [json.loads(line) for line in f if line.strip()]
+    names = {o["scenario"] for o in fresh}
+    objs = [o for o in objs if o["scenario"] not in names] + fresh
+    objs.sort(key=lambda o: ORDER.index(o["scenario"]) if o["scenario"] in ORDER else 99)
+    with open(date_path, "w") as f:
+        json.dump(objs, f, indent=1)
+        f.write("\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    render(objs, args.markdown, os.path.join(here, "analysis.md"))
+
+
+if __name__ == "__main__":
+    main()
