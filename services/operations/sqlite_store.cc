@@ -119,13 +119,55 @@ std::vector<UpstreamOutput> OutputsFromJson(const std::string& text) {
   return outputs;
 }
 
-// One prepared statement; finalized on destruction.
+// Statements of fixed SQL on hot paths (GetOperation is one SELECT per call), prepared once:
+// parsing and planning cost more than running these one-row lookups.
+class StatementCache {
+ public:
+  explicit StatementCache(sqlite3* db) : db_(db) {}
+  ~StatementCache() { Clear(); }
+  StatementCache(const StatementCache&) = delete;
+  StatementCache& operator=(const StatementCache&) = delete;
+
+  // The statement for `sql`, or nullptr with *rc set when it does not prepare.
+  sqlite3_stmt* Get(absl::string_view sql, int* rc) {
+    auto it = statements_.find(sql);
+    if (it != statements_.end()) return it->second;
+    sqlite3_stmt* stmt = nullptr;
+    *rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
+                             SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
+    if (*rc != SQLITE_OK) return nullptr;
+    statements_.emplace(std::string(sql), stmt);
+    return stmt;
+  }
+
+  void Clear() {
+    for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
+    statements_.clear();
+  }
+
+ private:
+  sqlite3* db_;
+  std::map<std::string, sqlite3_stmt*, std::less<>> statements_;
+};
+
+// One prepared statement: finalized on destruction, or, when it comes from a StatementCache,
+// reset (which also ends its read transaction) and kept.
 class Stmt {
  public:
   Stmt(sqlite3* db, absl::string_view sql) : db_(db) {
     rc_ = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt_, nullptr);
   }
-  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(sqlite3* db, StatementCache& cache, absl::string_view sql) : db_(db), cached_(true) {
+    stmt_ = cache.Get(sql, &rc_);
+  }
+  ~Stmt() {
+    if (!cached_) {
+      sqlite3_finalize(stmt_);
+    } else if (stmt_ != nullptr) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    }
+  }
   Stmt(const Stmt&) = delete;
   Stmt& operator=(const Stmt&) = delete;
 
@@ -178,6 +220,7 @@ class Stmt {
  private:
   sqlite3* db_;
   sqlite3_stmt* stmt_ = nullptr;
+  bool cached_ = false;
   int rc_ = SQLITE_OK;
   int last_rc_ = SQLITE_OK;
 };
@@ -187,8 +230,12 @@ constexpr absl::string_view kRecordColumns =
 
 class SqliteOperationStore final : public OperationStore {
  public:
-  explicit SqliteOperationStore(sqlite3* db) : db_(db) {}
-  ~SqliteOperationStore() override { sqlite3_close_v2(db_); }
+  explicit SqliteOperationStore(sqlite3* db) : db_(db), statements_(db) {}
+  ~SqliteOperationStore() override {
+    absl::MutexLock lock(&mu_);
+    statements_.Clear();
+    sqlite3_close_v2(db_);
+  }
 
   absl::Status Init(const SqliteOptions& options) {
     absl::MutexLock lock(&mu_);
@@ -302,7 +349,7 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = ?"));
+    Stmt stmt(db_, statements_, get_sql_);
     stmt.Bind(1, id);
     MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) return absl::NotFoundError(absl::StrCat("operation ", id, " not found"));
@@ -496,7 +543,8 @@ class SqliteOperationStore final : public OperationStore {
     }
     record.upstream_outputs = OutputsFromJson(stmt.Text(7));
     if (record.operation.outputs_size() > 0) {
-      Stmt assets(db_, "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = ?");
+      Stmt assets(db_, statements_,
+                  "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = ?");
       assets.Bind(1, id);
       while (true) {
         MUSICGW_ASSIGN_OR_RETURN(bool row, assets.Step());
@@ -598,6 +646,9 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
+  StatementCache statements_ ABSL_GUARDED_BY(mu_);
+  const std::string get_sql_ =
+      absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = ?");
 };
 
 }  // namespace
