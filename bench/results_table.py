@@ -98,8 +98,33 @@ def upstream_rate(obj, seconds):
             f"gateway musicgw_upstream_requests_total +{fmt(gw, 0)}")
 
 
+def throughput(obj):
+    r = obj["result"]
+    return r.get("calls_per_second", r.get("completed_per_second", 0)) or 0
+
+
+def median_runs(objs):
+    """scenario -> (its median run by throughput, note on the repeats or "")."""
+    groups = {}
+    for o in objs:
+        groups.setdefault(o["scenario"], []).append(o)
+    out = {}
+    for name, runs in groups.items():
+        runs = sorted(runs, key=throughput)
+        median = runs[(len(runs) - 1) // 2]
+        note = ""
+        if len(runs) > 1 and name == "get":
+            note = (f" (median of {len(runs)} runs; {fmt(throughput(runs[0]), 0)}–"
+                    f"{fmt(throughput(runs[-1]), 0)} calls/s, p99 "
+                    f"{fmt(min(x['result']['latency_ms']['p99'] for x in runs), 2)}–"
+                    f"{fmt(max(x['result']['latency_ms']['p99'] for x in runs), 2)} ms)")
+        out[name] = (median, note)
+    return out
+
+
 def render(objs, path, analysis_path):
-    by_name = {o["scenario"]: o for o in objs}
+    medians = median_runs(objs)
+    by_name = {name: median for name, (median, _) in medians.items()}
     machine = next(iter(by_name.values()))["machine"] if by_name else {}
     lines = [
         "# Benchmark results",
@@ -119,9 +144,12 @@ def render(objs, path, analysis_path):
         if name not in by_name:
             continue
         text, met = reached(by_name[name])
+        text += medians[name][1]
         mark = "–" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {TITLES[name]} | {TARGETS[name]} | {text} | {mark} |")
-    lines += ["", "Commands (each against a fresh gateway and emulators):", ""]
+    script = next(iter(by_name.values())).get("script", "") if by_name else ""
+    lines += ["", f"Run with `{script}`; grpc_load commands (each against a fresh "
+              "`scripts/sandbox.sh` stack):", ""]
     for name in ORDER:
         if name in by_name:
             lines.append(f"- {name}: `{by_name[name]['command']}`")

@@ -7,33 +7,40 @@
 # Each scenario gets a fresh scripts/sandbox.sh (gateway and emulators on free loopback ports,
 # so RSS starts clean); results go to bench/results/<date>.json and bench/RESULTS.md is regenerated.
 #
-# Usage: bench/run_bench.sh [build-dir] [scenario...]    (scenarios: get generate fanout download)
-# The build dir needs: musicgw loudly-emulator soundpiece-emulator grpc_load, e.g.
-#   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUSICGW_BUILD_BENCH=ON \
-#     -DMUSICGW_BUILD_TESTS=OFF
-#   cmake --build build-bench --target musicgw loudly-emulator soundpiece-emulator grpc_load
+# Usage: bench/run_bench.sh [build-dir (build/release)] [scenario...]
+#   scenarios: get generate fanout download (default: all, ~2 minutes once the audio is cached)
+# The build dir needs musicgw loudly-emulator soundpiece-emulator grpc_load, from a Release build:
+#   cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUSICGW_BUILD_BENCH=ON
+#   cmake --build build/release -j2 --target musicgw loudly-emulator soundpiece-emulator grpc_load
 set -euo pipefail
 invocation="bench/run_bench.sh $*"
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-build="$(cd "${1:-$repo/build}" && pwd)"
+build="${1:-$repo/build/release}"
+if [[ ! -d "$build" ]]; then
+  echo "run_bench: no build directory $build (see the usage above for the build commands)" >&2
+  exit 1
+fi
+build="$(cd "$build" && pwd)"
 shift || true
 scenarios=("$@")
 [[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download)
 
 GET_SECONDS="${GET_SECONDS:-10}"
+GET_RUNS="${GET_RUNS:-3}"
 GENERATE_OPS="${GENERATE_OPS:-1000}"
 GENERATE_CONCURRENCY="${GENERATE_CONCURRENCY:-100}"
 FANOUT_OPS="${FANOUT_OPS:-1000}"
 FANOUT_WATCHERS="${FANOUT_WATCHERS:-10}"
 FANOUT_PROCESSING_MS="${FANOUT_PROCESSING_MS:-30000}"
-DOWNLOAD_SOURCE_SECONDS="${DOWNLOAD_SOURCE_SECONDS:-2700}"
+DOWNLOAD_SOURCE_SECONDS="${DOWNLOAD_SOURCE_SECONDS:-2840}"
 
 for bin in services/gateway/musicgw emulators/loudly-emulator emulators/soundpiece-emulator \
   bench/grpc_load; do
   if [[ ! -x "$build/$bin" ]]; then
-    echo "run_bench: $build/$bin is missing; build it first:" >&2
-    echo "  cmake --build $build --target musicgw loudly-emulator soundpiece-emulator grpc_load" >&2
+    echo "run_bench: $build/$bin is missing; build it first (bench tools need" \
+      "-DMUSICGW_BUILD_BENCH=ON):" >&2
+    echo "  cmake --build $build -j2 --target musicgw loudly-emulator soundpiece-emulator grpc_load" >&2
     exit 1
   fi
 done
@@ -160,8 +167,11 @@ run_scenario() {
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
     get)
-      run_scenario get 0 --mode=get --task=sample --concurrency=64 --duration_s="$GET_SECONDS" \
-        --warmup_s=2
+      # Short and CPU-bound: repeated, the table shows the median run and the range.
+      for _ in $(seq 1 "$GET_RUNS"); do
+        run_scenario get 0 --mode=get --task=sample --concurrency=64 --duration_s="$GET_SECONDS" \
+          --warmup_s=2
+      done
       ;;
     generate)
       run_scenario generate 0 --mode=generate --task=sample --ops="$GENERATE_OPS" \
@@ -174,7 +184,7 @@ for scenario in "${scenarios[@]}"; do
       ;;
     download)
       run_scenario download 0 --mode=download --source_seconds="$DOWNLOAD_SOURCE_SECONDS" \
-        --repeat=3 --rss_interval_ms=10
+        --repeat=4 --rss_interval_ms=10
       ;;
     *)
       echo "run_bench: unknown scenario $scenario (get generate fanout download)" >&2
