@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -162,6 +163,7 @@ class WebhookReceiver::Impl {
     WebhookOutcome outcome = WebhookOutcome::kMalformed;
     int http_status = 400;
     std::string upstream_id;
+    std::optional<UpstreamStatus> verified_update;
     if (body.size() > options_.max_body_bytes) {
       http_status = 413;
     } else {
@@ -176,8 +178,7 @@ class WebhookReceiver::Impl {
           }
           upstream_id = update->upstream_id;
           http_status = 204;
-          absl::MutexLock lock(&sink_mu_);
-          if (!stopped_) sink_(*update);
+          verified_update = *std::move(update);
           break;
         }
         case WebhookOutcome::kDuplicate:
@@ -192,7 +193,12 @@ class WebhookReceiver::Impl {
           break;
       }
     }
+    // Counted before the update is delivered: whoever sees the update also sees the count.
     Count(outcome);
+    if (verified_update.has_value()) {
+      absl::MutexLock lock(&sink_mu_);
+      if (!stopped_) sink_(*verified_update);
+    }
     // Never the body or the signature; the webhook-id is an opaque delivery id.
     log::Write(outcome == WebhookOutcome::kVerified || outcome == WebhookOutcome::kDuplicate
                    ? log::Level::kInfo
