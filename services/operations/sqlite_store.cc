@@ -76,6 +76,14 @@ CREATE TABLE assets (
 ALTER TABLE operations ADD COLUMN provider_account TEXT NOT NULL DEFAULT '';
 CREATE INDEX operations_by_account ON operations (provider, provider_account, create_time_us);
 )sql",
+    // 3: the budget and credit counts read only their index (covering), not the rows with their
+    // snapshots: every Generate of a tenant with a budget runs one.
+    R"sql(
+CREATE INDEX operations_for_budgets ON operations (tenant, task, create_time_us, state, charged, done);
+DROP INDEX operations_by_budget;
+CREATE INDEX operations_for_credits ON operations (provider, provider_account, create_time_us, charged, task);
+DROP INDEX operations_by_account;
+)sql",
 };
 
 int64_t Micros(absl::Time t) {
@@ -119,8 +127,9 @@ std::vector<UpstreamOutput> OutputsFromJson(const std::string& text) {
   return outputs;
 }
 
-// Statements of fixed SQL on hot paths (GetOperation is one SELECT per call), prepared once:
-// parsing and planning cost more than running these one-row lookups.
+// Every statement after the migrations, prepared once: parsing and planning cost more than
+// running these one-row lookups and writes. The SQL texts are a small fixed set (the few
+// optional clauses of ListOperations and Update included), so the cache stays bounded.
 class StatementCache {
  public:
   explicit StatementCache(sqlite3* db) : db_(db) {}
@@ -278,15 +287,15 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<CreateResult> Create(const OperationRecord& record,
                                       const std::vector<BudgetCheck>& budgets) override {
     absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
     auto result = CreateLocked(record, budgets);
     if (!result.ok() || !result->created) {
-      Exec("ROLLBACK").IgnoreError();
+      RunCached("ROLLBACK").IgnoreError();
       return result;
     }
-    absl::Status commit = Exec("COMMIT");
+    absl::Status commit = RunCached("COMMIT");
     if (!commit.ok()) {
-      Exec("ROLLBACK").IgnoreError();
+      RunCached("ROLLBACK").IgnoreError();
       return commit;
     }
     return result;
@@ -300,14 +309,14 @@ class SqliteOperationStore final : public OperationStore {
     const std::string id = IdOf(op);
     const std::string snapshot = op.SerializeAsString();
     absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
     absl::Status status = [&]() -> absl::Status {
       std::string sql =
           "UPDATE operations SET state = ?, done = ?, provider = ?, done_time_us = ?, "
           "sequence = ?, charged = ?, snapshot = ?, provider_account = ?";
       if (update.upstream_outputs.has_value()) sql += ", upstream_outputs = ?";
       sql += " WHERE id = ? AND sequence = ?";
-      Stmt stmt(db_, sql);
+      Stmt stmt(db_, statements_, sql);
       MUSICGW_RETURN_IF_ERROR(stmt.status());
       stmt.Bind(1, static_cast<int64_t>(op.state()));
       stmt.Bind(2, static_cast<int64_t>(op.done() ? 1 : 0));
@@ -329,7 +338,7 @@ class SqliteOperationStore final : public OperationStore {
       stmt.Bind(i + 1, update.expected_sequence);
       MUSICGW_RETURN_IF_ERROR(stmt.Run());
       if (sqlite3_changes(db_) != 1) {
-        Stmt exists(db_, "SELECT sequence FROM operations WHERE id = ?");
+        Stmt exists(db_, statements_, "SELECT sequence FROM operations WHERE id = ?");
         exists.Bind(1, id);
         MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
         if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
@@ -339,11 +348,11 @@ class SqliteOperationStore final : public OperationStore {
       return InsertEvent(id, op.sequence(), snapshot);
     }();
     if (!status.ok()) {
-      Exec("ROLLBACK").IgnoreError();
+      RunCached("ROLLBACK").IgnoreError();
       return status;
     }
-    status = Exec("COMMIT");
-    if (!status.ok()) Exec("ROLLBACK").IgnoreError();
+    status = RunCached("COMMIT");
+    if (!status.ok()) RunCached("ROLLBACK").IgnoreError();
     return status;
   }
 
@@ -374,7 +383,7 @@ class SqliteOperationStore final : public OperationStore {
     if (!query.before_id.empty()) absl::StrAppend(&sql, " AND id < ?");
     absl::StrAppend(&sql, " ORDER BY id DESC LIMIT ?");
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, sql);
+    Stmt stmt(db_, statements_, sql);
     MUSICGW_RETURN_IF_ERROR(stmt.status());
     int i = 1;
     stmt.Bind(i++, query.tenant);
@@ -390,7 +399,7 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<std::vector<StoredEvent>> EventsAfter(absl::string_view id,
                                                        int64_t after_sequence) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_,
+    Stmt stmt(db_, statements_,
               "SELECT sequence, snapshot FROM operation_events WHERE operation_id = ? AND "
               "sequence > ? ORDER BY sequence");
     stmt.Bind(1, id).Bind(2, after_sequence);
@@ -411,43 +420,45 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
                                                          absl::Time lease_until) override {
     absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
     auto result = [&]() -> absl::StatusOr<std::vector<OperationRecord>> {
-      Stmt claim(db_,
+      Stmt claim(db_, statements_,
                  "UPDATE operations SET owner = ?, lease_until_us = ? WHERE done = 0 AND "
                  "(owner = '' OR owner = ? OR lease_until_us < ?)");
       claim.Bind(1, owner).Bind(2, Micros(lease_until)).Bind(3, owner).Bind(4, Micros(absl::Now()));
       MUSICGW_RETURN_IF_ERROR(claim.Run());
-      Stmt stmt(db_, absl::StrCat("SELECT ", kRecordColumns,
-                                  " FROM operations WHERE done = 0 AND owner = ? ORDER BY id"));
+      Stmt stmt(db_, statements_,
+                absl::StrCat("SELECT ", kRecordColumns,
+                             " FROM operations WHERE done = 0 AND owner = ? ORDER BY id"));
       stmt.Bind(1, owner);
       return ReadRecords(stmt);
     }();
     if (!result.ok()) {
-      Exec("ROLLBACK").IgnoreError();
+      RunCached("ROLLBACK").IgnoreError();
       return result;
     }
-    MUSICGW_RETURN_IF_ERROR(Exec("COMMIT"));
+    MUSICGW_RETURN_IF_ERROR(RunCached("COMMIT"));
     return result;
   }
 
   absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
+    Stmt stmt(db_, statements_,
+              "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
     return stmt.Bind(1, Micros(lease_until)).Bind(2, owner).Run();
   }
 
   absl::Status SetUpstreamOutputs(absl::string_view id,
                                   const std::vector<UpstreamOutput>& outputs) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
+    Stmt stmt(db_, statements_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
     return stmt.Bind(1, OutputsToJson(outputs)).Bind(2, id).Run();
   }
 
   absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
                              absl::string_view sha256) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_,
+    Stmt stmt(db_, statements_,
               "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES (?, ?, ?, ?) "
               "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = excluded.size_bytes, "
               "sha256 = excluded.sha256");
@@ -460,7 +471,7 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_,
+    Stmt stmt(db_, statements_,
               "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations "
               "WHERE done = 1 AND done_time_us < ?)");
     MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, Micros(done_before)).Run());
@@ -470,10 +481,11 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,
                                          absl::Time period_start) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, absl::StrCat("SELECT COALESCE(SUM(done = 0), 0), COALESCE(SUM(done = 1), 0) "
-                                "FROM operations WHERE tenant = ? AND task = ? AND "
-                                "create_time_us >= ? AND ",
-                                kCountedClause));
+    Stmt stmt(db_, statements_,
+              absl::StrCat("SELECT COALESCE(SUM(done = 0), 0), COALESCE(SUM(done = 1), 0) "
+                           "FROM operations WHERE tenant = ? AND task = ? AND "
+                           "create_time_us >= ? AND ",
+                           kCountedClause));
     stmt.Bind(1, tenant).Bind(2, static_cast<int64_t>(task)).Bind(3, Micros(period_start));
     MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
     BudgetUsage usage;
@@ -488,7 +500,7 @@ class SqliteOperationStore final : public OperationStore {
                                                                absl::string_view account,
                                                                absl::Time since) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_,
+    Stmt stmt(db_, statements_,
               "SELECT task, COUNT(*) FROM operations WHERE provider = ? AND provider_account = ? "
               "AND create_time_us >= ? AND charged = 1 GROUP BY task");
     stmt.Bind(1, static_cast<int64_t>(provider)).Bind(2, account).Bind(3, Micros(since));
@@ -512,6 +524,11 @@ class SqliteOperationStore final : public OperationStore {
     return record.id();
   }
 
+  // Transaction control on the hot paths, prepared once like the statements it brackets.
+  absl::Status RunCached(absl::string_view sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return Stmt(db_, statements_, sql).Run();
+  }
+
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     char* error = nullptr;
     const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &error);
@@ -525,7 +542,7 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::Status InsertEvent(const std::string& id, int64_t sequence, const std::string& snapshot)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Stmt stmt(db_,
+    Stmt stmt(db_, statements_,
               "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES (?, ?, ?)");
     return stmt.Bind(1, id).Bind(2, sequence).BindBlob(3, snapshot).Run();
   }
@@ -573,8 +590,9 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<OperationRecord> FindLocked(absl::string_view tenant, absl::string_view request_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Stmt stmt(db_, absl::StrCat("SELECT ", kRecordColumns,
-                                " FROM operations WHERE tenant = ? AND request_id = ?"));
+    Stmt stmt(db_, statements_,
+              absl::StrCat("SELECT ", kRecordColumns,
+                           " FROM operations WHERE tenant = ? AND request_id = ?"));
     stmt.Bind(1, tenant).Bind(2, request_id);
     MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) return absl::NotFoundError("no operation with that request_id");
@@ -590,9 +608,10 @@ class SqliteOperationStore final : public OperationStore {
 
     const v1::Operation& op = record.operation;
     for (const BudgetCheck& budget : budgets) {
-      Stmt count(db_, absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = ? AND task = "
-                                   "? AND create_time_us >= ? AND ",
-                                   kCountedClause));
+      Stmt count(db_, statements_,
+                 absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = ? AND task = "
+                              "? AND create_time_us >= ? AND ",
+                              kCountedClause));
       count.Bind(1, record.tenant)
           .Bind(2, static_cast<int64_t>(budget.task))
           .Bind(3, Micros(budget.period_start));
@@ -617,7 +636,7 @@ class SqliteOperationStore final : public OperationStore {
 
     const std::string id = record.id();
     const std::string snapshot = op.SerializeAsString();
-    Stmt insert(db_,
+    Stmt insert(db_, statements_,
                 "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, "
                 "provider, task, create_time_us, done_time_us, sequence, charged, owner, "
                 "lease_until_us, snapshot, upstream_outputs, provider_account) VALUES (?, ?, ?, ?, "
