@@ -276,6 +276,37 @@ TEST_F(EndToEndTest, LoudlyB2bSynchronousCallBecomesAnOperation) {
   EXPECT_GT(file.bytes.size(), 1000u);
 }
 
+// Loudly's B2B POST answers only once the song exists (15 s here): the client gets its operation
+// while that call is still in flight, and the call's answer completes it.
+TEST_F(EndToEndTest, LoudlyB2bFifteenSecondCallDoesNotHoldUpGenerate) {
+  ASSERT_TRUE(loudly_
+                  ->SetFaultPlan(R"({"rules":[{"match":"POST /api/ai/songs","times":1,)"
+                                 R"("action":"latency","delay_ms":15000}]})")
+                  .ok());
+  const int64_t songs_before = loudly_->stats().b2b_songs;
+  GenerateRequest request;
+  request.set_request_id(NewRequestId());
+  request.set_provider(musicgw::v1::PROVIDER_LOUDLY);
+  request.mutable_parametric_music()->set_genre("House");
+  request.mutable_parametric_music()->set_duration_seconds(30);
+  auto stub = Stub(b2b_->grpc_port());
+  Operation operation;
+  grpc::Status status = stub->Generate(Context(kAcmeKey).get(), request, &operation);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(operation.done());
+  EXPECT_EQ(loudly_->stats().b2b_songs, songs_before);  // Loudly has not answered yet
+
+  musicgw::v1::WaitOperationRequest wait;
+  wait.set_name(operation.name());
+  wait.mutable_timeout()->set_seconds(60);
+  status = stub->WaitOperation(Context(kAcmeKey, absl::Seconds(70)).get(), wait, &operation);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(operation.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED)
+      << operation.error().message();
+  EXPECT_EQ(operation.outputs_size(), 1);
+  EXPECT_EQ(loudly_->stats().b2b_songs, songs_before + 1);
+}
+
 TEST_F(EndToEndTest, ValidateOnlyOnLoudlyB2bIsTheProvidersDryRun) {
   GenerateRequest request;
   request.set_request_id(NewRequestId());
