@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "services/gateway/server.h"
 #include "tests/integration/harness.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::testing {
 namespace {
@@ -38,8 +39,7 @@ class EndToEndTest : public ::testing::Test {
     SetTestSecrets();
     setenv("MUSICGW_TEST_LOUDLY_REFRESH", "e2e-refresh-token", 1);
     setenv("MUSICGW_TEST_WEBHOOK_SECRETS", kWebhookSecret, 1);
-    const std::string dir = ::testing::TempDir() + "/musicgw-e2e-" + NewRequestId();
-    std::system(("mkdir -p " + dir).c_str());
+    const std::string dir = NewTestScratchDir("e2e");
 
     emulators::soundpiece::Options sp;
     sp.processing_time = absl::Milliseconds(300);

@@ -14,6 +14,7 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::testing {
 namespace {
@@ -22,8 +23,7 @@ class ProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
     SetTestSecrets();
-    dir_ = ::testing::TempDir() + "/musicgw-process-" + NewRequestId();
-    std::system(("mkdir -p " + dir_).c_str());
+    dir_ = NewTestScratchDir("process");
   }
   std::string dir_;
   LoopbackListener blackhole_;  // provider calls to it hang, so operations stay live

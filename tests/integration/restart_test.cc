@@ -16,6 +16,7 @@
 #include "emulators/soundpiece/soundpiece_emulator.h"
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::testing {
 namespace {
@@ -26,8 +27,7 @@ class RestartTest : public ::testing::Test {
  protected:
   void SetUp() override {
     SetTestSecrets();
-    dir_ = ::testing::TempDir() + "/musicgw-restart-" + NewRequestId();
-    std::system(("mkdir -p " + dir_).c_str());
+    dir_ = NewTestScratchDir("restart");
     emulators::soundpiece::Options sp;
     sp.processing_time = absl::Milliseconds(1500);
     sp.long_poll = absl::Seconds(2);

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "services/gateway/server.h"
 #include "tests/integration/harness.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::testing {
 namespace {
@@ -21,8 +22,7 @@ class RpcSurfaceTest : public ::testing::Test {
     SetTestSecrets();
     // Nothing listens on port 9 (discard) here: submissions fail, which this suite does not
     // care about; it checks what the gateway itself answers.
-    const std::string dir = ::testing::TempDir() + "/musicgw-rpc-" + NewRequestId();
-    std::system(("mkdir -p " + dir).c_str());
+    const std::string dir = NewTestScratchDir("rpc");
     auto config = config::ParseConfig(
         TestConfig({"http://127.0.0.1:9", "http://127.0.0.1:9"}, dir + "/ledger.db").dump(),
         config::ProcessEnv());

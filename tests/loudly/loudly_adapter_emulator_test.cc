@@ -18,6 +18,7 @@
 #include "emulators/loudly/loudly_emulator.h"
 #include "gtest/gtest.h"
 #include "tests/loudly/test_util.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::adapters::loudly {
 namespace {
@@ -34,7 +35,7 @@ constexpr char kApiKey[] = "loudly_test_key";
 class LoudlyEmulatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    state_file_ = absl::StrCat(::testing::TempDir(), "/loudly-emu-token-", RandomHex(6), ".json");
+    state_file_ = NewTestScratchDir("loudly-emu") + "/token.json";
     client_ = http::CurlHttpClient::Create();
     ASSERT_NE(client_, nullptr);
   }

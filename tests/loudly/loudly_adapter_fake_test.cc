@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "tests/loudly/fake_http_client.h"
 #include "tests/loudly/test_util.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::adapters::loudly {
 namespace {
@@ -175,7 +176,7 @@ class ScriptedLoudly {
 class LoudlyAdapterFakeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    state_file_ = absl::StrCat(::testing::TempDir(), "/loudly-token-", RandomHex(6), ".json");
+    state_file_ = NewTestScratchDir("loudly-fake") + "/token.json";
     client_ = std::make_unique<FakeHttpClient>(
         [this](const http::Request& request) { return server_.Handle(request); });
   }

@@ -23,6 +23,7 @@
 #include "tests/integration/harness.h"
 #include "tests/metrics/emulator_util.h"
 #include "tests/metrics/metrics_test_util.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::metrics {
 namespace {
@@ -38,8 +39,7 @@ class MetricsServerTest : public ::testing::Test {
     const absl::Status started = emulators_.Start(LoudlyLimits());
     ASSERT_TRUE(started.ok()) << started;
 
-    const std::string ledger = ::testing::TempDir() + "/musicgw-metrics-server-" +
-                               musicgw::testing::NewRequestId() + ".db";
+    const std::string ledger = NewTestScratchDir("metrics-server") + "/ledger.db";
     nlohmann::json doc = musicgw::testing::TestConfig(
         {emulators_.loudly->base_url(), emulators_.soundpiece->base_url()}, ledger);
     doc["operations"]["quota_refresh_seconds"] = 600;  // only reads after generations move it

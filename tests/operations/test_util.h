@@ -19,17 +19,14 @@
 #include "gtest/gtest.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::operations::testing {
 
-// A fresh ledger file path for this test (removed first if it exists).
+// A fresh ledger file path for this test, in a directory of its own.
 inline std::string TempLedgerPath() {
-  static std::atomic<int> counter{0};
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string path = absl::StrCat(::testing::TempDir(), "/ops-", getpid(), "-",
-                                  info != nullptr ? info->name() : "x", "-", counter++, ".db");
-  for (const char* suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
-  return path;
+  return NewTestScratchDir(info != nullptr ? info->name() : "ledger") + "/ledger.db";
 }
 
 inline musicgw::v1::GenerateRequest TextRequest(const std::string& prompt,
