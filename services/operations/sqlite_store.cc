@@ -127,12 +127,13 @@ std::vector<UpstreamOutput> OutputsFromJson(const std::string& text) {
   return outputs;
 }
 
-// Every statement after the migrations, prepared once: parsing and planning cost more than
-// running these one-row lookups and writes. The SQL texts are a small fixed set (the few
-// optional clauses of ListOperations and Update included), so the cache stays bounded.
+// Every statement, prepared once: parsing and planning cost more than running these one-row
+// lookups and writes. The SQL texts are a small fixed set (the few optional clauses of
+// ListOperations and Update included), so the cache stays bounded.
 class StatementCache {
  public:
   explicit StatementCache(sqlite3* db) : db_(db) {}
+  sqlite3* db() const { return db_; }
   ~StatementCache() { Clear(); }
   StatementCache(const StatementCache&) = delete;
   StatementCache& operator=(const StatementCache&) = delete;
@@ -159,20 +160,14 @@ class StatementCache {
   std::map<std::string, sqlite3_stmt*, std::less<>> statements_;
 };
 
-// One prepared statement: finalized on destruction, or, when it comes from a StatementCache,
-// reset (which also ends its read transaction) and kept.
+// One statement from the cache, reset when done with (which also ends its read transaction).
 class Stmt {
  public:
-  Stmt(sqlite3* db, absl::string_view sql) : db_(db) {
-    rc_ = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt_, nullptr);
-  }
-  Stmt(sqlite3* db, StatementCache& cache, absl::string_view sql) : db_(db), cached_(true) {
+  Stmt(StatementCache& cache, absl::string_view sql) : db_(cache.db()) {
     stmt_ = cache.Get(sql, &rc_);
   }
   ~Stmt() {
-    if (!cached_) {
-      sqlite3_finalize(stmt_);
-    } else if (stmt_ != nullptr) {
+    if (stmt_ != nullptr) {
       sqlite3_reset(stmt_);
       sqlite3_clear_bindings(stmt_);
     }
@@ -229,7 +224,6 @@ class Stmt {
  private:
   sqlite3* db_;
   sqlite3_stmt* stmt_ = nullptr;
-  bool cached_ = false;
   int rc_ = SQLITE_OK;
   int last_rc_ = SQLITE_OK;
 };
@@ -258,7 +252,7 @@ class SqliteOperationStore final : public OperationStore {
              "applied_time_us INTEGER NOT NULL)"));
     int64_t current = 0;
     {
-      Stmt stmt(db_, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
+      Stmt stmt(statements_, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
       MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
       if (row) current = stmt.Int(0);
     }
@@ -272,7 +266,8 @@ class SqliteOperationStore final : public OperationStore {
       MUSICGW_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
       absl::Status status = Exec(kMigrations[version - 1]);
       if (status.ok()) {
-        Stmt stmt(db_, "INSERT INTO schema_migrations (version, applied_time_us) VALUES (?, ?)");
+        Stmt stmt(statements_,
+                  "INSERT INTO schema_migrations (version, applied_time_us) VALUES (?, ?)");
         status = stmt.Bind(1, version).Bind(2, absl::ToUnixMicros(absl::Now())).Run();
       }
       if (!status.ok()) {
@@ -316,7 +311,7 @@ class SqliteOperationStore final : public OperationStore {
           "sequence = ?, charged = ?, snapshot = ?, provider_account = ?";
       if (update.upstream_outputs.has_value()) sql += ", upstream_outputs = ?";
       sql += " WHERE id = ? AND sequence = ?";
-      Stmt stmt(db_, statements_, sql);
+      Stmt stmt(statements_, sql);
       MUSICGW_RETURN_IF_ERROR(stmt.status());
       stmt.Bind(1, static_cast<int64_t>(op.state()));
       stmt.Bind(2, static_cast<int64_t>(op.done() ? 1 : 0));
@@ -338,7 +333,7 @@ class SqliteOperationStore final : public OperationStore {
       stmt.Bind(i + 1, update.expected_sequence);
       MUSICGW_RETURN_IF_ERROR(stmt.Run());
       if (sqlite3_changes(db_) != 1) {
-        Stmt exists(db_, statements_, "SELECT sequence FROM operations WHERE id = ?");
+        Stmt exists(statements_, "SELECT sequence FROM operations WHERE id = ?");
         exists.Bind(1, id);
         MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
         if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
@@ -358,7 +353,7 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_, get_sql_);
+    Stmt stmt(statements_, get_sql_);
     stmt.Bind(1, id);
     MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) return absl::NotFoundError(absl::StrCat("operation ", id, " not found"));
@@ -383,7 +378,7 @@ class SqliteOperationStore final : public OperationStore {
     if (!query.before_id.empty()) absl::StrAppend(&sql, " AND id < ?");
     absl::StrAppend(&sql, " ORDER BY id DESC LIMIT ?");
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_, sql);
+    Stmt stmt(statements_, sql);
     MUSICGW_RETURN_IF_ERROR(stmt.status());
     int i = 1;
     stmt.Bind(i++, query.tenant);
@@ -399,7 +394,7 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<std::vector<StoredEvent>> EventsAfter(absl::string_view id,
                                                        int64_t after_sequence) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_,
+    Stmt stmt(statements_,
               "SELECT sequence, snapshot FROM operation_events WHERE operation_id = ? AND "
               "sequence > ? ORDER BY sequence");
     stmt.Bind(1, id).Bind(2, after_sequence);
@@ -422,12 +417,12 @@ class SqliteOperationStore final : public OperationStore {
     absl::MutexLock lock(&mu_);
     MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
     auto result = [&]() -> absl::StatusOr<std::vector<OperationRecord>> {
-      Stmt claim(db_, statements_,
+      Stmt claim(statements_,
                  "UPDATE operations SET owner = ?, lease_until_us = ? WHERE done = 0 AND "
                  "(owner = '' OR owner = ? OR lease_until_us < ?)");
       claim.Bind(1, owner).Bind(2, Micros(lease_until)).Bind(3, owner).Bind(4, Micros(absl::Now()));
       MUSICGW_RETURN_IF_ERROR(claim.Run());
-      Stmt stmt(db_, statements_,
+      Stmt stmt(statements_,
                 absl::StrCat("SELECT ", kRecordColumns,
                              " FROM operations WHERE done = 0 AND owner = ? ORDER BY id"));
       stmt.Bind(1, owner);
@@ -443,22 +438,21 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_,
-              "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
+    Stmt stmt(statements_, "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
     return stmt.Bind(1, Micros(lease_until)).Bind(2, owner).Run();
   }
 
   absl::Status SetUpstreamOutputs(absl::string_view id,
                                   const std::vector<UpstreamOutput>& outputs) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
+    Stmt stmt(statements_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
     return stmt.Bind(1, OutputsToJson(outputs)).Bind(2, id).Run();
   }
 
   absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
                              absl::string_view sha256) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_,
+    Stmt stmt(statements_,
               "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES (?, ?, ?, ?) "
               "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = excluded.size_bytes, "
               "sha256 = excluded.sha256");
@@ -471,7 +465,7 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_,
+    Stmt stmt(statements_,
               "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations "
               "WHERE done = 1 AND done_time_us < ?)");
     MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, Micros(done_before)).Run());
@@ -481,7 +475,7 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,
                                          absl::Time period_start) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_,
+    Stmt stmt(statements_,
               absl::StrCat("SELECT COALESCE(SUM(done = 0), 0), COALESCE(SUM(done = 1), 0) "
                            "FROM operations WHERE tenant = ? AND task = ? AND "
                            "create_time_us >= ? AND ",
@@ -500,7 +494,7 @@ class SqliteOperationStore final : public OperationStore {
                                                                absl::string_view account,
                                                                absl::Time since) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(db_, statements_,
+    Stmt stmt(statements_,
               "SELECT task, COUNT(*) FROM operations WHERE provider = ? AND provider_account = ? "
               "AND create_time_us >= ? AND charged = 1 GROUP BY task");
     stmt.Bind(1, static_cast<int64_t>(provider)).Bind(2, account).Bind(3, Micros(since));
@@ -524,9 +518,9 @@ class SqliteOperationStore final : public OperationStore {
     return record.id();
   }
 
-  // Transaction control on the hot paths, prepared once like the statements it brackets.
+  // Transaction control, prepared once like the statements it brackets.
   absl::Status RunCached(absl::string_view sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return Stmt(db_, statements_, sql).Run();
+    return Stmt(statements_, sql).Run();
   }
 
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -542,7 +536,7 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::Status InsertEvent(const std::string& id, int64_t sequence, const std::string& snapshot)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Stmt stmt(db_, statements_,
+    Stmt stmt(statements_,
               "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES (?, ?, ?)");
     return stmt.Bind(1, id).Bind(2, sequence).BindBlob(3, snapshot).Run();
   }
@@ -560,8 +554,7 @@ class SqliteOperationStore final : public OperationStore {
     }
     record.upstream_outputs = OutputsFromJson(stmt.Text(7));
     if (record.operation.outputs_size() > 0) {
-      Stmt assets(db_, statements_,
-                  "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = ?");
+      Stmt assets(statements_, "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = ?");
       assets.Bind(1, id);
       while (true) {
         MUSICGW_ASSIGN_OR_RETURN(bool row, assets.Step());
@@ -590,9 +583,8 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<OperationRecord> FindLocked(absl::string_view tenant, absl::string_view request_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Stmt stmt(db_, statements_,
-              absl::StrCat("SELECT ", kRecordColumns,
-                           " FROM operations WHERE tenant = ? AND request_id = ?"));
+    Stmt stmt(statements_, absl::StrCat("SELECT ", kRecordColumns,
+                                        " FROM operations WHERE tenant = ? AND request_id = ?"));
     stmt.Bind(1, tenant).Bind(2, request_id);
     MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) return absl::NotFoundError("no operation with that request_id");
@@ -608,7 +600,7 @@ class SqliteOperationStore final : public OperationStore {
 
     const v1::Operation& op = record.operation;
     for (const BudgetCheck& budget : budgets) {
-      Stmt count(db_, statements_,
+      Stmt count(statements_,
                  absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = ? AND task = "
                               "? AND create_time_us >= ? AND ",
                               kCountedClause));
@@ -636,7 +628,7 @@ class SqliteOperationStore final : public OperationStore {
 
     const std::string id = record.id();
     const std::string snapshot = op.SerializeAsString();
-    Stmt insert(db_, statements_,
+    Stmt insert(statements_,
                 "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, "
                 "provider, task, create_time_us, done_time_us, sequence, charged, owner, "
                 "lease_until_us, snapshot, upstream_outputs, provider_account) VALUES (?, ?, ?, ?, "
