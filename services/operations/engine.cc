@@ -114,6 +114,13 @@ std::string ProviderSlug(v1::Provider provider) {
   return absl::AsciiStrToLower(absl::StripPrefix(v1::Provider_Name(provider), "PROVIDER_"));
 }
 
+// A quota read showing no units left that has not reset since (an unknown reset time counts as
+// not yet).
+bool UsedUp(const adapters::QuotaFigure& figure, absl::Time now) {
+  return figure.remaining == 0 &&
+         (figure.reset_time == absl::InfinitePast() || figure.reset_time > now);
+}
+
 // A quota resource a request needs, known to be used up.
 struct KnownExhaustion {
   std::string resource;
@@ -610,9 +617,7 @@ class EngineImpl final : public OperationsEngine,
       absl::Time until = absl::InfinitePast();
       for (const auto& [resource, figure] : slot.quota) {
         if (figure.remaining < 0) continue;
-        const bool used_up = figure.remaining == 0 &&
-                             (figure.reset_time == absl::InfinitePast() || figure.reset_time > now);
-        if (!used_up) {
+        if (!UsedUp(figure, now)) {
           all_used_up = false;
           break;
         }
@@ -821,9 +826,8 @@ class EngineImpl final : public OperationsEngine,
       auto it = slot.quota.find(resource);
       if (it == slot.quota.end() || it->second.remaining < 0) continue;  // not known
       if (it->second.remaining > 0) return std::nullopt;
-      const absl::Time reset = it->second.reset_time;
-      if (reset != absl::InfinitePast() && reset <= now) continue;  // reset since the read
-      if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, reset};
+      if (!UsedUp(it->second, now)) continue;  // reset since the read
+      if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, it->second.reset_time};
     }
     return exhausted;
   }
