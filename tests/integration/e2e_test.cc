@@ -96,19 +96,31 @@ class EndToEndTest : public ::testing::Test {
     loudly_.reset();
   }
 
-  static Operation GenerateAndWait(gateway::GatewayServer* server, GenerateRequest request) {
-    auto stub = Stub(server->grpc_port());
+  // Generate under a fresh request_id; the operation comes back before the provider finishes.
+  static Operation Submit(gateway::GatewayServer* server, GenerateRequest request) {
     request.set_request_id(NewRequestId());
     Operation operation;
-    grpc::Status status = stub->Generate(Context(kAcmeKey).get(), request, &operation);
+    const grpc::Status status =
+        Stub(server->grpc_port())->Generate(Context(kAcmeKey).get(), request, &operation);
     EXPECT_TRUE(status.ok()) << status.error_message();
     EXPECT_FALSE(operation.done()) << "Generate must return before the provider finishes";
+    return operation;
+  }
+
+  static Operation Wait(gateway::GatewayServer* server, const Operation& operation) {
     musicgw::v1::WaitOperationRequest wait;
     wait.set_name(operation.name());
     wait.mutable_timeout()->set_seconds(60);
-    status = stub->WaitOperation(Context(kAcmeKey, absl::Seconds(70)).get(), wait, &operation);
+    Operation done;
+    const grpc::Status status =
+        Stub(server->grpc_port())
+            ->WaitOperation(Context(kAcmeKey, absl::Seconds(70)).get(), wait, &done);
     EXPECT_TRUE(status.ok()) << status.error_message();
-    return operation;
+    return done;
+  }
+
+  static Operation GenerateAndWait(gateway::GatewayServer* server, GenerateRequest request) {
+    return Wait(server, Submit(server, std::move(request)));
   }
 
   static Downloaded Download(gateway::GatewayServer* server, const std::string& asset,
@@ -285,25 +297,16 @@ TEST_F(EndToEndTest, LoudlyB2bFifteenSecondCallDoesNotHoldUpGenerate) {
                   .ok());
   const int64_t songs_before = loudly_->stats().b2b_songs;
   GenerateRequest request;
-  request.set_request_id(NewRequestId());
   request.set_provider(musicgw::v1::PROVIDER_LOUDLY);
   request.mutable_parametric_music()->set_genre("House");
   request.mutable_parametric_music()->set_duration_seconds(30);
-  auto stub = Stub(b2b_->grpc_port());
-  Operation operation;
-  grpc::Status status = stub->Generate(Context(kAcmeKey).get(), request, &operation);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_FALSE(operation.done());
+  const Operation submitted = Submit(b2b_.get(), request);
+  ASSERT_FALSE(submitted.name().empty());
   EXPECT_EQ(loudly_->stats().b2b_songs, songs_before);  // Loudly has not answered yet
 
-  musicgw::v1::WaitOperationRequest wait;
-  wait.set_name(operation.name());
-  wait.mutable_timeout()->set_seconds(60);
-  status = stub->WaitOperation(Context(kAcmeKey, absl::Seconds(70)).get(), wait, &operation);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  ASSERT_EQ(operation.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED)
-      << operation.error().message();
-  EXPECT_EQ(operation.outputs_size(), 1);
+  const Operation done = Wait(b2b_.get(), submitted);
+  ASSERT_EQ(done.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.outputs_size(), 1);
   EXPECT_EQ(loudly_->stats().b2b_songs, songs_before + 1);
 }
 

@@ -3,16 +3,12 @@
 // and request builders.
 #pragma once
 
-#include <unistd.h>
-
-#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/crypto.h"
