@@ -1703,6 +1703,7 @@ class EngineHandle final : public OperationsEngine {
   }
   std::vector<ProviderState> ProviderStates() const override { return impl_->ProviderStates(); }
   EngineStats Stats() const override { return impl_->Stats(); }
+  absl::Status LedgerStatus() const override { return impl_->LedgerStatus(); }
   void UpdateQuota(const adapters::ProviderAdapter* adapter,
                    const std::vector<adapters::QuotaFigure>& figures) override {
     impl_->UpdateQuota(adapter, figures);

@@ -184,6 +184,9 @@ class OperationsEngine {
   // Routing's view of each adapter, in routing order (for ListProviders and metrics).
   virtual std::vector<ProviderState> ProviderStates() const = 0;
   virtual EngineStats Stats() const = 0;
+  // OK while the ledger accepts writes; UNAVAILABLE (ErrorInfo LEDGER_UNAVAILABLE) after a
+  // write failed, until one succeeds again. Health reports NOT_SERVING while it is not OK.
+  virtual absl::Status LedgerStatus() const { return absl::OkStatus(); }
   // Operations a provider account charged for since `since`, by task (its credit spend).
   virtual absl::StatusOr<std::map<musicgw::v1::TaskKind, int64_t>> ChargedOperations(
       musicgw::v1::Provider provider, const std::string& account, absl::Time since) = 0;
