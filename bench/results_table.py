@@ -212,6 +212,14 @@ def median_runs(objs):
     return out
 
 
+def load_note(objs):
+    loads = [o["machine"]["load_avg_1m"] for o in objs if "load_avg_1m" in o.get("machine", {})]
+    if not loads:
+        return ""
+    return (f" 1-minute load average as each scenario started: {fmt(min(loads), 1)}–"
+            f"{fmt(max(loads), 1)} on {objs[0]['machine'].get('nproc')} vCPUs.")
+
+
 def render(objs, path, analysis_path):
     medians = median_runs(objs)
     by_name = {name: median for name, (median, _) in medians.items()}
@@ -225,7 +233,7 @@ def render(objs, path, analysis_path):
         f"Machine: {machine.get('nproc')} vCPUs ({machine.get('cpu_model')}), "
         f"{fmt(machine.get('mem_total_mb'))} MB RAM, kernel {machine.get('kernel')}; "
         f"{machine.get('build_type')} build at {machine.get('git_commit')}. "
-        "Load generator, gateway and emulators share the same cores.",
+        "Load generator, gateway and emulators share the same cores." + load_note(objs),
         "",
         "| scenario | target | reached | met |",
         "|---|---|---|---|",
