@@ -324,8 +324,10 @@ callgrind_measure() {
   idle=$(grep -l "callgrind-$side-idle" "$work/cg-$side".* | head -1)
   calls_ir=$(callgrind_total "$dump")
   idle_ir=$(callgrind_total "$idle")
-  callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null |
-    head -200 >"$work/callgrind-$side.txt" || true
+  # Paths of this checkout and of the scratch directory are shortened so the kept profile is
+  # the same wherever it was taken.
+  callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null | head -200 |
+    sed -e "s|$repo/||g" -e "s|$work/|<scratch>/|g" >"$work/callgrind-$side.txt" || true
   python3 - "$out" "$calls_ir" "$idle_ir" "$CALLGRIND_CALLS" "$side" <<'PY'
 import json, sys
 load, calls_ir, idle_ir, calls, side = sys.argv[1:6]
