@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev
+  libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libpq-dev postgresql libcpp-httplib-dev nlohmann-json3-dev
   libflac++-dev libflac-dev libmp3lame-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
   sox ffmpeg prometheus curl python3
