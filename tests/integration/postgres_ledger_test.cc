@@ -92,6 +92,7 @@ class PostgresLedgerTest : public ::testing::Test {
 
 TEST_F(PostgresLedgerTest, OperationsCompleteAndSurviveAKill) {
   std::vector<Operation> operations;
+  operations.reserve(5);
   for (int i = 0; i < 4; ++i) operations.push_back(Generate(Sample()));
   // A retry with the same request_id is the same operation (the ledger's unique key).
   musicgw::v1::GenerateRequest retry = Sample();
