@@ -111,6 +111,8 @@ const std::map<std::string, std::string>& Statements() {
        "sequence = $5, charged = $6, snapshot = $7, provider_account = $8, "
        "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11"},
       {"sequence", "SELECT sequence FROM operations WHERE id = $1"},
+      // Delivered to every listening replica when (and only if) the transaction commits.
+      {"notify", "SELECT pg_notify('musicgw_changes', $1::text || ':' || $2::text)"},
       {"list",
        absl::StrCat("SELECT ", kRecordColumns,
                     " FROM operations WHERE tenant = $1 AND (cardinality($2::int[]) = 0 OR "
@@ -463,6 +465,8 @@ class PostgresOperationStore final : public OperationStore {
     MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
                                                        Param::Bytes(snapshot)})
                                 .status());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
     MUSICGW_RETURN_IF_ERROR(txn.Commit());
     return CreateResult{record, true};
   }
@@ -501,6 +505,8 @@ class PostgresOperationStore final : public OperationStore {
     MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
                                                        Param::Bytes(snapshot)})
                                 .status());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
     return txn.Commit();
   }
 

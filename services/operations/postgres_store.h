@@ -33,6 +33,10 @@ struct PostgresOptions {
   const Clock* clock = &Clock::Real();
 };
 
+// Every committed Create and Update is announced on this channel as "<operation id>:<sequence>"
+// (PostgreSQL NOTIFY, sent by the same transaction): PostgresChangeListener receives them.
+inline constexpr char kPostgresChangeChannel[] = "musicgw_changes";
+
 // Connects, applies pending migrations (one replica at a time, under an advisory lock) and
 // returns the store. UNAVAILABLE (ErrorInfo LEDGER_UNAVAILABLE) when PostgreSQL cannot be
 // reached; FAILED_PRECONDITION when the schema is newer than this binary.
