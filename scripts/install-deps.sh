@@ -6,10 +6,10 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev
+  libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libpq-dev postgresql libcpp-httplib-dev nlohmann-json3-dev
   libflac++-dev libflac-dev libmp3lame-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
-  sox ffmpeg prometheus curl python3
+  sox ffmpeg prometheus curl python3 python3-yaml
 )
 if [[ "${MUSICGW_CLIENT_DEPS:-1}" == 1 ]]; then
   # Example clients in other languages and the deployment checks.

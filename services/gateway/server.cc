@@ -1,5 +1,7 @@
 #include "services/gateway/server.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -28,6 +30,7 @@
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/postgres_store.h"
 
 namespace musicgw::gateway {
 namespace {
@@ -149,13 +152,10 @@ class GatewayServerImpl final : public GatewayServer {
     }
     for (auto& adapter : adapters_) adapter->Start();
 
-    auto store = operations::OpenSqliteOperationStore(config_.ledger_path);
-    if (!store.ok()) {
-      return absl::Status(store.status().code(), absl::StrCat("ledger ", config_.ledger_path, ": ",
-                                                              store.status().message()));
-    }
+    MUSICGW_ASSIGN_OR_RETURN(std::unique_ptr<operations::OperationStore> store, OpenLedger());
     operations::EngineOptions options;
     options.ledger_path = config_.ledger_path;
+    options.replica_id = ReplicaId();
     options.operation_deadline = config_.operation_deadline;
     options.watch_heartbeat = config_.watch_heartbeat;
     options.watch_buffer = config_.watch_buffer;
@@ -165,7 +165,7 @@ class GatewayServerImpl final : public GatewayServer {
         std::vector<operations::EngineObserver*>{&quota_observer_, metrics_.get()});
     options.observer = engine_observer_.get();
     MUSICGW_ASSIGN_OR_RETURN(
-        engine_, operations::CreateOperationsEngine(std::move(options), std::move(*store),
+        engine_, operations::CreateOperationsEngine(std::move(options), std::move(store),
                                                     adapter_ptrs_, http_.get()));
 
     quota_ =
@@ -214,7 +214,7 @@ class GatewayServerImpl final : public GatewayServer {
     log::Info("musicgw serving", {{"grpc_port", grpc_port_},
                                   {"providers", static_cast<long>(adapters_.size())},
                                   {"tenants", static_cast<long>(config_.tenants.size())},
-                                  {"ledger", config_.ledger_path}});
+                                  {"ledger", LedgerDescription()}});
     return absl::OkStatus();
   }
 
@@ -284,6 +284,40 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
  private:
+  // The embedded SQLite ledger, or the shared PostgreSQL one. Errors never quote the DSN.
+  absl::StatusOr<std::unique_ptr<operations::OperationStore>> OpenLedger() {
+    if (config_.ledger_postgres_dsn.empty()) {
+      auto store = operations::OpenSqliteOperationStore(config_.ledger_path);
+      if (!store.ok()) {
+        return absl::Status(store.status().code(), absl::StrCat("ledger ", config_.ledger_path,
+                                                                ": ", store.status().message()));
+      }
+      return store;
+    }
+    operations::PostgresOptions options;
+    options.dsn = config_.ledger_postgres_dsn;
+    options.pool_size = config_.ledger_postgres_pool_size;
+    auto store = operations::OpenPostgresOperationStore(std::move(options));
+    if (!store.ok()) {
+      return absl::Status(store.status().code(),
+                          absl::StrCat("ledger (PostgreSQL): ", store.status().message()));
+    }
+    return store;
+  }
+
+  std::string LedgerDescription() const {
+    return config_.ledger_postgres_dsn.empty() ? config_.ledger_path : "postgres";
+  }
+
+  // Replicas sharing a ledger need distinct names; a pod's host name is its own.
+  std::string ReplicaId() const {
+    if (!config_.replica_id.empty()) return config_.replica_id;
+    if (config_.ledger_postgres_dsn.empty()) return "local";
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return "replica";
+    return host;
+  }
+
   // /metrics on its own port; pull-time gauges read the quota snapshot GetQuota reports, the
   // engine's routing view, Loudly's token refreshes and the webhook outcomes.
   absl::Status StartMetrics() {
