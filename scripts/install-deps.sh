@@ -10,12 +10,14 @@ packages=(
   libflac++-dev libflac-dev libmp3lame-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
   sox ffmpeg prometheus curl python3
+  # The Python SDK and musicgw-cli (the run command's demo), installed offline into a venv.
+  python3-grpcio python3-protobuf python3-venv python3-pip python3-setuptools python3-wheel
 )
 if [[ "${MUSICGW_CLIENT_DEPS:-1}" == 1 ]]; then
   # Example clients in other languages and the deployment checks.
   # grpc-go marshals through github.com/golang/protobuf: its 1.3 package crashes on APIv2
   # messages, so the 1.5 one (which grpc-go's dependency accepts too) is asked for by name.
-  packages+=(python3-grpcio python3-protobuf nodejs golang-go golang-google-grpc-dev
+  packages+=(nodejs golang-go golang-google-grpc-dev
              golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev protoc-gen-go-grpc)
   # Debian's kubectl; any kubectl already on the PATH will do (another package may own the file).
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)

@@ -23,7 +23,7 @@ def main(src):
     minimum = max(server_default, deployed)
     clients = {
         "python": int(re.search(r'"grpc\.keepalive_time_ms", ([\d_]+)',
-                                read("clients/python/musicgw_client.py")).group(1)) / 1000,
+                                read("clients/python/src/musicgw/client.py")).group(1)) / 1000,
         "node": int(re.search(r"'grpc\.keepalive_time_ms': (\d+)",
                               read("clients/node/client.js")).group(1)) / 1000,
         "go": int(re.search(r"Time: (\d+) \* time\.Second", read("clients/go/client/client.go")).group(1)),

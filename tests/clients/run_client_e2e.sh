@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end test of one example client (python | node | go) against the sandbox: both provider
+# End-to-end test of one client (python | cli | node | go) against the sandbox: both provider
 # emulators and musicgw on free loopback ports (scripts/sandbox.sh).
 #   run_client_e2e.sh LANG SOURCE_DIR BUILD_DIR WORK_DIR
 # Exits 77 (skipped) only when the language's toolchain is absent.
@@ -11,20 +11,28 @@ mkdir -p "$work"
 
 # 1. The toolchain, and the client built or generated into $work.
 case "$lang" in
-  python)
-    py=""
-    for candidate in /usr/bin/python3 "$(command -v python3 || true)"; do
-      if [[ -x "$candidate" ]] && "$candidate" -c 'import grpc, google.protobuf' 2>/dev/null; then
-        py="$candidate"; break
-      fi
-    done
-    [[ -n "$py" ]] || skip "no python3 with grpc and protobuf (Debian: python3-grpcio python3-protobuf)"
-    command -v protoc >/dev/null || skip "no protoc"
-    [[ -x "$(command -v grpc_python_plugin || echo /usr/bin/grpc_python_plugin)" ]] || skip "no grpc_python_plugin"
-    rm -rf "$work/gen"
-    "$src/clients/python/generate.sh" "$work/gen"
-    run=(env PYTHONPATH="$work/gen:$src/clients/python" PYTHONDONTWRITEBYTECODE=1
-         "$py" "$src/clients/python/demo.py" --out-dir "$work/out")
+  python|cli)
+    # The package installed as a user would: a fresh venv over Debian's python3 (its grpcio and
+    # protobuf come from the system site), pip offline, from a copy of the sources so the build
+    # writes nothing into the source tree.
+    py=/usr/bin/python3
+    "$py" -c 'import grpc, google.protobuf, setuptools, venv' ||
+      { echo "FAIL: $py needs python3-grpcio python3-protobuf python3-setuptools python3-venv (scripts/install-deps.sh)" >&2; exit 1; }
+    rm -rf "$work/venv" "$work/pkg"
+    mkdir -p "$work/pkg/clients"
+    cp -r "$src/clients/python" "$work/pkg/clients/python"
+    cp -r "$src/proto" "$work/pkg/proto"
+    rm -rf "$work/pkg/clients/python/build" "$work/pkg/clients/python/src/"*.egg-info
+    "$py" -m venv --system-site-packages "$work/venv"
+    "$work/venv/bin/pip" install --quiet --no-index --no-build-isolation --disable-pip-version-check \
+      "$work/pkg/clients/python"
+    if [[ "$lang" == python ]]; then
+      run=(env PYTHONDONTWRITEBYTECODE=1 "$work/venv/bin/python"
+           "$src/tests/clients/python_sdk_e2e.py" --out-dir "$work/out")
+    else
+      run=(bash "$src/tests/clients/cli_e2e.sh" "$work/venv/bin/musicgw-cli" "$work/venv/bin/python"
+           --out-dir "$work/out")
+    fi
     ;;
   node)
     command -v node >/dev/null || skip "no node"
