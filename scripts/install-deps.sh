@@ -29,12 +29,29 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [[ ${#missing[@]} -eq 0 ]]; then
-  exit 0
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-echo "install-deps: installing ${missing[*]}"
-sudo_cmd=()
-[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# npm packages go into npm's cache, from the lockfiles (exact versions and integrity hashes):
+# buf for the contract checks (proto/) and the Node SDK's dependencies (clients/node). The tests
+# then install them with `npm ci --offline` and never reach the network.
+if [[ "${MUSICGW_CLIENT_DEPS:-1}" == 1 ]]; then
+  cd "$(dirname "$0")/.."
+  for dir in proto clients/node; do
+    [[ -f "$dir/package-lock.json" ]] || continue
+    tmp="$(mktemp -d)"
+    cp "$dir/package.json" "$dir/package-lock.json" "$tmp/"
+    if ! (cd "$tmp" && npm ci --offline --ignore-scripts --no-audit --no-fund --loglevel=error \
+            >/dev/null 2>&1); then
+      echo "install-deps: npm packages of $dir into the npm cache"
+      (cd "$tmp" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+    rm -rf "$tmp"
+  done
+fi
