@@ -26,7 +26,7 @@ def main(src):
                                 read("clients/python/src/musicgw/client.py")).group(1)) / 1000,
         "node": int(re.search(r"'grpc\.keepalive_time_ms': (\d+)",
                               read("clients/node/client.js")).group(1)) / 1000,
-        "go": int(re.search(r"Time: (\d+) \* time\.Second", read("clients/go/client/client.go")).group(1)),
+        "go": int(re.search(r"Time: (\d+) \* time\.Second", read("clients/go/musicgw.go")).group(1)),
     }
     passed = failed = 0
     for name, seconds in clients.items():

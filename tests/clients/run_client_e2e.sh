@@ -47,12 +47,26 @@ case "$lang" in
     run=(env MUSICGW_PROTO_DIR="$src/proto" node "$work/app/demo.js" --out-dir "$work/out")
     ;;
   go)
-    command -v go >/dev/null || skip "no go (Debian: golang-go)"
-    [[ -d /usr/share/gocode/src/google.golang.org/grpc ]] || skip "no golang-google-grpc-dev"
-    [[ -d /usr/share/gocode/src/google.golang.org/protobuf ]] || skip "no golang-google-protobuf-dev"
-    command -v protoc-gen-go-grpc >/dev/null || skip "no protoc-gen-go-grpc"
-    "$src/clients/go/build.sh" "$work/go"
-    run=("$work/go/bin/musicgw-go-demo" -out-dir "$work/out")
+    # The module built as a user would offline: a fresh GOPATH holding a copy of it, the test
+    # program beside it, Debian's Go packages (/usr/share/gocode) for its dependencies.
+    command -v go >/dev/null || { echo "FAIL: no go (scripts/install-deps.sh: golang-go)" >&2; exit 1; }
+    for dep in google.golang.org/grpc google.golang.org/protobuf google.golang.org/genproto; do
+      [[ -d /usr/share/gocode/src/$dep ]] || { echo "FAIL: no $dep in /usr/share/gocode (scripts/install-deps.sh)" >&2; exit 1; }
+    done
+    # The committed generated code must match what proto/ generates today.
+    rm -rf "$work/regen"
+    "$src/clients/go/generate.sh" "$work/regen"
+    diff -r "$src/clients/go/musicgwv1" "$work/regen/musicgwv1" ||
+      { echo "FAIL: clients/go/musicgwv1 is stale: run clients/go/generate.sh" >&2; exit 1; }
+    gopath="$work/gopath"
+    rm -rf "$gopath" && mkdir -p "$gopath/src/musicgw.dev" "$gopath/src/musicgw-go-e2e" "$work/bin"
+    cp -r "$src/clients/go" "$gopath/src/musicgw.dev/go"
+    cp "$src/tests/clients/go_e2e/main.go" "$gopath/src/musicgw-go-e2e/"
+    export GO111MODULE=off GOFLAGS='' GOPROXY=off GOPATH="$gopath:/usr/share/gocode"
+    [[ -n "${GOCACHE:-}" || ( -n "${HOME:-}" && -w "${HOME:-/nonexistent}" ) ]] || export GOCACHE="$work/gocache"
+    go build -o "$work/bin/musicgw-go-e2e" musicgw-go-e2e
+    go vet musicgw.dev/go musicgw-go-e2e
+    run=("$work/bin/musicgw-go-e2e" -out-dir "$work/out")
     ;;
   *) echo "unknown client language $lang" >&2; exit 2 ;;
 esac
