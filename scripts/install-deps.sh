@@ -54,4 +54,17 @@ if [[ "${MUSICGW_CLIENT_DEPS:-1}" == 1 ]]; then
     fi
     rm -rf "$tmp"
   done
+  # A fresh project installing the Node SDK's packed tarball resolves its dependencies by name,
+  # which needs their registry metadata in the cache too (npm ci fetches only tarballs).
+  runtime_deps=$(node -e 'const p = require("./clients/node/package.json");
+    console.log(Object.entries(p.dependencies).map(([n, v]) => `${n}@${v}`).join(" "))')
+  tmp="$(mktemp -d)"
+  echo '{"name": "musicgw-deps", "version": "0.0.0", "private": true}' >"$tmp/package.json"
+  # shellcheck disable=SC2086
+  if ! (cd "$tmp" && npm install --offline --ignore-scripts --no-audit --no-fund --loglevel=error \
+          $runtime_deps >/dev/null 2>&1); then
+    # shellcheck disable=SC2086
+    (cd "$tmp" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error $runtime_deps >/dev/null)
+  fi
+  rm -rf "$tmp"
 fi

@@ -2,10 +2,9 @@
 # End-to-end test of one client (python | cli | node | go) against the sandbox: both provider
 # emulators and musicgw on free loopback ports (scripts/sandbox.sh).
 #   run_client_e2e.sh LANG SOURCE_DIR BUILD_DIR WORK_DIR
-# Exits 77 (skipped) only when the language's toolchain is absent.
+# A missing toolchain or package fails the test (scripts/install-deps.sh installs them all).
 set -euo pipefail
 lang="$1" src="$2" build="$3" work="$4"
-skip() { echo "SKIP: $*"; exit 77; }
 rm -rf "$work/out" "$work/sandbox"
 mkdir -p "$work"
 
@@ -35,16 +34,30 @@ case "$lang" in
     fi
     ;;
   node)
-    command -v node >/dev/null || skip "no node"
-    command -v npm >/dev/null || skip "no npm"
-    # The client runs from a copy so node_modules lands in the build tree, not the source tree.
-    mkdir -p "$work/app"
-    cp "$src/clients/node/package.json" "$src/clients/node/package-lock.json" \
-       "$src/clients/node/"*.js "$work/app/"
-    if ! (cd "$work/app" && npm ci --offline --no-audit --no-fund --loglevel=error >/dev/null 2>&1); then
-      (cd "$work/app" && npm ci --no-audit --no-fund --loglevel=error)
-    fi
-    run=(env MUSICGW_PROTO_DIR="$src/proto" node "$work/app/demo.js" --out-dir "$work/out")
+    # The package packed as it would be published, then installed from the tarball into a fresh
+    # directory; every npm step is offline, from the cache scripts/install-deps.sh fills.
+    command -v node >/dev/null || { echo "FAIL: no node (scripts/install-deps.sh)" >&2; exit 1; }
+    command -v npm >/dev/null || { echo "FAIL: no npm (scripts/install-deps.sh)" >&2; exit 1; }
+    command -v protoc >/dev/null || { echo "FAIL: no protoc" >&2; exit 1; }
+    rm -rf "$work/pkg" "$work/app" "$work/"*.tgz
+    mkdir -p "$work/pkg/clients/node" "$work/app"
+    (cd "$src/clients/node" && cp -r package.json package-lock.json tsconfig.json README.md src "$work/pkg/clients/node/")
+    rm -rf "$work/pkg/clients/node/src/gen"
+    cp -r "$src/proto" "$work/pkg/proto"
+    npm_quiet=(--offline --no-audit --no-fund --loglevel=error)
+    (cd "$work/pkg/clients/node" && npm ci "${npm_quiet[@]}" >/dev/null) ||
+      { echo "FAIL: npm ci --offline: run scripts/install-deps.sh to fill the npm cache" >&2; exit 1; }
+    (cd "$work/pkg/clients/node" && npm pack --pack-destination "$work" --loglevel=error >/dev/null)
+    tarball="$(ls "$work"/musicgw-*.tgz)"
+    echo '{"name": "musicgw-e2e-app", "version": "0.0.0", "private": true}' >"$work/app/package.json"
+    (cd "$work/app" && npm install "${npm_quiet[@]}" "$tarball" >/dev/null) ||
+      { echo "FAIL: npm install of $tarball in a fresh directory" >&2; exit 1; }
+    cp "$src/tests/clients/node_e2e/e2e.js" "$src/tests/clients/node_e2e/quickstart.ts" "$work/app/"
+    # The README's quick start type-checks against the installed declarations.
+    (cd "$work/app" && "$work/pkg/clients/node/node_modules/.bin/tsc" --noEmit --strict \
+       --target ES2022 --module commonjs --moduleResolution node10 --skipLibCheck \
+       --typeRoots "$work/pkg/clients/node/node_modules/@types" --types node quickstart.ts)
+    run=(node "$work/app/e2e.js" --out-dir "$work/out")
     ;;
   go)
     # The module built as a user would offline: a fresh GOPATH holding a copy of it, the test
