@@ -79,6 +79,11 @@ case "$lang" in
     [[ -n "${GOCACHE:-}" || ( -n "${HOME:-}" && -w "${HOME:-/nonexistent}" ) ]] || export GOCACHE="$work/gocache"
     go build -o "$work/bin/musicgw-go-e2e" musicgw-go-e2e
     go vet musicgw.dev/go musicgw-go-e2e
+    # And in module mode, as go.mod says, offline: vendor/ from the same Debian packages.
+    rm -rf "$work/mod" && cp -r "$src/clients/go" "$work/mod"
+    "$src/clients/go/vendor-debian.sh" "$work/mod"
+    (cd "$work/mod" && GO111MODULE=on GOFLAGS=-mod=vendor GOPATH="$work/modpath" go build ./... &&
+       GO111MODULE=on GOFLAGS=-mod=vendor GOPATH="$work/modpath" go vet ./...)
     run=("$work/bin/musicgw-go-e2e" -out-dir "$work/out")
     ;;
   *) echo "unknown client language $lang" >&2; exit 2 ;;
