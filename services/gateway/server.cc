@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
@@ -188,6 +189,10 @@ class GatewayServerImpl final : public GatewayServer {
     service_ = std::make_unique<GatewayService>(std::move(deps));
 
     grpc::EnableDefaultHealthCheckService(true);
+    // The default health service encodes its messages without protobuf descriptors, so
+    // reflection would list grpc.health.v1.Health yet fail to describe it. Touching the
+    // generated descriptor links it in and registers it in the pool reflection serves from.
+    (void)grpc::health::v1::HealthCheckRequest::descriptor();
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     builder.AddListeningPort(config_.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port_);
