@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -178,6 +179,19 @@ inline std::string ReadLine(int fd) {
   while (read(fd, &c, 1) == 1 && c != '\n') line += c;
   return line;
 }
+
+// Real time plus an offset the test moves forward (Options::clock): expiry is tested without
+// sleeping. The offset is shared with the function handed out, so it outlives the test body.
+class SteppedClock {
+ public:
+  std::function<absl::Time()> Function() const {
+    return [offset = offset_] { return absl::Now() + absl::Nanoseconds(offset->load()); };
+  }
+  void Advance(absl::Duration by) { offset_->fetch_add(absl::ToInt64Nanoseconds(by)); }
+
+ private:
+  std::shared_ptr<std::atomic<int64_t>> offset_ = std::make_shared<std::atomic<int64_t>>(0);
+};
 
 // Polls `condition` until it holds or `timeout` passes.
 inline bool WaitFor(const std::function<bool()>& condition,
