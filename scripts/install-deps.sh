@@ -9,6 +9,9 @@ packages=(
   libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev
   libflac++-dev libflac-dev libmp3lame-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
+  # The fuzz targets (fuzz/): clang with libFuzzer; -fsanitize=fuzzer links the runtime from
+  # libclang-rt-14-dev, libfuzzer-14-dev carries the standalone library and its headers.
+  clang libclang-rt-14-dev libfuzzer-14-dev
   sox ffmpeg prometheus curl python3
 )
 if [[ "${MUSICGW_CLIENT_DEPS:-1}" == 1 ]]; then

@@ -140,7 +140,7 @@ class WebhookReceiver::Impl {
     server_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       if (res.status == 413 && req.path == options_.path && req.body.empty()) {
         size_t declared = 0;
-        absl::SimpleAtoi(req.get_header_value("Content-Length"), &declared);
+        if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &declared)) declared = 0;
         Refuse(req.get_header_value("webhook-id"), declared);
       }
     });
