@@ -9,6 +9,9 @@ packages=(
   libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libpq-dev postgresql libcpp-httplib-dev nlohmann-json3-dev
   libflac++-dev libflac-dev libmp3lame-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
+  # The fuzz targets (fuzz/): clang with libFuzzer; -fsanitize=fuzzer links the runtime from
+  # libclang-rt-14-dev, libfuzzer-14-dev carries the standalone library and its headers.
+  clang libclang-rt-14-dev libfuzzer-14-dev
   sox ffmpeg prometheus curl python3 python3-yaml
   # The Python SDK and musicgw-cli (the run command's demo), installed offline into a venv.
   python3-grpcio python3-protobuf python3-venv python3-pip python3-setuptools python3-wheel

@@ -20,13 +20,12 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
-#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
 #include "services/gateway/gateway_service.h"
+#include "services/gateway/health_service.h"
 #include "services/gateway/quota_monitor.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
@@ -188,15 +187,14 @@ class GatewayServerImpl final : public GatewayServer {
     deps.observer = metrics_.get();
     service_ = std::make_unique<GatewayService>(std::move(deps));
 
-    grpc::EnableDefaultHealthCheckService(true);
-    // The default health service encodes its messages without protobuf descriptors, so
-    // reflection would list grpc.health.v1.Health yet fail to describe it. Touching the
-    // generated descriptor links it in and registers it in the pool reflection serves from.
-    (void)grpc::health::v1::HealthCheckRequest::descriptor();
+    // Our own health service, not gRPC's built-in one: a drain must end Watch streams at once.
+    health_ = std::make_unique<HealthService>(
+        std::vector<std::string>{musicgw::v1::MusicGateway::service_full_name()});
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     builder.AddListeningPort(config_.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
+    builder.RegisterService(health_.get());
     // Keepalive enforcement: clients may ping at most every keepalive_min_ping_interval, also
     // on idle connections (long WatchOperation streams); documented for client authors.
     builder.AddChannelArgument(
@@ -215,7 +213,7 @@ class GatewayServerImpl final : public GatewayServer {
     MUSICGW_RETURN_IF_ERROR(StartWebhooks());
     quota_->Start();
     MUSICGW_RETURN_IF_ERROR(StartMetrics());
-    server_->GetHealthCheckService()->SetServingStatus(true);
+    health_->SetServing(true);
     log::Info("musicgw serving", {{"grpc_port", grpc_port_},
                                   {"providers", static_cast<long>(adapters_.size())},
                                   {"tenants", static_cast<long>(config_.tenants.size())},
@@ -263,14 +261,22 @@ class GatewayServerImpl final : public GatewayServer {
       if (drained_) return;
       drained_ = true;
     }
+    const absl::Time started = absl::Now();
     log::Info("musicgw draining", {{"deadline_seconds", absl::ToDoubleSeconds(deadline)}});
-    if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
+    // Health watchers (client-side health checking) learn NOT_SERVING and their streams end
+    // now, so they neither hold the shutdown to its deadline nor keep the client waiting.
+    if (health_ != nullptr) health_->Shutdown();
     // Webhooks stop first: polling remains the source of truth after a restart.
     if (webhooks_ != nullptr) webhooks_->Stop();
     // Streams end first, with UNAVAILABLE, so Shutdown only waits for short unary calls.
     if (engine_ != nullptr) engine_->Shutdown();
     if (server_ != nullptr) {
-      server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
+      // gRPC holds the shutdown until connected clients go (seconds after its GOAWAY, even for
+      // idle connections), and the teardown below can take two seconds more (the metrics
+      // listener polls for its stop every 2 s): the calls get the deadline less a reserve, so
+      // the process exits within the deadline.
+      const absl::Duration reserve = std::min(absl::Milliseconds(2500), deadline / 2);
+      server_->Shutdown(absl::ToChronoTime(started + deadline - reserve));
       server_->Wait();
     }
     if (quota_ != nullptr) quota_->Stop();
@@ -280,6 +286,7 @@ class GatewayServerImpl final : public GatewayServer {
     webhooks_.reset();
     service_.reset();
     server_.reset();
+    health_.reset();
     engine_.reset();
     quota_.reset();
     adapters_.clear();
@@ -387,6 +394,7 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<Directory> directory_;
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;
+  std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<adapters::soundpiece::WebhookReceiver> webhooks_;
   int grpc_port_ = 0;
