@@ -23,14 +23,17 @@
 #include "grpcpp/server_builder.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
+#include "services/gateway/credit_estimator.h"
 #include "services/gateway/gateway_service.h"
-#include "services/gateway/quota_monitor.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/quota_monitor.h"
 
 namespace musicgw::gateway {
 namespace {
+
+using operations::QuotaMonitor;
 
 google::protobuf::Timestamp ToProto(absl::Time time) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(time));
@@ -171,9 +174,15 @@ class GatewayServerImpl final : public GatewayServer {
     quota_ =
         std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(), config_.quota_refresh_interval);
     quota_observer_.set_monitor(quota_.get());
+    operations::OperationsEngine* engine = engine_.get();
+    credits_ = std::make_unique<CreditEstimator>(
+        config_.providers,
+        [engine](musicgw::v1::Provider provider, const std::string& account, absl::Time since) {
+          return engine->ChargedOperations(provider, account, since);
+        });
     quota_->set_listener([this](const adapters::ProviderAdapter* adapter,
                                 std::vector<adapters::QuotaFigure>* figures) {
-      EstimateCredits(adapter, figures);
+      credits_->Complete(adapter->provider(), adapter->account(), figures);
       engine_->UpdateQuota(adapter, *figures);
     });
     directory_ = std::make_unique<Directory>(adapter_ptrs_, engine_.get(), quota_.get());
@@ -221,36 +230,6 @@ class GatewayServerImpl final : public GatewayServer {
   int grpc_port() const override { return grpc_port_; }
   int metrics_port() const override { return metrics_ == nullptr ? 0 : metrics_->port(); }
   int webhook_port() const override { return webhooks_ == nullptr ? 0 : webhooks_->port(); }
-
-  // Soundpiece publishes no balance: with the credits the operator bought in the config, the
-  // "credits" figure becomes that balance minus the ledger's charged operations at their cost.
-  void EstimateCredits(const adapters::ProviderAdapter* adapter,
-                       std::vector<adapters::QuotaFigure>* figures) {
-    const config::ProviderConfig* account = nullptr;
-    for (size_t i = 0; i < adapter_ptrs_.size(); ++i) {
-      if (adapter_ptrs_[i] == adapter) account = &config_.providers[i];
-    }
-    if (account == nullptr || account->credit_balance <= 0) return;
-    auto charged =
-        engine_->ChargedOperations(adapter->provider(), adapter->account(), account->credits_since);
-    if (!charged.ok()) {
-      log::Warning("credit estimate failed", {{"account", adapter->account()},
-                                              {"error", std::string(charged.status().message())}});
-      return;
-    }
-    int64_t spent = 0;
-    for (const auto& [task, count] : *charged) {
-      auto cost = account->credit_costs.find(task);
-      spent += count * (cost == account->credit_costs.end() ? 1 : cost->second);
-    }
-    for (adapters::QuotaFigure& figure : *figures) {
-      if (figure.resource != "credits") continue;
-      figure.limit = account->credit_balance;
-      figure.used = spent;
-      // A recent 402 (remaining 0) outranks the estimate.
-      if (figure.remaining != 0) figure.remaining = std::max<int64_t>(0, figure.limit - spent);
-    }
-  }
 
   void Drain(absl::Duration deadline) override {
     {
@@ -345,6 +324,7 @@ class GatewayServerImpl final : public GatewayServer {
   QuotaRefreshObserver quota_observer_;
   std::unique_ptr<operations::OperationsEngine> engine_;
   std::unique_ptr<QuotaMonitor> quota_;
+  std::unique_ptr<CreditEstimator> credits_;
   std::unique_ptr<Directory> directory_;
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;

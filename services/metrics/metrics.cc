@@ -390,7 +390,7 @@ class Metrics::Impl {
   }
 
   // --- sources ---
-  void SetQuotaSource(std::function<std::vector<gateway::AccountQuota>()> snapshot) {
+  void SetQuotaSource(std::function<std::vector<operations::AccountQuota>()> snapshot) {
     absl::MutexLock lock(&sources_mu_);
     quota_ = std::move(snapshot);
   }
@@ -479,7 +479,7 @@ class Metrics::Impl {
   };
 
   std::vector<prometheus::MetricFamily> Pull() ABSL_LOCKS_EXCLUDED(sources_mu_);
-  void PullQuota(const std::vector<gateway::AccountQuota>& accounts, absl::Time now,
+  void PullQuota(const std::vector<operations::AccountQuota>& accounts, absl::Time now,
                  std::vector<prometheus::MetricFamily>& out);
   void PullProviders(const std::vector<operations::ProviderState>& states, absl::Time now,
                      std::vector<prometheus::MetricFamily>& out);
@@ -508,7 +508,7 @@ class Metrics::Impl {
   std::unique_ptr<BoundedValues> accounts_;
 
   absl::Mutex sources_mu_;
-  std::function<std::vector<gateway::AccountQuota>()> quota_ ABSL_GUARDED_BY(sources_mu_);
+  std::function<std::vector<operations::AccountQuota>()> quota_ ABSL_GUARDED_BY(sources_mu_);
   const operations::OperationsEngine* engine_ ABSL_GUARDED_BY(sources_mu_) = nullptr;
   std::vector<TokenSource> token_sources_ ABSL_GUARDED_BY(sources_mu_);
   std::vector<WebhookSource> webhook_sources_ ABSL_GUARDED_BY(sources_mu_);
@@ -594,7 +594,7 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
   return out;
 }
 
-void Metrics::Impl::PullQuota(const std::vector<gateway::AccountQuota>& accounts, absl::Time now,
+void Metrics::Impl::PullQuota(const std::vector<operations::AccountQuota>& accounts, absl::Time now,
                               std::vector<prometheus::MetricFamily>& out) {
   PullFamily limit("musicgw_provider_quota_limit",
                    "Provider quota limit per account and resource (as last read).",
@@ -704,7 +704,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(MetricsOptions options)
 Metrics::Metrics(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Metrics::~Metrics() = default;
 
-void Metrics::SetQuotaSource(std::function<std::vector<gateway::AccountQuota>()> snapshot) {
+void Metrics::SetQuotaSource(std::function<std::vector<operations::AccountQuota>()> snapshot) {
   impl_->SetQuotaSource(std::move(snapshot));
 }
 void Metrics::SetEngine(const operations::OperationsEngine* engine) { impl_->SetEngine(engine); }

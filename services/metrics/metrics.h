@@ -28,8 +28,8 @@
 #include "adapters/soundpiece/webhook.h"
 #include "prometheus/metric_family.h"
 #include "services/gateway/gateway_service.h"
-#include "services/gateway/quota_monitor.h"
 #include "services/operations/engine.h"
+#include "services/operations/quota_monitor.h"
 
 namespace musicgw::metrics {
 
@@ -56,7 +56,7 @@ class Metrics final : public gateway::RpcObserver,
   // or the Metrics object is destroyed (call ClearSources() before tearing the sources down).
   // The quota gauges read the same snapshot GetQuota reports, e.g.
   //   SetQuotaSource([monitor] { return monitor->Snapshot(); }).
-  void SetQuotaSource(std::function<std::vector<gateway::AccountQuota>()> snapshot);
+  void SetQuotaSource(std::function<std::vector<operations::AccountQuota>()> snapshot);
   // ProviderStates() (health, cooldown, quota exhaustion) and Stats().
   void SetEngine(const operations::OperationsEngine* engine);
   // A monotonic count of completed OAuth refreshes (LoudlyAdapter::token_refreshes()).

@@ -238,7 +238,7 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   options.clock = [&now] { return now; };
   auto metrics = NewMetrics(options);
 
-  gateway::AccountQuota loudly;
+  operations::AccountQuota loudly;
   loudly.provider = v1::PROVIDER_LOUDLY;
   loudly.account = "loudly-main";
   loudly.read_time = now - absl::Seconds(30);
@@ -252,14 +252,14 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   adapters::QuotaFigure unknown;
   unknown.resource = "credits";  // limit/used/remaining not reported
   loudly.figures.push_back(unknown);
-  gateway::AccountQuota soundpiece;
+  operations::AccountQuota soundpiece;
   soundpiece.provider = v1::PROVIDER_SOUNDPIECE;
   soundpiece.account = "sp";
   soundpiece.last_error = "UNAVAILABLE: provider down";
   int quota_reads = 0;
   metrics->SetQuotaSource([&] {
     ++quota_reads;
-    return std::vector<gateway::AccountQuota>{loudly, soundpiece};
+    return std::vector<operations::AccountQuota>{loudly, soundpiece};
   });
 
   testing::ScriptedEngine engine;
