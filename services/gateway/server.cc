@@ -10,14 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "adapters/capabilities.h"
 #include "adapters/http/curl_http_client.h"
 #include "adapters/loudly/loudly_adapter.h"
 #include "adapters/registry.h"
 #include "adapters/soundpiece/webhook.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
-#include "google/protobuf/util/time_util.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
@@ -25,6 +24,7 @@
 #include "services/gateway/budgets.h"
 #include "services/gateway/credit_estimator.h"
 #include "services/gateway/gateway_service.h"
+#include "services/gateway/provider_directory.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
@@ -34,85 +34,6 @@ namespace musicgw::gateway {
 namespace {
 
 using operations::QuotaMonitor;
-
-google::protobuf::Timestamp ToProto(absl::Time time) {
-  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(time));
-}
-
-// ListProviders and GetQuota: capabilities from the shared table, health from the engine's
-// routing view, catalogs from the adapters, quota from the monitor.
-class Directory final : public ProviderDirectory {
- public:
-  Directory(std::vector<adapters::ProviderAdapter*> adapters, operations::OperationsEngine* engine,
-            const QuotaMonitor* quota)
-      : adapters_(std::move(adapters)), engine_(engine), quota_(quota) {}
-
-  std::vector<musicgw::v1::ProviderInfo> Providers() const override {
-    std::vector<musicgw::v1::ProviderInfo> providers;
-    const std::vector<operations::ProviderState> states = engine_->ProviderStates();
-    for (const auto* adapter : adapters_) {
-      musicgw::v1::ProviderInfo info;
-      info.set_provider(adapter->provider());
-      info.set_account(adapter->account());
-      info.set_dialect(adapter->dialect());
-      for (const auto& task : adapters::Capabilities(adapter->provider())) {
-        *info.add_tasks() = task;
-      }
-      for (const auto& state : states) {
-        if (state.provider != adapter->provider()) continue;
-        info.set_health(state.health);
-        info.set_health_detail(state.health_detail);
-        info.set_quota_exhausted(state.quota_exhausted);
-      }
-      const adapters::ProviderCatalog catalog = adapter->catalog();
-      for (const auto& genre : catalog.genres) info.add_genres(genre);
-      for (const auto& structure : catalog.structures) *info.add_structures() = structure;
-      info.set_example_prompt(catalog.example_prompt);
-      providers.push_back(std::move(info));
-    }
-    return providers;
-  }
-
-  std::vector<musicgw::v1::ProviderQuota> Quotas(musicgw::v1::Provider filter) const override {
-    std::vector<musicgw::v1::ProviderQuota> quotas;
-    const std::vector<operations::ProviderState> states = engine_->ProviderStates();
-    for (const auto& account : quota_->Snapshot()) {
-      if (filter != musicgw::v1::PROVIDER_UNSPECIFIED && filter != account.provider) continue;
-      bool exhausted = false;
-      for (const auto& state : states) {
-        if (state.provider == account.provider) exhausted = state.quota_exhausted;
-      }
-      for (const auto& figure : account.figures) {
-        musicgw::v1::ProviderQuota quota;
-        quota.set_provider(account.provider);
-        quota.set_account(account.account);
-        quota.set_resource(figure.resource);
-        quota.set_limit(figure.limit);
-        quota.set_used(figure.used);
-        quota.set_remaining(figure.remaining);
-        if (figure.reset_time != absl::InfinitePast()) {
-          *quota.mutable_reset_time() = ToProto(figure.reset_time);
-        }
-        if (account.read_time != absl::InfinitePast()) {
-          *quota.mutable_read_time() = ToProto(account.read_time);
-        }
-        quota.set_exhausted(exhausted || figure.remaining == 0);
-        quotas.push_back(std::move(quota));
-      }
-    }
-    return quotas;
-  }
-
-  std::vector<musicgw::v1::TenantBudget> Budgets(
-      const config::TenantConfig& tenant) const override {
-    return ReportBudgets(*engine_, tenant, absl::Now());
-  }
-
- private:
-  std::vector<adapters::ProviderAdapter*> adapters_;
-  operations::OperationsEngine* engine_;
-  const QuotaMonitor* quota_;
-};
 
 // Refreshes the provider's quota figures after each generation ends.
 class QuotaRefreshObserver final : public operations::EngineObserver {
@@ -185,7 +106,14 @@ class GatewayServerImpl final : public GatewayServer {
       credits_->Complete(adapter->provider(), adapter->account(), figures);
       engine_->UpdateQuota(adapter, *figures);
     });
-    directory_ = std::make_unique<Directory>(adapter_ptrs_, engine_.get(), quota_.get());
+    AccountDirectorySources sources;
+    sources.adapters = adapter_ptrs_;
+    sources.states = [engine] { return engine->ProviderStates(); };
+    sources.quotas = [quota = quota_.get()] { return quota->Snapshot(); };
+    sources.budgets = [engine](const config::TenantConfig& tenant) {
+      return ReportBudgets(*engine, tenant, Clock::Real().Now());
+    };
+    directory_ = std::make_unique<AccountDirectory>(std::move(sources));
     tenants_ = std::make_unique<TenantDirectory>(config_.tenants);
 
     GatewayDeps deps;
@@ -275,7 +203,7 @@ class GatewayServerImpl final : public GatewayServer {
       }
     }
     if (webhooks_ != nullptr) {
-      metrics_->AddWebhookSource(musicgw::v1::PROVIDER_SOUNDPIECE,
+      metrics_->AddWebhookSource(musicgw::v1::PROVIDER_SOUNDPIECE, webhook_account_,
                                  [receiver = webhooks_.get()] { return receiver->counters(); });
     }
     return metrics_->StartExposer(config_.metrics_listen);
@@ -311,6 +239,7 @@ class GatewayServerImpl final : public GatewayServer {
                                        receiver.status().message()));
     }
     webhooks_ = std::move(*receiver);
+    webhook_account_ = soundpiece->name;
     return absl::OkStatus();
   }
 
@@ -325,11 +254,12 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<operations::OperationsEngine> engine_;
   std::unique_ptr<QuotaMonitor> quota_;
   std::unique_ptr<CreditEstimator> credits_;
-  std::unique_ptr<Directory> directory_;
+  std::unique_ptr<AccountDirectory> directory_;
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<adapters::soundpiece::WebhookReceiver> webhooks_;
+  std::string webhook_account_;
   int grpc_port_ = 0;
   absl::Mutex drain_mu_;
   bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;

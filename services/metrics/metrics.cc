@@ -403,10 +403,10 @@ class Metrics::Impl {
     absl::MutexLock lock(&sources_mu_);
     token_sources_.push_back({provider, std::move(account), std::move(refreshes)});
   }
-  void AddWebhookSource(v1::Provider provider,
+  void AddWebhookSource(v1::Provider provider, std::string account,
                         std::function<adapters::soundpiece::WebhookCounters()> counters) {
     absl::MutexLock lock(&sources_mu_);
-    webhook_sources_.push_back({provider, std::move(counters)});
+    webhook_sources_.push_back({provider, std::move(account), std::move(counters)});
   }
   void ClearSources() {
     absl::MutexLock lock(&sources_mu_);
@@ -475,6 +475,7 @@ class Metrics::Impl {
   };
   struct WebhookSource {
     v1::Provider provider;
+    std::string account;
     std::function<adapters::soundpiece::WebhookCounters()> counters;
   };
 
@@ -573,20 +574,22 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
     }
     tokens.MoveTo(out);
     PullFamily webhooks("musicgw_webhooks_received_total",
-                        "Provider webhook deliveries by outcome (verified, bad_signature, stale, "
-                        "duplicate, malformed).",
+                        "Provider webhook deliveries by provider account and outcome (verified, "
+                        "bad_signature, stale, duplicate, malformed).",
                         MetricType::Counter);
     for (const auto& source : webhook_sources_) {
       if (!source.counters) continue;
       const adapters::soundpiece::WebhookCounters counters = source.counters();
       const std::string p = Provider(source.provider);
+      const std::string a = accounts_->Normalize(source.account);
       const std::pair<const char*, int64_t> outcomes[] = {{"verified", counters.verified},
                                                           {"bad_signature", counters.bad_signature},
                                                           {"stale", counters.stale},
                                                           {"duplicate", counters.duplicate},
                                                           {"malformed", counters.malformed}};
       for (const auto& [outcome, count] : outcomes) {
-        webhooks.Add({{"provider", p}, {"outcome", outcome}}, static_cast<double>(count));
+        webhooks.Add({{"provider", p}, {"account", a}, {"outcome", outcome}},
+                     static_cast<double>(count));
       }
     }
     webhooks.MoveTo(out);
@@ -712,9 +715,9 @@ void Metrics::AddTokenRefreshSource(v1::Provider provider, std::string account,
                                     std::function<int64_t()> refreshes) {
   impl_->AddTokenRefreshSource(provider, std::move(account), std::move(refreshes));
 }
-void Metrics::AddWebhookSource(v1::Provider provider,
+void Metrics::AddWebhookSource(v1::Provider provider, std::string account,
                                std::function<adapters::soundpiece::WebhookCounters()> counters) {
-  impl_->AddWebhookSource(provider, std::move(counters));
+  impl_->AddWebhookSource(provider, std::move(account), std::move(counters));
 }
 void Metrics::ClearSources() { impl_->ClearSources(); }
 

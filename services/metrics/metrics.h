@@ -59,11 +59,12 @@ class Metrics final : public gateway::RpcObserver,
   void SetQuotaSource(std::function<std::vector<operations::AccountQuota>()> snapshot);
   // ProviderStates() (health, cooldown, quota exhaustion) and Stats().
   void SetEngine(const operations::OperationsEngine* engine);
-  // A monotonic count of completed OAuth refreshes (LoudlyAdapter::token_refreshes()).
+  // A monotonic count of completed credential refreshes of one account
+  // (ProviderAdapter::credential_refreshes()).
   void AddTokenRefreshSource(musicgw::v1::Provider provider, std::string account,
                              std::function<int64_t()> refreshes);
-  // Monotonic webhook outcome counters (WebhookReceiver::counters()).
-  void AddWebhookSource(musicgw::v1::Provider provider,
+  // Monotonic webhook outcome counters of one account (WebhookHandler::counters()).
+  void AddWebhookSource(musicgw::v1::Provider provider, std::string account,
                         std::function<adapters::soundpiece::WebhookCounters()> counters);
   // Forgets every source; waits for a scrape in progress to finish with them.
   void ClearSources();

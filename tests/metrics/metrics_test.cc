@@ -287,7 +287,7 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   webhooks.verified = 10;
   webhooks.bad_signature = 2;
   webhooks.duplicate = 1;
-  metrics->AddWebhookSource(v1::PROVIDER_SOUNDPIECE, [&] { return webhooks; });
+  metrics->AddWebhookSource(v1::PROVIDER_SOUNDPIECE, "soundpiece-main", [&] { return webhooks; });
 
   EXPECT_EQ(quota_reads, 0);  // nothing is read before a scrape
   auto families = metrics->Collect();
@@ -417,7 +417,7 @@ TEST(MetricsExposerTest, ServesTheScrapeOverHttpAndPromtoolAcceptsIt) {
        "musicgw_grpc_requests_total{grpc_code=\"OK\",method=\"Generate\"} 1",
        "# TYPE musicgw_grpc_request_duration_seconds histogram",
        R"(musicgw_provider_quota_remaining{provider="soundpiece",account="sp-main",resource="credits"} 1)",
-       "musicgw_webhooks_received_total{provider=\"soundpiece\",outcome=\"verified\"} 5",
+       R"(musicgw_webhooks_received_total{provider="soundpiece",account="sp-main",outcome="verified"} 5)",
        "musicgw_upstream_token_refreshes_total{provider=\"loudly\",account=\"loudly-web\"} 3"}) {
     EXPECT_TRUE(absl::StrContains(*body, expected)) << expected << "\n" << *body;
   }

@@ -215,7 +215,7 @@ inline void Populate(Metrics& metrics, ScriptedEngine& engine) {
     return std::vector<operations::AccountQuota>{account};
   });
   metrics.AddTokenRefreshSource(v1::PROVIDER_LOUDLY, "loudly-web", [] { return int64_t{3}; });
-  metrics.AddWebhookSource(v1::PROVIDER_SOUNDPIECE, [] {
+  metrics.AddWebhookSource(v1::PROVIDER_SOUNDPIECE, "sp-main", [] {
     adapters::soundpiece::WebhookCounters counters;
     counters.verified = 5;
     counters.stale = 1;
