@@ -11,9 +11,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "adapters/http/curl_http_client.h"
-#include "adapters/loudly/loudly_adapter.h"
 #include "adapters/registry.h"
-#include "adapters/soundpiece/webhook.h"
+#include "adapters/webhook_server.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -180,6 +179,7 @@ class GatewayServerImpl final : public GatewayServer {
     // Scrapes keep working through the drain; the sources go before what they read.
     if (metrics_ != nullptr) metrics_->ClearSources();
     webhooks_.reset();
+    webhook_handlers_.clear();
     service_.reset();
     server_.reset();
     engine_.reset();
@@ -192,54 +192,70 @@ class GatewayServerImpl final : public GatewayServer {
 
  private:
   // /metrics on its own port; pull-time gauges read the quota snapshot GetQuota reports, the
-  // engine's routing view, Loudly's token refreshes and the webhook outcomes.
+  // engine's routing view, credential refreshes and webhook outcomes, per provider account.
   absl::Status StartMetrics() {
     metrics_->SetQuotaSource([quota = quota_.get()] { return quota->Snapshot(); });
     metrics_->SetEngine(engine_.get());
     for (auto* adapter : adapter_ptrs_) {
-      if (auto* loudly = dynamic_cast<adapters::loudly::LoudlyAdapter*>(adapter)) {
-        metrics_->AddTokenRefreshSource(adapter->provider(), adapter->account(),
-                                        [loudly] { return loudly->token_refreshes(); });
+      if (adapter->credential_refreshes().has_value()) {
+        metrics_->AddTokenRefreshSource(adapter->provider(), adapter->account(), [adapter] {
+          return adapter->credential_refreshes().value_or(0);
+        });
       }
     }
-    if (webhooks_ != nullptr) {
-      metrics_->AddWebhookSource(musicgw::v1::PROVIDER_SOUNDPIECE, webhook_account_,
-                                 [receiver = webhooks_.get()] { return receiver->counters(); });
+    for (const auto& [adapter, handler] : webhook_handlers_) {
+      metrics_->AddWebhookSource(adapter->provider(), adapter->account(),
+                                 [handler = handler.get()] { return handler->counters(); });
     }
     return metrics_->StartExposer(config_.metrics_listen);
   }
 
-  // Soundpiece completion callbacks: verified, then handed to the engine at once.
+  // Provider callbacks: every account whose adapter asks for webhooks gets its routes on the
+  // one webhook listener; its verified updates go to the engine at once.
   absl::Status StartWebhooks() {
     if (config_.webhook_listen.empty()) return absl::OkStatus();
-    const config::ProviderConfig* soundpiece = nullptr;
-    for (const auto& provider : config_.providers) {
-      if (provider.type == musicgw::v1::PROVIDER_SOUNDPIECE) soundpiece = &provider;
+    adapters::WebhookSettings settings;
+    settings.tolerance = config_.webhook_tolerance;
+    adapters::WebhookServer::Routes routes;
+    operations::OperationsEngine* engine = engine_.get();
+    for (auto* adapter : adapter_ptrs_) {
+      auto handler = adapter->CreateWebhookHandler(settings);
+      if (!handler.ok()) {
+        return absl::Status(handler.status().code(),
+                            absl::StrCat("provider account ", adapter->account(), ": ",
+                                         handler.status().message()));
+      }
+      if (*handler == nullptr) continue;
+      adapters::WebhookAccountRoute route;
+      route.handler = handler->get();
+      route.sink = [engine, provider = adapter->provider()](const adapters::UpstreamStatus& s) {
+        engine->OnProviderUpdate(provider, s);
+      };
+      for (const std::string& path : adapter->webhook_paths()) {
+        auto it = std::find_if(routes.begin(), routes.end(),
+                               [&path](const auto& r) { return r.first == path; });
+        if (it == routes.end()) it = routes.insert(routes.end(), {path, {}});
+        it->second.push_back(route);
+      }
+      webhook_handlers_.emplace_back(adapter, std::move(*handler));
     }
-    if (soundpiece == nullptr || soundpiece->webhook_secrets.empty()) {
-      log::Warning("webhook endpoint disabled: no soundpiece webhook_secrets configured");
+    if (webhook_handlers_.empty()) {
+      log::Warning("webhook endpoint disabled: no provider account has webhook_secrets");
       return absl::OkStatus();
     }
-    adapters::soundpiece::WebhookReceiverOptions options;
+    adapters::WebhookServerOptions options;
     const size_t colon = config_.webhook_listen.rfind(':');
     options.host = config_.webhook_listen.substr(0, colon);
     if (!absl::SimpleAtoi(config_.webhook_listen.substr(colon + 1), &options.port)) {
       return absl::InvalidArgumentError("server.webhook_listen: bad port");
     }
-    options.verifier.secrets = soundpiece->webhook_secrets;
-    options.verifier.tolerance = config_.webhook_tolerance;
-    operations::OperationsEngine* engine = engine_.get();
-    auto receiver = adapters::soundpiece::WebhookReceiver::Start(
-        std::move(options), [engine](const adapters::UpstreamStatus& status) {
-          engine->OnProviderUpdate(musicgw::v1::PROVIDER_SOUNDPIECE, status);
-        });
-    if (!receiver.ok()) {
-      return absl::Status(receiver.status().code(),
+    auto server = adapters::WebhookServer::Start(std::move(options), std::move(routes));
+    if (!server.ok()) {
+      return absl::Status(server.status().code(),
                           absl::StrCat("webhook endpoint ", config_.webhook_listen, ": ",
-                                       receiver.status().message()));
+                                       server.status().message()));
     }
-    webhooks_ = std::move(*receiver);
-    webhook_account_ = soundpiece->name;
+    webhooks_ = std::move(*server);
     return absl::OkStatus();
   }
 
@@ -258,8 +274,10 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<adapters::soundpiece::WebhookReceiver> webhooks_;
-  std::string webhook_account_;
+  // Each webhook handler with the adapter it belongs to; outlive webhooks_.
+  std::vector<std::pair<adapters::ProviderAdapter*, std::unique_ptr<adapters::WebhookHandler>>>
+      webhook_handlers_;
+  std::unique_ptr<adapters::WebhookServer> webhooks_;
   int grpc_port_ = 0;
   absl::Mutex drain_mu_;
   bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;

@@ -404,7 +404,7 @@ class Metrics::Impl {
     token_sources_.push_back({provider, std::move(account), std::move(refreshes)});
   }
   void AddWebhookSource(v1::Provider provider, std::string account,
-                        std::function<adapters::soundpiece::WebhookCounters()> counters) {
+                        std::function<adapters::WebhookCounters()> counters) {
     absl::MutexLock lock(&sources_mu_);
     webhook_sources_.push_back({provider, std::move(account), std::move(counters)});
   }
@@ -476,7 +476,7 @@ class Metrics::Impl {
   struct WebhookSource {
     v1::Provider provider;
     std::string account;
-    std::function<adapters::soundpiece::WebhookCounters()> counters;
+    std::function<adapters::WebhookCounters()> counters;
   };
 
   std::vector<prometheus::MetricFamily> Pull() ABSL_LOCKS_EXCLUDED(sources_mu_);
@@ -579,7 +579,7 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
                         MetricType::Counter);
     for (const auto& source : webhook_sources_) {
       if (!source.counters) continue;
-      const adapters::soundpiece::WebhookCounters counters = source.counters();
+      const adapters::WebhookCounters counters = source.counters();
       const std::string p = Provider(source.provider);
       const std::string a = accounts_->Normalize(source.account);
       const std::pair<const char*, int64_t> outcomes[] = {{"verified", counters.verified},
@@ -716,7 +716,7 @@ void Metrics::AddTokenRefreshSource(v1::Provider provider, std::string account,
   impl_->AddTokenRefreshSource(provider, std::move(account), std::move(refreshes));
 }
 void Metrics::AddWebhookSource(v1::Provider provider, std::string account,
-                               std::function<adapters::soundpiece::WebhookCounters()> counters) {
+                               std::function<adapters::WebhookCounters()> counters) {
   impl_->AddWebhookSource(provider, std::move(account), std::move(counters));
 }
 void Metrics::ClearSources() { impl_->ClearSources(); }

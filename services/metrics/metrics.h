@@ -25,7 +25,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "adapters/http/observer.h"
-#include "adapters/soundpiece/webhook.h"
+#include "adapters/provider.h"
 #include "prometheus/metric_family.h"
 #include "services/gateway/gateway_service.h"
 #include "services/operations/engine.h"
@@ -65,7 +65,7 @@ class Metrics final : public gateway::RpcObserver,
                              std::function<int64_t()> refreshes);
   // Monotonic webhook outcome counters of one account (WebhookHandler::counters()).
   void AddWebhookSource(musicgw::v1::Provider provider, std::string account,
-                        std::function<adapters::soundpiece::WebhookCounters()> counters);
+                        std::function<adapters::WebhookCounters()> counters);
   // Forgets every source; waits for a scrape in progress to finish with them.
   void ClearSources();
 

@@ -283,7 +283,7 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
 
   int64_t refreshes = 4;
   metrics->AddTokenRefreshSource(v1::PROVIDER_LOUDLY, "loudly-main", [&] { return refreshes; });
-  adapters::soundpiece::WebhookCounters webhooks;
+  adapters::WebhookCounters webhooks;
   webhooks.verified = 10;
   webhooks.bad_signature = 2;
   webhooks.duplicate = 1;

@@ -216,7 +216,7 @@ inline void Populate(Metrics& metrics, ScriptedEngine& engine) {
   });
   metrics.AddTokenRefreshSource(v1::PROVIDER_LOUDLY, "loudly-web", [] { return int64_t{3}; });
   metrics.AddWebhookSource(v1::PROVIDER_SOUNDPIECE, "sp-main", [] {
-    adapters::soundpiece::WebhookCounters counters;
+    adapters::WebhookCounters counters;
     counters.verified = 5;
     counters.stale = 1;
     return counters;
