@@ -8,13 +8,17 @@
 // calling function) and must not block.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "musicgw/v1/musicgw.pb.h"
 
@@ -90,6 +94,47 @@ struct ProviderCatalog {
   absl::Time read_time = absl::InfinitePast();
 };
 
+// Monotonic counts of one account's webhook deliveries, by verification outcome.
+struct WebhookCounters {
+  int64_t verified = 0;
+  int64_t bad_signature = 0;
+  int64_t stale = 0;
+  int64_t duplicate = 0;
+  int64_t malformed = 0;
+  int64_t too_large = 0;  // refused with 413 before any verification
+};
+
+// One HTTP request a provider made to the gateway's webhook endpoint.
+struct WebhookDelivery {
+  // A request header by lower-case name; empty when absent.
+  std::function<std::string(const std::string& name)> header;
+  absl::string_view body;
+  // The Content-Length of a body the HTTP layer refused to read (too large); 0 otherwise.
+  size_t refused_body_bytes = 0;
+};
+
+// Receives one provider account's callbacks (webhooks): checks each delivery with that
+// account's secrets and turns a verified one into an UpstreamStatus. Thread-safe.
+class WebhookHandler {
+ public:
+  using Sink = std::function<void(const UpstreamStatus&)>;
+  virtual ~WebhookHandler() = default;
+
+  // True when this account's secrets signed `delivery` (no other check, no side effect): lets a
+  // route shared by several accounts pick the account a delivery belongs to.
+  virtual bool SignedForThisAccount(const WebhookDelivery& delivery) const = 0;
+  // Checks and counts one delivery; hands a verified update to `sink` before returning. Returns
+  // the HTTP status to answer.
+  virtual int Handle(const WebhookDelivery& delivery, const Sink& sink) = 0;
+  virtual WebhookCounters counters() const = 0;
+};
+
+// What the gateway's webhook endpoint tells every handler.
+struct WebhookSettings {
+  // Largest accepted difference between a delivery's timestamp and now.
+  absl::Duration tolerance = absl::Minutes(5);
+};
+
 class ProviderAdapter {
  public:
   virtual ~ProviderAdapter() = default;
@@ -141,6 +186,22 @@ class ProviderAdapter {
 
   // The latest cached catalog (empty when the provider publishes none).
   virtual ProviderCatalog catalog() const { return {}; }
+
+  // ---- What the adapter needs from the process hosting it (none by default) ----
+
+  // Webhooks: the route paths this account's provider calls back on, most specific first
+  // (e.g. "/webhooks/soundpiece/<account>", then the provider's shared "/webhooks/soundpiece"),
+  // and a handler checking deliveries with this account's secrets. Empty / nullptr when the
+  // account receives no webhooks. INVALID_ARGUMENT for unusable secrets (never quoted).
+  virtual std::vector<std::string> webhook_paths() const { return {}; }
+  virtual absl::StatusOr<std::unique_ptr<WebhookHandler>> CreateWebhookHandler(
+      const WebhookSettings& settings) {
+    return nullptr;
+  }
+
+  // Token store: a monotonic count of completed credential refreshes (OAuth), or nullopt when
+  // the account authenticates with a static key.
+  virtual std::optional<int64_t> credential_refreshes() const { return std::nullopt; }
 };
 
 using ProviderAdapterPtr = std::unique_ptr<ProviderAdapter>;

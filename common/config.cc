@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/provider_names.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -427,18 +428,22 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
   if (providers == nullptr || !providers->is_array() || providers->empty()) {
     return Problem("providers", "required: a list with at least one provider account");
   }
-  std::set<std::string> provider_names;
+  // Several accounts of one provider are routed and reported separately, by provider and
+  // account name; what they keep on disk must not be shared.
+  std::set<std::pair<musicgw::v1::Provider, std::string>> accounts;
+  std::set<std::string> token_files;
   for (size_t i = 0; i < providers->size(); ++i) {
     const std::string path = absl::StrCat("providers[", i, "]");
     MUSICGW_ASSIGN_OR_RETURN(ProviderConfig provider, ParseProvider((*providers)[i], path, env));
-    if (!provider_names.insert(provider.name).second) {
+    if (!accounts.emplace(provider.type, provider.name).second) {
       return Problem(path + ".name",
-                     absl::StrCat("duplicate account name \"", provider.name, "\""));
+                     absl::StrCat("duplicate account \"", provider.name, "\" for provider ",
+                                  ProviderSlug(provider.type),
+                                  "; each account of a provider needs its own name"));
     }
-    for (const auto& other : config.providers) {
-      if (other.type == provider.type) {
-        return Problem(path + ".type", "one account per provider is supported");
-      }
+    if (!provider.token_state_file.empty() &&
+        !token_files.insert(provider.token_state_file).second) {
+      return Problem(path + ".token_state_file", "already used by another account");
     }
     config.providers.push_back(std::move(provider));
   }

@@ -38,6 +38,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -125,6 +126,8 @@ class LoudlyAdapter final : public ProviderAdapter {
   void RefreshCatalog(Callback<ProviderCatalog> done);
   // Completed OAuth token refreshes (web dialect; 0 for B2B).
   int64_t token_refreshes() const;
+  // The token store capability: the same count.
+  std::optional<int64_t> credential_refreshes() const override { return token_refreshes(); }
 
   class Impl;  // public only so the .cc file can name it
 

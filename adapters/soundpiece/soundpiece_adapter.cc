@@ -12,6 +12,7 @@
 #include "adapters/capabilities.h"
 #include "adapters/http/retry.h"
 #include "adapters/soundpiece/soundpiece_wire.h"
+#include "adapters/soundpiece/webhook.h"
 #include "common/errors.h"
 #include "nlohmann/json.hpp"
 
@@ -234,6 +235,7 @@ absl::StatusOr<SoundpieceOptions> SoundpieceOptionsFromConfig(
   if (!config.base_url.empty()) options.base_url = config.base_url;
   options.api_key = config.api_key;
   options.callback_url = config.callback_url;
+  options.webhook_secrets = config.webhook_secrets;
   return options;
 }
 
@@ -283,6 +285,27 @@ void SoundpieceAdapter::Cancel(PollRequest request, Callback<bool> done) {
 
 void SoundpieceAdapter::ReadQuota(Callback<std::vector<QuotaFigure>> done) {
   impl_->ReadQuota(std::move(done));
+}
+
+std::vector<std::string> SoundpieceAdapter::webhook_paths() const {
+  if (impl_->options().webhook_secrets.empty()) return {};
+  return {absl::StrCat("/webhooks/soundpiece/", impl_->options().account), "/webhooks/soundpiece"};
+}
+
+absl::StatusOr<std::unique_ptr<WebhookHandler>> SoundpieceAdapter::CreateWebhookHandler(
+    const WebhookSettings& settings) {
+  if (impl_->options().webhook_secrets.empty()) return nullptr;
+  WebhookHandlerOptions options;
+  options.account = impl_->options().account;
+  options.verifier.secrets = impl_->options().webhook_secrets;
+  options.verifier.tolerance = settings.tolerance;
+  auto handler = SoundpieceWebhookHandler::Create(std::move(options));
+  if (!handler.ok()) {
+    return absl::Status(handler.status().code(),
+                        absl::StrCat("Soundpiece account '", impl_->options().account,
+                                     "' webhook_secrets: ", handler.status().message()));
+  }
+  return std::unique_ptr<WebhookHandler>(std::move(*handler));
 }
 
 absl::Time SoundpieceAdapter::last_quota_exhausted() const { return impl_->last_quota_exhausted(); }

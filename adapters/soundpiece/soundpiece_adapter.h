@@ -45,6 +45,8 @@ struct SoundpieceOptions {
   std::string api_key;
   // Where the provider should POST completion webhooks; empty = none requested.
   std::string callback_url;
+  // "whsec_…" secrets this account's webhooks are signed with (secrets); none = no webhooks.
+  std::vector<std::string> webhook_secrets;
   // Per-attempt timeout of PUTs and quick GETs.
   absl::Duration request_timeout = absl::Seconds(30);
   // Read timeout of a wait=true GET (the provider holds it up to 20 s).
@@ -91,6 +93,12 @@ class SoundpieceAdapter final : public ProviderAdapter {
       const musicgw::v1::GenerateRequest& request) const override {
     return {"credits"};
   }
+
+  // Webhook capability, when webhook_secrets are set: "/webhooks/soundpiece/<account>", then
+  // the shared "/webhooks/soundpiece" (where each account's secrets are tried in order).
+  std::vector<std::string> webhook_paths() const override;
+  absl::StatusOr<std::unique_ptr<WebhookHandler>> CreateWebhookHandler(
+      const WebhookSettings& settings) override;
 
   // When the last 402 was seen (InfinitePast: never).
   absl::Time last_quota_exhausted() const;

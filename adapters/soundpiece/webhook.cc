@@ -1,12 +1,8 @@
 #include "adapters/soundpiece/webhook.h"
 
-#include <httplib.h>
-
 #include <algorithm>
-#include <atomic>
-#include <chrono>
+#include <map>
 #include <optional>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -118,72 +114,52 @@ WebhookOutcome WebhookVerifier::Verify(absl::string_view webhook_id,
   return WebhookOutcome::kVerified;
 }
 
+bool WebhookVerifier::Signed(absl::string_view webhook_id, absl::string_view webhook_timestamp,
+                             absl::string_view webhook_signature, absl::string_view body) const {
+  if (webhook_id.empty() || webhook_signature.empty()) return false;
+  return SignatureMatches(absl::StrCat(webhook_id, ".", webhook_timestamp, ".", body),
+                          webhook_signature);
+}
+
 void WebhookVerifier::Forget(absl::string_view webhook_id) {
   absl::MutexLock lock(&mu_);
   seen_.erase(std::string(webhook_id));
 }
 
-class WebhookReceiver::Impl {
- public:
-  Impl(WebhookReceiverOptions options, std::unique_ptr<WebhookVerifier> verifier, Sink sink)
-      : options_(std::move(options)), verifier_(std::move(verifier)), sink_(std::move(sink)) {}
-  ~Impl() { Stop(); }
+absl::StatusOr<std::unique_ptr<SoundpieceWebhookHandler>> SoundpieceWebhookHandler::Create(
+    WebhookHandlerOptions options) {
+  auto verifier = WebhookVerifier::Create(options.verifier);
+  if (!verifier.ok()) return verifier.status();
+  return std::unique_ptr<SoundpieceWebhookHandler>(
+      new SoundpieceWebhookHandler(std::move(options), std::move(*verifier)));
+}
 
-  absl::Status Listen() {
-    const int threads = std::max(1, options_.threads);
-    server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    server_.set_tcp_nodelay(true);
-    server_.set_payload_max_length(options_.max_body_bytes);
-    // A body over the limit is refused with 413 by cpp-httplib itself, before any route runs
-    // (the body is not even read); the logger still sees that answer, so it is counted there.
-    // An empty body tells it from Handle's own 413 (already counted, and it has a body).
-    server_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-      if (res.status == 413 && req.path == options_.path && req.body.empty()) {
-        size_t declared = 0;
-        if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &declared)) declared = 0;
-        Refuse(req.get_header_value("webhook-id"), declared);
-      }
-    });
-    server_.set_read_timeout(5, 0);
-    server_.set_write_timeout(5, 0);
-    server_.Post(options_.path, [this](const httplib::Request& req, httplib::Response& res) {
-      res.status =
-          Handle(req.get_header_value("webhook-id"), req.get_header_value("webhook-timestamp"),
-                 req.get_header_value("webhook-signature"), req.body);
-    });
-    if (options_.port == 0) {
-      port_ = server_.bind_to_any_port(options_.host);
-    } else if (server_.bind_to_port(options_.host, options_.port)) {
-      port_ = options_.port;
-    } else {
-      port_ = -1;
-    }
-    if (port_ <= 0) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen for webhooks on ", options_.host, ":", options_.port));
-    }
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    // stop() is a no-op until the server runs; the socket already accepts connections.
-    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return absl::OkStatus();
-  }
+SoundpieceWebhookHandler::SoundpieceWebhookHandler(WebhookHandlerOptions options,
+                                                   std::unique_ptr<WebhookVerifier> verifier)
+    : options_(std::move(options)), verifier_(std::move(verifier)) {}
 
-  int Handle(absl::string_view id, absl::string_view timestamp, absl::string_view signature,
-             absl::string_view body) {
-    WebhookOutcome outcome = WebhookOutcome::kMalformed;
-    int http_status = 400;
-    std::string upstream_id;
-    std::optional<UpstreamStatus> verified_update;
-    if (body.size() > options_.max_body_bytes) {
-      Refuse(id, body.size());
-      return 413;
-    }
-    outcome = verifier_->Verify(id, timestamp, signature, body);
+bool SoundpieceWebhookHandler::SignedForThisAccount(
+    const adapters::WebhookDelivery& delivery) const {
+  return verifier_->Signed(delivery.header("webhook-id"), delivery.header("webhook-timestamp"),
+                           delivery.header("webhook-signature"), delivery.body);
+}
+
+int SoundpieceWebhookHandler::Handle(const adapters::WebhookDelivery& delivery, const Sink& sink) {
+  const std::string id = delivery.header("webhook-id");
+  WebhookOutcome outcome = WebhookOutcome::kMalformed;
+  int http_status = 400;
+  std::string upstream_id;
+  std::optional<UpstreamStatus> verified_update;
+  const size_t body_bytes = std::max(delivery.body.size(), delivery.refused_body_bytes);
+  if (body_bytes > options_.max_body_bytes) {
+    outcome = WebhookOutcome::kTooLarge;
+    http_status = 413;
+  } else {
+    outcome = verifier_->Verify(id, delivery.header("webhook-timestamp"),
+                                delivery.header("webhook-signature"), delivery.body);
     switch (outcome) {
       case WebhookOutcome::kVerified: {
-        auto update = ParseWebhookEvent(body);
+        auto update = ParseWebhookEvent(delivery.body);
         if (!update.ok()) {
           verifier_->Forget(id);
           outcome = WebhookOutcome::kMalformed;
@@ -206,99 +182,121 @@ class WebhookReceiver::Impl {
         http_status = 400;
         break;
     }
-    // Counted before the update is delivered: whoever sees the update also sees the count.
-    Count(outcome);
-    if (verified_update.has_value()) {
-      absl::MutexLock lock(&sink_mu_);
-      if (!stopped_) sink_(*verified_update);
-    }
-    // Never the body or the signature; the webhook-id is an opaque delivery id.
-    log::Write(outcome == WebhookOutcome::kVerified || outcome == WebhookOutcome::kDuplicate
-                   ? log::Level::kInfo
-                   : log::Level::kWarning,
-               "soundpiece webhook",
-               {{"outcome", WebhookOutcomeName(outcome)},
-                {"http_status", http_status},
-                {"webhook_id", std::string(id.substr(0, 64))},
-                {"upstream_id", upstream_id}});
-    return http_status;
+  }
+  // Counted before the update is delivered: whoever sees the update also sees the count.
+  Count(outcome);
+  if (verified_update.has_value() && sink) sink(*verified_update);
+  // Never the body or the signature; the webhook-id is an opaque delivery id.
+  log::Write(outcome == WebhookOutcome::kVerified || outcome == WebhookOutcome::kDuplicate
+                 ? log::Level::kInfo
+                 : log::Level::kWarning,
+             "soundpiece webhook",
+             {{"account", options_.account},
+              {"outcome", WebhookOutcomeName(outcome)},
+              {"http_status", http_status},
+              {"webhook_id", id.substr(0, 64)},
+              {"upstream_id", upstream_id},
+              {"body_bytes", static_cast<unsigned long>(body_bytes)}});
+  return http_status;
+}
+
+WebhookCounters SoundpieceWebhookHandler::counters() const {
+  return {verified_.load(),  bad_signature_.load(), stale_.load(),
+          duplicate_.load(), malformed_.load(),     too_large_.load()};
+}
+
+void SoundpieceWebhookHandler::Count(WebhookOutcome outcome) {
+  switch (outcome) {
+    case WebhookOutcome::kVerified:
+      ++verified_;
+      break;
+    case WebhookOutcome::kBadSignature:
+      ++bad_signature_;
+      break;
+    case WebhookOutcome::kStale:
+      ++stale_;
+      break;
+    case WebhookOutcome::kDuplicate:
+      ++duplicate_;
+      break;
+    case WebhookOutcome::kMalformed:
+      ++malformed_;
+      break;
+    case WebhookOutcome::kTooLarge:
+      ++too_large_;
+      break;
+  }
+  if (options_.observer != nullptr) options_.observer->OnWebhook("soundpiece", outcome);
+}
+
+// One handler on its own listener and path.
+class WebhookReceiver::Impl {
+ public:
+  Impl(WebhookReceiverOptions options, std::unique_ptr<SoundpieceWebhookHandler> handler, Sink sink)
+      : options_(std::move(options)),
+        handler_(std::move(handler)),
+        sink_(std::make_shared<Sink>(std::move(sink))) {}
+
+  absl::Status Listen() {
+    adapters::WebhookServerOptions server_options;
+    server_options.host = options_.host;
+    server_options.port = options_.port;
+    server_options.max_body_bytes = options_.max_body_bytes;
+    server_options.threads = options_.threads;
+    adapters::WebhookServer::Routes routes;
+    routes.push_back(
+        {options_.path,
+         {{handler_.get(), [sink = sink_](const UpstreamStatus& status) { (*sink)(status); }}}});
+    auto server = adapters::WebhookServer::Start(std::move(server_options), std::move(routes));
+    if (!server.ok()) return server.status();
+    server_ = std::move(*server);
+    return absl::OkStatus();
+  }
+
+  int Handle(absl::string_view id, absl::string_view timestamp, absl::string_view signature,
+             absl::string_view body) {
+    const std::map<std::string, std::string> headers = {
+        {"webhook-id", std::string(id)},
+        {"webhook-timestamp", std::string(timestamp)},
+        {"webhook-signature", std::string(signature)}};
+    adapters::WebhookDelivery delivery;
+    delivery.header = [&headers](const std::string& name) {
+      auto it = headers.find(name);
+      return it == headers.end() ? std::string() : it->second;
+    };
+    delivery.body = body;
+    return server_->Handle(options_.path, delivery);
   }
 
   void Stop() {
-    {
-      absl::MutexLock lock(&sink_mu_);
-      stopped_ = true;
-    }
-    if (thread_.joinable()) {
-      server_.stop();
-      thread_.join();
-    }
+    if (server_ != nullptr) server_->Stop();
   }
 
-  int port() const { return port_; }
+  int port() const { return server_->port(); }
   std::string url() const {
     const std::string host =
         options_.host == "0.0.0.0" || options_.host.empty() ? "127.0.0.1" : options_.host;
-    return absl::StrCat("http://", host, ":", port_, options_.path);
+    return absl::StrCat("http://", host, ":", port(), options_.path);
   }
-  WebhookCounters counters() const {
-    return {verified_.load(),  bad_signature_.load(), stale_.load(),
-            duplicate_.load(), malformed_.load(),     too_large_.load()};
-  }
+  WebhookCounters counters() const { return handler_->counters(); }
 
  private:
-  // A delivery over max_body_bytes: counted and logged (sizes and the delivery id only).
-  void Refuse(absl::string_view id, size_t body_bytes) {
-    Count(WebhookOutcome::kTooLarge);
-    log::Warning("soundpiece webhook",
-                 {{"outcome", WebhookOutcomeName(WebhookOutcome::kTooLarge)},
-                  {"http_status", 413},
-                  {"body_bytes", static_cast<unsigned long>(body_bytes)},
-                  {"max_body_bytes", static_cast<unsigned long>(options_.max_body_bytes)},
-                  {"webhook_id", std::string(id.substr(0, 64))}});
-  }
-
-  void Count(WebhookOutcome outcome) {
-    switch (outcome) {
-      case WebhookOutcome::kVerified:
-        ++verified_;
-        break;
-      case WebhookOutcome::kBadSignature:
-        ++bad_signature_;
-        break;
-      case WebhookOutcome::kStale:
-        ++stale_;
-        break;
-      case WebhookOutcome::kDuplicate:
-        ++duplicate_;
-        break;
-      case WebhookOutcome::kMalformed:
-        ++malformed_;
-        break;
-      case WebhookOutcome::kTooLarge:
-        ++too_large_;
-        break;
-    }
-    if (options_.observer != nullptr) options_.observer->OnWebhook("soundpiece", outcome);
-  }
-
   const WebhookReceiverOptions options_;
-  const std::unique_ptr<WebhookVerifier> verifier_;
-  httplib::Server server_;
-  std::thread thread_;
-  int port_ = 0;
-  absl::Mutex sink_mu_;
-  Sink sink_ ABSL_GUARDED_BY(sink_mu_);
-  bool stopped_ ABSL_GUARDED_BY(sink_mu_) = false;
-  std::atomic<int64_t> verified_{0}, bad_signature_{0}, stale_{0}, duplicate_{0}, malformed_{0},
-      too_large_{0};
+  const std::unique_ptr<SoundpieceWebhookHandler> handler_;
+  // Shared with the server's route; called only while the server runs.
+  std::shared_ptr<Sink> sink_;
+  std::unique_ptr<adapters::WebhookServer> server_;
 };
 
 absl::StatusOr<std::unique_ptr<WebhookReceiver>> WebhookReceiver::Start(
     WebhookReceiverOptions options, Sink sink) {
-  auto verifier = WebhookVerifier::Create(options.verifier);
-  if (!verifier.ok()) return verifier.status();
-  auto impl = std::make_unique<Impl>(std::move(options), std::move(*verifier), std::move(sink));
+  WebhookHandlerOptions handler_options;
+  handler_options.verifier = options.verifier;
+  handler_options.max_body_bytes = options.max_body_bytes;
+  handler_options.observer = options.observer;
+  auto handler = SoundpieceWebhookHandler::Create(std::move(handler_options));
+  if (!handler.ok()) return handler.status();
+  auto impl = std::make_unique<Impl>(std::move(options), std::move(*handler), std::move(sink));
   absl::Status listening = impl->Listen();
   if (!listening.ok()) return listening;
   return std::unique_ptr<WebhookReceiver>(new WebhookReceiver(std::move(impl)));

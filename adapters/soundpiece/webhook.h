@@ -7,14 +7,17 @@
 //   (key bytes = base64 of what follows "whsec_"), compared in constant time; the timestamp
 //   must be within the tolerance of now; a webhook-id already accepted is a duplicate (ids are
 //   remembered in a bounded set that forgets them after `remember_for`).
-// - WebhookReceiver is the HTTP endpoint (cpp-httplib, own host/port/path): it answers at once
-//   (204 verified, 200 duplicate, 401 bad signature, 400 stale or malformed, 413 too large,
-//   whether the HTTP layer or Handle refuses it), counts outcomes, logs without the body, and hands
-//   each verified update to a sink (the gateway wires it to OperationsEngine::OnProviderUpdate).
-//   Webhooks only speed trackers up; polling stays the source of truth, so a rejected or lost
-//   delivery costs latency, not data.
+// - SoundpieceWebhookHandler is one account's side of the endpoint (the adapter's webhook
+//   capability, adapters/provider.h): it answers at once (204 verified, 200 duplicate, 401 bad
+//   signature, 400 stale or malformed, 413 too large), counts outcomes, logs without the body,
+//   and hands each verified update to a sink (the gateway wires it to the engine). Webhooks only
+//   speed trackers up; polling stays the source of truth, so a rejected or lost delivery costs
+//   latency, not data.
+// - WebhookReceiver serves one handler on its own host/port/path (adapters/webhook_server.h),
+//   for tools and tests; the gateway serves every account's handler on one listener.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -29,6 +32,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "adapters/provider.h"
+#include "adapters/webhook_server.h"
 
 namespace musicgw::adapters::soundpiece {
 
@@ -63,6 +67,10 @@ class WebhookVerifier {
                         absl::string_view webhook_signature, absl::string_view body)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // True when one of the secrets signed the delivery; nothing else is checked or recorded.
+  bool Signed(absl::string_view webhook_id, absl::string_view webhook_timestamp,
+              absl::string_view webhook_signature, absl::string_view body) const;
+
   // Forgets `webhook_id` (the receiver calls it when a verified delivery could not be used, so
   // the provider's retry is not dropped as a duplicate).
   void Forget(absl::string_view webhook_id) ABSL_LOCKS_EXCLUDED(mu_);
@@ -82,20 +90,43 @@ class WebhookVerifier {
 };
 
 // Outcome counters (monotonic).
-struct WebhookCounters {
-  int64_t verified = 0;
-  int64_t bad_signature = 0;
-  int64_t stale = 0;
-  int64_t duplicate = 0;
-  int64_t malformed = 0;
-  int64_t too_large = 0;  // refused with 413 before any verification
-};
+using WebhookCounters = adapters::WebhookCounters;
 
 // Hook for the metrics module (e.g. a counter labelled by provider and outcome).
 class WebhookObserver {
  public:
   virtual ~WebhookObserver() = default;
   virtual void OnWebhook(absl::string_view provider, WebhookOutcome outcome) = 0;
+};
+
+struct WebhookHandlerOptions {
+  // The provider account, for logs.
+  std::string account = "soundpiece";
+  WebhookVerifierOptions verifier;
+  size_t max_body_bytes = 1 << 20;
+  std::shared_ptr<WebhookObserver> observer;  // may be null
+};
+
+// One account's webhook deliveries: verified with its secrets, parsed, counted, logged.
+class SoundpieceWebhookHandler final : public adapters::WebhookHandler {
+ public:
+  // INVALID_ARGUMENT for bad secrets (never quoted).
+  static absl::StatusOr<std::unique_ptr<SoundpieceWebhookHandler>> Create(
+      WebhookHandlerOptions options);
+
+  bool SignedForThisAccount(const adapters::WebhookDelivery& delivery) const override;
+  int Handle(const adapters::WebhookDelivery& delivery, const Sink& sink) override;
+  WebhookCounters counters() const override;
+
+ private:
+  SoundpieceWebhookHandler(WebhookHandlerOptions options,
+                           std::unique_ptr<WebhookVerifier> verifier);
+  void Count(WebhookOutcome outcome);
+
+  const WebhookHandlerOptions options_;
+  const std::unique_ptr<WebhookVerifier> verifier_;
+  std::atomic<int64_t> verified_{0}, bad_signature_{0}, stale_{0}, duplicate_{0}, malformed_{0},
+      too_large_{0};
 };
 
 struct WebhookReceiverOptions {

@@ -2,127 +2,16 @@
 
 #include <utility>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "adapters/capabilities.h"
 #include "common/errors.h"
-#include "common/log.h"
+#include "services/gateway/stream_reactor.h"
 #include "services/gateway/validator.h"
 
 namespace musicgw::gateway {
 namespace {
 
 using musicgw::v1::Operation;
-
-const char* CodeName(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk:
-      return "OK";
-    case absl::StatusCode::kCancelled:
-      return "CANCELLED";
-    case absl::StatusCode::kUnknown:
-      return "UNKNOWN";
-    case absl::StatusCode::kInvalidArgument:
-      return "INVALID_ARGUMENT";
-    case absl::StatusCode::kDeadlineExceeded:
-      return "DEADLINE_EXCEEDED";
-    case absl::StatusCode::kNotFound:
-      return "NOT_FOUND";
-    case absl::StatusCode::kAlreadyExists:
-      return "ALREADY_EXISTS";
-    case absl::StatusCode::kPermissionDenied:
-      return "PERMISSION_DENIED";
-    case absl::StatusCode::kResourceExhausted:
-      return "RESOURCE_EXHAUSTED";
-    case absl::StatusCode::kFailedPrecondition:
-      return "FAILED_PRECONDITION";
-    case absl::StatusCode::kAborted:
-      return "ABORTED";
-    case absl::StatusCode::kOutOfRange:
-      return "OUT_OF_RANGE";
-    case absl::StatusCode::kUnimplemented:
-      return "UNIMPLEMENTED";
-    case absl::StatusCode::kInternal:
-      return "INTERNAL";
-    case absl::StatusCode::kUnavailable:
-      return "UNAVAILABLE";
-    case absl::StatusCode::kDataLoss:
-      return "DATA_LOSS";
-    case absl::StatusCode::kUnauthenticated:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN";
-  }
-}
-
-// One log line and one observation per call, whatever path the handler takes.
-class CallLog {
- public:
-  CallLog(absl::string_view method, RpcObserver* observer)
-      : method_(method), observer_(observer), start_(absl::Now()) {}
-
-  void set_tenant(absl::string_view tenant) { tenant_ = std::string(tenant); }
-  void set_operation(absl::string_view operation) { operation_ = std::string(operation); }
-  void set_provider(musicgw::v1::Provider provider) { provider_ = provider; }
-
-  void Done(const absl::Status& status) {
-    const absl::Duration latency = absl::Now() - start_;
-    if (observer_ != nullptr) {
-      observer_->OnRpcDone(method_, static_cast<int>(status.code()), latency);
-    }
-    const bool server_fault = status.code() == absl::StatusCode::kInternal ||
-                              status.code() == absl::StatusCode::kUnknown ||
-                              status.code() == absl::StatusCode::kDataLoss;
-    log::Write(server_fault ? log::Level::kError : log::Level::kInfo, "rpc",
-               {{"method", method_},
-                {"tenant", tenant_},
-                {"operation", operation_},
-                {"provider", provider_ == musicgw::v1::PROVIDER_UNSPECIFIED
-                                 ? std::string()
-                                 : musicgw::v1::Provider_Name(provider_)},
-                {"code", CodeName(status.code())},
-                {"error", status.ok() ? std::string() : std::string(status.message())},
-                {"latency_ms", absl::ToDoubleMilliseconds(latency)}});
-  }
-
-  RpcObserver* observer() const { return observer_; }
-  const std::string& method() const { return method_; }
-
- private:
-  std::string method_;
-  RpcObserver* observer_;
-  absl::Time start_;
-  std::string tenant_;
-  std::string operation_;
-  musicgw::v1::Provider provider_ = musicgw::v1::PROVIDER_UNSPECIFIED;
-};
-
-grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, CallLog& call,
-                                      const absl::Status& status) {
-  call.Done(status);
-  auto* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
-void NoteOperation(CallLog& call, const Operation& operation) {
-  call.set_operation(operation.name());
-  call.set_provider(operation.provider());
-}
-
-// The engine's answer, delivered later, finishes the unary call.
-absl::AnyInvocable<void(absl::StatusOr<Operation>) &&> FinishWithOperation(
-    grpc::ServerUnaryReactor* reactor, Operation* response, std::unique_ptr<CallLog> call) {
-  return [reactor, response, call = std::move(call)](absl::StatusOr<Operation> operation) {
-    if (operation.ok()) {
-      NoteOperation(*call, *operation);
-      *response = std::move(*operation);
-    }
-    const absl::Status status = operation.ok() ? absl::OkStatus() : operation.status();
-    call->Done(status);
-    reactor->Finish(ToGrpcStatus(status));
-  };
-}
 
 // validate_only: the routed provider checks the request too where it has a dry run (Loudly B2B
 // test=true: no quota spent); the other adapters encode it and send nothing.
@@ -154,91 +43,6 @@ grpc::ServerUnaryReactor* DryRun(grpc::CallbackServerContext* context,
                   });
   return reactor;
 }
-
-// Pumps an EventStream into a server stream, one write in flight at a time. The stream wakes
-// the reactor when it has something new; a slow client only slows its own stream.
-template <typename Message>
-class StreamReactor final : public grpc::ServerWriteReactor<Message> {
- public:
-  StreamReactor(std::unique_ptr<CallLog> call,
-                std::unique_ptr<operations::EventStream<Message>> stream)
-      : call_(std::move(call)), stream_(std::move(stream)) {
-    if (call_->observer() != nullptr) call_->observer()->OnStreamOpened(call_->method());
-    stream_->SetWakeup([this] { Pump(); });
-    Pump();
-  }
-
-  void OnWriteDone(bool ok) override {
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!ok) {
-        // The client went away; OnCancel or the failed write ends the call.
-        FinishLocked(absl::CancelledError("client stopped reading"));
-        return;
-      }
-      if (call_->observer() != nullptr) call_->observer()->OnStreamMessage(call_->method());
-    }
-    Pump();
-  }
-
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    FinishLocked(absl::CancelledError("cancelled by the client"));
-  }
-
-  void OnDone() override {
-    // Destroying the stream first guarantees its wake-up never touches a deleted reactor; it is
-    // moved out under the lock so a concurrent Pump() sees finished_ and leaves it alone.
-    std::unique_ptr<operations::EventStream<Message>> stream;
-    {
-      absl::MutexLock lock(&mu_);
-      finished_ = true;
-      stream = std::move(stream_);
-    }
-    stream.reset();
-    if (call_->observer() != nullptr) call_->observer()->OnStreamClosed(call_->method());
-    delete this;
-  }
-
- private:
-  void Pump() {
-    absl::MutexLock lock(&mu_);
-    if (writing_ || finished_) return;
-    bool done = false;
-    absl::Status final_status;
-    std::optional<Message> next = stream_->Next(&done, &final_status);
-    if (next.has_value()) {
-      current_ = std::move(*next);
-      writing_ = true;
-      this->StartWrite(&current_);
-      return;
-    }
-    if (done) FinishLocked(final_status);
-  }
-
-  void FinishLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
-    finished_ = true;
-    call_->Done(status);
-    this->Finish(ToGrpcStatus(status));
-  }
-
-  std::unique_ptr<CallLog> call_;
-  absl::Mutex mu_;
-  std::unique_ptr<operations::EventStream<Message>> stream_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  Message current_ ABSL_GUARDED_BY(mu_);
-};
-
-// A stream that fails before it starts.
-template <typename Message>
-class FailedStreamReactor final : public grpc::ServerWriteReactor<Message> {
- public:
-  explicit FailedStreamReactor(const absl::Status& status) { this->Finish(ToGrpcStatus(status)); }
-  void OnDone() override { delete this; }
-};
 
 }  // namespace
 

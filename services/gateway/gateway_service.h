@@ -13,6 +13,7 @@
 #include "adapters/provider.h"
 #include "musicgw/v1/musicgw.grpc.pb.h"
 #include "services/gateway/auth.h"
+#include "services/gateway/call_log.h"
 #include "services/operations/engine.h"
 
 namespace musicgw::gateway {
@@ -26,16 +27,6 @@ class ProviderDirectory {
   virtual std::vector<musicgw::v1::ProviderQuota> Quotas(musicgw::v1::Provider filter) const = 0;
   virtual std::vector<musicgw::v1::TenantBudget> Budgets(
       const config::TenantConfig& tenant) const = 0;
-};
-
-// Observes every call, for metrics. Methods are called from gRPC threads; must not block.
-class RpcObserver {
- public:
-  virtual ~RpcObserver() = default;
-  virtual void OnRpcDone(absl::string_view method, int grpc_code, absl::Duration latency) = 0;
-  virtual void OnStreamOpened(absl::string_view method) = 0;
-  virtual void OnStreamClosed(absl::string_view method) = 0;
-  virtual void OnStreamMessage(absl::string_view method) = 0;
 };
 
 struct GatewayDeps {

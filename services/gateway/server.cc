@@ -12,107 +12,30 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "adapters/capabilities.h"
 #include "adapters/http/curl_http_client.h"
-#include "adapters/loudly/loudly_adapter.h"
 #include "adapters/registry.h"
-#include "adapters/soundpiece/webhook.h"
+#include "adapters/webhook_server.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
-#include "google/protobuf/util/time_util.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/server_builder.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
+#include "services/gateway/credit_estimator.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/health_service.h"
-#include "services/gateway/quota_monitor.h"
+#include "services/gateway/provider_directory.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
 #include "services/operations/postgres_store.h"
+#include "services/operations/quota_monitor.h"
 
 namespace musicgw::gateway {
 namespace {
 
-google::protobuf::Timestamp ToProto(absl::Time time) {
-  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(time));
-}
-
-// ListProviders and GetQuota: capabilities from the shared table, health from the engine's
-// routing view, catalogs from the adapters, quota from the monitor.
-class Directory final : public ProviderDirectory {
- public:
-  Directory(std::vector<adapters::ProviderAdapter*> adapters, operations::OperationsEngine* engine,
-            const QuotaMonitor* quota)
-      : adapters_(std::move(adapters)), engine_(engine), quota_(quota) {}
-
-  std::vector<musicgw::v1::ProviderInfo> Providers() const override {
-    std::vector<musicgw::v1::ProviderInfo> providers;
-    const std::vector<operations::ProviderState> states = engine_->ProviderStates();
-    for (const auto* adapter : adapters_) {
-      musicgw::v1::ProviderInfo info;
-      info.set_provider(adapter->provider());
-      info.set_account(adapter->account());
-      info.set_dialect(adapter->dialect());
-      for (const auto& task : adapters::Capabilities(adapter->provider())) {
-        *info.add_tasks() = task;
-      }
-      for (const auto& state : states) {
-        if (state.provider != adapter->provider()) continue;
-        info.set_health(state.health);
-        info.set_health_detail(state.health_detail);
-        info.set_quota_exhausted(state.quota_exhausted);
-      }
-      const adapters::ProviderCatalog catalog = adapter->catalog();
-      for (const auto& genre : catalog.genres) info.add_genres(genre);
-      for (const auto& structure : catalog.structures) *info.add_structures() = structure;
-      info.set_example_prompt(catalog.example_prompt);
-      providers.push_back(std::move(info));
-    }
-    return providers;
-  }
-
-  std::vector<musicgw::v1::ProviderQuota> Quotas(musicgw::v1::Provider filter) const override {
-    std::vector<musicgw::v1::ProviderQuota> quotas;
-    const std::vector<operations::ProviderState> states = engine_->ProviderStates();
-    for (const auto& account : quota_->Snapshot()) {
-      if (filter != musicgw::v1::PROVIDER_UNSPECIFIED && filter != account.provider) continue;
-      bool exhausted = false;
-      for (const auto& state : states) {
-        if (state.provider == account.provider) exhausted = state.quota_exhausted;
-      }
-      for (const auto& figure : account.figures) {
-        musicgw::v1::ProviderQuota quota;
-        quota.set_provider(account.provider);
-        quota.set_account(account.account);
-        quota.set_resource(figure.resource);
-        quota.set_limit(figure.limit);
-        quota.set_used(figure.used);
-        quota.set_remaining(figure.remaining);
-        if (figure.reset_time != absl::InfinitePast()) {
-          *quota.mutable_reset_time() = ToProto(figure.reset_time);
-        }
-        if (account.read_time != absl::InfinitePast()) {
-          *quota.mutable_read_time() = ToProto(account.read_time);
-        }
-        quota.set_exhausted(exhausted || figure.remaining == 0);
-        quotas.push_back(std::move(quota));
-      }
-    }
-    return quotas;
-  }
-
-  std::vector<musicgw::v1::TenantBudget> Budgets(
-      const config::TenantConfig& tenant) const override {
-    return ReportBudgets(*engine_, tenant, absl::Now());
-  }
-
- private:
-  std::vector<adapters::ProviderAdapter*> adapters_;
-  operations::OperationsEngine* engine_;
-  const QuotaMonitor* quota_;
-};
+using operations::QuotaMonitor;
 
 // Refreshes the provider's quota figures after each generation ends.
 class QuotaRefreshObserver final : public operations::EngineObserver {
@@ -171,12 +94,25 @@ class GatewayServerImpl final : public GatewayServer {
     quota_ =
         std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(), config_.quota_refresh_interval);
     quota_observer_.set_monitor(quota_.get());
+    operations::OperationsEngine* engine = engine_.get();
+    credits_ = std::make_unique<CreditEstimator>(
+        config_.providers,
+        [engine](musicgw::v1::Provider provider, const std::string& account, absl::Time since) {
+          return engine->ChargedOperations(provider, account, since);
+        });
     quota_->set_listener([this](const adapters::ProviderAdapter* adapter,
                                 std::vector<adapters::QuotaFigure>* figures) {
-      EstimateCredits(adapter, figures);
+      credits_->Complete(adapter->provider(), adapter->account(), figures);
       engine_->UpdateQuota(adapter, *figures);
     });
-    directory_ = std::make_unique<Directory>(adapter_ptrs_, engine_.get(), quota_.get());
+    AccountDirectorySources sources;
+    sources.adapters = adapter_ptrs_;
+    sources.states = [engine] { return engine->ProviderStates(); };
+    sources.quotas = [quota = quota_.get()] { return quota->Snapshot(); };
+    sources.budgets = [engine](const config::TenantConfig& tenant) {
+      return ReportBudgets(*engine, tenant, Clock::Real().Now());
+    };
+    directory_ = std::make_unique<AccountDirectory>(std::move(sources));
     tenants_ = std::make_unique<TenantDirectory>(config_.tenants);
 
     GatewayDeps deps;
@@ -225,36 +161,6 @@ class GatewayServerImpl final : public GatewayServer {
   int metrics_port() const override { return metrics_ == nullptr ? 0 : metrics_->port(); }
   int webhook_port() const override { return webhooks_ == nullptr ? 0 : webhooks_->port(); }
 
-  // Soundpiece publishes no balance: with the credits the operator bought in the config, the
-  // "credits" figure becomes that balance minus the ledger's charged operations at their cost.
-  void EstimateCredits(const adapters::ProviderAdapter* adapter,
-                       std::vector<adapters::QuotaFigure>* figures) {
-    const config::ProviderConfig* account = nullptr;
-    for (size_t i = 0; i < adapter_ptrs_.size(); ++i) {
-      if (adapter_ptrs_[i] == adapter) account = &config_.providers[i];
-    }
-    if (account == nullptr || account->credit_balance <= 0) return;
-    auto charged =
-        engine_->ChargedOperations(adapter->provider(), adapter->account(), account->credits_since);
-    if (!charged.ok()) {
-      log::Warning("credit estimate failed", {{"account", adapter->account()},
-                                              {"error", std::string(charged.status().message())}});
-      return;
-    }
-    int64_t spent = 0;
-    for (const auto& [task, count] : *charged) {
-      auto cost = account->credit_costs.find(task);
-      spent += count * (cost == account->credit_costs.end() ? 1 : cost->second);
-    }
-    for (adapters::QuotaFigure& figure : *figures) {
-      if (figure.resource != "credits") continue;
-      figure.limit = account->credit_balance;
-      figure.used = spent;
-      // A recent 402 (remaining 0) outranks the estimate.
-      if (figure.remaining != 0) figure.remaining = std::max<int64_t>(0, figure.limit - spent);
-    }
-  }
-
   void Drain(absl::Duration deadline) override {
     {
       absl::MutexLock lock(&drain_mu_);
@@ -284,6 +190,7 @@ class GatewayServerImpl final : public GatewayServer {
     // Scrapes keep working through the drain; the sources go before what they read.
     if (metrics_ != nullptr) metrics_->ClearSources();
     webhooks_.reset();
+    webhook_handlers_.clear();
     service_.reset();
     server_.reset();
     health_.reset();
@@ -331,53 +238,70 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
   // /metrics on its own port; pull-time gauges read the quota snapshot GetQuota reports, the
-  // engine's routing view, Loudly's token refreshes and the webhook outcomes.
+  // engine's routing view, credential refreshes and webhook outcomes, per provider account.
   absl::Status StartMetrics() {
     metrics_->SetQuotaSource([quota = quota_.get()] { return quota->Snapshot(); });
     metrics_->SetEngine(engine_.get());
     for (auto* adapter : adapter_ptrs_) {
-      if (auto* loudly = dynamic_cast<adapters::loudly::LoudlyAdapter*>(adapter)) {
-        metrics_->AddTokenRefreshSource(adapter->provider(), adapter->account(),
-                                        [loudly] { return loudly->token_refreshes(); });
+      if (adapter->credential_refreshes().has_value()) {
+        metrics_->AddTokenRefreshSource(adapter->provider(), adapter->account(), [adapter] {
+          return adapter->credential_refreshes().value_or(0);
+        });
       }
     }
-    if (webhooks_ != nullptr) {
-      metrics_->AddWebhookSource(musicgw::v1::PROVIDER_SOUNDPIECE,
-                                 [receiver = webhooks_.get()] { return receiver->counters(); });
+    for (const auto& [adapter, handler] : webhook_handlers_) {
+      metrics_->AddWebhookSource(adapter->provider(), adapter->account(),
+                                 [handler = handler.get()] { return handler->counters(); });
     }
     return metrics_->StartExposer(config_.metrics_listen);
   }
 
-  // Soundpiece completion callbacks: verified, then handed to the engine at once.
+  // Provider callbacks: every account whose adapter asks for webhooks gets its routes on the
+  // one webhook listener; its verified updates go to the engine at once.
   absl::Status StartWebhooks() {
     if (config_.webhook_listen.empty()) return absl::OkStatus();
-    const config::ProviderConfig* soundpiece = nullptr;
-    for (const auto& provider : config_.providers) {
-      if (provider.type == musicgw::v1::PROVIDER_SOUNDPIECE) soundpiece = &provider;
+    adapters::WebhookSettings settings;
+    settings.tolerance = config_.webhook_tolerance;
+    adapters::WebhookServer::Routes routes;
+    operations::OperationsEngine* engine = engine_.get();
+    for (auto* adapter : adapter_ptrs_) {
+      auto handler = adapter->CreateWebhookHandler(settings);
+      if (!handler.ok()) {
+        return absl::Status(handler.status().code(),
+                            absl::StrCat("provider account ", adapter->account(), ": ",
+                                         handler.status().message()));
+      }
+      if (*handler == nullptr) continue;
+      adapters::WebhookAccountRoute route;
+      route.handler = handler->get();
+      route.sink = [engine, provider = adapter->provider()](const adapters::UpstreamStatus& s) {
+        engine->OnProviderUpdate(provider, s);
+      };
+      for (const std::string& path : adapter->webhook_paths()) {
+        auto it = std::find_if(routes.begin(), routes.end(),
+                               [&path](const auto& r) { return r.first == path; });
+        if (it == routes.end()) it = routes.insert(routes.end(), {path, {}});
+        it->second.push_back(route);
+      }
+      webhook_handlers_.emplace_back(adapter, std::move(*handler));
     }
-    if (soundpiece == nullptr || soundpiece->webhook_secrets.empty()) {
-      log::Warning("webhook endpoint disabled: no soundpiece webhook_secrets configured");
+    if (webhook_handlers_.empty()) {
+      log::Warning("webhook endpoint disabled: no provider account has webhook_secrets");
       return absl::OkStatus();
     }
-    adapters::soundpiece::WebhookReceiverOptions options;
+    adapters::WebhookServerOptions options;
     const size_t colon = config_.webhook_listen.rfind(':');
     options.host = config_.webhook_listen.substr(0, colon);
     if (!absl::SimpleAtoi(config_.webhook_listen.substr(colon + 1), &options.port)) {
       return absl::InvalidArgumentError("server.webhook_listen: bad port");
     }
-    options.verifier.secrets = soundpiece->webhook_secrets;
-    options.verifier.tolerance = config_.webhook_tolerance;
-    operations::OperationsEngine* engine = engine_.get();
-    auto receiver = adapters::soundpiece::WebhookReceiver::Start(
-        std::move(options), [engine](const adapters::UpstreamStatus& status) {
-          engine->OnProviderUpdate(musicgw::v1::PROVIDER_SOUNDPIECE, status);
-        });
-    if (!receiver.ok()) {
-      return absl::Status(receiver.status().code(),
+    auto server = adapters::WebhookServer::Start(std::move(options), std::move(routes));
+    if (!server.ok()) {
+      return absl::Status(server.status().code(),
                           absl::StrCat("webhook endpoint ", config_.webhook_listen, ": ",
-                                       receiver.status().message()));
+                                       server.status().message()));
     }
-    webhooks_ = std::move(*receiver);
+    webhooks_ = std::move(*server);
     return absl::OkStatus();
   }
 
@@ -391,12 +315,16 @@ class GatewayServerImpl final : public GatewayServer {
   QuotaRefreshObserver quota_observer_;
   std::unique_ptr<operations::OperationsEngine> engine_;
   std::unique_ptr<QuotaMonitor> quota_;
-  std::unique_ptr<Directory> directory_;
+  std::unique_ptr<CreditEstimator> credits_;
+  std::unique_ptr<AccountDirectory> directory_;
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<adapters::soundpiece::WebhookReceiver> webhooks_;
+  // Each webhook handler with the adapter it belongs to; outlive webhooks_.
+  std::vector<std::pair<adapters::ProviderAdapter*, std::unique_ptr<adapters::WebhookHandler>>>
+      webhook_handlers_;
+  std::unique_ptr<adapters::WebhookServer> webhooks_;
   int grpc_port_ = 0;
   absl::Mutex drain_mu_;
   bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;

@@ -390,7 +390,7 @@ class Metrics::Impl {
   }
 
   // --- sources ---
-  void SetQuotaSource(std::function<std::vector<gateway::AccountQuota>()> snapshot) {
+  void SetQuotaSource(std::function<std::vector<operations::AccountQuota>()> snapshot) {
     absl::MutexLock lock(&sources_mu_);
     quota_ = std::move(snapshot);
   }
@@ -403,10 +403,10 @@ class Metrics::Impl {
     absl::MutexLock lock(&sources_mu_);
     token_sources_.push_back({provider, std::move(account), std::move(refreshes)});
   }
-  void AddWebhookSource(v1::Provider provider,
-                        std::function<adapters::soundpiece::WebhookCounters()> counters) {
+  void AddWebhookSource(v1::Provider provider, std::string account,
+                        std::function<adapters::WebhookCounters()> counters) {
     absl::MutexLock lock(&sources_mu_);
-    webhook_sources_.push_back({provider, std::move(counters)});
+    webhook_sources_.push_back({provider, std::move(account), std::move(counters)});
   }
   void ClearSources() {
     absl::MutexLock lock(&sources_mu_);
@@ -475,11 +475,12 @@ class Metrics::Impl {
   };
   struct WebhookSource {
     v1::Provider provider;
-    std::function<adapters::soundpiece::WebhookCounters()> counters;
+    std::string account;
+    std::function<adapters::WebhookCounters()> counters;
   };
 
   std::vector<prometheus::MetricFamily> Pull() ABSL_LOCKS_EXCLUDED(sources_mu_);
-  void PullQuota(const std::vector<gateway::AccountQuota>& accounts, absl::Time now,
+  void PullQuota(const std::vector<operations::AccountQuota>& accounts, absl::Time now,
                  std::vector<prometheus::MetricFamily>& out);
   void PullProviders(const std::vector<operations::ProviderState>& states, absl::Time now,
                      std::vector<prometheus::MetricFamily>& out);
@@ -508,7 +509,7 @@ class Metrics::Impl {
   std::unique_ptr<BoundedValues> accounts_;
 
   absl::Mutex sources_mu_;
-  std::function<std::vector<gateway::AccountQuota>()> quota_ ABSL_GUARDED_BY(sources_mu_);
+  std::function<std::vector<operations::AccountQuota>()> quota_ ABSL_GUARDED_BY(sources_mu_);
   const operations::OperationsEngine* engine_ ABSL_GUARDED_BY(sources_mu_) = nullptr;
   std::vector<TokenSource> token_sources_ ABSL_GUARDED_BY(sources_mu_);
   std::vector<WebhookSource> webhook_sources_ ABSL_GUARDED_BY(sources_mu_);
@@ -573,19 +574,21 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
     }
     tokens.MoveTo(out);
     PullFamily webhooks("musicgw_webhooks_received_total",
-                        "Provider webhook deliveries by outcome (verified, bad_signature, stale, "
-                        "duplicate, malformed, too_large).",
+                        "Provider webhook deliveries by provider account and outcome (verified, "
+                        "bad_signature, stale, duplicate, malformed, too_large).",
                         MetricType::Counter);
     for (const auto& source : webhook_sources_) {
       if (!source.counters) continue;
-      const adapters::soundpiece::WebhookCounters counters = source.counters();
+      const adapters::WebhookCounters counters = source.counters();
       const std::string p = Provider(source.provider);
+      const std::string a = accounts_->Normalize(source.account);
       const std::pair<const char*, int64_t> outcomes[] = {
           {"verified", counters.verified},   {"bad_signature", counters.bad_signature},
           {"stale", counters.stale},         {"duplicate", counters.duplicate},
           {"malformed", counters.malformed}, {"too_large", counters.too_large}};
       for (const auto& [outcome, count] : outcomes) {
-        webhooks.Add({{"provider", p}, {"outcome", outcome}}, static_cast<double>(count));
+        webhooks.Add({{"provider", p}, {"account", a}, {"outcome", outcome}},
+                     static_cast<double>(count));
       }
     }
     webhooks.MoveTo(out);
@@ -593,7 +596,7 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
   return out;
 }
 
-void Metrics::Impl::PullQuota(const std::vector<gateway::AccountQuota>& accounts, absl::Time now,
+void Metrics::Impl::PullQuota(const std::vector<operations::AccountQuota>& accounts, absl::Time now,
                               std::vector<prometheus::MetricFamily>& out) {
   PullFamily limit("musicgw_provider_quota_limit",
                    "Provider quota limit per account and resource (as last read).",
@@ -703,7 +706,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(MetricsOptions options)
 Metrics::Metrics(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Metrics::~Metrics() = default;
 
-void Metrics::SetQuotaSource(std::function<std::vector<gateway::AccountQuota>()> snapshot) {
+void Metrics::SetQuotaSource(std::function<std::vector<operations::AccountQuota>()> snapshot) {
   impl_->SetQuotaSource(std::move(snapshot));
 }
 void Metrics::SetEngine(const operations::OperationsEngine* engine) { impl_->SetEngine(engine); }
@@ -711,9 +714,9 @@ void Metrics::AddTokenRefreshSource(v1::Provider provider, std::string account,
                                     std::function<int64_t()> refreshes) {
   impl_->AddTokenRefreshSource(provider, std::move(account), std::move(refreshes));
 }
-void Metrics::AddWebhookSource(v1::Provider provider,
-                               std::function<adapters::soundpiece::WebhookCounters()> counters) {
-  impl_->AddWebhookSource(provider, std::move(counters));
+void Metrics::AddWebhookSource(v1::Provider provider, std::string account,
+                               std::function<adapters::WebhookCounters()> counters) {
+  impl_->AddWebhookSource(provider, std::move(account), std::move(counters));
 }
 void Metrics::ClearSources() { impl_->ClearSources(); }
 

@@ -25,11 +25,11 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "adapters/http/observer.h"
-#include "adapters/soundpiece/webhook.h"
+#include "adapters/provider.h"
 #include "prometheus/metric_family.h"
 #include "services/gateway/gateway_service.h"
-#include "services/gateway/quota_monitor.h"
 #include "services/operations/engine.h"
+#include "services/operations/quota_monitor.h"
 
 namespace musicgw::metrics {
 
@@ -56,15 +56,16 @@ class Metrics final : public gateway::RpcObserver,
   // or the Metrics object is destroyed (call ClearSources() before tearing the sources down).
   // The quota gauges read the same snapshot GetQuota reports, e.g.
   //   SetQuotaSource([monitor] { return monitor->Snapshot(); }).
-  void SetQuotaSource(std::function<std::vector<gateway::AccountQuota>()> snapshot);
+  void SetQuotaSource(std::function<std::vector<operations::AccountQuota>()> snapshot);
   // ProviderStates() (health, cooldown, quota exhaustion) and Stats().
   void SetEngine(const operations::OperationsEngine* engine);
-  // A monotonic count of completed OAuth refreshes (LoudlyAdapter::token_refreshes()).
+  // A monotonic count of completed credential refreshes of one account
+  // (ProviderAdapter::credential_refreshes()).
   void AddTokenRefreshSource(musicgw::v1::Provider provider, std::string account,
                              std::function<int64_t()> refreshes);
-  // Monotonic webhook outcome counters (WebhookReceiver::counters()).
-  void AddWebhookSource(musicgw::v1::Provider provider,
-                        std::function<adapters::soundpiece::WebhookCounters()> counters);
+  // Monotonic webhook outcome counters of one account (WebhookHandler::counters()).
+  void AddWebhookSource(musicgw::v1::Provider provider, std::string account,
+                        std::function<adapters::WebhookCounters()> counters);
   // Forgets every source; waits for a scrape in progress to finish with them.
   void ClearSources();
 

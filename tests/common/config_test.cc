@@ -206,14 +206,17 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
          d["providers"][0]["webhook_secrets"] = {{"env", "X"}};
        },
        "providers[0].webhook_secrets: loudly sends no webhooks"},
-      {[](json& d) { d["providers"][1]["name"] = "loudly-main"; },
-       "providers[1].name: duplicate account name \"loudly-main\""},
       {[](json& d) {
-         d["providers"][1]["type"] = "loudly";
-         d["providers"][1]["dialect"] = "b2b";
-         d["providers"][1].erase("webhook_secrets");
+         d["providers"].push_back(d["providers"][1]);
+         d["providers"][2].erase("webhook_secrets");
        },
-       "providers[1].type: one account per provider is supported"},
+       "providers[2].name: duplicate account \"soundpiece-main\" for provider soundpiece; each "
+       "account of a provider needs its own name"},
+      {[](json& d) {
+         d["providers"].push_back(d["providers"][0]);
+         d["providers"][2]["name"] = "loudly-second";
+       },
+       "providers[2].token_state_file: already used by another account"},
       {[](json& d) { d.erase("tenants"); }, "tenants: required: a list with at least one tenant"},
       {[](json& d) { d["tenants"][0]["api_key_sha256"] = json::array({"secret-key"}); },
        "tenants[0].api_key_sha256[0]: must be 64 hex characters (the SHA-256 of the key, never "
@@ -246,6 +249,36 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
     c.mutate(doc);
     EXPECT_EQ(ErrorOf(doc), c.expected) << doc.dump();
   }
+}
+
+// Two accounts of one provider (two Soundpiece keys, two Loudly logins) are configured side by
+// side; account names need only be distinct within their provider.
+TEST(ConfigTest, AcceptsSeveralAccountsOfOneProvider) {
+  json doc = ValidConfig();
+  json second_soundpiece = doc["providers"][1];
+  second_soundpiece["name"] = "soundpiece-backup";
+  second_soundpiece["api_key"] = {{"env", "SOUNDPIECE_BACKUP_KEY"}};
+  second_soundpiece["credits"] = {{"balance", 50}};
+  doc["providers"].push_back(second_soundpiece);
+  json second_loudly = doc["providers"][0];
+  second_loudly["name"] = "soundpiece-main";  // the same name as an account of the other provider
+  second_loudly["token_state_file"] = "/tmp/loudly-second.token";
+  doc["providers"].push_back(second_loudly);
+  auto config = ParseConfig(doc.dump(), FakeEnv({{"LOUDLY_REFRESH_TOKEN", "refresh-secret"},
+                                                 {"SOUNDPIECE_API_KEY", "spk_secret"},
+                                                 {"SOUNDPIECE_BACKUP_KEY", "spk_backup"},
+                                                 {"SOUNDPIECE_WEBHOOK_SECRETS", "whsec_AAAA"}}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->providers.size(), 4u);
+  EXPECT_EQ(config->providers[1].type, musicgw::v1::PROVIDER_SOUNDPIECE);
+  EXPECT_EQ(config->providers[1].api_key, "spk_secret");
+  EXPECT_EQ(config->providers[1].credit_balance, 0);
+  EXPECT_EQ(config->providers[2].type, musicgw::v1::PROVIDER_SOUNDPIECE);
+  EXPECT_EQ(config->providers[2].name, "soundpiece-backup");
+  EXPECT_EQ(config->providers[2].api_key, "spk_backup");
+  EXPECT_EQ(config->providers[2].credit_balance, 50);
+  EXPECT_EQ(config->providers[3].type, musicgw::v1::PROVIDER_LOUDLY);
+  EXPECT_EQ(config->providers[3].name, "soundpiece-main");
 }
 
 TEST(ConfigTest, WebhookSecretsMustLookLikeSecrets) {

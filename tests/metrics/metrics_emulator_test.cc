@@ -28,10 +28,10 @@
 #include "google/rpc/error_details.pb.h"
 #include "gtest/gtest.h"
 #include "services/gateway/budgets.h"
-#include "services/gateway/quota_monitor.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/quota_monitor.h"
 #include "tests/metrics/emulator_util.h"
 #include "tests/metrics/metrics_test_util.h"
 
@@ -46,14 +46,14 @@ std::string Fetch(int port) { return testing::FetchMetrics(port).value_or(""); }
 // Refreshes quota after each generation, as the server's own observer does.
 class QuotaRefresh final : public operations::EngineObserver {
  public:
-  explicit QuotaRefresh(gateway::QuotaMonitor* monitor) : monitor_(monitor) {}
+  explicit QuotaRefresh(operations::QuotaMonitor* monitor) : monitor_(monitor) {}
   void OnCompleted(v1::Provider provider, v1::TaskKind, v1::OperationState,
                    absl::StatusCode) override {
     monitor_->RefreshSoon(provider);
   }
 
  private:
-  gateway::QuotaMonitor* monitor_;
+  operations::QuotaMonitor* monitor_;
 };
 
 class MetricsEmulatorTest : public ::testing::Test {
@@ -91,7 +91,8 @@ class MetricsEmulatorTest : public ::testing::Test {
     }
     for (auto& adapter : adapters_) adapter->Start();
 
-    quota_ = std::make_unique<gateway::QuotaMonitor>(adapter_ptrs_, http_.get(), absl::Minutes(10));
+    quota_ =
+        std::make_unique<operations::QuotaMonitor>(adapter_ptrs_, http_.get(), absl::Minutes(10));
     // Every accepted read passes the listener (under the monitor's lock, before the snapshot is
     // updated): the event QuotaReadAfter waits for.
     quota_->set_listener(
@@ -153,7 +154,7 @@ class MetricsEmulatorTest : public ::testing::Test {
   }
 
   // The latest quota read of `provider`, once one newer than `after` has succeeded.
-  std::optional<gateway::AccountQuota> QuotaReadAfter(v1::Provider provider, absl::Time after) {
+  std::optional<operations::AccountQuota> QuotaReadAfter(v1::Provider provider, absl::Time after) {
     {
       absl::MutexLock lock(&reads_mu_);
       auto read = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(reads_mu_) {
@@ -188,7 +189,7 @@ class MetricsEmulatorTest : public ::testing::Test {
   std::unique_ptr<http::CurlHttpClient> http_;
   std::vector<adapters::ProviderAdapterPtr> adapters_;
   std::vector<adapters::ProviderAdapter*> adapter_ptrs_;
-  std::unique_ptr<gateway::QuotaMonitor> quota_;
+  std::unique_ptr<operations::QuotaMonitor> quota_;
   std::unique_ptr<QuotaRefresh> refresh_;
   std::unique_ptr<EngineObserverFanOut> fan_out_;
   std::unique_ptr<operations::OperationsEngine> engine_;
@@ -198,7 +199,7 @@ class MetricsEmulatorTest : public ::testing::Test {
 };
 
 TEST_F(MetricsEmulatorTest, AGenerationMovesCountersAndTheProvidersDecrementedLimits) {
-  const std::optional<gateway::AccountQuota> before =
+  const std::optional<operations::AccountQuota> before =
       QuotaReadAfter(v1::PROVIDER_LOUDLY, absl::InfinitePast());
   ASSERT_TRUE(before.has_value()) << "no Loudly quota read";
   ASSERT_FALSE(before->figures.empty());
@@ -217,7 +218,7 @@ TEST_F(MetricsEmulatorTest, AGenerationMovesCountersAndTheProvidersDecrementedLi
   ASSERT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED) << done->error().message();
 
   // The monitor re-reads Loudly's limits after the generation; the gauges follow.
-  const std::optional<gateway::AccountQuota> after =
+  const std::optional<operations::AccountQuota> after =
       QuotaReadAfter(v1::PROVIDER_LOUDLY, before->read_time);
   ASSERT_TRUE(after.has_value()) << "quota was not re-read after the generation";
   const std::string scrape = Fetch(metrics_->port());

@@ -238,7 +238,7 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   options.clock = [&now] { return now; };
   auto metrics = NewMetrics(options);
 
-  gateway::AccountQuota loudly;
+  operations::AccountQuota loudly;
   loudly.provider = v1::PROVIDER_LOUDLY;
   loudly.account = "loudly-main";
   loudly.read_time = now - absl::Seconds(30);
@@ -252,14 +252,14 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   adapters::QuotaFigure unknown;
   unknown.resource = "credits";  // limit/used/remaining not reported
   loudly.figures.push_back(unknown);
-  gateway::AccountQuota soundpiece;
+  operations::AccountQuota soundpiece;
   soundpiece.provider = v1::PROVIDER_SOUNDPIECE;
   soundpiece.account = "sp";
   soundpiece.last_error = "UNAVAILABLE: provider down";
   int quota_reads = 0;
   metrics->SetQuotaSource([&] {
     ++quota_reads;
-    return std::vector<gateway::AccountQuota>{loudly, soundpiece};
+    return std::vector<operations::AccountQuota>{loudly, soundpiece};
   });
 
   testing::ScriptedEngine engine;
@@ -283,11 +283,11 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
 
   int64_t refreshes = 4;
   metrics->AddTokenRefreshSource(v1::PROVIDER_LOUDLY, "loudly-main", [&] { return refreshes; });
-  adapters::soundpiece::WebhookCounters webhooks;
+  adapters::WebhookCounters webhooks;
   webhooks.verified = 10;
   webhooks.bad_signature = 2;
   webhooks.duplicate = 1;
-  metrics->AddWebhookSource(v1::PROVIDER_SOUNDPIECE, [&] { return webhooks; });
+  metrics->AddWebhookSource(v1::PROVIDER_SOUNDPIECE, "soundpiece-main", [&] { return webhooks; });
 
   EXPECT_EQ(quota_reads, 0);  // nothing is read before a scrape
   auto families = metrics->Collect();
@@ -417,7 +417,7 @@ TEST(MetricsExposerTest, ServesTheScrapeOverHttpAndPromtoolAcceptsIt) {
        "musicgw_grpc_requests_total{grpc_code=\"OK\",method=\"Generate\"} 1",
        "# TYPE musicgw_grpc_request_duration_seconds histogram",
        R"(musicgw_provider_quota_remaining{provider="soundpiece",account="sp-main",resource="credits"} 1)",
-       "musicgw_webhooks_received_total{provider=\"soundpiece\",outcome=\"verified\"} 5",
+       R"(musicgw_webhooks_received_total{provider="soundpiece",account="sp-main",outcome="verified"} 5)",
        "musicgw_upstream_token_refreshes_total{provider=\"loudly\",account=\"loudly-web\"} 3"}) {
     EXPECT_TRUE(absl::StrContains(*body, expected)) << expected << "\n" << *body;
   }

@@ -201,7 +201,7 @@ inline void Populate(Metrics& metrics, ScriptedEngine& engine) {
   engine.states = {state};
   metrics.SetEngine(&engine);
   metrics.SetQuotaSource([] {
-    gateway::AccountQuota account;
+    operations::AccountQuota account;
     account.provider = v1::PROVIDER_SOUNDPIECE;
     account.account = "sp-main";
     account.read_time = absl::Now();
@@ -212,11 +212,11 @@ inline void Populate(Metrics& metrics, ScriptedEngine& engine) {
     figure.remaining = 1;
     figure.reset_time = absl::Now() + absl::Hours(1);
     account.figures.push_back(figure);
-    return std::vector<gateway::AccountQuota>{account};
+    return std::vector<operations::AccountQuota>{account};
   });
   metrics.AddTokenRefreshSource(v1::PROVIDER_LOUDLY, "loudly-web", [] { return int64_t{3}; });
-  metrics.AddWebhookSource(v1::PROVIDER_SOUNDPIECE, [] {
-    adapters::soundpiece::WebhookCounters counters;
+  metrics.AddWebhookSource(v1::PROVIDER_SOUNDPIECE, "sp-main", [] {
+    adapters::WebhookCounters counters;
     counters.verified = 5;
     counters.stale = 1;
     return counters;

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/escaping.h"
@@ -288,6 +289,84 @@ TEST_F(WebhookReceiverTest, OversizedSignedBodyIsRefusedCountedAndLogged) {
   EXPECT_TRUE(absl::StrContains(logs, R"("body_bytes":5242880)")) << logs;
   EXPECT_FALSE(absl::StrContains(logs, signature.substr(3))) << "no signature in logs";
   EXPECT_FALSE(absl::StrContains(logs, "xxxxxxxx")) << "no body in logs";
+}
+
+// Two accounts of one provider on one listener: each account's secrets verify its own
+// deliveries, on its own path and on the shared one, and each counts only its own.
+class TwoAccountWebhookTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const auto& [account, key] : {std::pair{"sp-a", kKeyA}, std::pair{"sp-b", kKeyB}}) {
+      WebhookHandlerOptions options;
+      options.account = account;
+      options.verifier.secrets = {Secret(key)};
+      auto handler = SoundpieceWebhookHandler::Create(options);
+      ASSERT_TRUE(handler.ok()) << handler.status();
+      handlers_.push_back(std::move(*handler));
+    }
+    auto sink_for = [this](const std::string& account) {
+      return [this, account](const UpstreamStatus& status) {
+        absl::MutexLock lock(&mu_);
+        updates_.emplace_back(account, status.upstream_id);
+      };
+    };
+    adapters::WebhookServer::Routes routes;
+    routes.push_back({"/webhooks/soundpiece/sp-a", {{handlers_[0].get(), sink_for("sp-a")}}});
+    routes.push_back({"/webhooks/soundpiece/sp-b", {{handlers_[1].get(), sink_for("sp-b")}}});
+    routes.push_back(
+        {"/webhooks/soundpiece",
+         {{handlers_[0].get(), sink_for("sp-a")}, {handlers_[1].get(), sink_for("sp-b")}}});
+    adapters::WebhookServerOptions options;
+    options.host = "127.0.0.1";
+    auto server = adapters::WebhookServer::Start(options, std::move(routes));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+  }
+
+  int Post(const std::string& path, const std::string& key, const std::string& id) {
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    httplib::Client client("127.0.0.1", server_->port());
+    httplib::Headers headers = {{"webhook-id", id},
+                                {"webhook-timestamp", absl::StrCat(now)},
+                                {"webhook-signature", Sign(key, id, now, kBody)}};
+    auto result = client.Post(path, headers, kBody, "application/json");
+    return result ? result->status : -1;
+  }
+
+  std::vector<std::pair<std::string, std::string>> Updates() {
+    absl::MutexLock lock(&mu_);
+    return updates_;
+  }
+
+  std::vector<std::unique_ptr<SoundpieceWebhookHandler>> handlers_;
+  std::unique_ptr<adapters::WebhookServer> server_;
+  absl::Mutex mu_;
+  std::vector<std::pair<std::string, std::string>> updates_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(TwoAccountWebhookTest, EachAccountsSecretsVerifyItsOwnDeliveries) {
+  const std::string kKeyC = "key-C-bytes-not-configured!!";
+  const std::string op = "op_01hx7k3m9q2w5e8r4t6y1u0p3a";
+  // Own path: only the account's own secret passes.
+  EXPECT_EQ(Post("/webhooks/soundpiece/sp-a", kKeyA, "a1"), 204);
+  EXPECT_EQ(Post("/webhooks/soundpiece/sp-a", kKeyB, "b1"), 401);
+  EXPECT_EQ(Post("/webhooks/soundpiece/sp-b", kKeyB, "b2"), 204);
+  // Shared path: the account whose secret signed it takes it.
+  EXPECT_EQ(Post("/webhooks/soundpiece", kKeyB, "b3"), 204);
+  EXPECT_EQ(Post("/webhooks/soundpiece", kKeyA, "a2"), 204);
+  EXPECT_EQ(Post("/webhooks/soundpiece", kKeyC, "c1"), 401);
+  EXPECT_EQ(Post("/webhooks/soundpiece/sp-c", kKeyA, "a3"), 404);
+
+  EXPECT_EQ(Updates(), (std::vector<std::pair<std::string, std::string>>{
+                           {"sp-a", op}, {"sp-b", op}, {"sp-b", op}, {"sp-a", op}}));
+  const WebhookCounters a = handlers_[0]->counters();
+  const WebhookCounters b = handlers_[1]->counters();
+  EXPECT_EQ(a.verified, 2);
+  EXPECT_EQ(b.verified, 2);
+  // The delivery signed by sp-b on sp-a's path, and the forged one on the shared path (counted
+  // by its first account).
+  EXPECT_EQ(a.bad_signature, 2);
+  EXPECT_EQ(b.bad_signature, 0);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // File: quota_monitor.h
 // Reads every provider account's quota on a timer and soon after each generation, and keeps
-// the latest figures for GetQuota, routing and the quota gauges. Provider limits endpoints are
-// never called per client request.
+// the latest figures for routing, GetQuota and the quota gauges. Provider limits endpoints are
+// never called per client request. Figures are kept per account: two accounts of one provider
+// never share a figure.
 //
 // Thread-safe.
 #pragma once
@@ -15,8 +16,9 @@
 #include "absl/time/time.h"
 #include "adapters/http/http_client.h"
 #include "adapters/provider.h"
+#include "common/clock.h"
 
-namespace musicgw::gateway {
+namespace musicgw::operations {
 
 struct AccountQuota {
   musicgw::v1::Provider provider = musicgw::v1::PROVIDER_UNSPECIFIED;
@@ -30,9 +32,10 @@ struct AccountQuota {
 
 class QuotaMonitor {
  public:
-  // `adapters` and `timers` must outlive the monitor; Stop() before destroying them.
+  // `adapters`, `timers` and `clock` must outlive the monitor; Stop() before destroying them.
+  // `timers` schedules the reads; `clock` stamps them (read_time).
   QuotaMonitor(std::vector<adapters::ProviderAdapter*> adapters, http::Client* timers,
-               absl::Duration interval);
+               absl::Duration interval, const Clock& clock = Clock::Real());
   ~QuotaMonitor();
 
   // Sees every successful read before it is kept: may complete figures the provider does not
@@ -58,8 +61,9 @@ class QuotaMonitor {
   std::vector<adapters::ProviderAdapter*> adapters_;
   http::Client* timers_;
   absl::Duration interval_;
+  const Clock& clock_;
   Listener listener_;
   std::shared_ptr<State> state_;
 };
 
-}  // namespace musicgw::gateway
+}  // namespace musicgw::operations

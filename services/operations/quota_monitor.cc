@@ -1,11 +1,10 @@
-#include "services/gateway/quota_monitor.h"
+#include "services/operations/quota_monitor.h"
 
 #include <utility>
 
-#include "absl/time/clock.h"
 #include "common/log.h"
 
-namespace musicgw::gateway {
+namespace musicgw::operations {
 
 // Shared with pending callbacks, so a callback that outlives the monitor finds `stopped`.
 struct QuotaMonitor::State {
@@ -18,10 +17,11 @@ struct QuotaMonitor::State {
 };
 
 QuotaMonitor::QuotaMonitor(std::vector<adapters::ProviderAdapter*> adapters, http::Client* timers,
-                           absl::Duration interval)
+                           absl::Duration interval, const Clock& clock)
     : adapters_(std::move(adapters)),
       timers_(timers),
       interval_(interval),
+      clock_(clock),
       state_(std::make_shared<State>()) {
   absl::MutexLock lock(&state_->mu);
   for (const auto* adapter : adapters_) {
@@ -97,7 +97,7 @@ void QuotaMonitor::Read(size_t index, bool periodic) {
         // Under the lock, so no call is under way once Stop() returns.
         if (listener_) listener_(adapters_[index], &*figures);
         account.figures = std::move(*figures);
-        account.read_time = absl::Now();
+        account.read_time = clock_.Now();
         account.last_error.clear();
       } else {
         account.last_error = std::string(figures.status().message());
@@ -118,4 +118,4 @@ std::vector<AccountQuota> QuotaMonitor::Snapshot() const {
   return state_->accounts;
 }
 
-}  // namespace musicgw::gateway
+}  // namespace musicgw::operations
