@@ -103,8 +103,10 @@ function codeName(code: Code): string {
   return (Code[code] ?? "Unknown").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase().replace("CANCELED", "CANCELLED");
 }
 
-// Node's socket and HTTP/2 failures: the connection went away under the call.
-const NETWORK_ERROR = /^(ECONNRESET|ECONNREFUSED|ECONNABORTED|EPIPE|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|ERR_HTTP2_.*)$/;
+// Node's socket, TLS handshake and HTTP/2 failures: no usable connection, which gRPC calls
+// UNAVAILABLE (as grpc-core and grpc-go report them).
+const NETWORK_ERROR =
+  /^(ECONNRESET|ECONNREFUSED|ECONNABORTED|EPIPE|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|ERR_HTTP2_.*|ERR_TLS_.*|ERR_SSL_.*|.*_CERT.*|UNABLE_TO_.*)$/;
 
 function isNetworkError(err: unknown): boolean {
   for (let e = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
