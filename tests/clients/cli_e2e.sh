@@ -3,13 +3,16 @@
 # generate -> watch -> download -> verify with --json output parsed, a watch through a proxy
 # that cuts the connection, a download resumed from a partial file, and the exit codes.
 #   MUSICGW_TARGET=... MUSICGW_API_KEY=... cli_e2e.sh CLI PYTHON --out-dir DIR --flaky-target HOST:PORT
+#     --tls-target HOST:PORT --ca-cert PEM
 set -euo pipefail
 cli="$1" py="$2"; shift 2
-out="" flaky=""
+out="" flaky="" tls_target="" ca_cert=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out-dir) out="$2"; shift 2 ;;
     --flaky-target) flaky="$2"; shift 2 ;;
+    --tls-target) tls_target="$2"; shift 2 ;;
+    --ca-cert) ca_cert="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -68,6 +71,23 @@ ok "watch through the proxy: $(grep -c '"reconnect"' "$out/flaky.json") reconnec
   fail "providers does not list both providers"
 ok "list, quota and providers"
 
+# target and key from a config file's profile, with nothing in the environment
+printf '[default]\ntarget = 127.0.0.1:1\napi_key = wrong\n\n[sandbox]\ntarget = %s\napi_key = %s\n' \
+  "$MUSICGW_TARGET" "$MUSICGW_API_KEY" >"$out/config.ini"
+chmod 600 "$out/config.ini"
+env -u MUSICGW_TARGET -u MUSICGW_API_KEY "$cli" --json --config "$out/config.ini" --profile sandbox \
+  providers >"$out/providers-config.json" || fail "providers with the config file's [sandbox] profile"
+[[ $(json_get "$out/providers-config.json" 'len(d["providers"])') == 2 ]] || fail "config profile: wrong answer"
+ok "target and key from the config file"
+
+# TLS flags: the endpoint's certificate trusted with --ca-cert; refused without it
+"$cli" --json --target "$tls_target" --ca-cert "$ca_cert" providers >"$out/providers-tls.json" ||
+  fail "providers over TLS with --ca-cert"
+[[ $(json_get "$out/providers-tls.json" 'len(d["providers"])') == 2 ]] || fail "TLS: wrong answer"
+rc=0; "$cli" --target "$tls_target" --tls --timeout 5 providers 2>/dev/null || rc=$?
+[[ $rc -eq 7 ]] || fail "an untrusted certificate: exit $rc, expected 7"
+ok "TLS with --ca-cert; an untrusted certificate is exit 7"
+
 # exit codes, with the error as JSON
 expect_exit() {  # code description args...
   local want=$1 what=$2; shift 2
@@ -84,5 +104,7 @@ expect_exit 4 "bad API key" --api-key mgw_wrong providers
 expect_exit 3 "cancel a done operation" cancel "$name"
 rc=0; env -u MUSICGW_API_KEY MUSICGW_CONFIG=/nonexistent "$cli" providers 2>/dev/null || rc=$?
 [[ $rc -eq 2 ]] || fail "no API key: exit $rc, expected 2"
-ok "exit codes 2, 3, 4, 5 with JSON errors"
+rc=0; env -u MUSICGW_TARGET -u MUSICGW_API_KEY "$cli" --config "$out/config.ini" --timeout 3 providers 2>/dev/null || rc=$?
+[[ $rc -eq 7 ]] || fail "an unreachable target: exit $rc, expected 7"
+ok "exit codes 2, 3, 4, 5, 7 with JSON errors"
 echo "musicgw-cli: all checks passed"

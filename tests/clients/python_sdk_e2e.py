@@ -26,6 +26,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flaky-target", required=True)
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--tls-target", required=True, help="the gateway behind TLS")
+    ap.add_argument("--ca-cert", required=True, help="the certificate the TLS endpoint uses")
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
     target, key = os.environ["MUSICGW_TARGET"], os.environ["MUSICGW_API_KEY"]
@@ -102,6 +104,16 @@ def main():
               f"download through the proxy: {result.size} bytes, {result.resumptions} "
               f"resumption(s), sha256 verified ({result.digest_source})")
         print(f"  resumed at offsets {resumes}")
+    # TLS with a trusted root and the API key as a call credential; refused without the root.
+    with musicgw.Client(args.tls_target, key, tls=True, root_certificates=args.ca_cert) as secure:
+        names = sorted(p.account for p in secure.providers().providers)
+        check(len(names) == 2, f"over TLS with the sandbox certificate trusted: providers {names}")
+    with musicgw.Client(args.tls_target, key, tls=True, timeout=5) as untrusted:
+        try:
+            untrusted.providers()
+            raise AssertionError("an untrusted certificate was accepted")
+        except musicgw.UnavailableError as err:
+            check(True, f"an untrusted certificate is refused: {err.code.name}")
     print("python sdk: all checks passed")
     return 0
 

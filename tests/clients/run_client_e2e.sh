@@ -118,11 +118,20 @@ proxy_pid=$!
 for _ in $(seq 1 50); do [[ -s "$work/sandbox/proxy.port" ]] && break; sleep 0.1; done
 flaky="127.0.0.1:$(cat "$work/sandbox/proxy.port")"
 
-# 4. The client's own walk-through; it exits non-zero on any failed check.
+# 4. TLS in front of the gateway, as an ingress terminates it, for the clients' TLS options.
+mkdir -p "$work/sandbox/tls"
+"$proxy_py" "$src/tests/clients/tls_proxy.py" --upstream "$MUSICGW_TARGET" --dir "$work/sandbox/tls" \
+  --lifetime 150 >"$work/sandbox/tls_proxy.log" 2>&1 &
+tls_pid=$!
+for _ in $(seq 1 100); do [[ -s "$work/sandbox/tls/port" ]] && break; sleep 0.1; done
+[[ -s "$work/sandbox/tls/port" ]] || { cat "$work/sandbox/tls_proxy.log"; echo "FAIL: the TLS proxy did not start" >&2; exit 1; }
+
+# 5. The client's own walk-through; it exits non-zero on any failed check.
 rc=0
-timeout 120 "${run[@]}" --flaky-target "$flaky" || rc=$?
-kill "$proxy_pid" 2>/dev/null || true
-wait "$proxy_pid" 2>/dev/null || true
+timeout 150 "${run[@]}" --flaky-target "$flaky" --tls-target "localhost:$(cat "$work/sandbox/tls/port")" \
+  --ca-cert "$work/sandbox/tls/cert.pem" || rc=$?
+kill "$proxy_pid" "$tls_pid" 2>/dev/null || true
+wait "$proxy_pid" "$tls_pid" 2>/dev/null || true
 cat "$work/sandbox/proxy.log"
 [[ $rc -eq 0 ]] || exit $rc
 # The drops must really have happened for the resumption to count as tested.

@@ -103,10 +103,27 @@ function codeName(code: Code): string {
   return (Code[code] ?? "Unknown").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase().replace("CANCELED", "CANCELLED");
 }
 
+// Node's socket, TLS handshake and HTTP/2 failures: no usable connection, which gRPC calls
+// UNAVAILABLE (as grpc-core and grpc-go report them).
+const NETWORK_ERROR =
+  /^(ECONNRESET|ECONNREFUSED|ECONNABORTED|EPIPE|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|ERR_HTTP2_.*|ERR_TLS_.*|ERR_SSL_.*|.*_CERT.*|UNABLE_TO_.*)$/;
+
+function isNetworkError(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && NETWORK_ERROR.test(code)) return true;
+  }
+  return false;
+}
+
 /** The typed error for anything a call threw. */
 export function toMusicgwError(err: unknown): MusicgwError {
   if (err instanceof MusicgwError) return err;
   const ce = ConnectError.from(err);
+  if ((ce.code === Code.Unknown || ce.code === Code.Internal) && (isNetworkError(err) || isNetworkError(ce.cause))) {
+    // A dropped connection is UNAVAILABLE in gRPC's terms: safe to retry.
+    return new UnavailableError(ce.rawMessage, Code.Unavailable, {}, err);
+  }
   const cls = BY_CODE[ce.code] ?? MusicgwError;
   return new cls(
     ce.rawMessage,

@@ -37,6 +37,8 @@ func must(err error, what string) {
 func main() {
 	flaky := flag.String("flaky-target", "", "the gateway through a connection-cutting proxy")
 	outDir := flag.String("out-dir", ".", "where downloads go")
+	tlsTarget := flag.String("tls-target", "", "the gateway behind TLS")
+	caCert := flag.String("ca-cert", "", "the certificate the TLS endpoint uses")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()
@@ -110,6 +112,19 @@ func main() {
 	must(err, "download through the proxy")
 	check(res.Verified && res.Size > 0, "download through the proxy: %d bytes, %d resumption(s), sha256 verified (%s)",
 		res.Size, res.Resumptions, res.DigestSource)
+	// TLS with a trusted root; refused without it.
+	sc, err := musicgw.Dial(ctx, *tlsTarget, key, musicgw.WithRootCAFile(*caCert))
+	must(err, "dial over TLS")
+	defer sc.Close()
+	providers, err := sc.Providers(ctx)
+	must(err, "providers over TLS")
+	check(len(providers.Providers) == 2, "over TLS with the sandbox certificate trusted")
+	uc, err := musicgw.Dial(ctx, *tlsTarget, key, musicgw.WithTLS(nil))
+	must(err, "dial over TLS without the root")
+	defer uc.Close()
+	uc.Timeout = 5 * time.Second
+	_, err = uc.Providers(ctx)
+	check(errors.Is(err, musicgw.ErrUnavailable), "an untrusted certificate is refused: %v", err)
 	fmt.Println("go sdk: all checks passed")
 }
 

@@ -86,6 +86,12 @@ async function main() {
   check(resumes.length > 0, `downloadStream through the proxy resumed at ${resumes.join(', ')}`);
   check(BigInt(bytes.length) === info.sizeBytes && (await musicgw.fileSha256(file)) === direct.sha256 && direct.verified,
     `downloadStream gave ${bytes.length} bytes, identical to a verified direct download`);
+  // TLS with a trusted root; refused without it.
+  const secure = new musicgw.Client(flag('--tls-target'), key, { tls: true, ca: fs.readFileSync(flag('--ca-cert')) });
+  check((await secure.providers()).providers.length === 2, 'over TLS with the sandbox certificate trusted');
+  err = await expectError(new musicgw.Client(flag('--tls-target'), key, { tls: true, timeoutMs: 5000 }).providers(),
+    musicgw.MusicgwError);
+  check(err instanceof musicgw.UnavailableError, `an untrusted certificate is refused: ${err.codeName}: ${err.message}`);
   console.log('node sdk: all checks passed');
 }
 
