@@ -75,12 +75,22 @@ proxy_py="$(command -v python3)"
 "$proxy_py" "$src/tests/clients/flaky_proxy.py" --upstream "$MUSICGW_TARGET" \
   --port-file "$work/sandbox/proxy.port" --lifetime 150 >"$work/sandbox/proxy.log" 2>&1 &
 proxy_pid=$!
+# The sandbox and the proxy outlive a script killed with SIGKILL (no EXIT trap then): a
+# watchdog stops them once this script is gone, however it went.
+(
+  while kill -0 $$ 2>/dev/null; do sleep 1; done
+  kill "$proxy_pid" 2>/dev/null
+  [[ -f "$work/client.pid" ]] && kill "$(cat "$work/client.pid")" 2>/dev/null
+  MUSICGW_SANDBOX_DIR="$work/sandbox" "$src/scripts/sandbox.sh" stop >/dev/null 2>&1
+) </dev/null >/dev/null 2>&1 &
 for _ in $(seq 1 50); do [[ -s "$work/sandbox/proxy.port" ]] && break; sleep 0.1; done
 flaky="127.0.0.1:$(cat "$work/sandbox/proxy.port")"
 
 # 4. The client's own walk-through; it exits non-zero on any failed check.
 rc=0
-timeout 120 "${run[@]}" --flaky-target "$flaky" || rc=$?
+timeout 120 "${run[@]}" --flaky-target "$flaky" &
+echo $! >"$work/client.pid"
+wait $! || rc=$?
 kill "$proxy_pid" 2>/dev/null || true
 wait "$proxy_pid" 2>/dev/null || true
 cat "$work/sandbox/proxy.log"
