@@ -115,6 +115,15 @@ proxy_py="$(command -v python3)"
 "$proxy_py" "$src/tests/clients/flaky_proxy.py" --upstream "$MUSICGW_TARGET" \
   --port-file "$work/sandbox/proxy.port" --lifetime 150 >"$work/sandbox/proxy.log" 2>&1 &
 proxy_pid=$!
+# The sandbox and the proxy outlive a script killed with SIGKILL (no EXIT trap then): a
+# watchdog stops them once this script is gone, however it went.
+(
+  while kill -0 $$ 2>/dev/null; do sleep 1; done
+  kill "$proxy_pid" 2>/dev/null
+  [[ -f "$work/client.pid" ]] && kill "$(cat "$work/client.pid")" 2>/dev/null
+  [[ -f "$work/tls.pid" ]] && kill "$(cat "$work/tls.pid")" 2>/dev/null
+  MUSICGW_SANDBOX_DIR="$work/sandbox" "$src/scripts/sandbox.sh" stop >/dev/null 2>&1
+) </dev/null >/dev/null 2>&1 &
 for _ in $(seq 1 50); do [[ -s "$work/sandbox/proxy.port" ]] && break; sleep 0.1; done
 flaky="127.0.0.1:$(cat "$work/sandbox/proxy.port")"
 
@@ -123,13 +132,16 @@ mkdir -p "$work/sandbox/tls"
 "$proxy_py" "$src/tests/clients/tls_proxy.py" --upstream "$MUSICGW_TARGET" --dir "$work/sandbox/tls" \
   --lifetime 150 >"$work/sandbox/tls_proxy.log" 2>&1 &
 tls_pid=$!
+echo "$tls_pid" >"$work/tls.pid"
 for _ in $(seq 1 100); do [[ -s "$work/sandbox/tls/port" ]] && break; sleep 0.1; done
 [[ -s "$work/sandbox/tls/port" ]] || { cat "$work/sandbox/tls_proxy.log"; echo "FAIL: the TLS proxy did not start" >&2; exit 1; }
 
 # 5. The client's own walk-through; it exits non-zero on any failed check.
 rc=0
 timeout 150 "${run[@]}" --flaky-target "$flaky" --tls-target "localhost:$(cat "$work/sandbox/tls/port")" \
-  --ca-cert "$work/sandbox/tls/cert.pem" || rc=$?
+  --ca-cert "$work/sandbox/tls/cert.pem" &
+echo $! >"$work/client.pid"
+wait $! || rc=$?
 kill "$proxy_pid" "$tls_pid" 2>/dev/null || true
 wait "$proxy_pid" "$tls_pid" 2>/dev/null || true
 cat "$work/sandbox/proxy.log"
