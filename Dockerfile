@@ -10,7 +10,7 @@
 ARG DEBIAN_IMAGE=debian:12-slim
 # Shared libraries only (Debian 12 names); the build stage proves they cover every library the
 # binaries load.
-ARG RUNTIME_PACKAGES="ca-certificates libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libcurl4 libsqlite3-0 libssl3 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcpp-httplib0.11"
+ARG RUNTIME_PACKAGES="ca-certificates libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libcurl4 libsqlite3-0 libpq5 libssl3 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcpp-httplib0.11"
 # What the emulators need on top (they encode FLAC and MP3).
 ARG SANDBOX_PACKAGES="libflac++10 libmp3lame0"
 
