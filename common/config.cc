@@ -5,6 +5,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -300,10 +301,44 @@ absl::StatusOr<BudgetConfig> ParseBudget(const json& object, const std::string& 
   return budget;
 }
 
-absl::StatusOr<TenantConfig> ParseTenant(const json& object, const std::string& path) {
+absl::Status ParseRate(ObjectReader& reader, const std::string& name, RateLimitConfig* rate) {
+  for (auto [suffix, out] : {std::pair<const char*, double*>{"_per_second", &rate->per_second},
+                             std::pair<const char*, double*>{"_burst", &rate->burst}}) {
+    const std::string key = absl::StrCat(name, suffix);
+    const json* value = reader.Find(key);
+    if (value == nullptr) continue;
+    if (!value->is_number() || value->get<double>() < 1 || value->get<double>() > 1e7) {
+      return Problem(reader.Path(key), "must be a number from 1 to 10000000");
+    }
+    *out = value->get<double>();
+  }
+  return absl::OkStatus();
+}
+
+// Overrides `limits` key by key.
+absl::Status ParseLimits(const json& object, const std::string& path, TenantLimitsConfig* limits) {
+  if (!object.is_object()) return Problem(path, "must be an object");
+  ObjectReader reader(object, path);
+  MUSICGW_RETURN_IF_ERROR(ParseRate(reader, "generate", &limits->generate));
+  MUSICGW_RETURN_IF_ERROR(ParseRate(reader, "read", &limits->read));
+  MUSICGW_RETURN_IF_ERROR(ParseRate(reader, "list", &limits->list));
+  MUSICGW_RETURN_IF_ERROR(ParseRate(reader, "cancel", &limits->cancel));
+  MUSICGW_RETURN_IF_ERROR(ParseRate(reader, "stream", &limits->stream));
+  MUSICGW_RETURN_IF_ERROR(reader.Int("max_open_streams", &limits->max_open_streams, 1, 10000000));
+  MUSICGW_RETURN_IF_ERROR(
+      reader.Int("max_live_operations", &limits->max_live_operations, 1, 10000000));
+  return reader.CheckNoUnknownKeys();
+}
+
+absl::StatusOr<TenantConfig> ParseTenant(const json& object, const std::string& path,
+                                         const TenantLimitsConfig& default_limits) {
   if (!object.is_object()) return Problem(path, "must be an object");
   ObjectReader reader(object, path);
   TenantConfig tenant;
+  tenant.limits = default_limits;
+  if (const json* limits = reader.Find("limits"); limits != nullptr) {
+    MUSICGW_RETURN_IF_ERROR(ParseLimits(*limits, reader.Path("limits"), &tenant.limits));
+  }
   MUSICGW_RETURN_IF_ERROR(reader.String("name", &tenant.name, true));
   const json* hashes = reader.Find("api_key_sha256");
   if (hashes == nullptr || !hashes->is_array() || hashes->empty()) {
@@ -451,10 +486,19 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
   if (tenants == nullptr || !tenants->is_array() || tenants->empty()) {
     return Problem("tenants", "required: a list with at least one tenant");
   }
+  TenantLimitsConfig default_limits;
+  if (const json* defaults = reader.Find("tenant_defaults"); defaults != nullptr) {
+    if (!defaults->is_object()) return Problem("tenant_defaults", "must be an object");
+    ObjectReader d(*defaults, "tenant_defaults");
+    if (const json* limits = d.Find("limits"); limits != nullptr) {
+      MUSICGW_RETURN_IF_ERROR(ParseLimits(*limits, d.Path("limits"), &default_limits));
+    }
+    MUSICGW_RETURN_IF_ERROR(d.CheckNoUnknownKeys());
+  }
   std::set<std::string> tenant_names, key_hashes;
   for (size_t i = 0; i < tenants->size(); ++i) {
     const std::string path = absl::StrCat("tenants[", i, "]");
-    MUSICGW_ASSIGN_OR_RETURN(TenantConfig tenant, ParseTenant((*tenants)[i], path));
+    MUSICGW_ASSIGN_OR_RETURN(TenantConfig tenant, ParseTenant((*tenants)[i], path, default_limits));
     if (!tenant_names.insert(tenant.name).second) {
       return Problem(path + ".name", absl::StrCat("duplicate tenant \"", tenant.name, "\""));
     }

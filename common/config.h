@@ -52,11 +52,31 @@ struct BudgetConfig {
   BudgetPeriod period = BudgetPeriod::kDay;
 };
 
+// A token bucket: `per_second` sustained, up to `burst` at once.
+struct RateLimitConfig {
+  double per_second = 0;
+  double burst = 0;
+};
+
+// Per-tenant limits (tenant_defaults.limits, overridden key by key by tenants[].limits). The
+// defaults stop a runaway client without getting in the way of a normal heavy one.
+struct TenantLimitsConfig {
+  RateLimitConfig generate{100, 1000};
+  RateLimitConfig read{50000, 50000};  // GetOperation, WaitOperation, GetQuota, ListProviders
+  RateLimitConfig list{1000, 2000};    // ListOperations
+  RateLimitConfig cancel{100, 1000};
+  RateLimitConfig stream{1000, 5000};  // opening WatchOperation and Download streams
+  int64_t max_open_streams = 200000;
+  // Exact across replicas: checked in the ledger transaction that stores a new operation.
+  int64_t max_live_operations = 50000;
+};
+
 struct TenantConfig {
   std::string name;
   // Lower-case hex SHA-256 of each API key the tenant may use.
   std::vector<std::string> api_key_sha256;
   std::vector<BudgetConfig> budgets;
+  TenantLimitsConfig limits;
 };
 
 struct Config {

@@ -49,12 +49,23 @@ std::pair<absl::Time, absl::Time> PeriodBounds(config::BudgetPeriod period, absl
 
 operations::BudgetResolver MakeBudgetResolver(std::vector<config::TenantConfig> tenants) {
   std::map<std::string, std::vector<config::BudgetConfig>> by_tenant;
-  for (auto& tenant : tenants) by_tenant[tenant.name] = std::move(tenant.budgets);
-  return [by_tenant = std::move(by_tenant)](const std::string& tenant, musicgw::v1::TaskKind task,
-                                            absl::Time now) {
+  std::map<std::string, int64_t> max_live;
+  for (auto& tenant : tenants) {
+    by_tenant[tenant.name] = std::move(tenant.budgets);
+    max_live[tenant.name] = tenant.limits.max_live_operations;
+  }
+  return [by_tenant = std::move(by_tenant), max_live = std::move(max_live)](
+             const std::string& tenant, musicgw::v1::TaskKind task, absl::Time now) {
     std::vector<operations::BudgetCheck> checks;
     auto it = by_tenant.find(tenant);
     if (it == by_tenant.end()) return checks;
+    // Concurrent live operations guard money: the ledger counts them in the same transaction,
+    // so the limit is exact across replicas.
+    operations::BudgetCheck live;
+    live.name = "max_live_operations";
+    live.live_only = true;
+    live.limit = max_live.at(tenant);
+    checks.push_back(std::move(live));
     for (const auto& budget : it->second) {
       if (budget.task != task) continue;
       auto [start, end] = PeriodBounds(budget.period, now);

@@ -65,7 +65,7 @@ grpc::ServerUnaryReactor* GatewayService::Generate(grpc::CallbackServerContext* 
                                                    const musicgw::v1::GenerateRequest* request,
                                                    Operation* response) {
   auto call = std::make_unique<CallLog>("Generate", deps_.observer);
-  auto tenant = deps_.tenants->Authenticate(*context);
+  auto tenant = Admit(*context, MethodClass::kGenerate);
   if (!tenant.ok()) return FinishUnary(context, *call, tenant.status());
   call->set_tenant((*tenant)->name);
   auto candidates = ValidateGenerate(*request, configured_);
@@ -87,7 +87,7 @@ grpc::ServerUnaryReactor* GatewayService::GetOperation(
     grpc::CallbackServerContext* context, const musicgw::v1::GetOperationRequest* request,
     Operation* response) {
   CallLog call("GetOperation", deps_.observer);
-  auto tenant = deps_.tenants->Authenticate(*context);
+  auto tenant = Admit(*context, MethodClass::kRead);
   if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
   call.set_tenant((*tenant)->name);
   call.set_operation(request->name());
@@ -104,7 +104,7 @@ grpc::ServerUnaryReactor* GatewayService::ListOperations(
     grpc::CallbackServerContext* context, const musicgw::v1::ListOperationsRequest* request,
     musicgw::v1::ListOperationsResponse* response) {
   CallLog call("ListOperations", deps_.observer);
-  auto tenant = deps_.tenants->Authenticate(*context);
+  auto tenant = Admit(*context, MethodClass::kList);
   if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
   call.set_tenant((*tenant)->name);
   absl::Status valid = ValidateList(*request);
@@ -128,16 +128,20 @@ grpc::ServerWriteReactor<musicgw::v1::OperationEvent>* GatewayService::WatchOper
   call->set_operation(request->name());
   absl::Status valid = ValidateWatch(*request);
   if (!valid.ok()) return fail(valid);
+  auto slot = OpenStream((*tenant)->name);
+  if (!slot.ok()) return fail(slot.status());
   auto stream = deps_.engine->Watch((*tenant)->name, request->name(), request->after_sequence());
   if (!stream.ok()) return fail(stream.status());
-  return new StreamReactor<musicgw::v1::OperationEvent>(std::move(call), std::move(*stream));
+  return new StreamReactor<musicgw::v1::OperationEvent>(
+      std::move(call), std::make_unique<SlottedStream<musicgw::v1::OperationEvent>>(
+                           std::move(*stream), std::move(*slot)));
 }
 
 grpc::ServerUnaryReactor* GatewayService::WaitOperation(
     grpc::CallbackServerContext* context, const musicgw::v1::WaitOperationRequest* request,
     Operation* response) {
   auto call = std::make_unique<CallLog>("WaitOperation", deps_.observer);
-  auto tenant = deps_.tenants->Authenticate(*context);
+  auto tenant = Admit(*context, MethodClass::kRead);
   if (!tenant.ok()) return FinishUnary(context, *call, tenant.status());
   call->set_tenant((*tenant)->name);
   call->set_operation(request->name());
@@ -162,7 +166,7 @@ grpc::ServerUnaryReactor* GatewayService::CancelOperation(
     grpc::CallbackServerContext* context, const musicgw::v1::CancelOperationRequest* request,
     Operation* response) {
   auto call = std::make_unique<CallLog>("CancelOperation", deps_.observer);
-  auto tenant = deps_.tenants->Authenticate(*context);
+  auto tenant = Admit(*context, MethodClass::kCancel);
   if (!tenant.ok()) return FinishUnary(context, *call, tenant.status());
   call->set_tenant((*tenant)->name);
   call->set_operation(request->name());
@@ -187,16 +191,20 @@ grpc::ServerWriteReactor<musicgw::v1::DownloadChunk>* GatewayService::Download(
   call->set_operation(request->asset());
   absl::Status valid = ValidateDownload(*request);
   if (!valid.ok()) return fail(valid);
+  auto slot = OpenStream((*tenant)->name);
+  if (!slot.ok()) return fail(slot.status());
   auto stream = deps_.engine->Download((*tenant)->name, request->asset(), request->offset());
   if (!stream.ok()) return fail(stream.status());
-  return new StreamReactor<musicgw::v1::DownloadChunk>(std::move(call), std::move(*stream));
+  return new StreamReactor<musicgw::v1::DownloadChunk>(
+      std::move(call), std::make_unique<SlottedStream<musicgw::v1::DownloadChunk>>(
+                           std::move(*stream), std::move(*slot)));
 }
 
 grpc::ServerUnaryReactor* GatewayService::GetQuota(grpc::CallbackServerContext* context,
                                                    const musicgw::v1::GetQuotaRequest* request,
                                                    musicgw::v1::QuotaReport* response) {
   CallLog call("GetQuota", deps_.observer);
-  auto tenant = deps_.tenants->Authenticate(*context);
+  auto tenant = Admit(*context, MethodClass::kRead);
   if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
   call.set_tenant((*tenant)->name);
   absl::Status valid = ValidateGetQuota(*request);
@@ -214,13 +222,27 @@ grpc::ServerUnaryReactor* GatewayService::ListProviders(
     grpc::CallbackServerContext* context, const musicgw::v1::ListProvidersRequest* request,
     musicgw::v1::ListProvidersResponse* response) {
   CallLog call("ListProviders", deps_.observer);
-  auto tenant = deps_.tenants->Authenticate(*context);
+  auto tenant = Admit(*context, MethodClass::kRead);
   if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
   call.set_tenant((*tenant)->name);
   for (auto& provider : deps_.directory->Providers()) {
     *response->add_providers() = std::move(provider);
   }
   return FinishUnary(context, call, absl::OkStatus());
+}
+
+absl::StatusOr<const config::TenantConfig*> GatewayService::Admit(
+    const grpc::CallbackServerContext& context, MethodClass method) const {
+  auto tenant = deps_.tenants->Authenticate(context);
+  if (!tenant.ok() || deps_.admission == nullptr) return tenant;
+  absl::Status admitted = deps_.admission->Admit((*tenant)->name, method);
+  if (!admitted.ok()) return admitted;
+  return tenant;
+}
+
+absl::StatusOr<StreamSlot> GatewayService::OpenStream(const std::string& tenant) const {
+  if (deps_.admission == nullptr) return StreamSlot();
+  return deps_.admission->OpenStream(tenant);
 }
 
 }  // namespace musicgw::gateway

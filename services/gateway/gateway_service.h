@@ -14,6 +14,7 @@
 #include "musicgw/v1/musicgw.grpc.pb.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/call_log.h"
+#include "services/gateway/tenant_admission.h"
 #include "services/operations/engine.h"
 
 namespace musicgw::gateway {
@@ -35,7 +36,8 @@ struct GatewayDeps {
   // Configured adapters in routing order (not owned).
   std::vector<adapters::ProviderAdapter*> adapters;
   const ProviderDirectory* directory = nullptr;
-  RpcObserver* observer = nullptr;  // optional
+  RpcObserver* observer = nullptr;       // optional
+  TenantAdmission* admission = nullptr;  // optional: no per-tenant limits without it
 };
 
 class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
@@ -70,6 +72,10 @@ class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
                                           musicgw::v1::ListProvidersResponse* response) override;
 
  private:
+  // Authenticates, then admits one request of `method` for the tenant (its rate limit).
+  absl::StatusOr<const config::TenantConfig*> Admit(const grpc::CallbackServerContext& context,
+                                                    MethodClass method) const;
+  absl::StatusOr<StreamSlot> OpenStream(const std::string& tenant) const;
   absl::Status CheckWithAdapters(const musicgw::v1::GenerateRequest& request,
                                  const std::vector<musicgw::v1::Provider>& candidates) const;
 

@@ -114,6 +114,7 @@ class GatewayServerImpl final : public GatewayServer {
     };
     directory_ = std::make_unique<AccountDirectory>(std::move(sources));
     tenants_ = std::make_unique<TenantDirectory>(config_.tenants);
+    admission_ = std::make_unique<TenantAdmission>(Clock::Real(), config_.tenants);
 
     GatewayDeps deps;
     deps.tenants = tenants_.get();
@@ -121,6 +122,7 @@ class GatewayServerImpl final : public GatewayServer {
     deps.adapters = adapter_ptrs_;
     deps.directory = directory_.get();
     deps.observer = metrics_.get();
+    deps.admission = admission_.get();
     service_ = std::make_unique<GatewayService>(std::move(deps));
 
     // Our own health service, not gRPC's built-in one: a drain must end Watch streams at once.
@@ -318,6 +320,7 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<CreditEstimator> credits_;
   std::unique_ptr<AccountDirectory> directory_;
   std::unique_ptr<TenantDirectory> tenants_;
+  std::unique_ptr<TenantAdmission> admission_;
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;

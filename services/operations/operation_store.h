@@ -60,6 +60,9 @@ struct BudgetCheck {
   absl::Time period_start = absl::InfinitePast();
   absl::Time period_end = absl::InfiniteFuture();  // for RetryInfo
   int64_t limit = 0;
+  // Instead of a period budget: the tenant's operations not yet done, of any task (its
+  // concurrent live operations); refused with TENANT_RATE_LIMITED.
+  bool live_only = false;
 };
 
 struct BudgetUsage {

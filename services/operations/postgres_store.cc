@@ -24,6 +24,7 @@
 #include "common/errors.h"
 #include "common/status_macros.h"
 #include "common/time_util.h"
+#include "services/operations/budget_errors.h"
 #include "services/operations/ledger_codec.h"
 
 namespace musicgw::operations {
@@ -95,6 +96,7 @@ const std::map<std::string, std::string>& Statements() {
       {"find", absl::StrCat("SELECT ", kRecordColumns,
                             " FROM operations WHERE tenant = $1 AND request_id = $2")},
       {"tenant_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"},
+      {"live_count", "SELECT COUNT(*) FROM operations WHERE tenant = $1 AND NOT done"},
       {"budget_count",
        absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = $1 AND task = $2 AND "
                     "create_time_us >= $3 AND ",
@@ -441,11 +443,14 @@ class PostgresOperationStore final : public OperationStore {
     }
     for (const BudgetCheck& budget : budgets) {
       MUSICGW_ASSIGN_OR_RETURN(
-          Result count, conn->Run("budget_count", {Param::Text(record.tenant),
-                                                   Param::Int(static_cast<int64_t>(budget.task)),
-                                                   Param::Int(LedgerMicros(budget.period_start))}));
+          Result count,
+          budget.live_only
+              ? conn->Run("live_count", {Param::Text(record.tenant)})
+              : conn->Run("budget_count", {Param::Text(record.tenant),
+                                           Param::Int(static_cast<int64_t>(budget.task)),
+                                           Param::Int(LedgerMicros(budget.period_start))}));
       const int64_t used = IntCell(count.get(), 0, 0);
-      if (used >= budget.limit) return BudgetExhausted(record.tenant, budget, used);
+      if (used >= budget.limit) return BudgetRefusal(record.tenant, budget, used, clock_.Now());
     }
     const v1::Operation& op = record.operation;
     const std::string id = record.id();
@@ -631,22 +636,6 @@ class PostgresOperationStore final : public OperationStore {
   }
 
  private:
-  absl::Status BudgetExhausted(const std::string& tenant, const BudgetCheck& budget,
-                               int64_t used) const {
-    absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
-        "tenant budget ", budget.name, " is exhausted (", used, " of ", budget.limit, " used)"));
-    status = WithErrorInfo(std::move(status), "TENANT_BUDGET_EXHAUSTED", kGatewayDomain,
-                           {{"budget", budget.name}, {"limit", absl::StrCat(budget.limit)}});
-    status = WithQuotaViolation(
-        std::move(status), absl::StrCat("tenant:", tenant),
-        absl::StrCat("budget ", budget.name, " allows ", budget.limit, " per period"));
-    if (budget.period_end != absl::InfiniteFuture()) {
-      status = WithRetryInfo(std::move(status),
-                             std::max(absl::ZeroDuration(), budget.period_end - clock_.Now()));
-    }
-    return status;
-  }
-
   absl::StatusOr<OperationRecord> ReadRecord(Pool::Lease& conn, const PGresult* result, int row) {
     OperationRecord record;
     const std::string id = Cell(result, row, 0);

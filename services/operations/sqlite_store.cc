@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "common/errors.h"
 #include "common/status_macros.h"
+#include "services/operations/budget_errors.h"
 #include "services/operations/ledger_codec.h"
 #include "services/operations/operation_store.h"
 
@@ -567,29 +568,18 @@ class SqliteOperationStore final : public OperationStore {
     const v1::Operation& op = record.operation;
     for (const BudgetCheck& budget : budgets) {
       Stmt count(statements_,
-                 absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = ? AND task = "
-                              "? AND create_time_us >= ? AND ",
-                              kCountedClause));
-      count.Bind(1, record.tenant)
-          .Bind(2, static_cast<int64_t>(budget.task))
-          .Bind(3, LedgerMicros(budget.period_start));
+                 budget.live_only
+                     ? std::string("SELECT COUNT(*) FROM operations WHERE tenant = ? AND done = 0")
+                     : absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = ? AND task = "
+                                    "? AND create_time_us >= ? AND ",
+                                    kCountedClause));
+      count.Bind(1, record.tenant);
+      if (!budget.live_only) {
+        count.Bind(2, static_cast<int64_t>(budget.task)).Bind(3, LedgerMicros(budget.period_start));
+      }
       MUSICGW_ASSIGN_OR_RETURN(bool row, count.Step());
       const int64_t used = row ? count.Int(0) : 0;
-      if (used >= budget.limit) {
-        absl::Status status = absl::ResourceExhaustedError(
-            absl::StrCat("tenant budget ", budget.name, " is exhausted (", used, " of ",
-                         budget.limit, " used)"));
-        status = WithErrorInfo(std::move(status), "TENANT_BUDGET_EXHAUSTED", kGatewayDomain,
-                               {{"budget", budget.name}, {"limit", absl::StrCat(budget.limit)}});
-        status = WithQuotaViolation(
-            std::move(status), absl::StrCat("tenant:", record.tenant),
-            absl::StrCat("budget ", budget.name, " allows ", budget.limit, " per period"));
-        if (budget.period_end != absl::InfiniteFuture()) {
-          status = WithRetryInfo(std::move(status),
-                                 std::max(absl::ZeroDuration(), budget.period_end - absl::Now()));
-        }
-        return status;
-      }
+      if (used >= budget.limit) return BudgetRefusal(record.tenant, budget, used, absl::Now());
     }
 
     const std::string id = record.id();

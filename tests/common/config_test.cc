@@ -116,6 +116,18 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
        "server.drain_deadline_seconds: must be between 0 and 600 seconds"},
       {[](json& d) { d["ledger"]["path"] = ""; }, "ledger.path: must not be empty"},
       {[](json& d) {
+         d["tenants"][0]["limits"] = {{"generate_per_second", 0}};
+       },
+       "tenants[0].limits.generate_per_second: must be a number from 1 to 10000000"},
+      {[](json& d) {
+         d["tenants"][0]["limits"] = {{"writes_per_second", 5}};
+       },
+       "tenants[0].limits.writes_per_second: unknown key"},
+      {[](json& d) {
+         d["tenant_defaults"] = {{"limits", {{"max_open_streams", 0}}}};
+       },
+       "tenant_defaults.limits.max_open_streams: must be between 1 and 10000000"},
+      {[](json& d) {
          d["ledger"]["postgres"] = {{"dsn", {{"env", "PG_DSN"}}}};
        },
        "ledger: set either \"path\" (SQLite) or \"postgres\", not both"},
@@ -315,6 +327,20 @@ TEST(ConfigTest, APostgresLedgerTakesItsDsnFromASecretReference) {
   EXPECT_EQ(config->ledger_postgres_dsn, "host=db user=gw password=pw");
   EXPECT_EQ(config->ledger_postgres_pool_size, 4);
   EXPECT_EQ(config->replica_id, "gw-0");
+}
+
+TEST(ConfigTest, TenantLimitsStartFromTheDefaultsAndOverrideKeyByKey) {
+  json doc = ValidConfig();
+  doc["tenant_defaults"] = {{"limits", {{"generate_per_second", 5}, {"max_open_streams", 50}}}};
+  doc["tenants"][0]["limits"] = {{"generate_burst", 7}, {"max_live_operations", 3}};
+  auto config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  const TenantLimitsConfig& limits = config->tenants[0].limits;
+  EXPECT_EQ(limits.generate.per_second, 5);
+  EXPECT_EQ(limits.generate.burst, 7);
+  EXPECT_EQ(limits.max_open_streams, 50);
+  EXPECT_EQ(limits.max_live_operations, 3);
+  EXPECT_EQ(limits.read.per_second, TenantLimitsConfig().read.per_second);
 }
 
 }  // namespace

@@ -299,6 +299,38 @@ TEST_P(StoreConformanceTest, ListFiltersPagesNewestFirstAndKeepsTenantsApart) {
   EXPECT_EQ((*page)[0].id(), ids[4]);
 }
 
+// The concurrent live operations limit counts what is not done yet, of any task, and frees a
+// place when one finishes.
+TEST_P(StoreConformanceTest, LiveOperationsLimitCountsWhatIsNotDone) {
+  auto store = OpenStore();
+  BudgetCheck live;
+  live.name = "max_live_operations";
+  live.live_only = true;
+  live.limit = 2;
+  auto first = store->Create(MakeRecord("t", "1"), {live});
+  ASSERT_TRUE(first.ok()) << first.status();
+  OperationRecord song = MakeRecord("t", "2");
+  song.operation.set_task(v1::TASK_KIND_SONG);
+  ASSERT_TRUE(store->Create(song, {live}).ok());
+  auto third = store->Create(MakeRecord("t", "3"), {live});
+  ASSERT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(GetErrorInfo(third.status(), &info));
+  EXPECT_EQ(info.reason(), "TENANT_RATE_LIMITED");
+  google::rpc::RetryInfo retry;
+  EXPECT_TRUE(GetRetryInfo(third.status(), &retry));
+  EXPECT_TRUE(store->Create(MakeRecord("other", "3"), {live}).ok());  // per tenant
+
+  OperationUpdate done;
+  done.operation = first->record.operation;
+  done.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+  done.operation.set_done(true);
+  done.operation.set_sequence(2);
+  done.expected_sequence = 1;
+  ASSERT_TRUE(store->Update(done).ok());
+  EXPECT_TRUE(store->Create(MakeRecord("t", "3"), {live}).ok());
+}
+
 // Two handles on one ledger (for PostgreSQL: two replicas) admit exactly the budget between
 // them, however the concurrent Creates interleave.
 TEST_P(StoreConformanceTest, ConcurrentBudgetAdmissionAcrossHandlesIsExact) {
