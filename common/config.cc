@@ -1,5 +1,7 @@
 #include "common/config.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <optional>
@@ -339,13 +341,24 @@ absl::StatusOr<TenantConfig> ParseTenant(const json& object, const std::string& 
   if (const json* limits = reader.Find("limits"); limits != nullptr) {
     MUSICGW_RETURN_IF_ERROR(ParseLimits(*limits, reader.Path("limits"), &tenant.limits));
   }
+  if (const json* sans = reader.Find("client_sans"); sans != nullptr) {
+    if (!sans->is_array()) return Problem(reader.Path("client_sans"), "must be a list of strings");
+    for (const auto& san : *sans) {
+      if (!san.is_string() || san.get<std::string>().empty()) {
+        return Problem(reader.Path("client_sans"), "must be a list of non-empty strings");
+      }
+      tenant.client_sans.push_back(san.get<std::string>());
+    }
+  }
   MUSICGW_RETURN_IF_ERROR(reader.String("name", &tenant.name, true));
   const json* hashes = reader.Find("api_key_sha256");
-  if (hashes == nullptr || !hashes->is_array() || hashes->empty()) {
+  // A tenant known by its client certificate (mTLS) needs no API key.
+  if ((hashes == nullptr && tenant.client_sans.empty()) ||
+      (hashes != nullptr && (!hashes->is_array() || hashes->empty()))) {
     return Problem(reader.Path("api_key_sha256"),
                    "required: a list of lower-case hex SHA-256 digests of the tenant's API keys");
   }
-  for (size_t i = 0; i < hashes->size(); ++i) {
+  for (size_t i = 0; hashes != nullptr && i < hashes->size(); ++i) {
     const std::string item_path = absl::StrCat(reader.Path("api_key_sha256"), "[", i, "]");
     const json& hash = (*hashes)[i];
     if (!hash.is_string()) return Problem(item_path, "must be a string");
@@ -417,6 +430,24 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
     MUSICGW_RETURN_IF_ERROR(s.Seconds("drain_deadline_seconds", &config.drain_deadline, 0, 600));
     MUSICGW_RETURN_IF_ERROR(s.Seconds("keepalive_min_ping_interval_seconds",
                                       &config.keepalive_min_ping_interval, 1, 3600));
+    if (const json* tls = s.Find("tls"); tls != nullptr) {
+      if (!tls->is_object()) return Problem("server.tls", "must be an object");
+      ObjectReader t(*tls, "server.tls");
+      MUSICGW_RETURN_IF_ERROR(t.String("cert_file", &config.tls.cert_file, true));
+      MUSICGW_RETURN_IF_ERROR(t.String("key_file", &config.tls.key_file, true));
+      MUSICGW_RETURN_IF_ERROR(t.String("client_ca_file", &config.tls.client_ca_file));
+      MUSICGW_RETURN_IF_ERROR(
+          t.Seconds("reload_interval_seconds", &config.tls.reload_interval, 1, 86400));
+      MUSICGW_RETURN_IF_ERROR(t.CheckNoUnknownKeys());
+      for (const auto& [key, file] :
+           {std::pair<const char*, std::string>{"cert_file", config.tls.cert_file},
+            {"key_file", config.tls.key_file},
+            {"client_ca_file", config.tls.client_ca_file}}) {
+        if (!file.empty() && access(file.c_str(), R_OK) != 0) {
+          return Problem(t.Path(key), absl::StrCat("cannot read ", file));
+        }
+      }
+    }
     MUSICGW_RETURN_IF_ERROR(s.CheckNoUnknownKeys());
   }
   if (const json* ledger = reader.Find("ledger"); ledger != nullptr) {

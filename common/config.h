@@ -71,8 +71,23 @@ struct TenantLimitsConfig {
   int64_t max_live_operations = 50000;
 };
 
+// TLS on the gRPC port (server.tls). The files are watched and re-read every reload_interval,
+// so a renewed certificate takes effect without a restart.
+struct TlsConfig {
+  std::string cert_file;  // PEM chain; empty: plaintext
+  std::string key_file;
+  // Optional mTLS: clients must present a certificate issued by this CA bundle.
+  std::string client_ca_file;
+  absl::Duration reload_interval = absl::Seconds(60);
+  bool enabled() const { return !cert_file.empty(); }
+};
+
 struct TenantConfig {
   std::string name;
+  // mTLS identities: a client certificate carrying one of these subject alternative names
+  // (e.g. "spiffe://example.org/ns/batch/sa/renderer", a DNS name) is this tenant, no API key
+  // needed.
+  std::vector<std::string> client_sans;
   // Lower-case hex SHA-256 of each API key the tenant may use.
   std::vector<std::string> api_key_sha256;
   std::vector<BudgetConfig> budgets;
@@ -88,6 +103,7 @@ struct Config {
   absl::Duration drain_deadline = absl::Seconds(20);
   // The server's keepalive enforcement: clients must not ping more often than this.
   absl::Duration keepalive_min_ping_interval = absl::Seconds(10);
+  TlsConfig tls;
   std::string ledger_path = "musicgw-ledger.db";
   // The shared PostgreSQL ledger (ledger.postgres.dsn, a secret reference) for many replicas;
   // empty: the embedded SQLite ledger at ledger_path. Never logged.

@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libcurl4-openssl-dev prometheus-cpp-dev libsqlite3-dev libpq-dev postgresql libcpp-httplib-dev nlohmann-json3-dev
-  libflac++-dev libflac-dev libmp3lame-dev libssl-dev
+  libflac++-dev libflac-dev libmp3lame-dev libssl-dev openssl
   libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
   # The fuzz targets (fuzz/): clang with libFuzzer; -fsanitize=fuzzer links the runtime from
   # libclang-rt-14-dev, libfuzzer-14-dev carries the standalone library and its headers.

@@ -38,6 +38,7 @@ absl::StatusOr<const config::TenantConfig*> TenantDirectory::Authenticate(
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
   if (it == metadata.end()) {
+    if (const config::TenantConfig* tenant = ByCertificate(context)) return tenant;
     return Unauthenticated(
         "missing authorization metadata: send \"authorization: Bearer <api key>\"");
   }
@@ -49,6 +50,22 @@ absl::StatusOr<const config::TenantConfig*> TenantDirectory::Authenticate(
   absl::string_view key = absl::StripAsciiWhitespace(value.substr(7));
   if (key.empty()) return Unauthenticated("empty API key");
   return Lookup(key);
+}
+
+const config::TenantConfig* TenantDirectory::ByCertificate(
+    const grpc::ServerContextBase& context) const {
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  // Only a certificate the TLS handshake verified against the client CA counts.
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return nullptr;
+  for (const grpc::string_ref& san : auth->FindPropertyValues("x509_subject_alternative_name")) {
+    const absl::string_view name(san.data(), san.size());
+    for (const auto& tenant : tenants_) {
+      for (const auto& wanted : tenant.client_sans) {
+        if (name == wanted) return &tenant;
+      }
+    }
+  }
+  return nullptr;
 }
 
 }  // namespace musicgw::gateway

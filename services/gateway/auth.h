@@ -20,9 +20,12 @@ class TenantDirectory {
 
   // The tenant owning `api_key`; UNAUTHENTICATED otherwise.
   absl::StatusOr<const config::TenantConfig*> Lookup(absl::string_view api_key) const;
-  // Reads `authorization: Bearer <key>` from the call's metadata.
+  // Reads `authorization: Bearer <key>` from the call's metadata; without one, a verified client
+  // certificate (mTLS) whose subject alternative names include a tenant's client_sans.
   absl::StatusOr<const config::TenantConfig*> Authenticate(
       const grpc::ServerContextBase& context) const;
+  // The tenant a verified peer certificate names, if any.
+  const config::TenantConfig* ByCertificate(const grpc::ServerContextBase& context) const;
 
   const std::vector<config::TenantConfig>& tenants() const { return tenants_; }
 

@@ -19,6 +19,9 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
@@ -130,7 +133,7 @@ class GatewayServerImpl final : public GatewayServer {
         std::vector<std::string>{musicgw::v1::MusicGateway::service_full_name()});
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(config_.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port_);
+    builder.AddListeningPort(config_.grpc_listen, GrpcCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
     builder.RegisterService(health_.get());
     // Keepalive enforcement: clients may ping at most every keepalive_min_ping_interval, also
@@ -205,6 +208,25 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
  private:
+  // Plaintext, or TLS from files gRPC re-reads every reload_interval (a renewed certificate
+  // takes effect without a restart), with client certificates verified when a CA is set.
+  std::shared_ptr<grpc::ServerCredentials> GrpcCredentials() const {
+    const config::TlsConfig& tls = config_.tls;
+    if (!tls.enabled()) return grpc::InsecureServerCredentials();
+    auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        tls.key_file, tls.cert_file, tls.client_ca_file,
+        static_cast<unsigned int>(absl::ToInt64Seconds(tls.reload_interval)));
+    grpc::experimental::TlsServerCredentialsOptions options(provider);
+    options.watch_identity_key_cert_pairs();
+    if (tls.client_ca_file.empty()) {
+      options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    } else {
+      options.watch_root_certs();
+      options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    }
+    return grpc::experimental::TlsServerCredentials(options);
+  }
+
   // The embedded SQLite ledger, or the shared PostgreSQL one. Errors never quote the DSN.
   absl::StatusOr<std::unique_ptr<operations::OperationStore>> OpenLedger() {
     if (config_.ledger_postgres_dsn.empty()) {

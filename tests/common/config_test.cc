@@ -116,6 +116,16 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
        "server.drain_deadline_seconds: must be between 0 and 600 seconds"},
       {[](json& d) { d["ledger"]["path"] = ""; }, "ledger.path: must not be empty"},
       {[](json& d) {
+         d["server"]["tls"] = {{"cert_file", "/nonexistent/cert.pem"}};
+       },
+       "server.tls.key_file: required"},
+      {[](json& d) {
+         d["server"]["tls"] = {{"cert_file", "/nonexistent/c.pem"}, {"key_file", "/nonexistent/k"}};
+       },
+       "server.tls.cert_file: cannot read /nonexistent/c.pem"},
+      {[](json& d) { d["tenants"][0]["client_sans"] = {""}; },
+       "tenants[0].client_sans: must be a list of non-empty strings"},
+      {[](json& d) {
          d["tenants"][0]["limits"] = {{"generate_per_second", 0}};
        },
        "tenants[0].limits.generate_per_second: must be a number from 1 to 10000000"},
