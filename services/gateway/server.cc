@@ -15,6 +15,7 @@
 #include "adapters/loudly/loudly_adapter.h"
 #include "adapters/registry.h"
 #include "adapters/soundpiece/webhook.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
@@ -24,6 +25,7 @@
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
 #include "services/gateway/gateway_service.h"
+#include "services/gateway/health_reporter.h"
 #include "services/gateway/quota_monitor.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
@@ -31,6 +33,9 @@
 
 namespace musicgw::gateway {
 namespace {
+
+// How often health looks at the ledger's write status (an in-memory read).
+constexpr absl::Duration kHealthCheckInterval = absl::Seconds(1);
 
 google::protobuf::Timestamp ToProto(absl::Time time) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(time));
@@ -210,7 +215,7 @@ class GatewayServerImpl final : public GatewayServer {
     MUSICGW_RETURN_IF_ERROR(StartWebhooks());
     quota_->Start();
     MUSICGW_RETURN_IF_ERROR(StartMetrics());
-    server_->GetHealthCheckService()->SetServingStatus(true);
+    StartHealth();
     log::Info("musicgw serving", {{"grpc_port", grpc_port_},
                                   {"providers", static_cast<long>(adapters_.size())},
                                   {"tenants", static_cast<long>(config_.tenants.size())},
@@ -259,6 +264,8 @@ class GatewayServerImpl final : public GatewayServer {
       drained_ = true;
     }
     log::Info("musicgw draining", {{"deadline_seconds", absl::ToDoubleSeconds(deadline)}});
+    // The reporter stops first, so nothing turns health back to SERVING during the drain.
+    if (health_ != nullptr) health_->Stop();
     if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
     // Webhooks stop first: polling remains the source of truth after a restart.
     if (webhooks_ != nullptr) webhooks_->Stop();
@@ -273,6 +280,7 @@ class GatewayServerImpl final : public GatewayServer {
     // Scrapes keep working through the drain; the sources go before what they read.
     if (metrics_ != nullptr) metrics_->ClearSources();
     webhooks_.reset();
+    health_.reset();
     service_.reset();
     server_.reset();
     engine_.reset();
@@ -284,6 +292,20 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
  private:
+  // grpc.health.v1 answers for "" and for the service's own name, NOT_SERVING while the
+  // ledger cannot be written.
+  void StartHealth() {
+    grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+    operations::OperationsEngine* engine = engine_.get();
+    health_ = std::make_unique<HealthReporter>(
+        Clock::Real(), kHealthCheckInterval, [engine] { return engine->LedgerStatus(); },
+        [health](bool serving) {
+          health->SetServingStatus("", serving);
+          health->SetServingStatus(musicgw::v1::MusicGateway::service_full_name(), serving);
+        });
+    health_->Start();
+  }
+
   // /metrics on its own port; pull-time gauges read the quota snapshot GetQuota reports, the
   // engine's routing view, Loudly's token refreshes and the webhook outcomes.
   absl::Status StartMetrics() {
@@ -349,6 +371,7 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HealthReporter> health_;
   std::unique_ptr<adapters::soundpiece::WebhookReceiver> webhooks_;
   int grpc_port_ = 0;
   absl::Mutex drain_mu_;
