@@ -24,6 +24,7 @@
 #include "grpcpp/server_builder.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
+#include "services/gateway/decode_errors.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/health_reporter.h"
 #include "services/gateway/quota_monitor.h"
@@ -136,6 +137,7 @@ class GatewayServerImpl final : public GatewayServer {
   ~GatewayServerImpl() override { Drain(absl::ZeroDuration()); }
 
   absl::Status Init() {
+    RouteProtobufLogs();
     MUSICGW_ASSIGN_OR_RETURN(metrics_, metrics::Metrics::Create());
     http::CurlHttpClient::Options http_options;
     http_options.observer = metrics_;
@@ -197,6 +199,11 @@ class GatewayServerImpl final : public GatewayServer {
     grpc::ServerBuilder builder;
     builder.AddListeningPort(config_.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
+    // A request that cannot be parsed (e.g. not UTF-8) gets INVALID_ARGUMENT, not UNIMPLEMENTED.
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(MakeDecodeErrorInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
     // Keepalive enforcement: clients may ping at most every keepalive_min_ping_interval, also
     // on idle connections (long WatchOperation streams); documented for client authors.
     builder.AddChannelArgument(
