@@ -8,6 +8,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -407,6 +408,44 @@ bool WatchUntil(grpc::ClientReader<HealthCheckResponse>& reader,
     if (response.status() == want) return true;
   }
   return false;
+}
+
+TEST_F(ErrorSurfaceTest, HealthAnswersForTheServiceNameAndEndsServingOnDrain) {
+  auto server = StartGateway(Config("drain"));
+  ASSERT_NE(server, nullptr);
+  auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", server->grpc_port()), grpc::InsecureChannelCredentials()));
+  for (const std::string& service : {std::string(), std::string(kServiceName)}) {
+    HealthCheckRequest request;
+    request.set_service(service);
+    HealthCheckResponse response;
+    grpc::ClientContext context;
+    const grpc::Status status = health->Check(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << "service \"" << service << "\": " << status.error_message();
+    EXPECT_EQ(response.status(), HealthCheckResponse::SERVING) << "service \"" << service << "\"";
+  }
+  HealthCheckRequest unknown;
+  unknown.set_service("musicgw.v1.NoSuchService");
+  HealthCheckResponse response;
+  grpc::ClientContext unknown_context;
+  EXPECT_EQ(health->Check(&unknown_context, unknown, &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  HealthCheckRequest watch_request;
+  watch_request.set_service(kServiceName);
+  grpc::ClientContext watch_context;
+  watch_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto watch = health->Watch(&watch_context, watch_request);
+  ASSERT_TRUE(WatchUntil(*watch, HealthCheckResponse::SERVING));
+  // A drain reports NOT_SERVING to watchers before the server stops (or ends the stream).
+  std::thread drain([&server] { server->Drain(absl::Seconds(5)); });
+  HealthCheckResponse last;
+  while (watch->Read(&last)) {
+    if (last.status() != HealthCheckResponse::SERVING) break;
+  }
+  watch_context.TryCancel();  // the drain waits for open calls
+  drain.join();
+  EXPECT_EQ(last.status(), HealthCheckResponse::NOT_SERVING);
 }
 
 TEST_F(ErrorSurfaceTest, LedgerFailureIsUnavailableAndHealthFollowsIt) {
