@@ -83,12 +83,22 @@ class DecodeErrorInterceptor final : public grpc::experimental::Interceptor {
       failed_ = true;
       utf8_field_ = std::exchange(last_utf8_field, std::string());
     }
-    if (failed_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
-      const absl::Status status = DecodeError(method_, utf8_field_);
-      methods->ModifySendStatus(ToGrpcStatus(status));
-      log::Info("rpc", {{"method", method_.substr(method_.rfind('/') + 1)},
-                        {"code", absl::StatusCodeToString(status.code())},
-                        {"error", status.message()}});
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      if (failed_) {
+        const absl::Status status = DecodeError(method_, utf8_field_);
+        methods->ModifySendStatus(ToGrpcStatus(status));
+        log::Info("rpc", {{"method", method_.substr(method_.rfind('/') + 1)},
+                          {"code", absl::StatusCodeToString(status.code())},
+                          {"error", status.message()}});
+      } else {
+        // The last backstop: an error no handler of ours produced (gRPC's own, e.g. for an
+        // unknown method) still leaves with an ErrorInfo.
+        const grpc::Status status = methods->GetSendStatus();
+        if (!status.ok() && status.error_details().empty()) {
+          methods->ModifySendStatus(ToGrpcStatus(absl::Status(
+              static_cast<absl::StatusCode>(status.error_code()), status.error_message())));
+        }
+      }
     }
     methods->Proceed();
   }

@@ -7,7 +7,9 @@
 //   UTF-8;
 // - the interceptor notices the failed parse (no request message after POST_RECV_MESSAGE) and
 //   replaces the answer with INVALID_ARGUMENT naming that field (BadRequest, ErrorInfo), and
-//   writes the call's one "rpc" log line, since no handler will.
+//   writes the call's one "rpc" log line, since no handler will;
+// - the same interceptor gives any other error status that leaves without details (one gRPC
+//   produced itself) an ErrorInfo, as ToGrpcStatus does for the handlers' own.
 #pragma once
 
 #include <memory>

@@ -373,6 +373,13 @@ TEST_F(ErrorSurfaceTest, InvalidUtf8IsInvalidArgumentNamingTheField) {
   EXPECT_EQ(details.code, grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(details.reason, "INVALID_ARGUMENT");
 
+  // Even an error gRPC produces itself carries an ErrorInfo.
+  details = Decode(RawUnary(b2b_->grpc_port(), "/musicgw.v1.MusicGateway/NoSuchMethod",
+                            std::string(), kAcmeKey));
+  EXPECT_EQ(details.code, grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(details.reason, "UNIMPLEMENTED");
+  EXPECT_EQ(details.domain, "musicgw.dev");
+
   // The same request, well formed, is accepted: the refusal was about the bytes.
   const grpc::Status fine = RawUnary(b2b_->grpc_port(), "/musicgw.v1.MusicGateway/Generate",
                                      TextToMusicBytes("calm piano"), kAcmeKey);
