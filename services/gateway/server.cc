@@ -199,7 +199,8 @@ class GatewayServerImpl final : public GatewayServer {
     grpc::ServerBuilder builder;
     builder.AddListeningPort(config_.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
-    // A request that cannot be parsed (e.g. not UTF-8) gets INVALID_ARGUMENT, not UNIMPLEMENTED.
+    // A request that cannot be parsed (e.g. not UTF-8) gets INVALID_ARGUMENT, not UNIMPLEMENTED,
+    // and errors gRPC produces itself get an ErrorInfo too.
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
         interceptors;
     interceptors.push_back(MakeDecodeErrorInterceptorFactory());
