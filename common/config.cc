@@ -196,6 +196,37 @@ absl::Status ParseCredits(const json& object, const std::string& path, ProviderC
   return reader.CheckNoUnknownKeys();
 }
 
+// providers[].catalog (Loudly): {"genres": ["House", …], "structures": [{"id": 2, "name": "…"}]}.
+absl::Status ParseCatalog(const json& object, const std::string& path, ProviderConfig* provider) {
+  if (!object.is_object()) return Problem(path, "must be an object");
+  ObjectReader reader(object, path);
+  if (const json* genres = reader.Find("genres"); genres != nullptr) {
+    if (!genres->is_array()) return Problem(reader.Path("genres"), "must be a list of names");
+    for (const json& genre : *genres) {
+      if (!genre.is_string() || genre.get<std::string>().empty()) {
+        return Problem(reader.Path("genres"), "each genre must be a non-empty string");
+      }
+      provider->catalog_genres.push_back(genre.get<std::string>());
+    }
+  }
+  if (const json* structures = reader.Find("structures"); structures != nullptr) {
+    if (!structures->is_array()) return Problem(reader.Path("structures"), "must be a list");
+    for (size_t i = 0; i < structures->size(); ++i) {
+      const std::string item_path = absl::StrCat(reader.Path("structures"), "[", i, "]");
+      if (!(*structures)[i].is_object()) return Problem(item_path, "must be {\"id\", \"name\"}");
+      ObjectReader item(structures->at(i), item_path);
+      int64_t id = -1;
+      std::string name;
+      MUSICGW_RETURN_IF_ERROR(item.Int("id", &id, 0, 1'000'000));
+      if (item.Find("id") == nullptr) return Problem(item.Path("id"), "required");
+      MUSICGW_RETURN_IF_ERROR(item.String("name", &name));
+      MUSICGW_RETURN_IF_ERROR(item.CheckNoUnknownKeys());
+      provider->catalog_structures.emplace_back(static_cast<int32_t>(id), std::move(name));
+    }
+  }
+  return reader.CheckNoUnknownKeys();
+}
+
 absl::StatusOr<ProviderConfig> ParseProvider(const json& object, const std::string& path,
                                              const EnvLookup& env) {
   if (!object.is_object()) return Problem(path, "must be an object");
@@ -239,6 +270,9 @@ absl::StatusOr<ProviderConfig> ParseProvider(const json& object, const std::stri
     }
     if (webhook_secrets != nullptr) {
       return Problem(reader.Path("webhook_secrets"), "loudly sends no webhooks");
+    }
+    if (const json* catalog = reader.Find("catalog"); catalog != nullptr) {
+      MUSICGW_RETURN_IF_ERROR(ParseCatalog(*catalog, reader.Path("catalog"), &provider));
     }
   } else if (type == "soundpiece") {
     provider.type = musicgw::v1::PROVIDER_SOUNDPIECE;

@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -42,6 +43,10 @@ struct ProviderConfig {
   int64_t credit_balance = 0;
   absl::Time credits_since = absl::InfinitePast();
   std::map<musicgw::v1::TaskKind, int64_t> credit_costs;
+  // Loudly: the account's catalog where its API publishes none (web; empty = the one shipped
+  // with the gateway), or until its own is read (b2b). Structures are (id, name).
+  std::vector<std::string> catalog_genres;
+  std::vector<std::pair<int32_t, std::string>> catalog_structures;
 };
 
 enum class BudgetPeriod { kHour, kDay, kWeek, kMonth };

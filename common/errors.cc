@@ -110,10 +110,28 @@ absl::Status FromRpcStatus(const google::rpc::Status& rpc) {
   return status;
 }
 
+std::string ReasonForCode(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInternal:
+      return "INTERNAL_ERROR";
+    case absl::StatusCode::kUnknown:
+      return "UNKNOWN_ERROR";
+    default:
+      return absl::StatusCodeToString(code);
+  }
+}
+
+absl::Status EnsureErrorInfo(absl::Status status) {
+  google::rpc::ErrorInfo info;
+  if (status.ok() || GetErrorInfo(status, &info)) return status;
+  const std::string reason = ReasonForCode(status.code());
+  return WithErrorInfo(std::move(status), reason, kGatewayDomain);
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()),
-                      ToRpcStatus(status).SerializeAsString());
+                      ToRpcStatus(EnsureErrorInfo(status)).SerializeAsString());
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

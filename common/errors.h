@@ -44,8 +44,16 @@ bool GetBadRequest(const absl::Status& status, google::rpc::BadRequest* out);
 google::rpc::Status ToRpcStatus(const absl::Status& status);
 absl::Status FromRpcStatus(const google::rpc::Status& status);
 
+// The ErrorInfo reason a status gets when its source gave none: the code's name, except
+// INTERNAL_ERROR and UNKNOWN_ERROR (so a reason never reads as a bare server fault code).
+std::string ReasonForCode(absl::StatusCode code);
+// `status` with an ErrorInfo: unchanged when it has one (or is OK), otherwise reason
+// ReasonForCode(code) in kGatewayDomain.
+absl::Status EnsureErrorInfo(absl::Status status);
+
 // The one place an absl::Status becomes a grpc::Status: same code and message, details
 // serialized as google.rpc.Status in the binary details (the grpc-status-details-bin trailer).
+// A backstop for the README's promise: every error leaves with an ErrorInfo (EnsureErrorInfo).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 // The reverse, for clients and tests: reads the binary details when present.
 absl::Status FromGrpcStatus(const grpc::Status& status);

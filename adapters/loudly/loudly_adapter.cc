@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "adapters/http/retry.h"
 #include "adapters/loudly/loudly_call.h"
+#include "adapters/loudly/loudly_catalog.h"
 #include "adapters/loudly/loudly_token.h"
 #include "common/crypto.h"
 #include "common/errors.h"
@@ -45,7 +46,9 @@ std::pair<std::string, std::string> CurrentMonth(absl::Time now) {
 class LoudlyAdapter::Impl : public std::enable_shared_from_this<Impl> {
  public:
   Impl(LoudlyOptions options, http::Client* client, std::shared_ptr<TokenSource> tokens)
-      : options_(std::move(options)), client_(client), tokens_(std::move(tokens)) {}
+      : options_(std::move(options)), client_(client), tokens_(std::move(tokens)) {
+    catalog_ = options_.catalog;
+  }
 
   const LoudlyOptions& options() const { return options_; }
   TokenSource* tokens() const { return tokens_.get(); }
@@ -427,6 +430,13 @@ absl::StatusOr<LoudlyOptions> LoudlyOptionsFromConfig(const config::ProviderConf
   options.refresh_token = config.refresh_token;
   options.token_state_file = config.token_state_file;
   options.sync_timeout = config.sync_timeout;
+  options.catalog.genres = config.catalog_genres;
+  for (const auto& [id, name] : config.catalog_structures) {
+    musicgw::v1::SongStructure structure;
+    structure.set_id(id);
+    structure.set_name(name);
+    options.catalog.structures.push_back(std::move(structure));
+  }
   return options;
 }
 
@@ -439,6 +449,12 @@ absl::StatusOr<std::unique_ptr<LoudlyAdapter>> LoudlyAdapter::Create(LoudlyOptio
     return absl::InvalidArgumentError("Loudly base_url must be an http or https URL");
   }
   if (options.sync_timeout <= absl::ZeroDuration()) options.sync_timeout = absl::Seconds(180);
+  if (options.dialect == Dialect::kWeb && options.catalog.genres.empty()) {
+    options.catalog.genres = ShippedCatalog().genres;
+  }
+  if (options.dialect == Dialect::kWeb && options.catalog.structures.empty()) {
+    options.catalog.structures = ShippedCatalog().structures;
+  }
   std::shared_ptr<TokenSource> tokens;
   if (options.dialect == Dialect::kB2B) {
     if (options.api_key.empty()) {

@@ -15,8 +15,10 @@
 // for the last 1024 songs), else FAILED_PRECONDITION (reason PROVIDER_NO_LOOKUP). Genres,
 // structures and an example prompt (`/api/ai/genres`, `/api/ai/structures`,
 // `/api/ai/prompt/random`) feed catalog(), refreshed at Start() and then every
-// catalog_refresh_interval until Stop(). Quota: `GET /api/account/limits` for the current UTC
-// month (both documented response shapes).
+// catalog_refresh_interval until Stop(); until the first read, options.catalog (empty unless
+// configured). The web dialect publishes no catalog: its catalog() is options.catalog, by
+// default the one shipped with the gateway (loudly_catalog.h). Quota: `GET /api/account/limits` for
+// the current UTC month (both documented response shapes).
 //
 // Idempotency: Loudly takes no idempotency key, so idempotent_submit() is false and the engine
 // never re-submits blindly. Neither dialect can look a submission up by the request that made
@@ -62,6 +64,9 @@ struct LoudlyOptions {
   std::string client_id;
   std::string refresh_token;
   std::string token_state_file;
+  // Web: the account's catalog (empty: ShippedCatalog()). B2B: the catalog until the account's
+  // own is read.
+  ProviderCatalog catalog;
   // B2B catalog refresh period; zero disables the timer (catalog read once at Start()).
   absl::Duration catalog_refresh_interval = absl::Hours(1);
   // B2B: how long one synchronous generation may take.
@@ -106,7 +111,8 @@ class LoudlyAdapter final : public ProviderAdapter {
   void Stop() override;
 
   // parametric_music / text_to_music only; genre and genre_blend must be exact catalog names
-  // and structure ids catalog ids, while a catalog is known (otherwise the provider judges).
+  // and structure ids catalog ids, while a catalog is known (a B2B account before its first
+  // read has none unless configured: then the provider judges).
   absl::Status CheckRequest(const musicgw::v1::GenerateRequest& request) const override;
 
   void Submit(SubmitRequest request, Callback<UpstreamStatus> done) override;

@@ -465,6 +465,14 @@ class Emulator::Impl {
     return s;
   }
 
+  bool AwaitStats(const std::function<bool(const Stats&)>& condition,
+                  absl::Duration timeout) const {
+    absl::MutexLock lock(&mu_);
+    const auto holds = [this, &condition]()
+                           ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return condition(stats_); };
+    return mu_.AwaitWithTimeout(absl::Condition(&holds), timeout);
+  }
+
   std::string StatsJson() const {
     const Stats s = stats();
     Json by_status = Json::object();
@@ -476,6 +484,7 @@ class Emulator::Impl {
                 {"bundles_by_type", s.bundles_by_type},
                 {"bundle_polls", s.bundle_polls},
                 {"songs_created", s.songs_created},
+                {"b2b_song_requests", s.b2b_song_requests},
                 {"b2b_songs", s.b2b_songs},
                 {"b2b_test_songs", s.b2b_test_songs},
                 {"b2b_songs_by_account", s.b2b_songs_by_account},
@@ -872,6 +881,7 @@ class Emulator::Impl {
         return SendJson(res, 500, body);
       }
       ++used;  // charged on accept, as a metered API does
+      ++stats_.b2b_song_requests;
     }
     // Synchronous generation: the answer arrives when the song is done.
     if (!server_.SleepUnlessStopped(options_.sync_latency)) return;
@@ -1043,6 +1053,10 @@ absl::Status Emulator::SetFaultPlan(absl::string_view json) { return impl_->SetF
 void Emulator::Reset() { impl_->Reset(); }
 std::string Emulator::current_refresh_token() const { return impl_->current_refresh_token(); }
 Stats Emulator::stats() const { return impl_->stats(); }
+bool Emulator::AwaitStats(const std::function<bool(const Stats&)>& condition,
+                          absl::Duration timeout) const {
+  return impl_->AwaitStats(condition, timeout);
+}
 std::string Emulator::StatsJson() const { return impl_->StatsJson(); }
 void Emulator::Stop() { impl_->Stop(); }
 

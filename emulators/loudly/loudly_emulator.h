@@ -92,7 +92,10 @@ struct Stats {
   std::map<std::string, int64_t> bundles_by_type;  // ADVANCED / TEXT2MUSIC
   int64_t bundle_polls = 0;
   int64_t songs_created = 0;  // web songs that appeared plus B2B songs (test songs excluded)
-  int64_t b2b_songs = 0;
+  // B2B generation POSTs accepted (counted on arrival, before the synchronous latency): what
+  // "never re-sent" tests look at.
+  int64_t b2b_song_requests = 0;
+  int64_t b2b_songs = 0;  // B2B songs answered
   int64_t b2b_test_songs = 0;
   std::map<std::string, int64_t> b2b_songs_by_account;
   int64_t quota_rejections = 0;   // "External service calling limit exceeded" answers
@@ -119,6 +122,9 @@ class Emulator {
   // The refresh token currently valid (it rotates on every grant).
   std::string current_refresh_token() const;
   Stats stats() const;
+  // Blocks until `condition` holds for the counters (re-checked on every change) or `timeout`
+  // passes; false on timeout. faults_injected is not maintained here: read stats() for it.
+  bool AwaitStats(const std::function<bool(const Stats&)>& condition, absl::Duration timeout) const;
   std::string StatsJson() const;
   void Stop();
 

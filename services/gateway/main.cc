@@ -85,6 +85,9 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A file-size limit reached (RLIMIT_FSIZE) fails the write, like a full disk, instead of
+  // killing the process: the ledger reports it and health turns NOT_SERVING.
+  signal(SIGXFSZ, SIG_IGN);
 
   const absl::Duration drain_deadline = config->drain_deadline;
   auto server = musicgw::gateway::GatewayServer::Start(std::move(*config));

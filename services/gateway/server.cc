@@ -26,7 +26,9 @@
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
 #include "services/gateway/credit_estimator.h"
+#include "services/gateway/decode_errors.h"
 #include "services/gateway/gateway_service.h"
+#include "services/gateway/health_reporter.h"
 #include "services/gateway/health_service.h"
 #include "services/gateway/provider_directory.h"
 #include "services/metrics/metrics.h"
@@ -37,6 +39,9 @@
 
 namespace musicgw::gateway {
 namespace {
+
+// How often health looks at the ledger's write status (an in-memory read).
+constexpr absl::Duration kHealthCheckInterval = absl::Seconds(1);
 
 using operations::QuotaMonitor;
 
@@ -60,6 +65,7 @@ class GatewayServerImpl final : public GatewayServer {
   ~GatewayServerImpl() override { Drain(absl::ZeroDuration()); }
 
   absl::Status Init() {
+    RouteProtobufLogs();
     MUSICGW_ASSIGN_OR_RETURN(metrics_, metrics::Metrics::Create());
     http::CurlHttpClient::Options http_options;
     http_options.observer = metrics_;
@@ -136,6 +142,12 @@ class GatewayServerImpl final : public GatewayServer {
     builder.AddListeningPort(config_.grpc_listen, GrpcCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
     builder.RegisterService(health_.get());
+    // A request that cannot be parsed (e.g. not UTF-8) gets INVALID_ARGUMENT, not UNIMPLEMENTED,
+    // and errors gRPC produces itself get an ErrorInfo too.
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(MakeDecodeErrorInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
     // Keepalive enforcement: clients may ping at most every keepalive_min_ping_interval, also
     // on idle connections (long WatchOperation streams); documented for client authors.
     builder.AddChannelArgument(
@@ -154,7 +166,7 @@ class GatewayServerImpl final : public GatewayServer {
     MUSICGW_RETURN_IF_ERROR(StartWebhooks());
     quota_->Start();
     MUSICGW_RETURN_IF_ERROR(StartMetrics());
-    health_->SetServing(true);
+    StartHealthReporter();
     log::Info("musicgw serving", {{"grpc_port", grpc_port_},
                                   {"providers", static_cast<long>(adapters_.size())},
                                   {"tenants", static_cast<long>(config_.tenants.size())},
@@ -176,6 +188,8 @@ class GatewayServerImpl final : public GatewayServer {
     log::Info("musicgw draining", {{"deadline_seconds", absl::ToDoubleSeconds(deadline)}});
     // Health watchers (client-side health checking) learn NOT_SERVING and their streams end
     // now, so they neither hold the shutdown to its deadline nor keep the client waiting.
+    // The reporter stops first, so nothing turns health back to SERVING during the drain.
+    if (health_reporter_ != nullptr) health_reporter_->Stop();
     if (health_ != nullptr) health_->Shutdown();
     // Webhooks stop first: polling remains the source of truth after a restart.
     if (webhooks_ != nullptr) webhooks_->Stop();
@@ -198,6 +212,7 @@ class GatewayServerImpl final : public GatewayServer {
     webhook_handlers_.clear();
     service_.reset();
     server_.reset();
+    health_reporter_.reset();
     health_.reset();
     engine_.reset();
     quota_.reset();
@@ -208,6 +223,17 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
  private:
+  // grpc.health.v1 answers for "" and for the service's own name (HealthService knows both),
+  // NOT_SERVING while the ledger cannot be written.
+  void StartHealthReporter() {
+    operations::OperationsEngine* engine = engine_.get();
+    HealthService* health = health_.get();
+    health_reporter_ = std::make_unique<HealthReporter>(
+        Clock::Real(), kHealthCheckInterval, [engine] { return engine->LedgerStatus(); },
+        [health](bool serving) { health->SetServing(serving); });
+    health_reporter_->Start();
+  }
+
   // Plaintext, or TLS from files gRPC re-reads every reload_interval (a renewed certificate
   // takes effect without a restart), with client certificates verified when a CA is set.
   std::shared_ptr<grpc::ServerCredentials> GrpcCredentials() const {
@@ -345,6 +371,7 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<TenantAdmission> admission_;
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<HealthService> health_;
+  std::unique_ptr<HealthReporter> health_reporter_;
   std::unique_ptr<grpc::Server> server_;
   // Each webhook handler with the adapter it belongs to; outlive webhooks_.
   std::vector<std::pair<adapters::ProviderAdapter*, std::unique_ptr<adapters::WebhookHandler>>>

@@ -10,6 +10,7 @@
 #include "common/crypto.h"
 #include "common/errors.h"
 #include "common/status_macros.h"
+#include "services/gateway/free_text.h"
 
 namespace musicgw::gateway {
 namespace {
@@ -44,6 +45,7 @@ absl::StatusOr<std::vector<musicgw::v1::Provider>> ValidateGenerate(
                              "123e4567-e89b-12d3-a456-426614174000");
   }
   MUSICGW_RETURN_IF_ERROR(CheckProviderEnum("provider", request.provider()));
+  MUSICGW_RETURN_IF_ERROR(CheckFreeText(request));
   const musicgw::v1::TaskKind task = adapters::TaskKindOf(request);
   if (task == musicgw::v1::TASK_KIND_UNSPECIFIED) {
     return InvalidFieldError("task", "required: set one task message, e.g. parametric_music");

@@ -4,6 +4,8 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -88,6 +90,30 @@ TEST(ConfigTest, ReadsTheSoundpieceCreditsTheOperatorBought) {
   EXPECT_EQ(soundpiece.credit_costs.at(musicgw::v1::TASK_KIND_SONG), 4);
   EXPECT_EQ(soundpiece.credit_costs.at(musicgw::v1::TASK_KIND_SAMPLE), 0);
   EXPECT_EQ(config->providers[0].credit_balance, 0);  // unknown unless stated
+}
+
+TEST(ConfigTest, ReadsALoudlyCatalogOverride) {
+  json doc = ValidConfig();
+  doc["providers"][0]["catalog"] = {
+      {"genres", {"Deep House", "Polka Step"}},
+      {"structures", {{{"id", 2}, {"name", "Intro-Verse-Chorus"}}, {{"id", 7}}}}};
+  auto config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  const ProviderConfig& loudly = config->providers[0];
+  EXPECT_EQ(loudly.catalog_genres, (std::vector<std::string>{"Deep House", "Polka Step"}));
+  ASSERT_EQ(loudly.catalog_structures.size(), 2u);
+  EXPECT_EQ(loudly.catalog_structures[0], std::make_pair(2, std::string("Intro-Verse-Chorus")));
+  EXPECT_EQ(loudly.catalog_structures[1].first, 7);
+
+  doc["providers"][0]["catalog"] = {{"genre", {"House"}}};
+  EXPECT_EQ(ErrorOf(doc), "providers[0].catalog.genre: unknown key");
+  doc["providers"][0]["catalog"] = {{"genres", {""}}};
+  EXPECT_EQ(ErrorOf(doc), "providers[0].catalog.genres: each genre must be a non-empty string");
+  doc["providers"][0]["catalog"] = {{"structures", {{{"name", "x"}}}}};
+  EXPECT_EQ(ErrorOf(doc), "providers[0].catalog.structures[0].id: required");
+  doc = ValidConfig();
+  doc["providers"][1]["catalog"] = {{"genres", {"House"}}};
+  EXPECT_EQ(ErrorOf(doc), "providers[1].catalog: unknown key");
 }
 
 TEST(ConfigTest, ReadsSecretsFromFilesWithoutTheTrailingNewline) {

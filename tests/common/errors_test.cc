@@ -1,5 +1,9 @@
 #include "common/errors.h"
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "gtest/gtest.h"
 
 namespace musicgw {
@@ -54,6 +58,35 @@ TEST(ErrorsTest, OkStaysOk) {
   const absl::Status plain = FromGrpcStatus(grpc::Status(grpc::StatusCode::NOT_FOUND, "gone"));
   EXPECT_EQ(plain.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(plain.message(), "gone");
+}
+
+TEST(ErrorsTest, EveryErrorLeavesWithAnErrorInfo) {
+  // A bare status (no detail from its source) gets a reason from its code.
+  for (const auto& [status, reason] : std::vector<std::pair<absl::Status, std::string>>{
+           {absl::InternalError("database or disk is full"), "INTERNAL_ERROR"},
+           {absl::UnknownError("?"), "UNKNOWN_ERROR"},
+           {absl::NotFoundError("operations/x not found"), "NOT_FOUND"},
+           {absl::UnavailableError("shutting down"), "UNAVAILABLE"},
+       }) {
+    const absl::Status back = FromGrpcStatus(ToGrpcStatus(status));
+    EXPECT_EQ(back.code(), status.code());
+    EXPECT_EQ(back.message(), status.message());
+    google::rpc::ErrorInfo info;
+    ASSERT_TRUE(GetErrorInfo(back, &info)) << status;
+    EXPECT_EQ(info.reason(), reason);
+    EXPECT_EQ(info.domain(), kGatewayDomain);
+  }
+  // A source's own ErrorInfo and other details are kept as they are.
+  absl::Status rich =
+      WithErrorInfo(absl::UnavailableError("ledger"), "LEDGER_UNAVAILABLE", kGatewayDomain);
+  rich = WithRetryInfo(rich, absl::Seconds(5));
+  const absl::Status back = FromGrpcStatus(ToGrpcStatus(rich));
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(GetErrorInfo(back, &info));
+  EXPECT_EQ(info.reason(), "LEDGER_UNAVAILABLE");
+  google::rpc::RetryInfo retry;
+  EXPECT_TRUE(GetRetryInfo(back, &retry));
+  EXPECT_TRUE(EnsureErrorInfo(absl::OkStatus()).ok());
 }
 
 }  // namespace

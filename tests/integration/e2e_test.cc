@@ -360,24 +360,16 @@ TEST_F(EndToEndTest, GetQuotaShowsTheEmulatorsRemainingCounts) {
     return -2;
   };
   // The monitor reads at start; wait for the first figures.
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  int64_t before = remaining();
-  while (before < 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(100));
-    before = remaining();
-  }
-  ASSERT_GE(before, 0);
+  int64_t before = -1;
+  ASSERT_TRUE(Eventually([&] { return (before = remaining()) >= 0; }, absl::Seconds(10)));
   GenerateRequest request;
   request.set_provider(musicgw::v1::PROVIDER_LOUDLY);
   request.mutable_parametric_music()->set_genre("Techno");
   ASSERT_EQ(GenerateAndWait(web_.get(), request).state(), musicgw::v1::OPERATION_STATE_SUCCEEDED);
   // Read again after each generation (with a short coalescing delay).
-  int64_t after = remaining();
-  while (after >= before && absl::Now() < deadline + absl::Seconds(10)) {
-    absl::SleepFor(absl::Milliseconds(100));
-    after = remaining();
-  }
-  EXPECT_LT(after, before);
+  int64_t after = before;
+  EXPECT_TRUE(Eventually([&] { return (after = remaining()) < before; }, absl::Seconds(20)))
+      << "remaining stayed at " << after << ", was " << before;
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 #include "tests/integration/harness.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
@@ -9,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -70,28 +73,47 @@ absl::StatusOr<std::unique_ptr<GatewayProcess>> GatewayProcess::Start(const nloh
   std::ofstream(config_path) << config.dump(2);
   auto process = std::make_unique<GatewayProcess>();
   process->log_path_ = work_dir + "/musicgw.log";
-  const std::string out_path = work_dir + "/musicgw.out";
-  std::remove(out_path.c_str());
+  // The child's stdout is a pipe: its "musicgw listening" line is an event to wait for.
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+  const std::string flag = "--config=" + config_path;
   const pid_t parent = getpid();
   const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid < 0) {
+    close(out[0]);
+    close(out[1]);
+    return absl::InternalError("fork failed");
+  }
   if (pid == 0) {
-    // The gateway dies with the test, even a test killed with SIGKILL, so an interrupted suite
-    // leaves nothing running. (The signal follows the forking thread: tests start it from theirs.)
+    // Only async-signal-safe calls between fork and exec. The gateway dies with the test, even a
+    // test killed with SIGKILL, so an interrupted suite leaves nothing running.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);  // the test died before prctl took effect
-    freopen(out_path.c_str(), "w", stdout);
-    freopen(process->log_path_.c_str(), "a", stderr);
-    const std::string flag = "--config=" + config_path;
+    dup2(out[1], STDOUT_FILENO);
+    const int log = open(process->log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (log >= 0) dup2(log, STDERR_FILENO);
     execl(MUSICGW_BINARY, MUSICGW_BINARY, flag.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
+  close(out[1]);
+  process->stdout_fd_ = out[0];
   process->pid_ = pid;
+  // The reaper's notification is the exit event Signal() and Start() wait on.
+  process->reaper_ = std::thread([raw = process.get(), pid] {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    raw->exit_status_ = status;
+    raw->exited_.Notify();
+  });
+
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (absl::Now() < deadline) {
-    std::ifstream in(out_path);
-    std::string line;
-    while (std::getline(in, line)) {
+  std::string output;
+  while (true) {
+    const size_t newline = output.find('\n');
+    if (newline != std::string::npos) {
+      const std::string line = output.substr(0, newline);
+      output.erase(0, newline + 1);
       const size_t at = line.find("grpc=");
       if (line.rfind("musicgw listening", 0) == 0 && at != std::string::npos) {
         const size_t end = line.find(' ', at);
@@ -99,37 +121,50 @@ absl::StatusOr<std::unique_ptr<GatewayProcess>> GatewayProcess::Start(const nloh
           return process;
         }
       }
+      continue;
     }
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      process->pid_ = -1;
+    const int64_t wait_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (wait_ms <= 0) break;
+    pollfd ready{process->stdout_fd_, POLLIN, 0};
+    const int polled = poll(&ready, 1, static_cast<int>(wait_ms));
+    if (polled < 0 && errno == EINTR) continue;
+    if (polled <= 0) break;
+    char buffer[4096];
+    const ssize_t n = read(process->stdout_fd_, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // stdout closed: the process is exiting.
+      process->exited_.WaitForNotificationWithTimeout(absl::Seconds(10));
       return absl::InternalError(absl::StrCat("musicgw exited at start: ", process->Logs()));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    output.append(buffer, static_cast<size_t>(n));
   }
   return absl::DeadlineExceededError("musicgw did not start listening");
 }
 
 GatewayProcess::~GatewayProcess() {
-  if (pid_ > 0) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
+  if (pid_ > 0 && !exited_.HasBeenNotified()) kill(pid_, SIGKILL);
+  if (reaper_.joinable()) reaper_.join();
+  if (stdout_fd_ >= 0) close(stdout_fd_);
 }
 
 absl::StatusOr<int> GatewayProcess::Signal(int signal, absl::Duration timeout) {
-  if (pid_ <= 0) return absl::FailedPreconditionError("not running");
+  if (pid_ <= 0 || exited_.HasBeenNotified()) return absl::FailedPreconditionError("not running");
   kill(pid_, signal);
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return status;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (!exited_.WaitForNotificationWithTimeout(timeout)) {
+    return absl::DeadlineExceededError("still running");
   }
-  return absl::DeadlineExceededError("still running");
+  return exit_status_;
+}
+
+bool Eventually(const std::function<bool()>& condition, absl::Duration timeout,
+                absl::Duration poll) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(poll);
+  }
+  return true;
 }
 
 std::string GatewayProcess::Logs() const {

@@ -4,11 +4,14 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "musicgw/v1/musicgw.grpc.pb.h"
@@ -76,10 +79,25 @@ class GatewayProcess {
   // Everything the process wrote to stderr (its JSON log lines) so far.
   std::string Logs() const;
 
+  GatewayProcess() = default;
+  GatewayProcess(const GatewayProcess&) = delete;
+  GatewayProcess& operator=(const GatewayProcess&) = delete;
+
  private:
   pid_t pid_ = -1;
   int grpc_port_ = 0;
   std::string log_path_;
+  int stdout_fd_ = -1;
+  // Waits for the child's exit and notifies exited_ (exit_status_ is written before).
+  std::thread reaper_;
+  absl::Notification exited_;
+  int exit_status_ = 0;
 };
+
+// Waits until `condition` holds or `timeout` passes, re-checking every `poll`; returns whether
+// it held. Only for observables that offer no event to wait on (a provider's counters read
+// through its API, a report refreshed in the background); never to let time pass.
+bool Eventually(const std::function<bool()>& condition, absl::Duration timeout,
+                absl::Duration poll = absl::Milliseconds(10));
 
 }  // namespace musicgw::testing

@@ -106,8 +106,13 @@ TEST_F(RestartTest, KilledAroundSubmissionEveryOperationCompletesOnceUpstream) {
   operations.reserve(6);
   for (int i = 0; i < 3; ++i) operations.push_back(Generate(Sample(2 + i)));
   KillAndRestart();  // immediately: between ledger write and (some) provider calls
+  const int64_t arrived = soundpiece_->stats().faults_injected;
   for (int i = 0; i < 3; ++i) operations.push_back(Generate(Sample(5 + i)));
-  absl::SleepFor(absl::Milliseconds(700));
+  // The delay rule fires when a PUT arrives, before its 1.5 s hold: three more arrivals mean
+  // PUTs are being held at the provider right now.
+  ASSERT_TRUE(Eventually([&] { return soundpiece_->stats().faults_injected >= arrived + 3; },
+                         absl::Seconds(20)))
+      << soundpiece_->StatsJson();
   KillAndRestart();  // PUTs in flight at the provider
 
   for (const auto& operation : operations) {
@@ -130,24 +135,27 @@ TEST_F(RestartTest, LoudlySubmissionInFlightIsNeverResubmitted) {
   request.mutable_parametric_music()->set_genre("House");
   request.mutable_parametric_music()->set_duration_seconds(30);
   const Operation accepted = Generate(request);
-  // Wait until the POST reached the emulator (it answers after 3 s).
-  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  // Wait until the POST reached the emulator (it answers 3 s later).
+  using emulators::loudly::Stats;
+  ASSERT_TRUE(loudly_->AwaitStats([](const Stats& s) { return s.b2b_song_requests >= 1; },
+                                  absl::Seconds(10)))
+      << loudly_->StatsJson();
+  musicgw::v1::GetOperationRequest get;
+  get.set_name(accepted.name());
   Operation current;
-  while (absl::Now() < deadline) {
-    musicgw::v1::GetOperationRequest get;
-    get.set_name(accepted.name());
-    ASSERT_TRUE(stub_->GetOperation(Context(kAcmeKey).get(), get, &current).ok());
-    if (current.submission() == musicgw::v1::SUBMISSION_STATE_SUBMITTING) break;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  ASSERT_TRUE(stub_->GetOperation(Context(kAcmeKey).get(), get, &current).ok());
   ASSERT_EQ(current.submission(), musicgw::v1::SUBMISSION_STATE_SUBMITTING);
-  absl::SleepFor(absl::Milliseconds(300));
   KillAndRestart();
   const Operation done = WaitDone(accepted.name());
   EXPECT_EQ(done.submission(), musicgw::v1::SUBMISSION_STATE_POSSIBLY_SUBMITTED);
   EXPECT_EQ(done.state(), musicgw::v1::OPERATION_STATE_FAILED);
-  absl::SleepFor(absl::Seconds(3));  // anything re-sent would have arrived by now
+  // The killed POST finishes at the emulator 3 s after it arrived. The restarted gateway decided
+  // the operation's fate at start, before that, so a re-sent POST would be counted by then.
+  ASSERT_TRUE(
+      loudly_->AwaitStats([](const Stats& s) { return s.b2b_songs >= 1; }, absl::Seconds(10)))
+      << loudly_->StatsJson();
   const auto stats = loudly_->stats();
+  EXPECT_EQ(stats.b2b_song_requests, 1) << loudly_->StatsJson();
   EXPECT_EQ(stats.b2b_songs, 1) << loudly_->StatsJson();
   // The same request_id returns the same (failed) operation, not a new submission.
   EXPECT_EQ(Generate(request).name(), accepted.name());

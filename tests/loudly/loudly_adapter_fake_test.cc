@@ -3,6 +3,7 @@
 // synchronous path and its Poll semantics. The emulator-backed tests cover the real wire.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "adapters/loudly/loudly_adapter.h"
+#include "adapters/loudly/loudly_catalog.h"
 #include "adapters/loudly/loudly_token.h"
 #include "common/crypto.h"
 #include "common/errors.h"
@@ -474,6 +476,61 @@ TEST_F(LoudlyAdapterFakeTest, B2BCatalogFeedsCheckRequest) {
   EXPECT_EQ(bad.field_violations(0).field(), "parametric_music.genre");
   request.mutable_parametric_music()->set_genre("Deep House");
   EXPECT_TRUE(adapter->CheckRequest(request).ok());
+}
+
+TEST_F(LoudlyAdapterFakeTest, WebAccountValidatesAgainstTheShippedCatalog) {
+  // The web dialect publishes no catalog: the gateway's own is what validation and
+  // ListProviders use, so an unknown genre fails at once instead of at the provider.
+  auto adapter = Make(WebOptions());
+  const ProviderCatalog catalog = adapter->catalog();
+  EXPECT_EQ(catalog.genres, ShippedCatalog().genres);
+  EXPECT_NE(std::find(catalog.genres.begin(), catalog.genres.end(), "Deep House"),
+            catalog.genres.end());
+  EXPECT_NE(std::find(catalog.genres.begin(), catalog.genres.end(), "Alternative Hip Hop"),
+            catalog.genres.end());
+  EXPECT_FALSE(catalog.structures.empty());
+
+  musicgw::v1::GenerateRequest request;
+  request.mutable_parametric_music()->set_genre("Deep House");
+  request.mutable_parametric_music()->set_genre_blend("Techno");
+  EXPECT_TRUE(adapter->CheckRequest(request).ok());
+  for (const char* field : {"parametric_music.genre", "parametric_music.genre_blend"}) {
+    musicgw::v1::GenerateRequest bad_request = request;
+    if (absl::EndsWith(field, "blend")) {
+      bad_request.mutable_parametric_music()->set_genre_blend("Polka Step");
+    } else {
+      bad_request.mutable_parametric_music()->set_genre("Polka Step");
+    }
+    const absl::Status status = adapter->CheckRequest(bad_request);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    google::rpc::BadRequest bad;
+    ASSERT_TRUE(GetBadRequest(status, &bad));
+    EXPECT_EQ(bad.field_violations(0).field(), field);
+  }
+}
+
+TEST_F(LoudlyAdapterFakeTest, ConfiguredCatalogReplacesTheShippedOne) {
+  config::ProviderConfig config;
+  config.name = "main";
+  config.dialect = "web";
+  config.client_id = "1_client";
+  config.refresh_token = "rt";
+  config.catalog_genres = {"Polka Step"};
+  config.catalog_structures = {{7, "Seven"}};
+  auto options = LoudlyOptionsFromConfig(config);
+  ASSERT_TRUE(options.ok());
+  options->base_url = "http://loudly.test";
+  options->token_state_file = state_file_;
+  auto adapter = Make(*options);
+  EXPECT_EQ(adapter->catalog().genres, std::vector<std::string>{"Polka Step"});
+  ASSERT_EQ(adapter->catalog().structures.size(), 1u);
+  EXPECT_EQ(adapter->catalog().structures[0].id(), 7);
+  musicgw::v1::GenerateRequest request;
+  request.mutable_parametric_music()->set_genre("Polka Step");
+  request.mutable_parametric_music()->set_structure_id(7);
+  EXPECT_TRUE(adapter->CheckRequest(request).ok());
+  request.mutable_parametric_music()->set_genre("House");
+  EXPECT_EQ(adapter->CheckRequest(request).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(LoudlyAdapterFakeTest, CreateRejectsIncompleteOptions) {
