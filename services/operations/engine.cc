@@ -32,10 +32,13 @@
 #include "common/crypto.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/provider_names.h"
 #include "common/status_macros.h"
+#include "common/time_util.h"
 #include "services/operations/download_stream.h"
 #include "services/operations/executor.h"
 #include "services/operations/ids.h"
+#include "services/operations/router.h"
 #include "services/operations/watch_stream.h"
 
 namespace musicgw::operations {
@@ -44,26 +47,6 @@ namespace {
 namespace v1 = musicgw::v1;
 using adapters::ProviderAdapter;
 using adapters::UpstreamStatus;
-
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  const int64_t us = absl::ToUnixMicros(t);
-  ts.set_seconds(us / 1000000);
-  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
-  return ts;
-}
-
-absl::Time FromProto(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-}
-
-google::protobuf::Duration ToProtoDuration(absl::Duration d) {
-  google::protobuf::Duration out;
-  const int64_t ns = absl::ToInt64Nanoseconds(d);
-  out.set_seconds(ns / 1000000000);
-  out.set_nanos(static_cast<int32_t>(ns % 1000000000));
-  return out;
-}
 
 bool IsTerminal(v1::OperationState state) {
   return state == v1::OPERATION_STATE_SUCCEEDED || state == v1::OPERATION_STATE_FAILED ||
@@ -94,37 +77,6 @@ class Waiter {
  private:
   absl::Mutex mu_;
   absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done_ ABSL_GUARDED_BY(mu_);
-};
-
-// Routing state of one configured adapter.
-struct AdapterSlot {
-  ProviderAdapter* adapter = nullptr;
-  int consecutive_failures = 0;
-  absl::Time cooldown_until = absl::InfinitePast();
-  absl::Time quota_until = absl::InfinitePast();
-  std::string last_error;
-  // The account's last quota read, by resource.
-  std::map<std::string, adapters::QuotaFigure> quota;
-  // Resources the provider refused for quota, until when (the rejection's RetryInfo).
-  std::map<std::string, absl::Time> rejected_until;
-};
-
-// "loudly", "soundpiece": as the adapters name providers in QuotaFailure subjects.
-std::string ProviderSlug(v1::Provider provider) {
-  return absl::AsciiStrToLower(absl::StripPrefix(v1::Provider_Name(provider), "PROVIDER_"));
-}
-
-// A quota read showing no units left that has not reset since (an unknown reset time counts as
-// not yet).
-bool UsedUp(const adapters::QuotaFigure& figure, absl::Time now) {
-  return figure.remaining == 0 &&
-         (figure.reset_time == absl::InfinitePast() || figure.reset_time > now);
-}
-
-// A quota resource a request needs, known to be used up.
-struct KnownExhaustion {
-  std::string resource;
-  absl::Time reset_time = absl::InfinitePast();  // InfinitePast: unknown
 };
 
 // The one tracker of a live operation.
@@ -171,15 +123,15 @@ class EngineImpl final : public OperationsEngine,
       : options_(std::move(options)),
         store_(std::move(store)),
         http_(http),
-        executor_(std::make_unique<Executor>(options_.worker_threads)),
+        clock_(options_.clock != nullptr ? *options_.clock : Clock::Real()),
+        router_(std::make_unique<Router>(
+            adapters,
+            RouterOptions{options_.failure_threshold, options_.failure_cooldown,
+                          options_.default_quota_backoff},
+            clock_)),
+        executor_(std::make_unique<Executor>(options_.worker_threads, clock_)),
         open_watchers_(std::make_shared<std::atomic<int64_t>>(0)),
-        open_downloads_(std::make_shared<std::atomic<int64_t>>(0)) {
-    for (ProviderAdapter* adapter : adapters) {
-      AdapterSlot slot;
-      slot.adapter = adapter;
-      slots_.push_back(std::move(slot));
-    }
-  }
+        open_downloads_(std::make_shared<std::atomic<int64_t>>(0)) {}
 
   ~EngineImpl() override { executor_->Stop(); }
 
@@ -193,7 +145,7 @@ class EngineImpl final : public OperationsEngine,
       started_ = true;
     }
     MUSICGW_ASSIGN_OR_RETURN(std::vector<OperationRecord> live,
-                             store_->ClaimLive(options_.replica_id, absl::Now() + options_.lease));
+                             store_->ClaimLive(options_.replica_id, clock_.Now() + options_.lease));
     for (OperationRecord& record : live) Adopt(std::move(record), /*recovering=*/true);
     if (!live.empty()) {
       log::Info("resumed live operations", {{"count", static_cast<long>(live.size())}});
@@ -246,9 +198,9 @@ class EngineImpl final : public OperationsEngine,
       if (existing.ok()) return SameOrReused(*existing, hash);
       if (!absl::IsNotFound(existing.status())) return existing.status();
     }
-    MUSICGW_ASSIGN_OR_RETURN(const int slot, Route(request));
-    ProviderAdapter* adapter = slots_[slot].adapter;
-    const absl::Time now = absl::Now();
+    MUSICGW_ASSIGN_OR_RETURN(const int slot, router_->Route(request));
+    ProviderAdapter* adapter = router_->adapter(slot);
+    const absl::Time now = clock_.Now();
     v1::Operation op;
     op.set_task(adapters::TaskKindOf(request));
     op.set_provider(adapter->provider());
@@ -261,9 +213,9 @@ class EngineImpl final : public OperationsEngine,
     const std::string id = NewOperationId(now);
     op.set_name(OperationName(id));
     op.set_state(v1::OPERATION_STATE_QUEUED);
-    *op.mutable_create_time() = ToProto(now);
-    *op.mutable_update_time() = ToProto(now);
-    *op.mutable_deadline() = ToProto(now + options_.operation_deadline);
+    *op.mutable_create_time() = ToProtoTimestamp(now);
+    *op.mutable_update_time() = ToProtoTimestamp(now);
+    *op.mutable_deadline() = ToProtoTimestamp(now + options_.operation_deadline);
     *op.mutable_suggested_poll_interval() = ToProtoDuration(options_.suggested_poll_interval);
     op.set_sequence(1);
 
@@ -359,11 +311,11 @@ class EngineImpl final : public OperationsEngine,
       t->stopped = true;  // in-flight provider answers are ignored from here on
       ++t->generation;
       if (!t->op.upstream_id().empty() && t->slot >= 0) {
-        adapter = slots_[t->slot].adapter;
+        adapter = router_->adapter(t->slot);
         poll.operation_id = t->id;
         poll.upstream_id = t->op.upstream_id();
         poll.task = t->op.task();
-        poll.deadline = absl::Now() + options_.cancel_notify_timeout;
+        poll.deadline = clock_.Now() + options_.cancel_notify_timeout;
         poll.wait = false;
       }
     }
@@ -411,7 +363,7 @@ class EngineImpl final : public OperationsEngine,
       auto* cancellation = next.mutable_cancellation();
       cancellation->set_reason(std::string(reason));
       cancellation->set_provider_notified(provider_notified);
-      *cancellation->mutable_cancel_time() = ToProto(absl::Now());
+      *cancellation->mutable_cancel_time() = ToProtoTimestamp(clock_.Now());
       absl::Status status = Commit(*t, std::move(next), &effects);
       if (status.ok()) {
         result = t->op;
@@ -591,57 +543,10 @@ class EngineImpl final : public OperationsEngine,
 
   void UpdateQuota(const ProviderAdapter* adapter,
                    const std::vector<adapters::QuotaFigure>& figures) override {
-    absl::MutexLock lock(&slots_mu_);
-    for (AdapterSlot& slot : slots_) {
-      if (slot.adapter != adapter) continue;
-      slot.quota.clear();
-      for (const auto& figure : figures) slot.quota[figure.resource] = figure;
-    }
+    router_->UpdateQuota(adapter, figures);
   }
 
-  std::vector<ProviderState> ProviderStates() const override {
-    const absl::Time now = absl::Now();
-    std::vector<ProviderState> states;
-    absl::MutexLock lock(&slots_mu_);
-    for (const AdapterSlot& slot : slots_) {
-      ProviderState state;
-      state.provider = slot.adapter->provider();
-      state.account = slot.adapter->account();
-      state.dialect = slot.adapter->dialect();
-      state.consecutive_failures = slot.consecutive_failures;
-      state.cooldown_until = slot.cooldown_until;
-      state.quota_exhausted = slot.quota_until > now;
-      state.quota_exhausted_until = slot.quota_until;
-      // Every resource the last quota read shows is used up (Soundpiece after a 402).
-      bool all_used_up = false;
-      absl::Time until = absl::InfinitePast();
-      for (const auto& [resource, figure] : slot.quota) {
-        if (figure.remaining < 0) continue;
-        if (!UsedUp(figure, now)) {
-          all_used_up = false;
-          break;
-        }
-        all_used_up = true;
-        until = std::max(until, figure.reset_time);
-      }
-      if (all_used_up && !state.quota_exhausted) {
-        state.quota_exhausted = true;
-        state.quota_exhausted_until = until;
-      }
-      if (slot.cooldown_until > now) {
-        state.health = v1::PROVIDER_HEALTH_UNAVAILABLE;
-        state.health_detail = absl::StrCat("cooling down after ", slot.consecutive_failures,
-                                           " consecutive failures: ", slot.last_error);
-      } else if (slot.consecutive_failures > 0) {
-        state.health = v1::PROVIDER_HEALTH_DEGRADED;
-        state.health_detail = slot.last_error;
-      } else {
-        state.health = v1::PROVIDER_HEALTH_HEALTHY;
-      }
-      states.push_back(std::move(state));
-    }
-    return states;
-  }
+  std::vector<ProviderState> ProviderStates() const override { return router_->States(); }
 
   EngineStats Stats() const override {
     EngineStats stats;
@@ -690,7 +595,7 @@ class EngineImpl final : public OperationsEngine,
       if (self == nullptr) return std::move(*shared_done)(ShuttingDown());
       auto record = self->store_->Get(operation_id);
       if (!record.ok()) return std::move(*shared_done)(record.status());
-      const int slot = self->SlotFor(record->operation);
+      const int slot = self->router_->SlotFor(record->operation);
       if (slot < 0) {
         return std::move(*shared_done)(
             absl::FailedPreconditionError("the operation's provider is no longer configured"));
@@ -699,9 +604,9 @@ class EngineImpl final : public OperationsEngine,
       poll.operation_id = operation_id;
       poll.upstream_id = record->operation.upstream_id();
       poll.task = record->operation.task();
-      poll.deadline = absl::Now() + absl::Seconds(30);
+      poll.deadline = self->clock_.Now() + absl::Seconds(30);
       poll.wait = false;
-      self->slots_[slot].adapter->Poll(
+      self->router_->adapter(slot)->Poll(
           poll, [weak, operation_id, index, shared_done](absl::StatusOr<UpstreamStatus> status) {
             auto self = weak.lock();
             if (self == nullptr) return std::move(*shared_done)(ShuttingDown());
@@ -790,245 +695,12 @@ class EngineImpl final : public OperationsEngine,
     return it == live_.end() ? nullptr : it->second;
   }
 
-  // The slot serving `op`: same provider and account, else same provider.
-  int SlotFor(const v1::Operation& op) const {
-    int fallback = -1;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const ProviderAdapter* adapter = slots_[i].adapter;
-      if (adapter->provider() != op.provider()) continue;
-      if (adapter->account() == op.provider_account()) return static_cast<int>(i);
-      if (fallback < 0) fallback = static_cast<int>(i);
-    }
-    return fallback;
-  }
-
   // ---- live counts ----
 
   void CountLive(v1::Provider provider, v1::OperationState state, int delta) {
     if (state == v1::OPERATION_STATE_UNSPECIFIED) return;
     absl::MutexLock lock(&counts_mu_);
     live_counts_[{static_cast<int>(provider), static_cast<int>(state)}] += delta;
-  }
-
-  // ---- routing ----
-
-  // Which of the quota resources `request` needs from `slot`'s account is known to be used up,
-  // when none of them is known to have units left.
-  static std::optional<KnownExhaustion> KnownExhaustedLocked(
-      const AdapterSlot& slot, const std::vector<std::string>& resources, absl::Time now) {
-    std::optional<KnownExhaustion> exhausted;
-    for (const std::string& resource : resources) {
-      if (auto rejected = slot.rejected_until.find(resource);
-          rejected != slot.rejected_until.end() && rejected->second > now) {
-        if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, rejected->second};
-        continue;
-      }
-      auto it = slot.quota.find(resource);
-      if (it == slot.quota.end() || it->second.remaining < 0) continue;  // not known
-      if (it->second.remaining > 0) return std::nullopt;
-      if (!UsedUp(it->second, now)) continue;  // reset since the read
-      if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, it->second.reset_time};
-    }
-    return exhausted;
-  }
-
-  absl::Status KnownExhaustedStatus(const AdapterSlot& slot, const KnownExhaustion& exhausted,
-                                    absl::Time now) const {
-    const std::string provider = v1::Provider_Name(slot.adapter->provider());
-    const std::string& account = slot.adapter->account();
-    absl::Status status = absl::ResourceExhaustedError(
-        absl::StrCat("quota '", exhausted.resource, "' of ", ProviderSlug(slot.adapter->provider()),
-                     " account ", account, " is used up; nothing was sent to the provider"));
-    status = WithErrorInfo(
-        std::move(status), "PROVIDER_QUOTA_EXHAUSTED", kGatewayDomain,
-        {{"provider", provider}, {"account", account}, {"resource", exhausted.resource}});
-    status =
-        WithQuotaViolation(std::move(status),
-                           absl::StrCat("provider:", ProviderSlug(slot.adapter->provider()),
-                                        "/account:", account, "/resource:", exhausted.resource),
-                           "the provider's last quota read shows none left");
-    if (exhausted.reset_time == absl::InfinitePast()) return status;
-    return WithRetryInfo(std::move(status), exhausted.reset_time - now);
-  }
-
-  bool AvailableLocked(const AdapterSlot& slot, absl::Time now) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(slots_mu_) {
-    return slot.cooldown_until <= now && slot.quota_until <= now;
-  }
-
-  absl::Status BlockedLocked(const AdapterSlot& slot, absl::Time now) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(slots_mu_) {
-    const std::string provider = v1::Provider_Name(slot.adapter->provider());
-    if (slot.quota_until > now) {
-      absl::Status status = absl::ResourceExhaustedError(
-          absl::StrCat(provider, " quota is exhausted (account ", slot.adapter->account(), ")"));
-      status = WithErrorInfo(std::move(status), "PROVIDER_QUOTA_EXHAUSTED", kGatewayDomain,
-                             {{"provider", provider}, {"account", slot.adapter->account()}});
-      status = WithQuotaViolation(std::move(status),
-                                  absl::StrCat("provider:", ProviderSlug(slot.adapter->provider()),
-                                               "/account:", slot.adapter->account()),
-                                  "the provider reported its quota exhausted");
-      return WithRetryInfo(std::move(status), slot.quota_until - now);
-    }
-    absl::Status status =
-        absl::UnavailableError(absl::StrCat(provider, " is cooling down after repeated failures"));
-    status = WithErrorInfo(std::move(status), "PROVIDER_UNAVAILABLE", kGatewayDomain,
-                           {{"provider", provider}, {"account", slot.adapter->account()}});
-    return WithRetryInfo(std::move(status), slot.cooldown_until - now);
-  }
-
-  bool Supports(int index, const v1::GenerateRequest& request) const {
-    const ProviderAdapter* adapter = slots_[index].adapter;
-    return adapters::CheckCapabilities(adapter->provider(), request).ok() &&
-           adapter->CheckRequest(request).ok();
-  }
-
-  absl::StatusOr<int> Route(const v1::GenerateRequest& request) {
-    std::vector<int> preferred;
-    std::vector<int> others;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const int index = static_cast<int>(i);
-      if (request.provider() != v1::PROVIDER_UNSPECIFIED) {
-        if (slots_[i].adapter->provider() == request.provider()) {
-          preferred.push_back(index);  // the gateway already checked it
-        } else if (request.allow_fallback() && Supports(index, request)) {
-          others.push_back(index);
-        }
-      } else if (Supports(index, request)) {
-        preferred.push_back(index);
-      }
-    }
-    if (preferred.empty()) {
-      if (request.provider() != v1::PROVIDER_UNSPECIFIED) {
-        return WithErrorInfo(
-            absl::FailedPreconditionError(absl::StrCat(v1::Provider_Name(request.provider()),
-                                                       " is not configured on this gateway")),
-            "PROVIDER_NOT_CONFIGURED", kGatewayDomain,
-            {{"provider", v1::Provider_Name(request.provider())}});
-      }
-      for (const AdapterSlot& slot : slots_) {
-        absl::Status status = adapters::CheckCapabilities(slot.adapter->provider(), request);
-        if (!status.ok()) return status;
-      }
-      return WithErrorInfo(
-          absl::InvalidArgumentError("no configured provider supports this request"),
-          "NO_PROVIDER_FOR_TASK", kGatewayDomain);
-    }
-    std::vector<std::vector<std::string>> resources(slots_.size());
-    for (int index : preferred) resources[index] = slots_[index].adapter->QuotaResources(request);
-    for (int index : others) resources[index] = slots_[index].adapter->QuotaResources(request);
-    const absl::Time now = absl::Now();
-    absl::MutexLock lock(&slots_mu_);
-    auto usable = [&](int index) {
-      return AvailableLocked(slots_[index], now) &&
-             !KnownExhaustedLocked(slots_[index], resources[index], now).has_value();
-    };
-    for (int index : preferred) {
-      if (usable(index)) return index;
-    }
-    for (int index : others) {
-      if (usable(index)) return index;
-    }
-    const AdapterSlot& first = slots_[preferred.front()];
-    if (AvailableLocked(first, now)) {
-      return KnownExhaustedStatus(
-          first, *KnownExhaustedLocked(first, resources[preferred.front()], now), now);
-    }
-    return BlockedLocked(first, now);
-  }
-
-  // Picks an adapter not tried yet for `op` that supports its request with every parameter
-  // and is available; -1 when none.
-  int PickFallback(const v1::Operation& op) {
-    std::set<std::pair<int, std::string>> tried;
-    for (const auto& attempt : op.attempts()) {
-      tried.emplace(static_cast<int>(attempt.provider()), attempt.account());
-    }
-    const absl::Time now = absl::Now();
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const ProviderAdapter* adapter = slots_[i].adapter;
-      if (tried.count({static_cast<int>(adapter->provider()), adapter->account()}) > 0) continue;
-      if (!Supports(static_cast<int>(i), op.request())) continue;
-      const std::vector<std::string> resources = adapter->QuotaResources(op.request());
-      absl::MutexLock lock(&slots_mu_);
-      if (AvailableLocked(slots_[i], now) &&
-          !KnownExhaustedLocked(slots_[i], resources, now).has_value()) {
-        return static_cast<int>(i);
-      }
-    }
-    return -1;
-  }
-
-  void RecordSuccess(int slot) {
-    if (slot < 0) return;
-    absl::MutexLock lock(&slots_mu_);
-    slots_[slot].consecutive_failures = 0;
-    slots_[slot].cooldown_until = absl::InfinitePast();
-  }
-
-  // The quota resource a RESOURCE_EXHAUSTED names ("…/resource:X" in its QuotaFailure), when
-  // it is one `request` is charged to; empty otherwise.
-  static std::string ExhaustedResource(const ProviderAdapter& adapter, const absl::Status& status,
-                                       const v1::GenerateRequest* request) {
-    google::rpc::QuotaFailure quota;
-    if (request == nullptr || !GetQuotaFailure(status, &quota)) return "";
-    const std::vector<std::string> resources = adapter.QuotaResources(*request);
-    constexpr absl::string_view kMarker = "/resource:";
-    for (const auto& violation : quota.violations()) {
-      const absl::string_view subject = violation.subject();
-      const size_t at = subject.rfind(kMarker);
-      if (at == absl::string_view::npos) continue;
-      const absl::string_view resource = subject.substr(at + kMarker.size());
-      if (std::find(resources.begin(), resources.end(), resource) != resources.end()) {
-        return std::string(resource);
-      }
-    }
-    return "";
-  }
-
-  // `request`, when known, lets a quota rejection block only the resource it names, so the
-  // account still serves requests charged to its other resources.
-  void RecordFailure(int slot, const absl::Status& status,
-                     const v1::GenerateRequest* request = nullptr) {
-    if (slot < 0) return;
-    const absl::Time now = absl::Now();
-    const std::string resource = status.code() == absl::StatusCode::kResourceExhausted
-                                     ? ExhaustedResource(*slots_[slot].adapter, status, request)
-                                     : "";
-    absl::MutexLock lock(&slots_mu_);
-    AdapterSlot& s = slots_[slot];
-    switch (status.code()) {
-      case absl::StatusCode::kResourceExhausted: {
-        google::rpc::RetryInfo retry;
-        absl::Duration delay = options_.default_quota_backoff;
-        if (GetRetryInfo(status, &retry)) {
-          delay = absl::Seconds(retry.retry_delay().seconds()) +
-                  absl::Nanoseconds(retry.retry_delay().nanos());
-        }
-        if (resource.empty()) {
-          s.quota_until = std::max(s.quota_until, now + delay);
-          return;
-        }
-        absl::Time& until = s.rejected_until[resource];
-        until = std::max(until, now + delay);
-        return;
-      }
-      case absl::StatusCode::kUnavailable:
-      case absl::StatusCode::kDeadlineExceeded:
-      case absl::StatusCode::kInternal:
-      case absl::StatusCode::kUnknown:
-      case absl::StatusCode::kUnauthenticated:
-      case absl::StatusCode::kPermissionDenied:
-      case absl::StatusCode::kFailedPrecondition:
-        break;
-      default:
-        return;  // the request's fault, not the provider's
-    }
-    s.last_error = absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                                status.message().substr(0, 200));
-    if (++s.consecutive_failures >= options_.failure_threshold) {
-      s.cooldown_until = now + options_.failure_cooldown;
-    }
   }
 
   // ---- trackers ----
@@ -1042,7 +714,7 @@ class EngineImpl final : public OperationsEngine,
       t->request_id = record.request_id;
       t->idempotency_key = ProviderIdempotencyKey(record.tenant, record.request_id);
       t->charged = record.charged;
-      t->slot = SlotFor(t->op);
+      t->slot = router_->SlotFor(t->op);
     }
     std::string upstream_key;
     v1::Provider initial_provider;
@@ -1069,11 +741,11 @@ class EngineImpl final : public OperationsEngine,
     absl::Time deadline;
     {
       absl::MutexLock lock(&t->mu);
-      deadline = FromProto(t->op.deadline());
+      deadline = FromProtoTimestamp(t->op.deadline());
     }
     // Weak: a done operation's tracker must not live on until its deadline.
     std::weak_ptr<Tracker> weak_tracker = t;
-    executor_->PostAfter(deadline - absl::Now(), [weak, weak_tracker] {
+    executor_->PostAfter(deadline - clock_.Now(), [weak, weak_tracker] {
       auto self = weak.lock();
       auto tracker = weak_tracker.lock();
       if (self != nullptr && tracker != nullptr) self->OnDeadline(tracker);
@@ -1086,12 +758,12 @@ class EngineImpl final : public OperationsEngine,
     {
       absl::MutexLock lock(&t->mu);
       if (t->stopped || t->op.done() || t->submit_in_flight || t->poll_in_flight) return;
-      if (absl::Now() >= FromProto(t->op.deadline())) {
+      if (clock_.Now() >= FromProtoTimestamp(t->op.deadline())) {
         FailDeadlineLocked(t, &effects);
       } else if (t->slot < 0) {
         FailLocked(t,
                    WithErrorInfo(absl::FailedPreconditionError(absl::StrCat(
-                                     v1::Provider_Name(t->op.provider()), " account ",
+                                     ProviderEnumName(t->op.provider()), " account ",
                                      t->op.provider_account(), " is no longer configured")),
                                  "PROVIDER_NOT_CONFIGURED", kGatewayDomain),
                    std::nullopt, &effects);
@@ -1102,7 +774,7 @@ class EngineImpl final : public OperationsEngine,
             SubmitLocked(t, /*resubmit=*/false, &effects);
             break;
           case v1::SUBMISSION_STATE_SUBMITTING:
-            if (slots_[t->slot].adapter->idempotent_submit()) {
+            if (router_->adapter(t->slot)->idempotent_submit()) {
               // The provider dedupes on the idempotency key: re-sending cannot start a second job.
               SubmitLocked(t, /*resubmit=*/true, &effects);
             } else {
@@ -1139,12 +811,12 @@ class EngineImpl final : public OperationsEngine,
   absl::Status Commit(Tracker& t, v1::Operation next, Effects* effects,
                       std::optional<std::vector<UpstreamOutput>> outputs = std::nullopt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(t.mu) {
-    const absl::Time now = absl::Now();
+    const absl::Time now = clock_.Now();
     next.set_sequence(t.op.sequence() + 1);
-    *next.mutable_update_time() = ToProto(now);
+    *next.mutable_update_time() = ToProtoTimestamp(now);
     if (IsTerminal(next.state())) {
       next.set_done(true);
-      *next.mutable_done_time() = ToProto(now);
+      *next.mutable_done_time() = ToProtoTimestamp(now);
     }
     OperationUpdate update;
     update.operation = next;
@@ -1172,7 +844,7 @@ class EngineImpl final : public OperationsEngine,
                               static_cast<absl::StatusCode>(t.op.error().code()));
         if (t.op.state() == v1::OPERATION_STATE_SUCCEEDED) {
           observer->OnSucceededLatency(t.op.provider(), t.op.task(),
-                                       now - FromProto(t.op.create_time()));
+                                       now - FromProtoTimestamp(t.op.create_time()));
         }
       }
     }
@@ -1236,13 +908,13 @@ class EngineImpl final : public OperationsEngine,
     absl::Status error = absl::DeadlineExceededError(
         "the provider did not finish the operation before its deadline");
     error = WithErrorInfo(std::move(error), "OPERATION_DEADLINE_EXCEEDED", kGatewayDomain,
-                          {{"provider", v1::Provider_Name(t->op.provider())}});
+                          {{"provider", ProviderEnumName(t->op.provider())}});
     FailLocked(t, error, std::nullopt, effects);
   }
 
   void FailOutcomeUnknownLocked(const std::shared_ptr<Tracker>& t, absl::string_view why,
                                 Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    const std::string provider = v1::Provider_Name(t->op.provider());
+    const std::string provider = ProviderEnumName(t->op.provider());
     absl::Status error = absl::FailedPreconditionError(absl::StrCat(
         why, " while a submission to ", provider,
         " was in flight; that provider has no idempotency keys, so it may have started (and "
@@ -1258,10 +930,10 @@ class EngineImpl final : public OperationsEngine,
     {
       absl::MutexLock lock(&t->mu);
       if (t->stopped || t->op.done()) return;
-      const absl::Time deadline = FromProto(t->op.deadline());
-      if (absl::Now() < deadline) {  // timers may fire a hair early
+      const absl::Time deadline = FromProtoTimestamp(t->op.deadline());
+      if (clock_.Now() < deadline) {  // timers may fire a hair early
         std::weak_ptr<EngineImpl> weak = weak_from_this();
-        executor_->PostAfter(deadline - absl::Now(), [weak, t] {
+        executor_->PostAfter(deadline - clock_.Now(), [weak, t] {
           if (auto self = weak.lock()) self->OnDeadline(t);
         });
         return;
@@ -1274,7 +946,7 @@ class EngineImpl final : public OperationsEngine,
   // Records SUBMITTING, then calls the adapter.
   void SubmitLocked(const std::shared_ptr<Tracker>& t, bool resubmit, Effects* effects)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    ProviderAdapter* adapter = slots_[t->slot].adapter;
+    ProviderAdapter* adapter = router_->adapter(t->slot);
     v1::Operation next = t->op;
     next.set_submission(v1::SUBMISSION_STATE_SUBMITTING);
     next.set_provider(adapter->provider());
@@ -1297,10 +969,10 @@ class EngineImpl final : public OperationsEngine,
     request.request_id = t->request_id;
     request.idempotency_key = t->idempotency_key;
     request.request = t->op.request();
-    const absl::Time deadline = FromProto(t->op.deadline());
+    const absl::Time deadline = FromProtoTimestamp(t->op.deadline());
     request.deadline = adapter->synchronous()
                            ? deadline
-                           : std::min(deadline, absl::Now() + options_.submit_timeout);
+                           : std::min(deadline, clock_.Now() + options_.submit_timeout);
     t->submit_in_flight = true;
     std::weak_ptr<EngineImpl> weak = weak_from_this();
     const int slot = t->slot;
@@ -1337,7 +1009,7 @@ class EngineImpl final : public OperationsEngine,
       t->submit_in_flight = false;
       if (t->stopped || t->op.done()) return;  // cancelled or timed out meanwhile
       if (result.ok()) {
-        RecordSuccess(slot);
+        router_->RecordSuccess(slot);
         if (result->phase == UpstreamStatus::Phase::kRunning) {
           AcceptLocked(t, *result, &effects);
         } else {
@@ -1383,8 +1055,8 @@ class EngineImpl final : public OperationsEngine,
 
   void RejectLocked(const std::shared_ptr<Tracker>& t, int slot, const absl::Status& status,
                     Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    RecordFailure(slot, status, &t->op.request());
-    ProviderAdapter* adapter = slots_[slot].adapter;
+    router_->RecordFailure(slot, status, &t->op.request());
+    ProviderAdapter* adapter = router_->adapter(slot);
     const std::string code = absl::StatusCodeToString(status.code());
     if (!adapter->idempotent_submit() && status.code() == absl::StatusCode::kDeadlineExceeded) {
       // The request may have reached the provider: without idempotency keys we cannot know.
@@ -1393,9 +1065,9 @@ class EngineImpl final : public OperationsEngine,
     }
     if (t->op.request().allow_fallback() &&
         FallbackEligible(status.code(), adapter->idempotent_submit())) {
-      const int next_slot = PickFallback(t->op);
+      const int next_slot = router_->PickFallback(t->op);
       if (next_slot >= 0) {
-        ProviderAdapter* next_adapter = slots_[next_slot].adapter;
+        ProviderAdapter* next_adapter = router_->adapter(next_slot);
         v1::Operation next = t->op;
         next.mutable_attempts(next.attempts_size() - 1)
             ->set_outcome(absl::StrCat("rejected: ", code));
@@ -1499,16 +1171,17 @@ class EngineImpl final : public OperationsEngine,
     if (t->poll_in_flight || t->stopped || t->slot < 0) return;
     t->poll_in_flight = true;
     t->nudge_pending = false;
-    t->last_poll_start = absl::Now();
+    t->last_poll_start = clock_.Now();
     adapters::PollRequest request;
     request.operation_id = t->id;
     request.upstream_id = t->op.upstream_id();
     request.task = t->op.task();
-    request.deadline = std::min(FromProto(t->op.deadline()), absl::Now() + options_.poll_timeout);
+    request.deadline =
+        std::min(FromProtoTimestamp(t->op.deadline()), clock_.Now() + options_.poll_timeout);
     request.wait = true;
     std::weak_ptr<EngineImpl> weak = weak_from_this();
     const int slot = t->slot;
-    slots_[slot].adapter->Poll(
+    router_->adapter(slot)->Poll(
         std::move(request), [weak, t, slot](absl::StatusOr<UpstreamStatus> result) {
           auto self = weak.lock();
           if (self == nullptr) return;
@@ -1525,9 +1198,9 @@ class EngineImpl final : public OperationsEngine,
       absl::MutexLock lock(&t->mu);
       t->poll_in_flight = false;
       if (t->stopped || t->op.done()) return;
-      const absl::Duration elapsed = absl::Now() - t->last_poll_start;
+      const absl::Duration elapsed = clock_.Now() - t->last_poll_start;
       if (result.ok()) {
-        RecordSuccess(slot);
+        router_->RecordSuccess(slot);
         t->consecutive_errors = 0;
         if (result->phase != UpstreamStatus::Phase::kRunning) {
           ApplyTerminalLocked(t, *result, &effects);
@@ -1539,7 +1212,7 @@ class EngineImpl final : public OperationsEngine,
         }
       } else {
         const absl::Status& status = result.status();
-        RecordFailure(slot, status);
+        router_->RecordFailure(slot, status);
         ++t->consecutive_errors;
         const absl::StatusCode code = status.code();
         const bool permanent = code == absl::StatusCode::kNotFound ||
@@ -1605,7 +1278,8 @@ class EngineImpl final : public OperationsEngine,
       auto state = weak_state.lock();
       if (self == nullptr || state == nullptr) return;
       absl::Duration next;
-      if (state->Heartbeat(absl::Now(), self->options_.watch_heartbeat, &next)) state->RunWake();
+      if (state->Heartbeat(self->clock_.Now(), self->options_.watch_heartbeat, &next))
+        state->RunWake();
       if (next != absl::InfiniteDuration()) self->ScheduleHeartbeat(state, next);
     });
   }
@@ -1617,7 +1291,7 @@ class EngineImpl final : public OperationsEngine,
     executor_->PostAfter(delay, [weak] {
       auto self = weak.lock();
       if (self == nullptr) return;
-      const absl::Time now = absl::Now();
+      const absl::Time now = self->clock_.Now();
       absl::Status renewed =
           self->store_->RenewLeases(self->options_.replica_id, now + self->options_.lease);
       if (!renewed.ok())
@@ -1638,11 +1312,9 @@ class EngineImpl final : public OperationsEngine,
   const EngineOptions options_;
   const std::unique_ptr<OperationStore> store_;
   http::Client* const http_;
+  const Clock& clock_;
+  const std::unique_ptr<Router> router_;
   const std::unique_ptr<Executor> executor_;
-
-  mutable absl::Mutex slots_mu_;
-  // The vector itself never changes after construction; the routing fields are guarded.
-  std::vector<AdapterSlot> slots_;
 
   mutable absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;

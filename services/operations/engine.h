@@ -20,9 +20,11 @@
 #include "absl/time/time.h"
 #include "adapters/http/http_client.h"
 #include "adapters/provider.h"
+#include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/router.h"
 
 namespace musicgw::operations {
 
@@ -98,19 +100,8 @@ struct EngineOptions {
   BudgetResolver budgets;
   // Metrics hooks (not owned, may be null).
   EngineObserver* observer = nullptr;
-};
-
-// Health and quota of one configured adapter, as routing sees it.
-struct ProviderState {
-  musicgw::v1::Provider provider = musicgw::v1::PROVIDER_UNSPECIFIED;
-  std::string account;
-  std::string dialect;
-  musicgw::v1::ProviderHealth health = musicgw::v1::PROVIDER_HEALTH_UNSPECIFIED;
-  std::string health_detail;  // why, when not healthy
-  int consecutive_failures = 0;
-  absl::Time cooldown_until = absl::InfinitePast();
-  bool quota_exhausted = false;
-  absl::Time quota_exhausted_until = absl::InfinitePast();
+  // The time source of routing, trackers, watches and timers (not owned; null: Clock::Real()).
+  const Clock* clock = nullptr;
 };
 
 // Live operations of one provider in one state (QUEUED, RUNNING).
