@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/time/clock.h"
 #include "common/log.h"
 
 namespace musicgw::operations {
@@ -117,8 +116,9 @@ void DownloadPipe::Start() {
       complete_ = true;
       return;
     }
-    refresh =
-        spec_.upstream.url.empty() || spec_.upstream.url_expire_time < absl::Now() + kExpiryMargin;
+    refresh = spec_.upstream.url.empty() ||
+              spec_.upstream.url_expire_time <
+                  (spec_.clock != nullptr ? *spec_.clock : Clock::Real()).Now() + kExpiryMargin;
     if (refresh) ++refreshes_;
   }
   if (refresh) {

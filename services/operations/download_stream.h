@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/http/http_client.h"
+#include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
@@ -50,6 +51,8 @@ struct DownloadSpec {
   int chunk_bytes = 256 * 1024;
   int buffer_bytes = 1024 * 1024;
   absl::Duration transfer_timeout = absl::Minutes(30);
+  // Judges URL expiry (not owned; null: Clock::Real()).
+  const Clock* clock = nullptr;
 };
 
 class DownloadPipe final : public http::StreamHandler,
