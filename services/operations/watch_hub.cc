@@ -49,7 +49,10 @@ absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> WatchHub::Open(
       Prune(watchers);
       watchers.push_back(state);
     }
-    if (all_.size() >= 64 && all_.size() % 64 == 0) Prune(all_);
+    if (all_.size() >= prune_at_) {
+      Prune(all_);
+      prune_at_ = std::max<size_t>(64, 2 * all_.size());
+    }
     all_.push_back(state);
     ArmLocked(clock_.Now() + options_.heartbeat);
   }
@@ -141,6 +144,11 @@ void WatchHub::Shutdown(const absl::Status& status) {
       if (state->Finish(status)) state->RunWake();
     }
   }
+}
+
+absl::Time WatchHub::next_heartbeat() const {
+  absl::MutexLock lock(&mu_);
+  return timer_at_;
 }
 
 void WatchHub::ArmLocked(absl::Time at) {

@@ -61,6 +61,9 @@ class WatchHub final : public ChangeSubscriber, public std::enable_shared_from_t
 
   // Watch streams not yet closed by their readers.
   int64_t open_watches() const { return open_->load(); }
+  // When the heartbeat timer fires next (InfiniteFuture: not armed). One timer serves every
+  // watch.
+  absl::Time next_heartbeat() const;
 
  private:
   using Watchers = std::vector<std::weak_ptr<WatchState>>;
@@ -85,6 +88,7 @@ class WatchHub final : public ChangeSubscriber, public std::enable_shared_from_t
   std::map<std::string, Watchers> by_operation_ ABSL_GUARDED_BY(mu_);
   // Every open watch, for heartbeats and shutdown.
   Watchers all_ ABSL_GUARDED_BY(mu_);
+  size_t prune_at_ ABSL_GUARDED_BY(mu_) = 64;
   // When the heartbeat timer fires next; InfiniteFuture: not armed.
   absl::Time timer_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   uint64_t timer_generation_ ABSL_GUARDED_BY(mu_) = 0;

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/crypto.h"
 #include "gtest/gtest.h"
@@ -31,6 +32,18 @@ inline musicgw::v1::GenerateRequest TextRequest(const std::string& prompt,
   request.set_request_id(std::move(request_id));
   request.mutable_text_to_music()->set_prompt(prompt);
   return request;
+}
+
+// Polls `done` until it holds or `timeout` passes: for observables with no wake-up of their
+// own (a timer re-armed, a health flag). Returns whether it held.
+template <typename Pred>
+bool WaitUntil(Pred done, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
 }
 
 // Drains an EventStream the way the gRPC reactor does: Next() until nullopt, then again when
