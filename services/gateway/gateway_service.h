@@ -79,11 +79,7 @@ class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
                                           musicgw::v1::ListProvidersResponse* response) override;
 
  private:
-  absl::Status CheckWithAdapters(const musicgw::v1::GenerateRequest& request,
-                                 const std::vector<musicgw::v1::Provider>& candidates) const;
-
   GatewayDeps deps_;
-  std::vector<musicgw::v1::Provider> configured_;
 };
 
 }  // namespace musicgw::gateway

@@ -202,5 +202,30 @@ TEST_F(RouterTest, AnUnconfiguredProviderIsABadRequestOnProvider) {
   EXPECT_EQ(bad.field_violations(0).field(), "provider");
 }
 
+TEST_F(RouterTest, CandidatesFollowCapabilitiesAndConfiguration) {
+  FakeAdapter loudly(Account(v1::PROVIDER_LOUDLY, "l"));
+  FakeAdapter soundpiece(Account(v1::PROVIDER_SOUNDPIECE, "s"));
+  Router both({&loudly, &soundpiece}, Options(), clock_);
+  v1::GenerateRequest text = TextRequest("x");
+  EXPECT_EQ(*both.Route(text), 0);
+  // Only Loudly takes a 60-second text_to_music: Soundpiece is never a candidate, even when
+  // Loudly is cooling down.
+  text.mutable_text_to_music()->set_duration_seconds(60);
+  both.RecordFailure(0, absl::UnavailableError("down"));
+  both.RecordFailure(0, absl::UnavailableError("down"));
+  EXPECT_EQ(both.Route(text).status().code(), absl::StatusCode::kUnavailable);
+
+  // A task no configured provider does: the configured provider's reason, on the task field.
+  Router loudly_only({&loudly}, Options(), clock_);
+  v1::GenerateRequest sample;
+  sample.set_request_id(RandomUuid());
+  sample.mutable_sample()->set_prompt("a drum loop");
+  auto none = loudly_only.Route(sample);
+  ASSERT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  google::rpc::BadRequest bad;
+  ASSERT_TRUE(GetBadRequest(none.status(), &bad));
+  EXPECT_EQ(bad.field_violations(0).field(), "sample");
+}
+
 }  // namespace
 }  // namespace musicgw::operations
