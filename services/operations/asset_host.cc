@@ -160,9 +160,19 @@ void AssetHost::RefreshUrl(const std::string& operation_id, int index,
 }
 
 void AssetHost::RecordAssetFacts(const std::string& operation_id, int index, int64_t size,
-                                 const std::string& sha256) {
+                                 const std::string& sha256,
+                                 absl::AnyInvocable<void() &&> recorded) {
+  // Calls `recorded` when destroyed: after the write, or when the task is dropped unrun.
+  struct Recorded {
+    absl::AnyInvocable<void() &&> done;
+    ~Recorded() {
+      if (done) std::move(done)();
+    }
+  };
+  auto guard = std::make_shared<Recorded>();
+  guard->done = std::move(recorded);
   std::weak_ptr<AssetHost> weak = weak_from_this();
-  executor_->Post([weak, operation_id, index, size, sha256] {
+  executor_->Post([weak, operation_id, index, size, sha256, guard] {
     auto self = weak.lock();
     if (self == nullptr) return;
     absl::Status status = self->store_->SetAssetFacts(operation_id, index, size, sha256);

@@ -46,7 +46,7 @@ class AssetHost final : public DownloadHost, public std::enable_shared_from_this
   void RefreshUrl(const std::string& operation_id, int index,
                   absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&> done) override;
   void RecordAssetFacts(const std::string& operation_id, int index, int64_t size,
-                        const std::string& sha256) override;
+                        const std::string& sha256, absl::AnyInvocable<void() &&> recorded) override;
   void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) override;
 
  private:

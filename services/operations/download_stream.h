@@ -36,8 +36,11 @@ class DownloadHost {
   // Fresh URL for asset `index` of the operation.
   virtual void RefreshUrl(const std::string& operation_id, int index,
                           absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&> done) = 0;
+  // Stores what a complete download learnt; calls `recorded` once afterwards (also when the
+  // write failed or the host went away first), so the stream ends only after the ledger has it.
   virtual void RecordAssetFacts(const std::string& operation_id, int index, int64_t size,
-                                const std::string& sha256) = 0;
+                                const std::string& sha256,
+                                absl::AnyInvocable<void() &&> recorded) = 0;
   virtual void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) = 0;
 };
 
@@ -85,6 +88,7 @@ class DownloadPipe final : public http::StreamHandler,
   void StartTransfer();
   void Refresh();
   void RunWake();
+  void OnFactsRecorded();
   bool EndedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool OwedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   size_t BufferedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -120,7 +124,9 @@ class DownloadPipe final : public http::StreamHandler,
   bool info_sent_ ABSL_GUARDED_BY(mu_) = false;
   musicgw::v1::AssetInfo info_ ABSL_GUARDED_BY(mu_);
   bool complete_ ABSL_GUARDED_BY(mu_) = false;  // every byte received
-  absl::Status error_ ABSL_GUARDED_BY(mu_);     // non-OK: the download failed
+  // The digest of a complete download is being stored: the stream ends after that.
+  bool facts_pending_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);  // non-OK: the download failed
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool waiting_ ABSL_GUARDED_BY(mu_) = false;
   // SHA-256 over the whole file, only when the download started at offset 0.

@@ -125,8 +125,9 @@ void Tracker::Kick(bool recovering) {
           break;
         case v1::SUBMISSION_STATE_REJECTED:
         default:
-          FailLocked(absl::UnknownError("the provider rejected the submission"), std::nullopt,
-                     &effects);
+          FailLocked(WithErrorInfo(absl::UnknownError("the provider rejected the submission"),
+                                   "PROVIDER_REJECTED", kGatewayDomain),
+                     std::nullopt, &effects);
           break;
       }
     }

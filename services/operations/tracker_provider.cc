@@ -188,7 +188,9 @@ void Tracker::ApplyTerminalLocked(const UpstreamStatus& status, Effects* effects
   } else {
     next.set_state(v1::OPERATION_STATE_FAILED);
     const absl::Status error =
-        status.error.ok() ? absl::UnknownError("the provider reported a failure") : status.error;
+        status.error.ok() ? WithErrorInfo(absl::UnknownError("the provider reported a failure"),
+                                          "PROVIDER_FAILED", kGatewayDomain)
+                          : status.error;
     *next.mutable_error() = ToRpcStatus(error);
   }
   if (!Commit(std::move(next), effects, std::move(outputs)).ok()) {

@@ -3,6 +3,7 @@
 // and request builders.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -54,6 +55,10 @@ class StreamReader {
   explicit StreamReader(std::unique_ptr<EventStream<T>> stream, bool auto_drain = true)
       : stream_(std::move(stream)), auto_drain_(auto_drain) {
     stream_->SetWakeup([this] {
+      {
+        absl::MutexLock lock(&mu_);
+        ++wakes_;
+      }
       if (auto_drain_) Drain();
     });
     if (auto_drain_) Drain();
@@ -86,6 +91,25 @@ class StreamReader {
         status_ = status;
       }
       break;
+    }
+  }
+
+  // For a reader that does not drain by itself: drains now and whenever the stream signals,
+  // until it holds `n` messages.
+  bool WaitForWakeThenDrain(size_t n, absl::Duration timeout = absl::Seconds(10)) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      uint64_t seen;
+      {
+        absl::MutexLock lock(&mu_);
+        seen = wakes_;
+      }
+      Drain();
+      absl::MutexLock lock(&mu_);
+      if (messages_.size() >= n) return true;
+      if (finished_) return false;
+      auto woken = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wakes_ != seen; };
+      if (!mu_.AwaitWithDeadline(absl::Condition(&woken), deadline)) return false;
     }
   }
 
@@ -127,6 +151,7 @@ class StreamReader {
   std::vector<T> messages_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
+  uint64_t wakes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace musicgw::operations::testing
