@@ -3,22 +3,29 @@
 //
 //   --mode=generate      Generate then WatchOperation (or WaitOperation with --wait) until done,
 //                        --ops operations with --concurrency in flight (Generate-to-SUCCEEDED).
-//   --mode=get           one operation, then --concurrency callers each issuing GetOperation
-//                        back to back for --duration_s: calls/s and latency percentiles.
+//   --mode=get           one operation (or --operation=NAME), then --concurrency callers each
+//                        issuing GetOperation back to back for --duration_s (or until --calls in
+//                        all): calls/s, latency percentiles, and with --pid the server's CPU per
+//                        call; --save_operation=PATH writes the Operation's bytes (the floor's
+//                        answer, see floor_server.cc).
 //   --mode=watch_fanout  --ops live operations, --watchers_per_op WatchOperation streams on each;
 //                        per watcher, the time from the operation's completion to its terminal
 //                        event; gateway RSS when --pid is given.
-//   --mode=download      one remix_instrumental of a --source_seconds long source, then
-//                        --repeat Download streams of its asset: MB/s, sha256, gateway RSS.
+//   --mode=download      one remix_instrumental of a --source_seconds long source (or
+//                        --asset=NAME), then --repeat Download streams of its asset: MB/s,
+//                        sha256, gateway RSS and CPU.
 //
 //   MUSICGW_API_KEY=... grpc_load --target=127.0.0.1:50051 --mode=get --concurrency=64
 //       [--ops=N] [--task=text|sample] [--wait] [--watchers_per_op=N] [--channels=N]
 //       [--duration_s=S] [--warmup_s=S] [--pid=GATEWAY_PID] [--rss_interval_ms=MS]
-//       [--processing_ms=MS] [--source_seconds=S] [--repeat=N]
+//       [--processing_ms=MS] [--source_seconds=S] [--repeat=N] [--calls=N] [--operation=NAME]
+//       [--save_operation=PATH] [--asset=NAME]
 //
 // The API key comes from the environment only, never the command line (it would show in ps).
 #include <grpcpp/grpcpp.h>
 #include <openssl/evp.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -38,6 +45,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -66,6 +74,10 @@ struct Flags {
   int processing_ms = 0;
   double source_seconds = 2700;
   int repeat = 3;
+  int64_t calls = 0;           // get: stop after this many calls in all (0: --duration_s)
+  std::string operation;       // get: the operation to read (skips the setup Generate)
+  std::string save_operation;  // get: where to write the Operation's serialized bytes
+  std::string asset;           // download: the asset to download (skips the setup Generate)
 };
 
 Flags Parse(int argc, char** argv) {
@@ -90,6 +102,10 @@ Flags Parse(int argc, char** argv) {
     if (auto v = value("mode")) flags.mode = *v;
     if (auto v = value("target")) flags.target = *v;
     if (auto v = value("task")) flags.task = *v;
+    if (auto v = value("operation")) flags.operation = *v;
+    if (auto v = value("save_operation")) flags.save_operation = *v;
+    if (auto v = value("asset")) flags.asset = *v;
+    number("calls", &flags.calls);
     number("ops", &flags.ops);
     number("concurrency", &flags.concurrency);
     number("watchers_per_op", &flags.watchers_per_op);
@@ -123,6 +139,32 @@ Json Distribution(const std::vector<double>& values) {
   out["p99"] = Percentile(values, 0.99);
   out["max"] = values.empty() ? 0 : *std::max_element(values.begin(), values.end());
   return out;
+}
+
+// CPU time (user + system) of process `pid` so far, from /proc/<pid>/stat; -1 when unreadable.
+double CpuSeconds(int pid) {
+  if (pid <= 0) return -1;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  std::vector<std::string> fields = absl::StrSplit(stat.substr(paren + 2), ' ');
+  int64_t utime = 0;
+  int64_t stime = 0;
+  if (fields.size() < 13 || !absl::SimpleAtoi(fields[11], &utime) ||
+      !absl::SimpleAtoi(fields[12], &stime)) {
+    return -1;
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// This process's own CPU time so far (user + system).
+double OwnCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 absl::Time FromProto(const google::protobuf::Timestamp& ts) {
@@ -206,6 +248,41 @@ class RssSampler {
   std::thread thread_;
 };
 
+// How many objects holding a call's client state (a ClientContext, a reactor) are alive. gRPC
+// runs a call's last callback, and destroys what it captured, after the load has counted the call
+// done, so a load's Run() could return, and main() exit, while a callback thread still unwinds a
+// call: locking mutexes that were already destroyed. Each such object holds a Token as its first
+// member (so it is released after the context), and the Client waits for none before it goes.
+class LiveCount {
+ public:
+  class Token {
+   public:
+    explicit Token(LiveCount* count) : count_(count) {
+      absl::MutexLock lock(&count_->mu_);
+      ++count_->live_;
+    }
+    ~Token() {
+      absl::MutexLock lock(&count_->mu_);
+      --count_->live_;
+    }
+    Token(const Token&) = delete;
+    Token& operator=(const Token&) = delete;
+
+   private:
+    LiveCount* count_;
+  };
+
+  void WaitForNone() {
+    absl::MutexLock lock(&mu_);
+    auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_ == 0; };
+    mu_.Await(absl::Condition(&none));
+  }
+
+ private:
+  absl::Mutex mu_;
+  int64_t live_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 // Stubs on --channels separate connections, and what every mode needs to call the gateway.
 class Client {
  public:
@@ -220,7 +297,13 @@ class Client {
     }
   }
 
+  // Every call made through this client has unwound before its channels go.
+  ~Client() { live_.WaitForNone(); }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
   v1::MusicGateway::Stub* stub(size_t i) { return stubs_[i % stubs_.size()].get(); }
+  LiveCount* live() { return &live_; }
   const Flags& flags() const { return flags_; }
 
   void Authorize(grpc::ClientContext* context) const {
@@ -268,6 +351,7 @@ class Client {
   }
 
  private:
+  LiveCount live_;  // first: destroyed last
   const Flags& flags_;
   const std::string api_key_;
   std::vector<std::unique_ptr<v1::MusicGateway::Stub>> stubs_;
@@ -290,7 +374,15 @@ class GenerateLoad {
 
   Json Run() {
     start_ = absl::Now();
-    for (int i = 0; i < flags_.concurrency; ++i) StartNext();
+    for (int i = 0; i < flags_.concurrency; ++i) {
+      int index;
+      {
+        absl::MutexLock lock(&mu_);
+        index = ClaimNext();
+      }
+      if (index < 0) break;
+      Start(index);
+    }
     absl::MutexLock lock(&mu_);
     auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ == flags_.ops; };
     mu_.Await(absl::Condition(&all_done));
@@ -315,9 +407,14 @@ class GenerateLoad {
 
  private:
   struct Op {
+    explicit Op(LiveCount* live) : token(live) {}
+    LiveCount::Token token;  // first: released after the contexts
     grpc::ClientContext context;
     v1::GenerateRequest request;
     v1::Operation operation;
+    grpc::ClientContext wait_context;
+    v1::WaitOperationRequest wait_request;
+    v1::Operation wait_result;
     absl::Time start;
     int index = 0;
     int watchers_left = 0;
@@ -327,7 +424,7 @@ class GenerateLoad {
   class Watcher final : public grpc::ClientReadReactor<v1::OperationEvent> {
    public:
     Watcher(GenerateLoad* load, std::shared_ptr<Op> op, size_t channel)
-        : load_(load), op_(std::move(op)) {
+        : token_(load->client_->live()), load_(load), op_(std::move(op)) {
       load_->client_->Authorize(&context_);
       request_.set_name(op_->operation.name());
       load_->client_->stub(channel)->async()->WatchOperation(&context_, &request_, this);
@@ -346,6 +443,7 @@ class GenerateLoad {
     }
 
    private:
+    LiveCount::Token token_;  // first: released after the context
     GenerateLoad* load_;
     std::shared_ptr<Op> op_;
     grpc::ClientContext context_;
@@ -355,14 +453,13 @@ class GenerateLoad {
     int events_ = 0;
   };
 
-  void StartNext() {
-    int index;
-    {
-      absl::MutexLock lock(&mu_);
-      if (started_ >= flags_.ops) return;
-      index = started_++;
-    }
-    auto op = std::make_shared<Op>();
+  // The next operation's index, or -1 once all are started.
+  int ClaimNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return started_ < flags_.ops ? started_++ : -1;
+  }
+
+  void Start(int index) {
+    auto op = std::make_shared<Op>(client_->live());
     op->index = index;
     op->request = client_->MakeRequest(index);
     op->start = absl::Now();
@@ -381,25 +478,24 @@ class GenerateLoad {
     }
     if (!status.ok()) return Finish(op, status, v1::OPERATION_STATE_UNSPECIFIED);
     if (flags_.wait) {
-      auto wait = std::make_shared<std::pair<grpc::ClientContext, v1::WaitOperationRequest>>();
-      auto result = std::make_shared<v1::Operation>();
-      client_->Authorize(&wait->first);
-      wait->second.set_name(op->operation.name());
-      wait->second.mutable_timeout()->set_seconds(600);
+      client_->Authorize(&op->wait_context);
+      op->wait_request.set_name(op->operation.name());
+      op->wait_request.mutable_timeout()->set_seconds(600);
       client_->stub(static_cast<size_t>(op->index))
           ->async()
           ->WaitOperation(
-              &wait->first, &wait->second, result.get(),
-              [this, op, wait, result](const grpc::Status& s) { Finish(op, s, result->state()); });
+              &op->wait_context, &op->wait_request, &op->wait_result,
+              [this, op](const grpc::Status& s) { Finish(op, s, op->wait_result.state()); });
       return;
     }
+    // Read before the first watcher starts: once the last one ends, this object may be gone.
+    const int watchers = flags_.watchers_per_op;
+    const size_t first_channel = static_cast<size_t>(op->index);
     {
       absl::MutexLock lock(&mu_);
-      op->watchers_left = flags_.watchers_per_op;
+      op->watchers_left = watchers;
     }
-    for (int i = 0; i < flags_.watchers_per_op; ++i) {
-      new Watcher(this, op, static_cast<size_t>(op->index + i));
-    }
+    for (int i = 0; i < watchers; ++i) new Watcher(this, op, first_channel + i);
   }
 
   void WatchDone(const std::shared_ptr<Op>& op, const grpc::Status& status,
@@ -413,9 +509,16 @@ class GenerateLoad {
     if (last) Finish(op, status, state);
   }
 
+  // Once done_ reaches --ops, Run() returns and this object is destroyed, so the callback that
+  // counts the last operation must not touch it afterwards. The next operation is claimed in the
+  // same critical section that counts this one done: a callback that goes on to start another
+  // does so while that operation keeps done_ below --ops. (Claiming it after the unlock, as a
+  // separate step, locked a mutex the main thread could already have destroyed.)
   void Finish(const std::shared_ptr<Op>& op, const grpc::Status& status, v1::OperationState state) {
+    int next;
     {
       absl::MutexLock lock(&mu_);
+      next = ClaimNext();
       if (status.ok()) {
         done_ms_.push_back(absl::ToDoubleMilliseconds(absl::Now() - op->start));
         ++states_[v1::OperationState_Name(state)];
@@ -424,7 +527,7 @@ class GenerateLoad {
       }
       ++done_;
     }
-    StartNext();
+    if (next >= 0) Start(next);
   }
 
   Client* client_;
@@ -452,25 +555,70 @@ class GetLoad {
     Json out = Header(flags_);
     out["scenario"] = "get_operation";
     out["concurrency"] = flags_.concurrency;
-    v1::Operation operation;
-    grpc::Status setup =
-        client_->GenerateAndWait(client_->MakeRequest(0), absl::Minutes(2), &operation);
-    if (!setup.ok()) {
-      out["error"] = absl::StrCat("setup: ", setup.error_code(), " ", setup.error_message());
-      return out;
+    if (flags_.operation.empty()) {
+      v1::Operation operation;
+      grpc::Status setup =
+          client_->GenerateAndWait(client_->MakeRequest(0), absl::Minutes(2), &operation);
+      if (!setup.ok()) {
+        out["error"] = absl::StrCat("setup: ", setup.error_code(), " ", setup.error_message());
+        return out;
+      }
+      name_ = operation.name();
+    } else {
+      name_ = flags_.operation;
     }
-    name_ = operation.name();
-    out["operation_bytes"] = operation.ByteSizeLong();
+    out["operation"] = name_;
+    // The answer as callers see it (the setup's Generate/Wait answers may differ from a read).
+    {
+      v1::Operation read;
+      grpc::ClientContext context;
+      client_->Authorize(&context);
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      v1::GetOperationRequest request;
+      request.set_name(name_);
+      grpc::Status status = client_->stub(0)->GetOperation(&context, request, &read);
+      if (!status.ok()) {
+        out["error"] =
+            absl::StrCat("GetOperation: ", status.error_code(), " ", status.error_message());
+        return out;
+      }
+      out["operation_bytes"] = read.ByteSizeLong();
+      out["operation_state"] = v1::OperationState_Name(read.state());
+      if (!flags_.save_operation.empty()) {
+        std::ofstream file(flags_.save_operation, std::ios::binary | std::ios::trunc);
+        if (!read.SerializeToOstream(&file) || !file.flush()) {
+          out["error"] = absl::StrCat("cannot write ", flags_.save_operation);
+          return out;
+        }
+      }
+    }
     callers_.resize(static_cast<size_t>(flags_.concurrency));
+    const bool counted = flags_.calls > 0;
     start_ = absl::Now();
-    measure_from_ = start_ + absl::Seconds(flags_.warmup_s);
-    end_ = measure_from_ + absl::Seconds(flags_.duration_s);
-    for (size_t i = 0; i < callers_.size(); ++i) Issue(i);
-    absl::MutexLock lock(&mu_);
-    auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return finished_callers_ == flags_.concurrency;
-    };
-    mu_.Await(absl::Condition(&all_done));
+    measure_from_ = counted ? start_ : start_ + absl::Seconds(flags_.warmup_s);
+    end_ = counted ? absl::InfiniteFuture() : measure_from_ + absl::Seconds(flags_.duration_s);
+    for (size_t i = 0; i < callers_.size(); ++i) {
+      if (!Claim()) {
+        absl::MutexLock lock(&mu_);
+        ++finished_callers_;
+        continue;
+      }
+      Issue(i);
+    }
+    // Server CPU over the measured window: sampled at its start and once every caller stopped
+    // (the calls still in flight at the end add at most --concurrency calls' worth).
+    if (!counted) absl::SleepFor(measure_from_ - absl::Now());
+    const double server_cpu_start = CpuSeconds(flags_.pid);
+    const double own_cpu_start = OwnCpuSeconds();
+    {
+      absl::MutexLock lock(&mu_);
+      auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return finished_callers_ == flags_.concurrency;
+      };
+      mu_.Await(absl::Condition(&all_done));
+    }
+    const double server_cpu = CpuSeconds(flags_.pid) - server_cpu_start;
+    const double own_cpu = OwnCpuSeconds() - own_cpu_start;
     std::vector<double> latencies;
     int64_t errors = 0;
     std::map<std::string, int64_t> codes;
@@ -479,16 +627,25 @@ class GetLoad {
       errors += caller.errors;
       for (const auto& [code, n] : caller.codes) codes[code] += n;
     }
+    absl::MutexLock lock(&mu_);
     const double seconds = absl::ToDoubleSeconds(last_end_ - measure_from_);
-    out["warmup_s"] = flags_.warmup_s;
+    const auto calls = static_cast<int64_t>(latencies.size());
+    if (!counted) out["warmup_s"] = flags_.warmup_s;
     out["measured_s"] = seconds;
-    out["calls"] = latencies.size();
-    out["calls_per_second"] = static_cast<double>(latencies.size()) / std::max(1e-9, seconds);
+    out["calls"] = calls;
+    out["calls_per_second"] = static_cast<double>(calls) / std::max(1e-9, seconds);
     Json latency = Distribution(latencies);
     latency["p999"] = Percentile(latencies, 0.999);
     out["latency_ms"] = latency;
     out["errors"] = errors;
     out["error_codes"] = Json(codes);
+    if (flags_.pid > 0 && server_cpu_start >= 0) {
+      out["server_cpu_s"] = server_cpu;
+      out["server_cpu_us_per_call"] =
+          server_cpu * 1e6 / static_cast<double>(std::max<int64_t>(1, calls));
+    }
+    out["client_cpu_us_per_call"] =
+        own_cpu * 1e6 / static_cast<double>(std::max<int64_t>(1, calls));
     return out;
   }
 
@@ -500,14 +657,19 @@ class GetLoad {
     std::map<std::string, int64_t> codes;
   };
   struct Call {
+    explicit Call(LiveCount* live) : token(live) {}
+    LiveCount::Token token;  // first: released after the context
     grpc::ClientContext context;
     v1::GetOperationRequest request;
     v1::Operation response;
     absl::Time start;
   };
 
+  // With --calls, whether another call may start (each caller claims its calls one at a time).
+  bool Claim() { return flags_.calls <= 0 || claimed_.fetch_add(1) < flags_.calls; }
+
   void Issue(size_t caller) {
-    auto call = std::make_shared<Call>();
+    auto call = std::make_shared<Call>(client_->live());
     client_->Authorize(&call->context);
     call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     call->request.set_name(name_);
@@ -528,7 +690,8 @@ class GetLoad {
         ++c.codes[absl::StrCat(status.error_code())];
       }
     }
-    if (now < end_) return Issue(caller);
+    if (now < end_ && Claim()) return Issue(caller);
+    // The last touch of this object by this caller: Run() may return once it is counted.
     absl::MutexLock lock(&mu_);
     ++finished_callers_;
     last_end_ = std::max(last_end_, std::min(now, end_));
@@ -541,6 +704,7 @@ class GetLoad {
   absl::Time start_;
   absl::Time measure_from_;
   absl::Time end_;
+  std::atomic<int64_t> claimed_{0};
 
   absl::Mutex mu_;
   int finished_callers_ ABSL_GUARDED_BY(mu_) = 0;
@@ -672,6 +836,8 @@ class FanoutLoad {
     std::vector<absl::Time> arrivals;
   };
   struct GenerateCall {
+    explicit GenerateCall(LiveCount* live) : token(live) {}
+    LiveCount::Token token;  // first: released after the context
     grpc::ClientContext context;
     v1::GenerateRequest request;
     v1::Operation operation;
@@ -680,7 +846,8 @@ class FanoutLoad {
 
   class Watcher final : public grpc::ClientReadReactor<v1::OperationEvent> {
    public:
-    Watcher(FanoutLoad* load, size_t op, size_t channel) : load_(load), op_(op) {
+    Watcher(FanoutLoad* load, size_t op, size_t channel)
+        : token_(load->client_->live()), load_(load), op_(op) {
       load_->client_->Authorize(&context_);
       context_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(15));
       request_.set_name(load_->ops_[op].name);
@@ -709,6 +876,7 @@ class FanoutLoad {
     }
 
    private:
+    LiveCount::Token token_;  // first: released after the context
     FanoutLoad* load_;
     const size_t op_;
     grpc::ClientContext context_;
@@ -720,7 +888,7 @@ class FanoutLoad {
   };
 
   void GenerateNext() {
-    auto call = std::make_shared<GenerateCall>();
+    auto call = std::make_shared<GenerateCall>(client_->live());
     {
       absl::MutexLock lock(&mu_);
       if (generate_started_ >= flags_.ops) return;
@@ -880,19 +1048,22 @@ Json RunDownload(Client* client, RssSampler* rss) {
   Json out = Header(flags);
   out["scenario"] = "download";
   out["source_seconds"] = flags.source_seconds;
-  v1::GenerateRequest request;
-  request.set_request_id(musicgw::RandomUuid());
-  request.mutable_remix_instrumental()->mutable_source()->set_url(
-      absl::StrCat("https://bench.example/source.flac?duration=", flags.source_seconds));
-  v1::Operation operation;
-  grpc::Status setup = client->GenerateAndWait(request, absl::Minutes(5), &operation);
-  if (!setup.ok() || operation.state() != v1::OPERATION_STATE_SUCCEEDED ||
-      operation.outputs_size() == 0) {
-    out["error"] = absl::StrCat("setup: ", setup.error_code(), " ", setup.error_message(), " ",
-                                v1::OperationState_Name(operation.state()));
-    return out;
+  std::string asset = flags.asset;
+  if (asset.empty()) {
+    v1::GenerateRequest request;
+    request.set_request_id(musicgw::RandomUuid());
+    request.mutable_remix_instrumental()->mutable_source()->set_url(
+        absl::StrCat("https://bench.example/source.flac?duration=", flags.source_seconds));
+    v1::Operation operation;
+    grpc::Status setup = client->GenerateAndWait(request, absl::Minutes(5), &operation);
+    if (!setup.ok() || operation.state() != v1::OPERATION_STATE_SUCCEEDED ||
+        operation.outputs_size() == 0) {
+      out["error"] = absl::StrCat("setup: ", setup.error_code(), " ", setup.error_message(), " ",
+                                  v1::OperationState_Name(operation.state()));
+      return out;
+    }
+    asset = operation.outputs(0).name();
   }
-  const std::string asset = operation.outputs(0).name();
   out["asset"] = asset;
   Json runs = Json::array();
   std::vector<double> rates;
@@ -901,14 +1072,18 @@ Json RunDownload(Client* client, RssSampler* rss) {
     rss->Start();
     // The last run checks the sha256 the gateway announces (learnt on the first full download);
     // the others only count bytes, so the client's hashing does not compete for the CPU.
+    const double cpu_start = CpuSeconds(flags.pid);
     DownloadRun run(client, asset, /*verify=*/i == flags.repeat - 1);
     Json result = run.Wait();
+    const double cpu_end = CpuSeconds(flags.pid);
     rss->Stop();
+    if (cpu_start >= 0 && cpu_end >= 0) result["server_cpu_s"] = cpu_end - cpu_start;
     result["verified"] = i == flags.repeat - 1;
     if (rss->enabled()) result["rss"] = rss->Report();
-    // The first run also renders and caches the file in the emulator unless --data_dir has it.
+    // The first run also renders and caches the file in the emulator unless --data_dir has it
+    // (with --asset, the caller warmed it already).
     result["run"] = i + 1;
-    if (run.ok() && i > 0) {
+    if (run.ok() && (i > 0 || !flags.asset.empty())) {
       rates.push_back(result["mb_per_s"].get<double>());
       if (rss->enabled()) growth.push_back(result["rss"]["rss_growth_mb"].get<double>());
     }
@@ -937,15 +1112,19 @@ int main(int argc, char** argv) {
   Client client(flags, key);
   RssSampler rss(flags.pid, absl::Milliseconds(std::max(1, flags.rss_interval_ms)));
   Json out;
+  // Each load waits, before it is destroyed, until its calls have unwound on gRPC's threads.
   if (flags.mode == "generate") {
     GenerateLoad load(&client);
     out = load.Run();
+    client.live()->WaitForNone();
   } else if (flags.mode == "get") {
     GetLoad load(&client);
     out = load.Run();
+    client.live()->WaitForNone();
   } else if (flags.mode == "watch_fanout") {
     FanoutLoad load(&client, &rss);
     out = load.Run();
+    client.live()->WaitForNone();
   } else if (flags.mode == "download") {
     out = RunDownload(&client, &rss);
   } else {

@@ -4,24 +4,35 @@
 A scenario run again on the same day replaces the earlier object of that scenario. RESULTS.md is
 the table (target vs reached) built from the JSON, followed by bench/analysis.md verbatim (where
 the time goes, maintained by hand).
+
+`--pairs floor|direct RUNS_JSONL` instead summarizes one interleaved scenario's runs (one object
+per run: pair, side, result) into the object run_bench.sh records: per pair the ratio
+gateway / reference, and the ratios' median and range.
 """
 import argparse
 import json
 import os
+import statistics
 
 TARGETS = {
     "get": "≥ 15,000 calls/s, p99 < 5 ms",
     "generate": "(no target)",
     "fanout": "RSS < 400 MB, fan-out p99 < 250 ms",
     "download": "≥ 300 MB/s, RSS growth < 32 MB",
+    "floor": "≥ 0.9× the floor's calls/s",
+    "callgrind": "≤ 1.2× the floor's instructions per call",
+    "direct": "≥ 0.8× a direct read's MB/s",
 }
 TITLES = {
     "get": "(a) GetOperation, 64 concurrent callers",
     "generate": "(b) Generate → SUCCEEDED, 1,000 operations, zero-latency emulators",
     "fanout": "(c) 10,000 WatchOperation streams on 1,000 live operations",
     "download": "(d) Download of a ~200 MB asset",
+    "floor": "GetOperation vs the floor, 64 callers, interleaved pairs",
+    "callgrind": "GetOperation instructions per call (callgrind) vs the floor",
+    "direct": "Download vs curl of the same file from the emulator, interleaved pairs",
 }
-ORDER = ["get", "generate", "fanout", "download"]
+ORDER = ["get", "generate", "fanout", "download", "floor", "callgrind", "direct"]
 
 
 def fmt(value, digits=1):
@@ -38,6 +49,17 @@ def reached(obj):
     name = obj["scenario"]
     if "error" in r:
         return f"failed: {r['error']}", False
+    if name in ("floor", "direct"):
+        return reached_pairs(name, r)
+    if name == "callgrind":
+        g, f = r["gateway"], r["floor"]
+        text = (f"gateway {fmt(g['ir_per_call'], 0)} instructions per GetOperation, floor "
+                f"{fmt(f['ir_per_call'], 0)}: {fmt(r['ratio'], 2)}× ({fmt(g['calls'])} calls each "
+                f"at 4 callers, idle background subtracted: gateway "
+                f"{fmt(g['ir_idle_window'] / g['calls'], 0)}, floor "
+                f"{fmt(f['ir_idle_window'] / f['calls'], 0)} per call); profile "
+                f"`{r['profile']}`")
+        return text, r["ratio"] <= 1.2
     if name == "get":
         lat = r["latency_ms"]
         text = (f"{fmt(r['calls_per_second'], 0)} calls/s; p50 {fmt(lat['p50'], 2)} ms, "
@@ -85,6 +107,74 @@ def reached(obj):
     return json.dumps(r), None
 
 
+def spread(values, digits=2):
+    """'median (min–max)' of a list of numbers."""
+    return (f"{fmt(statistics.median(values), digits)} "
+            f"({fmt(min(values), digits)}–{fmt(max(values), digits)})")
+
+
+def reached_pairs(name, r):
+    pairs = r["pairs"]
+    ratios = [p["ratio"] for p in pairs]
+    if name == "floor":
+        text = (f"gateway/floor calls/s {spread(ratios)} over {len(pairs)} pairs; gateway "
+                f"{spread([p['gateway'] for p in pairs], 0)} calls/s, floor "
+                f"{spread([p['reference'] for p in pairs], 0)} calls/s; server CPU per call "
+                f"gateway {spread([p['gateway_cpu_us_per_call'] for p in pairs], 1)} µs, floor "
+                f"{spread([p['reference_cpu_us_per_call'] for p in pairs], 1)} µs (ratio "
+                f"{spread([p['cpu_ratio'] for p in pairs])}); gateway p99 "
+                f"{spread([p['gateway_p99_ms'] for p in pairs])} ms, floor p99 "
+                f"{spread([p['reference_p99_ms'] for p in pairs])} ms")
+        return text, statistics.median(ratios) >= 0.9
+    text = (f"gateway/direct MB/s {spread(ratios)} over {len(pairs)} pairs; gateway "
+            f"{spread([p['gateway'] for p in pairs], 0)} MB/s, curl from the emulator "
+            f"{spread([p['reference'] for p in pairs], 0)} MB/s; gateway CPU "
+            f"{spread([p['gateway_cpu_s_per_gb'] for p in pairs], 2)} s per GB")
+    return text, statistics.median(ratios) >= 0.8
+
+
+def summarize_pairs(kind, runs):
+    by_pair = {}
+    for run in runs:
+        by_pair.setdefault(run["pair"], {})[run["side"]] = run["result"]
+    pairs = []
+    for pair, sides in sorted(by_pair.items()):
+        g = sides.get("gateway")
+        if kind == "floor":
+            f = sides.get("floor")
+            if not g or not f or "error" in g or "error" in f:
+                continue
+            pairs.append({
+                "pair": pair, "gateway": g["calls_per_second"], "reference": f["calls_per_second"],
+                "ratio": g["calls_per_second"] / f["calls_per_second"],
+                "gateway_cpu_us_per_call": g.get("server_cpu_us_per_call"),
+                "reference_cpu_us_per_call": f.get("server_cpu_us_per_call"),
+                "cpu_ratio": g["server_cpu_us_per_call"] / f["server_cpu_us_per_call"],
+                "gateway_p99_ms": g["latency_ms"]["p99"], "reference_p99_ms": f["latency_ms"]["p99"],
+                "gateway_errors": g["errors"], "reference_errors": f["errors"]})
+        else:
+            d = sides.get("direct")
+            if not g or not d or "error" in g or g["runs"][0]["status"] != "OK" or \
+                    d["status"] != 200:
+                continue
+            run = g["runs"][0]
+            direct = d["bytes"] / 1e6 / d["seconds"]
+            pairs.append({
+                "pair": pair, "gateway": run["mb_per_s"], "reference": direct,
+                "ratio": run["mb_per_s"] / direct, "bytes": run["bytes"],
+                "direct_bytes": d["bytes"],
+                "gateway_cpu_s_per_gb": run.get("server_cpu_s", 0) / (run["bytes"] / 1e9)})
+    ratios = [p["ratio"] for p in pairs]
+    out = {"kind": kind, "pairs": pairs, "runs": runs}
+    if ratios:
+        out["ratio_median"] = statistics.median(ratios)
+        out["ratio_min"] = min(ratios)
+        out["ratio_max"] = max(ratios)
+    else:
+        out["error"] = "no complete pair"
+    return out
+
+
 def upstream_rate(obj, seconds):
     before, after = obj.get("upstream_before"), obj.get("upstream_after")
     if not before or not after or not seconds:
@@ -122,6 +212,14 @@ def median_runs(objs):
     return out
 
 
+def load_note(objs):
+    loads = [o["machine"]["load_avg_1m"] for o in objs if "load_avg_1m" in o.get("machine", {})]
+    if not loads:
+        return ""
+    return (f" 1-minute load average as each scenario started: {fmt(min(loads), 1)}–"
+            f"{fmt(max(loads), 1)} on {objs[0]['machine'].get('nproc')} vCPUs.")
+
+
 def render(objs, path, analysis_path):
     medians = median_runs(objs)
     by_name = {name: median for name, (median, _) in medians.items()}
@@ -135,7 +233,7 @@ def render(objs, path, analysis_path):
         f"Machine: {machine.get('nproc')} vCPUs ({machine.get('cpu_model')}), "
         f"{fmt(machine.get('mem_total_mb'))} MB RAM, kernel {machine.get('kernel')}; "
         f"{machine.get('build_type')} build at {machine.get('git_commit')}. "
-        "Load generator, gateway and emulators share the same cores.",
+        "Load generator, gateway and emulators share the same cores." + load_note(objs),
         "",
         "| scenario | target | reached | met |",
         "|---|---|---|---|",
@@ -164,9 +262,18 @@ def render(objs, path, analysis_path):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--merge", nargs=2, metavar=("NEW_JSONL", "DATE_JSON"), required=True)
-    parser.add_argument("--markdown", required=True)
+    parser.add_argument("--merge", nargs=2, metavar=("NEW_JSONL", "DATE_JSON"))
+    parser.add_argument("--markdown")
+    parser.add_argument("--pairs", nargs=2, metavar=("KIND", "RUNS_JSONL"))
     args = parser.parse_args()
+    if args.pairs:
+        kind, path = args.pairs
+        with open(path) as f:
+            runs = [json.loads(line) for line in f if line.strip()]
+        print(json.dumps(summarize_pairs(kind, runs)))
+        return
+    if not args.merge or not args.markdown:
+        parser.error("--merge and --markdown are required")
     new_path, date_path = args.merge
     objs = []
     if os.path.exists(date_path):

@@ -4,14 +4,26 @@
 #   (b) Generate-to-SUCCEEDED for 1,000 operations                 zero-latency emulators
 #   (c) 10,000 WatchOperation streams on 1,000 live operations     Soundpiece jobs of $FANOUT_PROCESSING_MS
 #   (d) Download of a ~200 MB asset                                 cached render in $build/bench-audio
+# and, side by side with the limits the gateway can approach (interleaved A B A B ..., $PAIRS pairs,
+# ratios per pair, their median and range):
+#   floor     GetOperation, 64 callers, gateway vs the floor (bench/floor_server.cc: a minimal
+#             callback server answering the same Operation bytes): calls/s and server CPU per call
+#   direct    Download of the same asset vs a direct read of the same bytes (curl of the file
+#             from the Soundpiece emulator, where the gateway fetches it): MB/s
+#   callgrind instructions per GetOperation, gateway and floor each under valgrind's callgrind
+#             (counters zeroed after a warm-up, dumped after $CALLGRIND_CALLS calls, minus an idle
+#             dump of the same length); the gateway's inclusive profile goes to results/
 # Each scenario gets a fresh scripts/sandbox.sh (gateway and emulators on free loopback ports,
 # so RSS starts clean); results go to bench/results/<date>.json and bench/RESULTS.md is regenerated.
 #
 # Usage: bench/run_bench.sh [build-dir (build/release)] [scenario...]
-#   scenarios: get generate fanout download (default: all, ~2 minutes once the audio is cached)
-# The build dir needs musicgw loudly-emulator soundpiece-emulator grpc_load, from a Release build:
+#   scenarios: get generate fanout download floor direct callgrind (default: all; ~6 minutes once
+#   the audio is cached)
+# The build dir needs musicgw loudly-emulator soundpiece-emulator grpc_load floor_server, from a
+# Release build:
 #   cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUSICGW_BUILD_BENCH=ON
-#   cmake --build build/release -j2 --target musicgw loudly-emulator soundpiece-emulator grpc_load
+#   cmake --build build/release -j2 --target musicgw loudly-emulator soundpiece-emulator \
+#     grpc_load floor_server
 set -euo pipefail
 invocation="bench/run_bench.sh $*"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -24,7 +36,7 @@ fi
 build="$(cd "$build" && pwd)"
 shift || true
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download floor direct callgrind)
 
 GET_SECONDS="${GET_SECONDS:-10}"
 GET_RUNS="${GET_RUNS:-3}"
@@ -34,13 +46,17 @@ FANOUT_OPS="${FANOUT_OPS:-1000}"
 FANOUT_WATCHERS="${FANOUT_WATCHERS:-10}"
 FANOUT_PROCESSING_MS="${FANOUT_PROCESSING_MS:-30000}"
 DOWNLOAD_SOURCE_SECONDS="${DOWNLOAD_SOURCE_SECONDS:-2840}"
+PAIRS="${PAIRS:-5}"
+CALLGRIND_WARMUP_CALLS="${CALLGRIND_WARMUP_CALLS:-500}"
+CALLGRIND_CALLS="${CALLGRIND_CALLS:-3000}"
 
 for bin in services/gateway/musicgw emulators/loudly-emulator emulators/soundpiece-emulator \
-  bench/grpc_load; do
+  bench/grpc_load bench/floor_server; do
   if [[ ! -x "$build/$bin" ]]; then
     echo "run_bench: $build/$bin is missing; build it first (bench tools need" \
       "-DMUSICGW_BUILD_BENCH=ON):" >&2
-    echo "  cmake --build $build -j2 --target musicgw loudly-emulator soundpiece-emulator grpc_load" >&2
+    echo "  cmake --build $build -j2 --target musicgw loudly-emulator soundpiece-emulator" \
+      "grpc_load floor_server" >&2
     exit 1
   fi
 done
@@ -49,18 +65,46 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/musicgw-bench.XXXXXX")"
 audio_cache="$build/bench-audio"  # the 200 MB render survives between runs
 mkdir -p "$audio_cache" "$here/results"
 sandbox_dir=""
+floor_pid=""
+# wait_gone PID...: until the processes have exited (at most 10 s), so the next run starts quiet.
+wait_gone() {
+  local pid alive
+  for _ in $(seq 1 100); do
+    alive=0
+    for pid in "$@"; do
+      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+    done
+    [[ $alive == 1 ]] || return 0
+    sleep 0.1
+  done
+}
+# wait_line FILE PATTERN SECONDS: until a process's log shows it is serving.
+wait_line() {
+  for _ in $(seq 1 $(($3 * 10))); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "run_bench: timed out waiting for '$2' in $1" >&2
+  tail -5 "$1" >&2 || true
+  return 1
+}
+stop_floor() {
+  if [[ -n "$floor_pid" ]]; then
+    kill "$floor_pid" 2>/dev/null || true
+    wait_gone "$floor_pid"
+    floor_pid=""
+  fi
+}
 stop_stack() {
+  stop_floor
   if [[ -n "$sandbox_dir" ]]; then
     local pids
     pids=$(cat "$sandbox_dir"/*.pid 2>/dev/null || true)
     MUSICGW_SANDBOX_DIR="$sandbox_dir" "$repo/scripts/sandbox.sh" stop
     sandbox_dir=""
     # The next scenario starts on a quiet machine.
-    for _ in $(seq 1 100); do
-      # shellcheck disable=SC2086
-      kill -0 $pids 2>/dev/null || break
-      sleep 0.1
-    done
+    # shellcheck disable=SC2086
+    wait_gone $pids
   fi
 }
 trap 'stop_stack; rm -rf "$work"' EXIT
@@ -157,10 +201,175 @@ run_scenario() {
   local args=(--target="$TARGET" "$@" --pid="$GW_PID") before after out
   echo "run_bench: $name: grpc_load ${args[*]}" >&2
   before=$(upstream_snapshot)
-  out=$("$build/bench/grpc_load" "${args[@]}" | tee /dev/stderr)
+  # Shown on stderr by a plain write: `tee /dev/stderr` reopened (and truncated) a stderr that
+  # was redirected to a file, so each scenario overwrote the log of the last.
+  out=$("$build/bench/grpc_load" "${args[@]}")
+  printf '%s\n' "$out" >&2
   after=$(upstream_snapshot)
   record "$name" "grpc_load ${args[*]}" "$out" \
     "{\"upstream_before\": $before, \"upstream_after\": $after}"
+  stop_stack
+}
+
+grpc_load() { "$build/bench/grpc_load" "$@"; }
+json_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+# start_floor OPERATION_FILE [WRAPPER...]: the floor server on a free port, optionally under a
+# wrapper (valgrind). Sets floor_pid and FLOOR_TARGET.
+start_floor() {
+  local op_file="$1" log="$work/floor.$RANDOM.out"
+  shift
+  "$@" "$build/bench/floor_server" --operation="$op_file" --listen=127.0.0.1:0 >"$log" 2>&1 &
+  floor_pid=$!
+  wait_line "$log" "floor listening on" 120
+  FLOOR_TARGET="127.0.0.1:$(sed -n 's/^floor listening on //p' "$log")"
+}
+
+# setup_operation FILE: one real SUCCEEDED Soundpiece sample operation on the gateway, its
+# GetOperation answer saved to FILE (the floor answers exactly these bytes). Prints its name.
+setup_operation() {
+  local out
+  out=$(grpc_load --target="$TARGET" --mode=get --task=sample --concurrency=8 --duration_s=1 \
+    --warmup_s=0 --save_operation="$1")
+  printf 'run_bench: setup: %s\n' "$out" >&2
+  json_field "$out" operation
+}
+
+# Scenario "floor": GetOperation on the gateway and on the floor, interleaved.
+run_floor() {
+  start_stack floor 0
+  local op_file="$work/operation.bin" name runs="$work/floor-runs.jsonl" args side target pid out
+  name=$(setup_operation "$op_file")
+  start_floor "$op_file"
+  : >"$runs"
+  args=(--mode=get --operation="$name" --concurrency=64 --duration_s="$GET_SECONDS" --warmup_s=2)
+  for pair in $(seq 1 "$PAIRS"); do
+    for side in gateway floor; do
+      if [[ $side == gateway ]]; then target=$TARGET pid=$GW_PID; else target=$FLOOR_TARGET pid=$floor_pid; fi
+      out=$(grpc_load --target="$target" "${args[@]}" --pid="$pid")
+      printf 'run_bench: floor pair %s %s: %s\n' "$pair" "$side" "$out" >&2
+      printf '{"pair": %s, "side": "%s", "result": %s}\n' "$pair" "$side" "$out" >>"$runs"
+    done
+  done
+  record floor "grpc_load --target=<gateway|floor> ${args[*]} --pid=<its pid>" \
+    "$(python3 "$here/results_table.py" --pairs floor "$runs")"
+  stop_stack
+}
+
+# The signed URL the gateway downloads the asset from (the newest /cdn/ URL in the ledger).
+asset_url() {
+  python3 - "$sandbox_dir/ledger.db" <<'PY'
+import re, sqlite3, sys
+urls = []
+for row in sqlite3.connect(sys.argv[1]).execute("SELECT * FROM operations ORDER BY rowid"):
+    for column in row:
+        text = column.decode("latin-1") if isinstance(column, bytes) else str(column)
+        urls += re.findall(r"http://127\.0\.0\.1:\d+/cdn/[A-Za-z0-9_]+\.flac\?[^\"\s\\]+", text)
+print(urls[-1] if urls else "")
+PY
+}
+
+# Scenario "direct": Download through the gateway vs curl of the same file from the emulator.
+run_direct() {
+  start_stack direct 0
+  local out asset url runs="$work/direct-runs.jsonl" args
+  # The first download renders the file in the emulator (cached in $audio_cache) and warms both.
+  out=$(grpc_load --target="$TARGET" --mode=download --source_seconds="$DOWNLOAD_SOURCE_SECONDS" \
+    --repeat=1 --pid="$GW_PID")
+  printf 'run_bench: direct: warm-up %s\n' "$out" >&2
+  asset=$(json_field "$out" asset)
+  url=$(asset_url)
+  if [[ -z "$url" ]]; then
+    echo "run_bench: direct: no download URL of the asset in the ledger" >&2
+    return 1
+  fi
+  curl -sS -o /dev/null "$url"
+  : >"$runs"
+  args=(--mode=download --asset="$asset" --repeat=1 --pid="$GW_PID")
+  for pair in $(seq 1 "$PAIRS"); do
+    out=$(grpc_load --target="$TARGET" "${args[@]}")
+    printf 'run_bench: direct pair %s gateway: %s\n' "$pair" "$out" >&2
+    printf '{"pair": %s, "side": "gateway", "result": %s}\n' "$pair" "$out" >>"$runs"
+    out=$(curl -sS -o /dev/null -w \
+      '{"status": %{http_code}, "bytes": %{size_download}, "seconds": %{time_total}}' "$url")
+    printf 'run_bench: direct pair %s curl: %s\n' "$pair" "$out" >&2
+    printf '{"pair": %s, "side": "direct", "result": %s}\n' "$pair" "$out" >>"$runs"
+  done
+  record direct "grpc_load --target=$TARGET ${args[*]}; curl -o /dev/null <the asset's emulator URL>" \
+    "$(python3 "$here/results_table.py" --pairs direct "$runs")"
+  stop_stack
+}
+
+# callgrind_total FILE: the Ir total of a callgrind dump.
+callgrind_total() { sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$1" | head -1; }
+
+# callgrind_measure SIDE PID TARGET OPERATION: warm-up calls, then counters zeroed, N calls and a
+# dump, then zeroed again, an idle wait as long as the calls took and a dump (background work
+# the gateway does whatever the load: timers, quota refresh). Prints one JSON object.
+callgrind_measure() {
+  local side="$1" pid="$2" target="$3" name="$4" out start end dump idle calls_ir idle_ir
+  local args=(--target="$target" --mode=get --operation="$name" --concurrency=4)
+  grpc_load "${args[@]}" --calls="$CALLGRIND_WARMUP_CALLS" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  start=$(date +%s.%N)
+  out=$(grpc_load "${args[@]}" --calls="$CALLGRIND_CALLS")
+  end=$(date +%s.%N)
+  callgrind_control --dump="callgrind-$side-calls" "$pid" >/dev/null
+  printf 'run_bench: callgrind %s: %s\n' "$side" "$out" >&2
+  callgrind_control -z "$pid" >/dev/null
+  sleep "$(python3 -c "print(max(0.0, $end - $start))")"
+  callgrind_control --dump="callgrind-$side-idle" "$pid" >/dev/null
+  sleep 1  # the dump is written by the valgrind process; wait for both files to be complete
+  dump=$(grep -l "callgrind-$side-calls" "$work/cg-$side".* | head -1)
+  idle=$(grep -l "callgrind-$side-idle" "$work/cg-$side".* | head -1)
+  calls_ir=$(callgrind_total "$dump")
+  idle_ir=$(callgrind_total "$idle")
+  # Paths of this checkout and of the scratch directory are shortened so the kept profile is
+  # the same wherever it was taken.
+  callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null | head -200 |
+    sed -e "s|$repo/||g" -e "s|$work/|<scratch>/|g" >"$work/callgrind-$side.txt" || true
+  python3 - "$out" "$calls_ir" "$idle_ir" "$CALLGRIND_CALLS" "$side" <<'PY'
+import json, sys
+load, calls_ir, idle_ir, calls, side = sys.argv[1:6]
+load = json.loads(load)
+# grpc_load reads the operation once before its counted calls.
+n = int(calls) + 1
+print(json.dumps({"side": side, "calls": n, "ir_calls_window": int(calls_ir),
+                  "ir_idle_window": int(idle_ir),
+                  "ir_per_call": (int(calls_ir) - int(idle_ir)) / n,
+                  "ir_per_call_without_idle_subtraction": int(calls_ir) / n,
+                  "load": load}))
+PY
+}
+
+# Scenario "callgrind": instructions per GetOperation, gateway and floor under callgrind.
+run_callgrind() {
+  start_stack callgrind 0
+  local op_file="$work/operation.bin" name gw floor
+  name=$(setup_operation "$op_file")
+  # The same gateway (config, ledger, ports) restarted under callgrind.
+  kill "$GW_PID"
+  wait_gone "$GW_PID"
+  rm -f "$work"/cg-gateway.* "$work"/cg-floor.*
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg-gateway" \
+    "$build/services/gateway/musicgw" --config="$sandbox_dir/musicgw.json" \
+    >"$sandbox_dir/musicgw.out" 2>"$sandbox_dir/musicgw.log" &
+  GW_PID=$!
+  echo "$GW_PID" >"$sandbox_dir/musicgw.pid"
+  wait_line "$sandbox_dir/musicgw.out" "musicgw listening" 300
+  gw=$(callgrind_measure gateway "$GW_PID" "$TARGET" "$name")
+  start_floor "$op_file" valgrind --tool=callgrind --callgrind-out-file="$work/cg-floor"
+  floor=$(callgrind_measure floor "$floor_pid" "$FLOOR_TARGET" "$name")
+  local profile
+  profile="$here/results/callgrind-gateway-$(date -u +%Y%m%d).txt"
+  cp "$work/callgrind-gateway.txt" "$profile"
+  cp "$work/callgrind-floor.txt" "$here/results/callgrind-floor-$(date -u +%Y%m%d).txt"
+  record callgrind "valgrind --tool=callgrind <musicgw|floor_server>; grpc_load --mode=get \
+--concurrency=4 --calls=$CALLGRIND_WARMUP_CALLS; callgrind_control -z; grpc_load --mode=get \
+--concurrency=4 --calls=$CALLGRIND_CALLS; callgrind_control -d" \
+    "{\"gateway\": $gw, \"floor\": $floor, \"ratio\": $(python3 -c "import json,sys; \
+g=json.loads(sys.argv[1]); f=json.loads(sys.argv[2]); print(g['ir_per_call']/f['ir_per_call'])" \
+      "$gw" "$floor"), \"profile\": \"bench/results/$(basename "$profile")\"}"
   stop_stack
 }
 
@@ -186,8 +395,12 @@ for scenario in "${scenarios[@]}"; do
       run_scenario download 0 --mode=download --source_seconds="$DOWNLOAD_SOURCE_SECONDS" \
         --repeat=4 --rss_interval_ms=10
       ;;
+    floor) run_floor ;;
+    direct) run_direct ;;
+    callgrind) run_callgrind ;;
     *)
-      echo "run_bench: unknown scenario $scenario (get generate fanout download)" >&2
+      echo "run_bench: unknown scenario $scenario (get generate fanout download floor direct" \
+        "callgrind)" >&2
       exit 2
       ;;
   esac

@@ -386,7 +386,24 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
   if (const json* ledger = reader.Find("ledger"); ledger != nullptr) {
     if (!ledger->is_object()) return Problem("ledger", "must be an object");
     ObjectReader l(*ledger, "ledger");
-    MUSICGW_RETURN_IF_ERROR(l.String("path", &config.ledger_path, true));
+    MUSICGW_RETURN_IF_ERROR(l.String("replica_id", &config.replica_id));
+    if (const json* postgres = l.Find("postgres"); postgres == nullptr) {
+      MUSICGW_RETURN_IF_ERROR(l.String("path", &config.ledger_path, true));
+    } else {
+      if (ledger->contains("path")) {
+        return Problem("ledger", "set either \"path\" (SQLite) or \"postgres\", not both");
+      }
+      if (!postgres->is_object()) return Problem("ledger.postgres", "must be an object");
+      ObjectReader pg(*postgres, "ledger.postgres");
+      const json* dsn = pg.Find("dsn");
+      if (dsn == nullptr) return Problem("ledger.postgres.dsn", "is required");
+      MUSICGW_ASSIGN_OR_RETURN(config.ledger_postgres_dsn,
+                               ResolveSecret(*dsn, pg.Path("dsn"), env));
+      int64_t pool = config.ledger_postgres_pool_size;
+      MUSICGW_RETURN_IF_ERROR(pg.Int("pool_size", &pool, 1, 256));
+      config.ledger_postgres_pool_size = static_cast<int>(pool);
+      MUSICGW_RETURN_IF_ERROR(pg.CheckNoUnknownKeys());
+    }
     MUSICGW_RETURN_IF_ERROR(l.CheckNoUnknownKeys());
   }
   if (const json* operations = reader.Find("operations"); operations != nullptr) {

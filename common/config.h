@@ -69,6 +69,13 @@ struct Config {
   // The server's keepalive enforcement: clients must not ping more often than this.
   absl::Duration keepalive_min_ping_interval = absl::Seconds(10);
   std::string ledger_path = "musicgw-ledger.db";
+  // The shared PostgreSQL ledger (ledger.postgres.dsn, a secret reference) for many replicas;
+  // empty: the embedded SQLite ledger at ledger_path. Never logged.
+  std::string ledger_postgres_dsn;
+  int ledger_postgres_pool_size = 8;
+  // This replica's name in the ledger's owner column: unique per replica sharing a ledger.
+  // Empty: "local" with SQLite, the host name (the pod's name) with PostgreSQL.
+  std::string replica_id;
   absl::Duration operation_deadline = absl::Minutes(15);
   absl::Duration watch_heartbeat = absl::Seconds(15);
   int watch_buffer = 16;

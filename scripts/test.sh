@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds musicgw twice (Release, and ASan+UBSan)
 # and runs the whole CTest suite in each. Lint checks (clang-format, clang-tidy, promtool,
-# kubectl) run once, in the Release tree.
+# kubectl) run once, in the Release tree. Then the fuzz targets (fuzz/) are built by clang in a
+# third, small tree and each runs MUSICGW_FUZZ_SECONDS (30) under ASan+UBSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -28,3 +29,10 @@ configure_and_build "$build_root/asan" -DCMAKE_BUILD_TYPE=Debug -DMUSICGW_SANITI
 echo "== ASan+UBSan tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir "$build_root/asan" --output-on-failure -j"$jobs" --timeout 900 -LE lint
+
+echo "== Fuzz build (clang: libFuzzer, ASan+UBSan; only the parsers' libraries)"
+CC=clang CXX=clang++ cmake -S . -B "$build_root/fuzz" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DMUSICGW_FUZZ=ON -DMUSICGW_FUZZ_SECONDS="${MUSICGW_FUZZ_SECONDS:-30}" >/dev/null
+cmake --build "$build_root/fuzz" -j"$jobs"
+echo "== Fuzz runs"
+ctest --test-dir "$build_root/fuzz" --output-on-failure -j"$jobs" -L fuzz

@@ -31,6 +31,8 @@ const char* WebhookOutcomeName(WebhookOutcome outcome) {
       return "duplicate";
     case WebhookOutcome::kMalformed:
       return "malformed";
+    case WebhookOutcome::kTooLarge:
+      return "too_large";
   }
   return "malformed";
 }
@@ -132,6 +134,16 @@ class WebhookReceiver::Impl {
     server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     server_.set_tcp_nodelay(true);
     server_.set_payload_max_length(options_.max_body_bytes);
+    // A body over the limit is refused with 413 by cpp-httplib itself, before any route runs
+    // (the body is not even read); the logger still sees that answer, so it is counted there.
+    // An empty body tells it from Handle's own 413 (already counted, and it has a body).
+    server_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      if (res.status == 413 && req.path == options_.path && req.body.empty()) {
+        size_t declared = 0;
+        if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &declared)) declared = 0;
+        Refuse(req.get_header_value("webhook-id"), declared);
+      }
+    });
     server_.set_read_timeout(5, 0);
     server_.set_write_timeout(5, 0);
     server_.Post(options_.path, [this](const httplib::Request& req, httplib::Response& res) {
@@ -165,33 +177,34 @@ class WebhookReceiver::Impl {
     std::string upstream_id;
     std::optional<UpstreamStatus> verified_update;
     if (body.size() > options_.max_body_bytes) {
-      http_status = 413;
-    } else {
-      outcome = verifier_->Verify(id, timestamp, signature, body);
-      switch (outcome) {
-        case WebhookOutcome::kVerified: {
-          auto update = ParseWebhookEvent(body);
-          if (!update.ok()) {
-            verifier_->Forget(id);
-            outcome = WebhookOutcome::kMalformed;
-            break;
-          }
-          upstream_id = update->upstream_id;
-          http_status = 204;
-          verified_update = *std::move(update);
+      Refuse(id, body.size());
+      return 413;
+    }
+    outcome = verifier_->Verify(id, timestamp, signature, body);
+    switch (outcome) {
+      case WebhookOutcome::kVerified: {
+        auto update = ParseWebhookEvent(body);
+        if (!update.ok()) {
+          verifier_->Forget(id);
+          outcome = WebhookOutcome::kMalformed;
           break;
         }
-        case WebhookOutcome::kDuplicate:
-          http_status = 200;  // already handled: the provider may stop retrying
-          break;
-        case WebhookOutcome::kBadSignature:
-          http_status = 401;
-          break;
-        case WebhookOutcome::kStale:
-        case WebhookOutcome::kMalformed:
-          http_status = 400;
-          break;
+        upstream_id = update->upstream_id;
+        http_status = 204;
+        verified_update = *std::move(update);
+        break;
       }
+      case WebhookOutcome::kDuplicate:
+        http_status = 200;  // already handled: the provider may stop retrying
+        break;
+      case WebhookOutcome::kBadSignature:
+        http_status = 401;
+        break;
+      case WebhookOutcome::kStale:
+      case WebhookOutcome::kMalformed:
+      case WebhookOutcome::kTooLarge:
+        http_status = 400;
+        break;
     }
     // Counted before the update is delivered: whoever sees the update also sees the count.
     Count(outcome);
@@ -229,11 +242,22 @@ class WebhookReceiver::Impl {
     return absl::StrCat("http://", host, ":", port_, options_.path);
   }
   WebhookCounters counters() const {
-    return {verified_.load(), bad_signature_.load(), stale_.load(), duplicate_.load(),
-            malformed_.load()};
+    return {verified_.load(),  bad_signature_.load(), stale_.load(),
+            duplicate_.load(), malformed_.load(),     too_large_.load()};
   }
 
  private:
+  // A delivery over max_body_bytes: counted and logged (sizes and the delivery id only).
+  void Refuse(absl::string_view id, size_t body_bytes) {
+    Count(WebhookOutcome::kTooLarge);
+    log::Warning("soundpiece webhook",
+                 {{"outcome", WebhookOutcomeName(WebhookOutcome::kTooLarge)},
+                  {"http_status", 413},
+                  {"body_bytes", static_cast<unsigned long>(body_bytes)},
+                  {"max_body_bytes", static_cast<unsigned long>(options_.max_body_bytes)},
+                  {"webhook_id", std::string(id.substr(0, 64))}});
+  }
+
   void Count(WebhookOutcome outcome) {
     switch (outcome) {
       case WebhookOutcome::kVerified:
@@ -251,6 +275,9 @@ class WebhookReceiver::Impl {
       case WebhookOutcome::kMalformed:
         ++malformed_;
         break;
+      case WebhookOutcome::kTooLarge:
+        ++too_large_;
+        break;
     }
     if (options_.observer != nullptr) options_.observer->OnWebhook("soundpiece", outcome);
   }
@@ -263,7 +290,8 @@ class WebhookReceiver::Impl {
   absl::Mutex sink_mu_;
   Sink sink_ ABSL_GUARDED_BY(sink_mu_);
   bool stopped_ ABSL_GUARDED_BY(sink_mu_) = false;
-  std::atomic<int64_t> verified_{0}, bad_signature_{0}, stale_{0}, duplicate_{0}, malformed_{0};
+  std::atomic<int64_t> verified_{0}, bad_signature_{0}, stale_{0}, duplicate_{0}, malformed_{0},
+      too_large_{0};
 };
 
 absl::StatusOr<std::unique_ptr<WebhookReceiver>> WebhookReceiver::Start(

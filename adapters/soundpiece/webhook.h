@@ -8,10 +8,11 @@
 //   must be within the tolerance of now; a webhook-id already accepted is a duplicate (ids are
 //   remembered in a bounded set that forgets them after `remember_for`).
 // - WebhookReceiver is the HTTP endpoint (cpp-httplib, own host/port/path): it answers at once
-//   (204 verified, 200 duplicate, 401 bad signature, 400 stale or malformed, 413 too large),
-//   counts outcomes, logs without the body, and hands each verified update to a sink (the
-//   gateway wires it to OperationsEngine::OnProviderUpdate). Webhooks only speed trackers up;
-//   polling stays the source of truth, so a rejected or lost delivery costs latency, not data.
+//   (204 verified, 200 duplicate, 401 bad signature, 400 stale or malformed, 413 too large,
+//   whether the HTTP layer or Handle refuses it), counts outcomes, logs without the body, and hands
+//   each verified update to a sink (the gateway wires it to OperationsEngine::OnProviderUpdate).
+//   Webhooks only speed trackers up; polling stays the source of truth, so a rejected or lost
+//   delivery costs latency, not data.
 #pragma once
 
 #include <cstdint>
@@ -31,9 +32,10 @@
 
 namespace musicgw::adapters::soundpiece {
 
-enum class WebhookOutcome { kVerified, kBadSignature, kStale, kDuplicate, kMalformed };
+enum class WebhookOutcome { kVerified, kBadSignature, kStale, kDuplicate, kMalformed, kTooLarge };
 
-// Bounded metrics label: "verified", "bad_signature", "stale", "duplicate", "malformed".
+// Bounded metrics label: "verified", "bad_signature", "stale", "duplicate", "malformed",
+// "too_large".
 const char* WebhookOutcomeName(WebhookOutcome outcome);
 
 struct WebhookVerifierOptions {
@@ -86,6 +88,7 @@ struct WebhookCounters {
   int64_t stale = 0;
   int64_t duplicate = 0;
   int64_t malformed = 0;
+  int64_t too_large = 0;  // refused with 413 before any verification
 };
 
 // Hook for the metrics module (e.g. a counter labelled by provider and outcome).

@@ -1,6 +1,11 @@
 #include "emulators/common/http_server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -17,28 +22,97 @@ namespace {
 // listening socket is re-armed with a large one after bind (Linux allows a second listen()).
 constexpr int kListenBacklog = 4096;
 
-// Lets the client read the first half of a response body, then drops the connection.
-void CutBodyInHalf(httplib::Response& res) {
-  if (res.content_provider_) {
-    const size_t total = res.content_length_;
-    const size_t cut = total / 2;
-    httplib::ContentProvider inner = std::move(res.content_provider_);
-    res.content_provider_ = [inner, cut](size_t offset, size_t length, httplib::DataSink& sink) {
-      if (offset >= cut) return false;
-      return inner(offset, std::min(length, cut - offset), sink);
-    };
-    return;
+// The two ends of the connection a request came on (cpp-httplib does not hand out its socket).
+struct Endpoints {
+  std::string remote_addr;
+  int remote_port = -1;
+  int local_port = -1;
+};
+
+Endpoints EndpointsOf(const httplib::Request& req) {
+  return {req.remote_addr, req.remote_port, req.local_port};
+}
+
+bool SameEndpoint(const sockaddr_storage& address, const std::string& host, int port) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (address.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(address);
+    inet_ntop(AF_INET, &in.sin_addr, text, sizeof(text));
+    return ntohs(in.sin_port) == port && (host.empty() || host == text);
   }
-  std::string body = std::move(res.body);
-  const size_t cut = body.size() / 2;
-  const std::string content_type = res.get_header_value("Content-Type");
-  res.set_content_provider(
-      body.size(), content_type.empty() ? "application/json" : content_type,
-      [body = std::move(body), cut](size_t offset, size_t length, httplib::DataSink& sink) {
-        if (offset >= cut) return false;
-        sink.write(body.data() + offset, std::min(length, cut - offset));
-        return true;
-      });
+  if (address.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(address);
+    inet_ntop(AF_INET6, &in6.sin6_addr, text, sizeof(text));
+    return ntohs(in6.sin6_port) == port && (host.empty() || host == text);
+  }
+  return false;
+}
+
+// Resets the request's connection now: the client sees ECONNRESET (an RST), not a clean end of
+// stream. The socket is found among this process's descriptors by its two ends, made to linger
+// 0 s, and closed by putting /dev/null in its place (dup2), so cpp-httplib's later writes,
+// reads and close act on that placeholder and cannot touch a reused descriptor number.
+bool ResetConnection(const Endpoints& ends) {
+  DIR* fds = opendir("/proc/self/fd");
+  if (fds == nullptr) return false;
+  int found = -1;
+  while (const dirent* entry = readdir(fds)) {
+    const int fd = std::atoi(entry->d_name);
+    if (fd <= 2 || fd == dirfd(fds)) continue;
+    sockaddr_storage local{};
+    sockaddr_storage peer{};
+    socklen_t local_size = sizeof(local);
+    socklen_t peer_size = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0) {
+      continue;
+    }
+    if (SameEndpoint(local, "", ends.local_port) &&
+        SameEndpoint(peer, ends.remote_addr, ends.remote_port)) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(fds);
+  if (found < 0) return false;
+  const linger abort_on_close{1, 0};
+  setsockopt(found, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof(abort_on_close));
+  const int placeholder = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (placeholder < 0) return false;
+  const bool replaced = dup2(placeholder, found) == found;
+  close(placeholder);
+  return replaced;
+}
+
+// Lets the client read the first half of a response body, then resets the connection.
+void CutBodyInHalf(const httplib::Request& req, httplib::Response& res) {
+  const Endpoints ends = EndpointsOf(req);
+  httplib::ContentProvider inner;
+  size_t cut = 0;
+  if (res.content_provider_) {
+    cut = res.content_length_ / 2;
+    inner = std::move(res.content_provider_);
+  } else {
+    auto body = std::make_shared<std::string>(std::move(res.body));
+    res.body.clear();
+    cut = body->size() / 2;
+    const std::string content_type = res.get_header_value("Content-Type");
+    // The provider stops as soon as a write fails (the client left): a provider that ignored
+    // sink.write's result would be called again at the same offset, forever, at full CPU.
+    inner = [body](size_t offset, size_t length, httplib::DataSink& sink) {
+      return sink.write(body->data() + offset, std::min(length, body->size() - offset));
+    };
+    res.set_content_provider(body->size(), content_type.empty() ? "application/json" : content_type,
+                             nullptr);
+  }
+  res.content_provider_ = [inner = std::move(inner), cut, ends](size_t offset, size_t length,
+                                                                httplib::DataSink& sink) {
+    if (offset >= cut) {
+      ResetConnection(ends);
+      return false;
+    }
+    return inner(offset, std::min(length, cut - offset), sink);
+  };
 }
 
 }  // namespace
@@ -138,16 +212,16 @@ void HttpServer::Dispatch(const Handler& handler, const httplib::Request& req,
   }
   const Fault* reset = FaultPlan::Find(faults, FaultAction::kReset);
   if (reset != nullptr && reset->before) {
-    res.status = 200;
-    res.set_content_provider(1, "application/json",
-                             [](size_t, size_t, httplib::DataSink&) { return false; });
+    // Reset before any byte of the answer; what cpp-httplib then writes goes to the placeholder.
+    ResetConnection(EndpointsOf(req));
+    res.status = 500;
     return;
   }
 
   handler(req, res, faults);
 
   if (reset != nullptr) {
-    CutBodyInHalf(res);
+    CutBodyInHalf(req, res);
   } else if (FaultPlan::Find(faults, FaultAction::kTruncate) != nullptr) {
     const std::string type = res.get_header_value("Content-Type");
     res.set_content(res.body.substr(0, res.body.size() / 2),

@@ -512,7 +512,7 @@ class Emulator::Impl {
   }
 
   std::string QuotaMessage(absl::string_view service, int64_t attempts_left) const {
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock();
     return absl::StrCat(
         "External service calling limit exceeded: (service: ", service,
         ", Timer seconds remaining: ", absl::ToInt64Seconds(MonthStart(now, 1) - now),
@@ -614,7 +614,7 @@ class Emulator::Impl {
       ++stats_.token_refreshes_rejected;
       return SendError(res, 400, "invalid_grant", "Invalid refresh token");
     }
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock();
     const absl::Time expiry = now + options_.access_token_ttl;
     OJson header;
     header["typ"] = "JWT";
@@ -652,7 +652,7 @@ class Emulator::Impl {
       message = "JWT Token not found";
     } else if (auto it = access_tokens_.find(auth.substr(7)); it == access_tokens_.end()) {
       message = "Invalid JWT Token";
-    } else if (absl::Now() >= it->second) {
+    } else if (options_.clock() >= it->second) {
       message = "Expired JWT Token";
     }
     if (message == nullptr) return true;
@@ -690,7 +690,7 @@ class Emulator::Impl {
       }
       params.genre = names[StableHash(*params.prompt) % names.size()];
     }
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock();
     absl::MutexLock lock(&mu_);
     Usage& usage = web_usage_["generate_vega_song"];
     if (usage.used >= usage.total) {
@@ -726,7 +726,7 @@ class Emulator::Impl {
       body["message"] = "Bundle not found";
       return SendJson(res, 404, body);
     }
-    MaterializeLocked(it->second, absl::Now());
+    MaterializeLocked(it->second, options_.clock());
     SendJson(res, 200, BundleJson(it->second, /*jsonb_order=*/true));
   }
 
@@ -790,7 +790,7 @@ class Emulator::Impl {
 
   void HandleWebLimits(const httplib::Request& req, httplib::Response& res) {
     if (!WebAuthorized(req, res)) return;
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock();
     absl::MutexLock lock(&mu_);
     ++stats_.limits_requests;
     for (auto& [id, bundle] : bundles_) MaterializeLocked(bundle, now);
@@ -848,7 +848,7 @@ class Emulator::Impl {
     const Form form(req);
     Params params;
     if (auto invalid = ParseParams(form, !prompt, prompt, &params)) return Reject(res, *invalid);
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock();
     const uint64_t seed = StableHash(absl::StrCat(prompt ? "prompt|" : "songs|", req.body));
     if (params.test) {
       // A canned dry-run song: no latency, no quota.
@@ -883,8 +883,9 @@ class Emulator::Impl {
     ++stats_.b2b_songs;
     ++stats_.songs_created;
     ++stats_.b2b_songs_by_account[*account];
-    SendJson(res, 200,
-             NewB2BSongLocked(params, seed, seconds, absl::Now(), Title(seed), /*canned=*/false));
+    SendJson(
+        res, 200,
+        NewB2BSongLocked(params, seed, seconds, options_.clock(), Title(seed), /*canned=*/false));
   }
 
   OJson NewB2BSongLocked(const Params& params, uint64_t seed, int seconds, absl::Time now,
@@ -939,7 +940,7 @@ class Emulator::Impl {
   void HandleB2BLimits(const httplib::Request& req, httplib::Response& res) {
     const auto account = B2BAccount(req, res);
     if (!account.has_value()) return;
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock();
     const std::string from = req.has_param("date_from") ? req.get_param_value("date_from")
                                                         : FormatDate(MonthStart(now, 0));
     const std::string to = req.has_param("date_to")

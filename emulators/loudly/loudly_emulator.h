@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -36,6 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace musicgw::emulators::loudly {
@@ -49,6 +51,9 @@ enum class LimitsShape {
 struct Options {
   std::string host = "127.0.0.1";
   int port = 0;  // 0 = pick a free port
+  // "Now" for everything that expires (tokens, signed URLs, songs appearing): tests move it
+  // forward instead of sleeping. Waits (latency, long-polls, webhook retries) use real time.
+  std::function<absl::Time()> clock = [] { return absl::Now(); };
   int threads = 256;
   // B2B `API-KEY` value -> account name.
   std::map<std::string, std::string> api_keys = {{"loudly_test_key", "b2b"}};

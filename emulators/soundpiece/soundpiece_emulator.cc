@@ -805,7 +805,7 @@ class Emulator::Impl {
     op.account = account;
     op.fingerprint = RequestFingerprint(body);
     const std::string idem_key = absl::StrCat(account, "\n", route->name, "\n", op.idempotency_key);
-    const absl::Time now = absl::Now();
+    const absl::Time now = options_.clock();
     absl::MutexLock lock(&mu_);
     if (auto it = idempotency_.find(idem_key); it != idempotency_.end()) {
       const Operation& original = ops_.at(it->second);
@@ -879,7 +879,7 @@ class Emulator::Impl {
       return SendJson(res, 422, errors.Body());
     }
     // Serialized outside the lock: thousands of long-polls finishing together must not queue on it.
-    SendJson(res, 200, Wrap(*snapshot, absl::Now(), expire));
+    SendJson(res, 200, Wrap(*snapshot, options_.clock(), expire));
   }
 
   // The operation `id` of `account` on `route`, after waiting for it (wait=true) until it is
@@ -914,7 +914,7 @@ class Emulator::Impl {
     const std::string sig = req.get_param_value("sig");
     const bool signed_ok =
         absl::SimpleAtoi(req.get_param_value("exp"), &exp) && sig == Sign(file_id, exp);
-    const bool expired = exp < absl::ToUnixSeconds(absl::Now());
+    const bool expired = exp < absl::ToUnixSeconds(options_.clock());
     if (!signed_ok || expired) {
       {
         absl::MutexLock lock(&mu_);

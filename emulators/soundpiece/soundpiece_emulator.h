@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -32,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace musicgw::emulators::soundpiece {
@@ -39,6 +41,9 @@ namespace musicgw::emulators::soundpiece {
 struct Options {
   std::string host = "127.0.0.1";
   int port = 0;  // 0 = pick a free port
+  // "Now" for everything that expires (tokens, signed URLs, songs appearing): tests move it
+  // forward instead of sleeping. Waits (latency, long-polls, webhook retries) use real time.
+  std::function<absl::Time()> clock = [] { return absl::Now(); };
   // Worker threads of the HTTP server: one per open connection, long-polls included.
   int threads = 256;
   // Bearer key -> account name.

@@ -1,5 +1,7 @@
 #include "services/gateway/server.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -19,15 +21,16 @@
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
 #include "services/gateway/auth.h"
 #include "services/gateway/budgets.h"
 #include "services/gateway/gateway_service.h"
+#include "services/gateway/health_service.h"
 #include "services/gateway/quota_monitor.h"
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/postgres_store.h"
 
 namespace musicgw::gateway {
 namespace {
@@ -149,13 +152,10 @@ class GatewayServerImpl final : public GatewayServer {
     }
     for (auto& adapter : adapters_) adapter->Start();
 
-    auto store = operations::OpenSqliteOperationStore(config_.ledger_path);
-    if (!store.ok()) {
-      return absl::Status(store.status().code(), absl::StrCat("ledger ", config_.ledger_path, ": ",
-                                                              store.status().message()));
-    }
+    MUSICGW_ASSIGN_OR_RETURN(std::unique_ptr<operations::OperationStore> store, OpenLedger());
     operations::EngineOptions options;
     options.ledger_path = config_.ledger_path;
+    options.replica_id = ReplicaId();
     options.operation_deadline = config_.operation_deadline;
     options.watch_heartbeat = config_.watch_heartbeat;
     options.watch_buffer = config_.watch_buffer;
@@ -165,7 +165,7 @@ class GatewayServerImpl final : public GatewayServer {
         std::vector<operations::EngineObserver*>{&quota_observer_, metrics_.get()});
     options.observer = engine_observer_.get();
     MUSICGW_ASSIGN_OR_RETURN(
-        engine_, operations::CreateOperationsEngine(std::move(options), std::move(*store),
+        engine_, operations::CreateOperationsEngine(std::move(options), std::move(store),
                                                     adapter_ptrs_, http_.get()));
 
     quota_ =
@@ -187,11 +187,14 @@ class GatewayServerImpl final : public GatewayServer {
     deps.observer = metrics_.get();
     service_ = std::make_unique<GatewayService>(std::move(deps));
 
-    grpc::EnableDefaultHealthCheckService(true);
+    // Our own health service, not gRPC's built-in one: a drain must end Watch streams at once.
+    health_ = std::make_unique<HealthService>(
+        std::vector<std::string>{musicgw::v1::MusicGateway::service_full_name()});
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     builder.AddListeningPort(config_.grpc_listen, grpc::InsecureServerCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
+    builder.RegisterService(health_.get());
     // Keepalive enforcement: clients may ping at most every keepalive_min_ping_interval, also
     // on idle connections (long WatchOperation streams); documented for client authors.
     builder.AddChannelArgument(
@@ -210,11 +213,11 @@ class GatewayServerImpl final : public GatewayServer {
     MUSICGW_RETURN_IF_ERROR(StartWebhooks());
     quota_->Start();
     MUSICGW_RETURN_IF_ERROR(StartMetrics());
-    server_->GetHealthCheckService()->SetServingStatus(true);
+    health_->SetServing(true);
     log::Info("musicgw serving", {{"grpc_port", grpc_port_},
                                   {"providers", static_cast<long>(adapters_.size())},
                                   {"tenants", static_cast<long>(config_.tenants.size())},
-                                  {"ledger", config_.ledger_path}});
+                                  {"ledger", LedgerDescription()}});
     return absl::OkStatus();
   }
 
@@ -258,14 +261,22 @@ class GatewayServerImpl final : public GatewayServer {
       if (drained_) return;
       drained_ = true;
     }
+    const absl::Time started = absl::Now();
     log::Info("musicgw draining", {{"deadline_seconds", absl::ToDoubleSeconds(deadline)}});
-    if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
+    // Health watchers (client-side health checking) learn NOT_SERVING and their streams end
+    // now, so they neither hold the shutdown to its deadline nor keep the client waiting.
+    if (health_ != nullptr) health_->Shutdown();
     // Webhooks stop first: polling remains the source of truth after a restart.
     if (webhooks_ != nullptr) webhooks_->Stop();
     // Streams end first, with UNAVAILABLE, so Shutdown only waits for short unary calls.
     if (engine_ != nullptr) engine_->Shutdown();
     if (server_ != nullptr) {
-      server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
+      // gRPC holds the shutdown until connected clients go (seconds after its GOAWAY, even for
+      // idle connections), and the teardown below can take two seconds more (the metrics
+      // listener polls for its stop every 2 s): the calls get the deadline less a reserve, so
+      // the process exits within the deadline.
+      const absl::Duration reserve = std::min(absl::Milliseconds(2500), deadline / 2);
+      server_->Shutdown(absl::ToChronoTime(started + deadline - reserve));
       server_->Wait();
     }
     if (quota_ != nullptr) quota_->Stop();
@@ -275,6 +286,7 @@ class GatewayServerImpl final : public GatewayServer {
     webhooks_.reset();
     service_.reset();
     server_.reset();
+    health_.reset();
     engine_.reset();
     quota_.reset();
     adapters_.clear();
@@ -284,6 +296,40 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
  private:
+  // The embedded SQLite ledger, or the shared PostgreSQL one. Errors never quote the DSN.
+  absl::StatusOr<std::unique_ptr<operations::OperationStore>> OpenLedger() {
+    if (config_.ledger_postgres_dsn.empty()) {
+      auto store = operations::OpenSqliteOperationStore(config_.ledger_path);
+      if (!store.ok()) {
+        return absl::Status(store.status().code(), absl::StrCat("ledger ", config_.ledger_path,
+                                                                ": ", store.status().message()));
+      }
+      return store;
+    }
+    operations::PostgresOptions options;
+    options.dsn = config_.ledger_postgres_dsn;
+    options.pool_size = config_.ledger_postgres_pool_size;
+    auto store = operations::OpenPostgresOperationStore(std::move(options));
+    if (!store.ok()) {
+      return absl::Status(store.status().code(),
+                          absl::StrCat("ledger (PostgreSQL): ", store.status().message()));
+    }
+    return store;
+  }
+
+  std::string LedgerDescription() const {
+    return config_.ledger_postgres_dsn.empty() ? config_.ledger_path : "postgres";
+  }
+
+  // Replicas sharing a ledger need distinct names; a pod's host name is its own.
+  std::string ReplicaId() const {
+    if (!config_.replica_id.empty()) return config_.replica_id;
+    if (config_.ledger_postgres_dsn.empty()) return "local";
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return "replica";
+    return host;
+  }
+
   // /metrics on its own port; pull-time gauges read the quota snapshot GetQuota reports, the
   // engine's routing view, Loudly's token refreshes and the webhook outcomes.
   absl::Status StartMetrics() {
@@ -348,6 +394,7 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<Directory> directory_;
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<GatewayService> service_;
+  std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<adapters::soundpiece::WebhookReceiver> webhooks_;
   int grpc_port_ = 0;

@@ -574,17 +574,16 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
     tokens.MoveTo(out);
     PullFamily webhooks("musicgw_webhooks_received_total",
                         "Provider webhook deliveries by outcome (verified, bad_signature, stale, "
-                        "duplicate, malformed).",
+                        "duplicate, malformed, too_large).",
                         MetricType::Counter);
     for (const auto& source : webhook_sources_) {
       if (!source.counters) continue;
       const adapters::soundpiece::WebhookCounters counters = source.counters();
       const std::string p = Provider(source.provider);
-      const std::pair<const char*, int64_t> outcomes[] = {{"verified", counters.verified},
-                                                          {"bad_signature", counters.bad_signature},
-                                                          {"stale", counters.stale},
-                                                          {"duplicate", counters.duplicate},
-                                                          {"malformed", counters.malformed}};
+      const std::pair<const char*, int64_t> outcomes[] = {
+          {"verified", counters.verified},   {"bad_signature", counters.bad_signature},
+          {"stale", counters.stale},         {"duplicate", counters.duplicate},
+          {"malformed", counters.malformed}, {"too_large", counters.too_large}};
       for (const auto& [outcome, count] : outcomes) {
         webhooks.Add({{"provider", p}, {"outcome", outcome}}, static_cast<double>(count));
       }

@@ -16,7 +16,7 @@
 #include "common/errors.h"
 #include "common/status_macros.h"
 #include "common/time_util.h"
-#include "nlohmann/json.hpp"
+#include "services/operations/ledger_codec.h"
 #include "services/operations/sqlite_statement.h"
 
 namespace musicgw::operations {
@@ -90,42 +90,6 @@ DROP INDEX operations_by_account;
 )sql",
 };
 
-int64_t Micros(absl::Time t) {
-  if (t == absl::InfiniteFuture()) return INT64_MAX;
-  if (t == absl::InfinitePast()) return INT64_MIN;
-  return absl::ToUnixMicros(t);
-}
-
-absl::Time FromMicros(int64_t us) {
-  if (us == INT64_MAX) return absl::InfiniteFuture();
-  if (us == INT64_MIN) return absl::InfinitePast();
-  return absl::FromUnixMicros(us);
-}
-
-std::string OutputsToJson(const std::vector<UpstreamOutput>& outputs) {
-  nlohmann::json array = nlohmann::json::array();
-  for (const auto& output : outputs) {
-    array.push_back({{"url", output.url}, {"expire_us", Micros(output.url_expire_time)}});
-  }
-  return array.dump();
-}
-
-std::vector<UpstreamOutput> OutputsFromJson(const std::string& text) {
-  std::vector<UpstreamOutput> outputs;
-  const auto json = nlohmann::json::parse(text, nullptr, false);
-  if (json.is_discarded() || !json.is_array()) return outputs;
-  for (const auto& item : json) {
-    if (!item.is_object()) continue;
-    UpstreamOutput output;
-    if (item.contains("url") && item["url"].is_string())
-      output.url = item["url"].get<std::string>();
-    if (item.contains("expire_us") && item["expire_us"].is_number_integer()) {
-      output.url_expire_time = FromMicros(item["expire_us"].get<int64_t>());
-    }
-    outputs.push_back(std::move(output));
-  }
-  return outputs;
-}
 
 constexpr absl::string_view kRecordColumns =
     "id, tenant, request_id, request_hash, charged, owner, snapshot, upstream_outputs";
@@ -216,7 +180,7 @@ class SqliteOperationStore final : public OperationStore {
       stmt.Bind(2, static_cast<int64_t>(op.done() ? 1 : 0));
       stmt.Bind(3, static_cast<int64_t>(op.provider()));
       if (op.has_done_time()) {
-        stmt.Bind(4, Micros(FromProtoTimestamp(op.done_time())));
+        stmt.Bind(4, LedgerMicros(FromProtoTimestamp(op.done_time())));
       } else {
         stmt.BindNull(4);
       }
@@ -226,7 +190,7 @@ class SqliteOperationStore final : public OperationStore {
       stmt.Bind(8, op.provider_account());
       int i = 9;
       if (update.upstream_outputs.has_value()) {
-        stmt.Bind(i++, OutputsToJson(*update.upstream_outputs));
+        stmt.Bind(i++, UpstreamOutputsToJson(*update.upstream_outputs));
       }
       stmt.Bind(i, id);
       stmt.Bind(i + 1, update.expected_sequence);
@@ -320,9 +284,9 @@ class SqliteOperationStore final : public OperationStore {
                  "UPDATE operations SET owner = ?, lease_until_us = ? WHERE done = 0 AND "
                  "(owner = '' OR owner = ? OR lease_until_us < ?)");
       claim.Bind(1, owner)
-          .Bind(2, Micros(lease_until))
+          .Bind(2, LedgerMicros(lease_until))
           .Bind(3, owner)
-          .Bind(4, Micros(clock_.Now()));
+          .Bind(4, LedgerMicros(clock_.Now()));
       MUSICGW_RETURN_IF_ERROR(claim.Run());
       Stmt stmt(statements_,
                 absl::StrCat("SELECT ", kRecordColumns,
@@ -341,7 +305,7 @@ class SqliteOperationStore final : public OperationStore {
   absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
     absl::MutexLock lock(&mu_);
     Stmt stmt(statements_, "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
-    return stmt.Bind(1, Micros(lease_until)).Bind(2, owner).Run();
+    return stmt.Bind(1, LedgerMicros(lease_until)).Bind(2, owner).Run();
   }
 
   absl::Status ProbeWrite() override {
@@ -357,7 +321,7 @@ class SqliteOperationStore final : public OperationStore {
                                   const std::vector<UpstreamOutput>& outputs) override {
     absl::MutexLock lock(&mu_);
     Stmt stmt(statements_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
-    return stmt.Bind(1, OutputsToJson(outputs)).Bind(2, id).Run();
+    return stmt.Bind(1, UpstreamOutputsToJson(outputs)).Bind(2, id).Run();
   }
 
   absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
@@ -379,7 +343,7 @@ class SqliteOperationStore final : public OperationStore {
     Stmt stmt(statements_,
               "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations "
               "WHERE done = 1 AND done_time_us < ?)");
-    MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, Micros(done_before)).Run());
+    MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, LedgerMicros(done_before)).Run());
     return static_cast<int64_t>(sqlite3_changes(db_));
   }
 
@@ -391,7 +355,7 @@ class SqliteOperationStore final : public OperationStore {
                            "FROM operations WHERE tenant = ? AND task = ? AND "
                            "create_time_us >= ? AND ",
                            kCountedClause));
-    stmt.Bind(1, tenant).Bind(2, static_cast<int64_t>(task)).Bind(3, Micros(period_start));
+    stmt.Bind(1, tenant).Bind(2, static_cast<int64_t>(task)).Bind(3, LedgerMicros(period_start));
     MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
     BudgetUsage usage;
     if (row) {
@@ -408,7 +372,7 @@ class SqliteOperationStore final : public OperationStore {
     Stmt stmt(statements_,
               "SELECT task, COUNT(*) FROM operations WHERE provider = ? AND provider_account = ? "
               "AND create_time_us >= ? AND charged = 1 GROUP BY task");
-    stmt.Bind(1, static_cast<int64_t>(provider)).Bind(2, account).Bind(3, Micros(since));
+    stmt.Bind(1, static_cast<int64_t>(provider)).Bind(2, account).Bind(3, LedgerMicros(since));
     std::map<v1::TaskKind, int64_t> counts;
     while (true) {
       MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
@@ -463,7 +427,7 @@ class SqliteOperationStore final : public OperationStore {
     if (!record.operation.ParseFromString(stmt.Text(6))) {
       return absl::DataLossError(absl::StrCat("ledger: corrupt snapshot of operation ", id));
     }
-    record.upstream_outputs = OutputsFromJson(stmt.Text(7));
+    record.upstream_outputs = UpstreamOutputsFromJson(stmt.Text(7));
     if (record.operation.outputs_size() > 0) {
       Stmt assets(statements_, "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = ?");
       assets.Bind(1, id);
@@ -517,7 +481,7 @@ class SqliteOperationStore final : public OperationStore {
                               kCountedClause));
       count.Bind(1, record.tenant)
           .Bind(2, static_cast<int64_t>(budget.task))
-          .Bind(3, Micros(budget.period_start));
+          .Bind(3, LedgerMicros(budget.period_start));
       MUSICGW_ASSIGN_OR_RETURN(bool row, count.Step());
       const int64_t used = row ? count.Int(0) : 0;
       if (used >= budget.limit) {
@@ -553,13 +517,13 @@ class SqliteOperationStore final : public OperationStore {
         .Bind(6, static_cast<int64_t>(op.done() ? 1 : 0))
         .Bind(7, static_cast<int64_t>(op.provider()))
         .Bind(8, static_cast<int64_t>(op.task()))
-        .Bind(9, Micros(FromProtoTimestamp(op.create_time())))
+        .Bind(9, LedgerMicros(FromProtoTimestamp(op.create_time())))
         .Bind(10, op.sequence())
         .Bind(11, static_cast<int64_t>(record.charged ? 1 : 0))
         .Bind(12, record.owner)
-        .Bind(13, Micros(record.lease_until))
+        .Bind(13, LedgerMicros(record.lease_until))
         .BindBlob(14, snapshot)
-        .Bind(15, OutputsToJson(record.upstream_outputs))
+        .Bind(15, UpstreamOutputsToJson(record.upstream_outputs))
         .Bind(16, op.provider_account());
     MUSICGW_RETURN_IF_ERROR(insert.Run());
     MUSICGW_RETURN_IF_ERROR(InsertEvent(id, op.sequence(), snapshot));

@@ -23,10 +23,10 @@ def main(src):
     minimum = max(server_default, deployed)
     clients = {
         "python": int(re.search(r'"grpc\.keepalive_time_ms", ([\d_]+)',
-                                read("clients/python/musicgw_client.py")).group(1)) / 1000,
-        "node": int(re.search(r"'grpc\.keepalive_time_ms': (\d+)",
-                              read("clients/node/client.js")).group(1)) / 1000,
-        "go": int(re.search(r"Time: (\d+) \* time\.Second", read("clients/go/client/client.go")).group(1)),
+                                read("clients/python/src/musicgw/client.py")).group(1)) / 1000,
+        "node": int(re.search(r"pingIntervalMs: (\d+)",
+                              read("clients/node/src/client.ts")).group(1)) / 1000,
+        "go": int(re.search(r"Time: (\d+) \* time\.Second", read("clients/go/musicgw.go")).group(1)),
     }
     passed = failed = 0
     for name, seconds in clients.items():

@@ -115,6 +115,23 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
       {[](json& d) { d["server"]["drain_deadline_seconds"] = 601; },
        "server.drain_deadline_seconds: must be between 0 and 600 seconds"},
       {[](json& d) { d["ledger"]["path"] = ""; }, "ledger.path: must not be empty"},
+      {[](json& d) {
+         d["ledger"]["postgres"] = {{"dsn", {{"env", "PG_DSN"}}}};
+       },
+       "ledger: set either \"path\" (SQLite) or \"postgres\", not both"},
+      {[](json& d) {
+         d["ledger"] = {{"postgres", json::object()}};
+       },
+       "ledger.postgres.dsn: is required"},
+      {[](json& d) {
+         d["ledger"] = {{"postgres", {{"dsn", "host=db password=x"}}}};
+       },
+       "ledger.postgres.dsn: must be {\"env\": \"NAME\"} or {\"file\": \"/path\"}; secrets are "
+       "never written in the config file"},
+      {[](json& d) {
+         d["ledger"] = {{"postgres", {{"dsn", {{"env", "UNSET"}}}, {"pool", 2}}}};
+       },
+       "ledger.postgres.dsn: environment variable UNSET is not set"},
       {[](json& d) { d["operations"]["watch_buffer"] = 0; },
        "operations.watch_buffer: must be between 1 and 1024"},
       {[](json& d) { d["operations"]["watch_buffer"] = 2.5; },
@@ -251,6 +268,20 @@ TEST(ConfigTest, RejectsNonJson) {
   ASSERT_FALSE(config.ok());
   EXPECT_EQ(config.status().message(), "(file): not valid JSON");
   EXPECT_FALSE(LoadConfigFile("/nonexistent/musicgw.json", FakeEnv()).ok());
+}
+
+TEST(ConfigTest, APostgresLedgerTakesItsDsnFromASecretReference) {
+  json doc = ValidConfig();
+  doc["ledger"] = {{"postgres", {{"dsn", {{"env", "PG_DSN"}}}, {"pool_size", 4}}},
+                   {"replica_id", "gw-0"}};
+  auto config = ParseConfig(doc.dump(), FakeEnv({{"LOUDLY_REFRESH_TOKEN", "r"},
+                                                 {"SOUNDPIECE_API_KEY", "k"},
+                                                 {"SOUNDPIECE_WEBHOOK_SECRETS", "whsec_AAAA"},
+                                                 {"PG_DSN", "host=db user=gw password=pw"}}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->ledger_postgres_dsn, "host=db user=gw password=pw");
+  EXPECT_EQ(config->ledger_postgres_pool_size, 4);
+  EXPECT_EQ(config->replica_id, "gw-0");
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one of the offline deployment checks with a python3 that has PyYAML and protobuf
-# (Debian's), skipping (77) only when a needed tool is absent.
+# (Debian's). A missing tool is a failure, never a skip: scripts/install-deps.sh installs them.
 #   run_check.sh manifests SOURCE_DIR [MUSICGW_BINARY]
 #   run_check.sh envoy SOURCE_DIR WORK_DIR
 #   run_check.sh dockerfile SOURCE_DIR [--gateway-binaries ... --sandbox-binaries ...]
@@ -12,11 +12,11 @@ for candidate in /usr/bin/python3 "$(command -v python3 || true)"; do
     py="$candidate"; break
   fi
 done
-[[ -n "$py" ]] || { echo "SKIP: no python3 with yaml and protobuf (python3-yaml python3-protobuf)"; exit 77; }
+[[ -n "$py" ]] || { echo "FAIL: no python3 with yaml and protobuf (python3-yaml python3-protobuf)" >&2; exit 1; }
 here="$(cd "$(dirname "$0")" && pwd)"
 case "$what" in
   manifests)
-    command -v kubectl >/dev/null || { echo "SKIP: no kubectl"; exit 77; }
+    command -v kubectl >/dev/null || { echo "FAIL: no kubectl" >&2; exit 1; }
     extra=()
     if [[ -n "${3:-}" ]]; then
       [[ -x "$3" ]] || { echo "FAIL: $3 is not built" >&2; exit 1; }
@@ -26,7 +26,7 @@ case "$what" in
       --self-test "${extra[@]}"
     ;;
   envoy)
-    command -v protoc >/dev/null || { echo "SKIP: no protoc"; exit 77; }
+    command -v protoc >/dev/null || { echo "FAIL: no protoc" >&2; exit 1; }
     rm -rf "$3"
     exec "$py" "$here/check_envoy.py" --envoy-dir "$src/deploy/envoy" --work "$3"
     ;;

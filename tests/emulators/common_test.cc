@@ -1,7 +1,10 @@
 // The emulators' shared pieces: fault plans, audio synthesis and the two binaries' process
 // contract (listening line, clean exit on SIGTERM).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,14 +13,19 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "emulators/common/audio.h"
 #include "emulators/common/fault_plan.h"
+#include "emulators/common/http_server.h"
 #include "emulators/common/util.h"
 #include "emulators/common/validation.h"
 #include "gtest/gtest.h"
@@ -29,8 +37,12 @@ extern char** environ;
 namespace musicgw::emulators {
 namespace {
 
+using ::musicgw::emulators::testing::ChildProcess;
 using ::musicgw::emulators::testing::ProbeDuration;
+using ::musicgw::emulators::testing::ReadLine;
 using ::musicgw::emulators::testing::RunCommand;
+using ::musicgw::emulators::testing::SpawnChild;
+using ::musicgw::emulators::testing::WaitFor;
 
 // ---- Fault plans ----------------------------------------------------------------------------
 
@@ -237,23 +249,11 @@ TEST_F(AudioTest, CacheRendersOnceAndSharesTheFile) {
 
 // Starts `binary` with stdout on a pipe; returns the pid and the first line it printed.
 std::pair<pid_t, std::string> Spawn(const std::string& binary) {
-  int fds[2];
-  if (pipe(fds) != 0) return {-1, ""};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  std::string port_flag = "--port=0";
-  std::vector<char*> argv = {const_cast<char*>(binary.c_str()), port_flag.data(), nullptr};
-  pid_t pid = -1;
-  posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
-  std::string line;
-  char c;
-  while (read(fds[0], &c, 1) == 1 && c != '\n') line += c;
-  close(fds[0]);
-  return {pid, line};
+  const ChildProcess child = SpawnChild({binary, "--port=0"});
+  if (child.pid < 0) return {-1, ""};
+  std::string line = ReadLine(child.stdout_fd);
+  close(child.stdout_fd);
+  return {child.pid, line};
 }
 
 TEST(BinaryTest, BothEmulatorsPrintTheirUrlAndStopOnSigterm) {
@@ -272,6 +272,183 @@ TEST(BinaryTest, BothEmulatorsPrintTheirUrlAndStopOnSigterm) {
     EXPECT_TRUE(WIFEXITED(status));
     EXPECT_EQ(WEXITSTATUS(status), 0);
   }
+}
+
+// kill -9 of a test-like parent (it started an emulator through SpawnChild): the emulator goes
+// with it. This process adopts the orphan (child subreaper), so waitpid observes its end.
+TEST(BinaryTest, AnEmulatorDiesWithTheProcessThatStartedIt) {
+  ASSERT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  // Everything the forked parent needs is allocated before fork.
+  const std::vector<std::string> argv = {LOUDLY_EMULATOR_BINARY, "--port=0"};
+  const pid_t parent = fork();
+  ASSERT_GE(parent, 0);
+  if (parent == 0) {
+    close(fds[0]);
+    const ChildProcess emulator = SpawnChild(argv, /*capture_stdout=*/false);
+    if (write(fds[1], &emulator.pid, sizeof(emulator.pid)) != sizeof(emulator.pid)) _exit(1);
+    for (;;) pause();
+  }
+  close(fds[1]);
+  pid_t emulator = -1;
+  ASSERT_EQ(read(fds[0], &emulator, sizeof(emulator)), static_cast<ssize_t>(sizeof(emulator)));
+  close(fds[0]);
+  ASSERT_GT(emulator, 0);
+  ASSERT_EQ(kill(parent, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(parent, &status, 0), parent);
+  // The orphan is ours now: its exit is observable, and it must come without anyone asking.
+  pid_t ended = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while ((ended = waitpid(emulator, &status, WNOHANG)) == 0 && absl::Now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (ended != emulator) kill(emulator, SIGKILL);  // do not leak it when the test fails
+  prctl(PR_SET_CHILD_SUBREAPER, 0);
+  ASSERT_EQ(ended, emulator) << "the emulator outlived the process that started it";
+  EXPECT_TRUE(WIFEXITED(status) || WIFSIGNALED(status));
+}
+
+// ---- HTTP server faults ---------------------------------------------------------------------
+
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+struct RawAnswer {
+  std::string bytes;  // headers and whatever body arrived
+  int error = 0;      // errno of the read that ended it, 0 for a clean end of stream
+};
+
+RawAnswer RawGet(int port, const std::string& path) {
+  RawAnswer answer;
+  const int fd = Connect(port);
+  if (fd < 0) return {"", errno};
+  const std::string request =
+      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  char buffer[65536];
+  for (;;) {
+    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+    if (n > 0) {
+      answer.bytes.append(buffer, static_cast<size_t>(n));
+      continue;
+    }
+    answer.error = n < 0 ? errno : 0;
+    break;
+  }
+  close(fd);
+  return answer;
+}
+
+// This process's CPU time (user + system), from /proc/self/stat.
+absl::Duration ProcessCpuTime() {
+  std::ifstream in("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Fields after the command name (which may hold spaces) start after the last ')'.
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  long long ticks = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stoll(field);  // utime, stime
+  }
+  return absl::Seconds(static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK)));
+}
+
+class FaultServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<HttpServer>(HttpServerOptions{}, &plan_, DialectErrors{});
+    server_->Route("GET", "/big",
+                   [](const httplib::Request&, httplib::Response& res, const std::vector<Fault>&) {
+                     res.set_content(std::string(kBigBody, 'a'), "application/json");
+                   });
+    server_->Route("GET", "/small",
+                   [](const httplib::Request&, httplib::Response& res, const std::vector<Fault>&) {
+                     res.set_content("{}", "application/json");
+                   });
+    server_->set_status_observer([this](const httplib::Request& req, int) {
+      absl::MutexLock lock(&mu_);
+      ++answered_[req.path];
+    });
+    ASSERT_TRUE(server_->Start().ok());
+  }
+  void TearDown() override { server_->Stop(); }
+
+  int Answered(const std::string& path) {
+    absl::MutexLock lock(&mu_);
+    return answered_[path];
+  }
+
+  // Large enough that the first half cannot sit in loopback socket buffers: the server is
+  // still writing when the client goes.
+  static constexpr size_t kBigBody = 64 << 20;
+  FaultPlan plan_{7};
+  std::unique_ptr<HttpServer> server_;
+  absl::Mutex mu_;
+  std::map<std::string, int> answered_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(FaultServerTest, ResetFaultResetsTheConnectionMidBody) {
+  ASSERT_TRUE(plan_.Set(R"([{"match":"GET /small","action":"reset"}])").ok());
+  // A 2-byte body is cut after 1 byte; a larger one after half its bytes.
+  RawAnswer small = RawGet(server_->port(), "/small");
+  EXPECT_EQ(small.error, ECONNRESET) << "an RST, not a clean close";
+  EXPECT_TRUE(absl::StartsWith(small.bytes, "HTTP/1.1 200")) << small.bytes.substr(0, 40);
+  EXPECT_TRUE(absl::EndsWith(small.bytes, "\r\n\r\n{")) << "half the body, then the reset";
+
+  ASSERT_TRUE(plan_.Set(R"([{"match":"GET /small","action":"reset","before":true}])").ok());
+  RawAnswer before = RawGet(server_->port(), "/small");
+  EXPECT_EQ(before.error, ECONNRESET);
+  EXPECT_TRUE(before.bytes.empty()) << before.bytes.substr(0, 40);
+  // The server serves on.
+  ASSERT_TRUE(plan_.Set("").ok());
+  RawAnswer clean = RawGet(server_->port(), "/small");
+  EXPECT_EQ(clean.error, 0);
+  EXPECT_TRUE(absl::EndsWith(clean.bytes, "\r\n\r\n{}"));
+}
+
+// A client that leaves mid-body ends the response: the server notices (its request ends) and
+// uses no CPU afterwards. Before, the reset fault's provider ignored the failed write and was
+// called again at the same offset forever, a core at 100 %.
+TEST_F(FaultServerTest, ClientLeavingMidBodyLeavesTheServerIdle) {
+  ASSERT_TRUE(plan_
+                  .Set(R"([{"match":"GET /big","action":"reset"},
+                            {"match":"GET /small","action":"latency","delay_ms":400}])")
+                  .ok());
+  const int fd = Connect(server_->port());
+  ASSERT_GE(fd, 0);
+  const std::string request = "GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  ASSERT_EQ(send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  char buffer[4096];
+  ASSERT_GT(recv(fd, buffer, sizeof(buffer), 0), 0) << "the answer started";
+  const linger abort_on_close{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof(abort_on_close));
+  close(fd);  // gone, with an RST
+  ASSERT_TRUE(WaitFor([&] { return Answered("/big") == 1; }, absl::Seconds(30)))
+      << "the server never noticed the client left";
+
+  // The window: one request that the server holds 400 ms. A spinning thread would burn about
+  // that much CPU in it; an idle server next to none.
+  const absl::Duration cpu_before = ProcessCpuTime();
+  const absl::Time start = absl::Now();
+  RawAnswer slow = RawGet(server_->port(), "/small");
+  const absl::Duration wall = absl::Now() - start;
+  const absl::Duration cpu = ProcessCpuTime() - cpu_before;
+  EXPECT_TRUE(absl::EndsWith(slow.bytes, "{}"));
+  EXPECT_GE(wall, absl::Milliseconds(400));
+  EXPECT_LT(cpu, wall / 4) << "cpu " << cpu << " over " << wall;
 }
 
 }  // namespace

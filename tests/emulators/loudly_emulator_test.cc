@@ -25,6 +25,8 @@ using ::musicgw::emulators::testing::KeyOrder;
 using ::musicgw::emulators::testing::ProbeDuration;
 using ::musicgw::emulators::testing::ReadTestdata;
 using ::musicgw::emulators::testing::SameShape;
+using ::musicgw::emulators::testing::SteppedClock;
+using ::musicgw::emulators::testing::WaitFor;
 using Json = nlohmann::json;
 
 constexpr char kApiKey[] = "loudly_test_key";
@@ -73,19 +75,21 @@ class LoudlyTest : public ::testing::Test {
                          absl::StrCat("multipart/form-data; boundary=", boundary).c_str());
   }
   Json PollUntilSong(const std::string& id, const std::string& token, std::string* raw = nullptr) {
-    for (int i = 0; i < 100; ++i) {
+    Json body;
+    std::string text;
+    const bool appeared = WaitFor([&] {
       auto r = client_->Get(absl::StrCat("/ai/vega/bundles/", id, "?limit=10"), Bearer(token));
-      EXPECT_TRUE(r);
-      if (!r) return {};
-      Json body = Json::parse(r->body);
-      if (!body["vega_songs"].empty()) {
-        if (raw != nullptr) *raw = r->body;
-        return body;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      if (!r) return false;
+      text = r->body;
+      body = Json::parse(text);
+      return !body["vega_songs"].empty();
+    });
+    if (!appeared) {
+      ADD_FAILURE() << "no song appeared";
+      return {};
     }
-    ADD_FAILURE() << "no song appeared";
-    return {};
+    if (raw != nullptr) *raw = text;
+    return body;
   }
   httplib::Result B2B(const std::string& path, const httplib::Params& form, bool multipart = false,
                       const std::string& key = kApiKey) {
@@ -257,6 +261,8 @@ TEST_F(LoudlyTest, RefreshTokensRotateAndOldOnesAreRejected) {
 TEST_F(LoudlyTest, MissingInvalidAndExpiredBearerTokensGet401) {
   Options o = FastOptions();
   o.access_token_ttl = absl::Seconds(1);
+  SteppedClock clock;
+  o.clock = clock.Function();
   StartEmulator(o);
   auto none = client_->Get("/users/limits");
   ASSERT_TRUE(none);
@@ -265,7 +271,7 @@ TEST_F(LoudlyTest, MissingInvalidAndExpiredBearerTokensGet401) {
   EXPECT_EQ(client_->Get("/users/limits", Bearer("eyJhbGciOi.forged.token"))->status, 401);
   const std::string token = Login();
   EXPECT_EQ(client_->Get("/users/limits", Bearer(token))->status, 200);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  clock.Advance(absl::Seconds(2));
   auto expired = client_->Get("/users/limits", Bearer(token));
   EXPECT_EQ(expired->status, 401);
   EXPECT_EQ(Json::parse(expired->body)["message"], "Expired JWT Token");
@@ -525,13 +531,14 @@ TEST_F(LoudlyTest, FaultsOnBothDialects) {
       client_->Post("/ai/vega/bundles", Bearer(token), "bundle_type=ADVANCED&genre=Techno",
                     "application/x-www-form-urlencoded");
   ASSERT_EQ(bundle->status, 200);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  const Json later =
-      Json::parse(client_
-                      ->Get(absl::StrCat("/ai/vega/bundles/",
-                                         Json::parse(bundle->body)["id"].get<std::string>()),
-                            Bearer(token))
-                      ->body);
+  // The failure shows once the bundle's song would have appeared.
+  const std::string bundle_path =
+      absl::StrCat("/ai/vega/bundles/", Json::parse(bundle->body)["id"].get<std::string>());
+  Json later;
+  ASSERT_TRUE(WaitFor([&] {
+    later = Json::parse(client_->Get(bundle_path, Bearer(token))->body);
+    return !later["errors"].empty();
+  }));
   EXPECT_TRUE(later["vega_songs"].empty());
   EXPECT_EQ(later["errors"], Json::array({"Generation failed"}));
   auto stats = Json::parse(client_->Get("/_emulator/stats")->body);

@@ -32,6 +32,7 @@ using ::musicgw::emulators::testing::Golden;
 using ::musicgw::emulators::testing::ProbeDuration;
 using ::musicgw::emulators::testing::RunCommand;
 using ::musicgw::emulators::testing::SameShape;
+using ::musicgw::emulators::testing::SteppedClock;
 using ::musicgw::emulators::testing::WaitFor;
 using Json = nlohmann::json;
 
@@ -508,6 +509,8 @@ TEST_F(SoundpieceTest, ManyConcurrentLongPollsWaitWithoutBlockingEachOther) {
 TEST_F(SoundpieceTest, SignedUrlsExpireAndEveryGetMintsFreshOnes) {
   Options o = FastOptions();
   o.url_ttl = absl::Seconds(1);
+  SteppedClock clock;
+  o.clock = clock.Function();
   StartEmulator(o);
   const Json ready = RunToEnd("create.new_fx", "fx",
                               {{"idempotency_key", Uuid(3)}, {"prompt", "click"}, {"duration", 1}});
@@ -519,7 +522,7 @@ TEST_F(SoundpieceTest, SignedUrlsExpireAndEveryGetMintsFreshOnes) {
   ASSERT_EQ(cdn.Get(path)->status, 200);
   // Tampered signature.
   EXPECT_EQ(cdn.Get(path.substr(0, path.size() - 2) + "00")->status, 403);
-  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  clock.Advance(absl::Seconds(3));
   auto expired = cdn.Get(path);
   ASSERT_TRUE(expired);
   EXPECT_EQ(expired->status, 403);
@@ -749,7 +752,14 @@ TEST_F(SoundpieceTest, NoSecretMeansNoWebhooks) {
   Json body = Golden("soundpiece/new_sample_request.json");
   body["callback_url"] = receiver.url();
   RunToEnd("create.new_sample", "sample", body);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // A barrier instead of a wait: a webhook is queued when its operation completes, due at
+  // once, and the one scheduler handles tasks in due order; so once a second operation has
+  // completed, any webhook of the first would have been attempted.
+  ASSERT_TRUE(WaitFor([&] { return emulator_->stats().operations_ready == 1; }));
+  body["idempotency_key"] = Uuid(31);
+  body.erase("callback_url");
+  RunToEnd("create.new_sample", "sample", body);
+  ASSERT_TRUE(WaitFor([&] { return emulator_->stats().operations_ready == 2; }));
   EXPECT_TRUE(receiver.deliveries().empty());
   EXPECT_EQ(emulator_->stats().webhook_attempts, 0);
 }
@@ -767,9 +777,8 @@ TEST_F(SoundpieceTest, WebhookFaults) {
   body["callback_url"] = receiver.url();
   // 1st delivery: lost for good.
   RunToEnd("create.new_sample", "sample", body);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(WaitFor([&] { return emulator_->stats().webhooks_dropped == 1; }));
   EXPECT_TRUE(receiver.deliveries().empty());
-  EXPECT_EQ(emulator_->stats().webhooks_dropped, 1);
   // 2nd: delivered twice with one webhook-id.
   body["idempotency_key"] = Uuid(21);
   RunToEnd("create.new_sample", "sample", body);
@@ -897,6 +906,10 @@ TEST_F(SoundpieceTest, ProbabilisticFaultsAreDeterministicForASeed) {
 }
 
 TEST_F(SoundpieceTest, ExpireUrlFaultShortensOneAnswer) {
+  SteppedClock clock;
+  Options o = FastOptions();
+  o.clock = clock.Function();
+  StartEmulator(o);
   const Json ready = RunToEnd("create.new_fx", "fx",
                               {{"idempotency_key", Uuid(6)}, {"prompt", "a"}, {"duration", 1}});
   const std::string id = ready["fx"]["id"];
@@ -908,7 +921,7 @@ TEST_F(SoundpieceTest, ExpireUrlFaultShortensOneAnswer) {
   auto r = Get("create.new_fx", id);
   const std::string url = Body(r)["fx"]["output"]["url"];
   httplib::Client cdn(emulator_->base_url());
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  clock.Advance(absl::Seconds(2));  // past the whole second the URL expired in
   EXPECT_EQ(cdn.Get(url.substr(emulator_->base_url().size()))->status, 403);
   const std::string fresh = Body(Get("create.new_fx", id))["fx"]["output"]["url"];
   EXPECT_EQ(cdn.Get(fresh.substr(emulator_->base_url().size()))->status, 200);

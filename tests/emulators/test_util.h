@@ -1,7 +1,14 @@
 // Helpers for the emulator tests: golden-shape comparison, testdata, external tools, polling.
 #pragma once
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/types.h>
+#include <unistd.h>
+
 #include <array>
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -9,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -127,6 +135,63 @@ inline double ProbeDuration(const std::string& path) {
   if (r.exit_code != 0) return -1;
   return std::atof(r.output.c_str());
 }
+
+// A process a test started. It dies with the thread that started it (PR_SET_PDEATHSIG, which
+// survives exec), so a test run killed at any point, even with SIGKILL, leaves nothing running.
+struct ChildProcess {
+  pid_t pid = -1;
+  int stdout_fd = -1;  // read end of the child's stdout, or -1
+};
+
+// Starts `argv` (argv[0] is the binary's path). `death_signal` reaches the child when its
+// starter goes: SIGTERM lets an emulator remove its private files on the way out. Between fork
+// and exec the child only makes system calls (no allocation), as a forked copy of a threaded
+// process must.
+inline ChildProcess SpawnChild(const std::vector<std::string>& argv, bool capture_stdout = true,
+                               int death_signal = SIGTERM) {
+  std::vector<char*> args;
+  args.reserve(argv.size() + 1);
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  int fds[2] = {-1, -1};
+  if (capture_stdout && pipe2(fds, O_CLOEXEC) != 0) return {};
+  const pid_t starter = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, death_signal);
+    if (getppid() != starter) _exit(127);             // the starter died before prctl took effect
+    if (capture_stdout) dup2(fds[1], STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the copy
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  if (capture_stdout) close(fds[1]);
+  if (pid < 0) {
+    if (capture_stdout) close(fds[0]);
+    return {};
+  }
+  return {pid, capture_stdout ? fds[0] : -1};
+}
+
+// The next line the child printed (without the newline); empty at end of stream.
+inline std::string ReadLine(int fd) {
+  std::string line;
+  char c;
+  while (read(fd, &c, 1) == 1 && c != '\n') line += c;
+  return line;
+}
+
+// Real time plus an offset the test moves forward (Options::clock): expiry is tested without
+// sleeping. The offset is shared with the function handed out, so it outlives the test body.
+class SteppedClock {
+ public:
+  std::function<absl::Time()> Function() const {
+    return [offset = offset_] { return absl::Now() + absl::Nanoseconds(offset->load()); };
+  }
+  void Advance(absl::Duration by) { offset_->fetch_add(absl::ToInt64Nanoseconds(by)); }
+
+ private:
+  std::shared_ptr<std::atomic<int64_t>> offset_ = std::make_shared<std::atomic<int64_t>>(0);
+};
 
 // Polls `condition` until it holds or `timeout` passes.
 inline bool WaitFor(const std::function<bool()>& condition,

@@ -4,18 +4,26 @@
 
 #include <httplib.h>
 
-#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 
 namespace musicgw::testing {
 
 class TestHttpServer {
  public:
   TestHttpServer() {
-    server_.new_task_queue = [] { return new httplib::ThreadPool(16); };
+    // The listener creates its task queue once it runs (after it marks itself running, before it
+    // accepts): the event Start() waits for.
+    server_.new_task_queue = [this] {
+      running_->Notify();
+      return new httplib::ThreadPool(16);
+    };
     // Headers and body go out in separate writes; without this Nagle + delayed ACK add 40 ms.
     server_.set_tcp_nodelay(true);
   }
@@ -26,10 +34,13 @@ class TestHttpServer {
   // Binds (the socket listens from here on) and serves on a background thread.
   void Start() {
     port_ = server_.bind_to_any_port("127.0.0.1");
+    running_ = std::make_unique<absl::Notification>();
     thread_ = std::thread([this] { server_.listen_after_bind(); });
     // stop() is a no-op until the server runs, so wait for it (the socket already listens).
-    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    running_->WaitForNotification();
+    if (!server_.is_running()) {
+      std::fprintf(stderr, "TestHttpServer: task queue created before the server ran\n");
+      std::abort();
     }
   }
   void Stop() {
@@ -46,6 +57,7 @@ class TestHttpServer {
 
  private:
   httplib::Server server_;
+  std::unique_ptr<absl::Notification> running_;  // per Start()
   std::thread thread_;
   int port_ = 0;
 };

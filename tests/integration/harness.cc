@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -71,9 +72,14 @@ absl::StatusOr<std::unique_ptr<GatewayProcess>> GatewayProcess::Start(const nloh
   process->log_path_ = work_dir + "/musicgw.log";
   const std::string out_path = work_dir + "/musicgw.out";
   std::remove(out_path.c_str());
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
+    // The gateway dies with the test, even a test killed with SIGKILL, so an interrupted suite
+    // leaves nothing running. (The signal follows the forking thread: tests start it from theirs.)
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);  // the test died before prctl took effect
     freopen(out_path.c_str(), "w", stdout);
     freopen(process->log_path_.c_str(), "a", stderr);
     const std::string flag = "--config=" + config_path;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "adapters/http/curl_http_client.h"
@@ -90,6 +92,13 @@ class MetricsEmulatorTest : public ::testing::Test {
     for (auto& adapter : adapters_) adapter->Start();
 
     quota_ = std::make_unique<gateway::QuotaMonitor>(adapter_ptrs_, http_.get(), absl::Minutes(10));
+    // Every accepted read passes the listener (under the monitor's lock, before the snapshot is
+    // updated): the event QuotaReadAfter waits for.
+    quota_->set_listener(
+        [this](const adapters::ProviderAdapter* adapter, std::vector<adapters::QuotaFigure>*) {
+          absl::MutexLock lock(&reads_mu_);
+          last_read_[adapter->provider()] = absl::Now();
+        });
     refresh_ = std::make_unique<QuotaRefresh>(quota_.get());
     fan_out_ = std::make_unique<EngineObserverFanOut>(
         std::vector<operations::EngineObserver*>{metrics_.get(), refresh_.get()});
@@ -145,12 +154,20 @@ class MetricsEmulatorTest : public ::testing::Test {
 
   // The latest quota read of `provider`, once one newer than `after` has succeeded.
   std::optional<gateway::AccountQuota> QuotaReadAfter(v1::Provider provider, absl::Time after) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (absl::Now() < deadline) {
-      for (const auto& account : quota_->Snapshot()) {
-        if (account.provider == provider && account.read_time > after) return account;
+    {
+      absl::MutexLock lock(&reads_mu_);
+      auto read = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(reads_mu_) {
+        auto it = last_read_.find(provider);
+        return it != last_read_.end() && it->second > after;
+      };
+      if (!reads_mu_.AwaitWithTimeout(absl::Condition(&read), absl::Seconds(20))) {
+        return std::nullopt;
       }
-      absl::SleepFor(absl::Milliseconds(20));  // the monitor offers no change notification
+    }
+    // The snapshot is updated under the lock the listener ran under, so it has the read now
+    // (stamped after the listener ran, so also after `after`).
+    for (const auto& account : quota_->Snapshot()) {
+      if (account.provider == provider && account.read_time > after) return account;
     }
     return std::nullopt;
   }
@@ -175,6 +192,9 @@ class MetricsEmulatorTest : public ::testing::Test {
   std::unique_ptr<QuotaRefresh> refresh_;
   std::unique_ptr<EngineObserverFanOut> fan_out_;
   std::unique_ptr<operations::OperationsEngine> engine_;
+
+  absl::Mutex reads_mu_;
+  std::map<v1::Provider, absl::Time> last_read_ ABSL_GUARDED_BY(reads_mu_);
 };
 
 TEST_F(MetricsEmulatorTest, AGenerationMovesCountersAndTheProvidersDecrementedLimits) {

@@ -1,11 +1,16 @@
 #include "adapters/soundpiece/webhook.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/escaping.h"
@@ -226,6 +231,63 @@ TEST_F(WebhookReceiverTest, ForgedStaleAndMalformedAreRejected) {
   EXPECT_EQ(counters.verified, 0);
   // The malformed-but-signed id was not remembered: a corrected retry is not a "duplicate".
   EXPECT_EQ(Post("j1", now, Sign(kKeyA, "j1", now, kBody), kBody), 204);
+}
+
+// A validly signed body over max_body_bytes: cpp-httplib answers 413 before any route runs, and
+// the delivery is still counted (outcome too_large) and logged, without body or signature.
+TEST_F(WebhookReceiverTest, OversizedSignedBodyIsRefusedCountedAndLogged) {
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  const std::string big(5 << 20, 'x');
+  const std::string signature = Sign(kKeyA, "big_1", now, big);
+  ::testing::internal::CaptureStderr();
+  // Headers only: the server refuses on Content-Length without reading the body (and a client
+  // still writing 5 MB into a closed connection may lose the answer to a reset).
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(receiver_->port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string head = absl::StrCat(
+      "POST /webhooks/soundpiece HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n",
+      "webhook-id: big_1\r\nwebhook-timestamp: ", now, "\r\nwebhook-signature: ", signature,
+      "\r\nContent-Length: ", big.size(), "\r\n\r\n");
+  ASSERT_EQ(send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+  std::string answer;
+  char buffer[4096];
+  ssize_t n;
+  while (answer.find("\r\n\r\n") == std::string::npos &&
+         (n = recv(fd, buffer, sizeof(buffer), 0)) > 0) {
+    answer.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 413")) << answer.substr(0, 80);
+  // Counted after the answer is written: wait for the count itself.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (receiver_->counters().too_large < 1 && absl::Now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(receiver_->counters().too_large, 1);
+
+  // The same through Handle (the endpoint embedded in another server).
+  EXPECT_EQ(receiver_->Handle("big_2", absl::StrCat(now), Sign(kKeyA, "big_2", now, big), big),
+            413);
+  const std::string logs = ::testing::internal::GetCapturedStderr();
+  const WebhookCounters counters = receiver_->counters();
+  EXPECT_EQ(counters.too_large, 2);
+  EXPECT_EQ(counters.verified + counters.bad_signature + counters.stale + counters.duplicate +
+                counters.malformed,
+            0);
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_TRUE(updates_.empty());
+  }
+  EXPECT_TRUE(absl::StrContains(logs, R"("outcome":"too_large")")) << logs;
+  EXPECT_TRUE(absl::StrContains(logs, R"("webhook_id":"big_1")")) << logs;
+  EXPECT_TRUE(absl::StrContains(logs, R"("body_bytes":5242880)")) << logs;
+  EXPECT_FALSE(absl::StrContains(logs, signature.substr(3))) << "no signature in logs";
+  EXPECT_FALSE(absl::StrContains(logs, "xxxxxxxx")) << "no body in logs";
 }
 
 }  // namespace

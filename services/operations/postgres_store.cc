@@ -1,0 +1,710 @@
+// The PostgreSQL ledger. Same schema shape as the SQLite one (times in microseconds, snapshots
+// as serialized Operation protos), so both stores keep one contract and one conformance suite.
+#include "services/operations/postgres_store.h"
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "common/errors.h"
+#include "common/status_macros.h"
+#include "common/time_util.h"
+#include "services/operations/ledger_codec.h"
+
+namespace musicgw::operations {
+namespace {
+
+namespace v1 = musicgw::v1;
+
+// Versioned migrations, applied in order under an advisory lock; index + 1 is the version.
+// Never edit an applied entry: append a new one.
+const char* const kMigrations[] = {
+    // 1: operations, their change events, and facts learnt about assets.
+    R"sql(
+CREATE TABLE operations (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  done BOOLEAN NOT NULL,
+  provider INTEGER NOT NULL,
+  provider_account TEXT NOT NULL DEFAULT '',
+  task INTEGER NOT NULL,
+  create_time_us BIGINT NOT NULL,
+  done_time_us BIGINT,
+  sequence BIGINT NOT NULL,
+  charged BOOLEAN NOT NULL DEFAULT FALSE,
+  owner TEXT NOT NULL DEFAULT '',
+  lease_until_us BIGINT NOT NULL DEFAULT 0,
+  snapshot BYTEA NOT NULL,
+  upstream_outputs TEXT NOT NULL DEFAULT '[]'
+);
+CREATE UNIQUE INDEX operations_by_request ON operations (tenant, request_id);
+CREATE INDEX operations_by_tenant ON operations (tenant, id);
+CREATE INDEX operations_live ON operations (owner, lease_until_us) WHERE NOT done;
+CREATE INDEX operations_done ON operations (done_time_us) WHERE done;
+CREATE INDEX operations_for_budgets ON operations (tenant, task, create_time_us)
+  INCLUDE (state, charged, done);
+CREATE INDEX operations_for_credits ON operations (provider, provider_account, create_time_us)
+  INCLUDE (charged, task);
+CREATE TABLE operation_events (
+  operation_id TEXT NOT NULL,
+  sequence BIGINT NOT NULL,
+  snapshot BYTEA NOT NULL,
+  PRIMARY KEY (operation_id, sequence)
+);
+CREATE TABLE assets (
+  operation_id TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  size_bytes BIGINT NOT NULL,
+  sha256 TEXT NOT NULL,
+  PRIMARY KEY (operation_id, idx)
+);
+)sql",
+};
+
+// Any constant shared by every replica: serializes migrations.
+constexpr int64_t kMigrationLock = 0x6d75736963677701;
+
+constexpr absl::string_view kRecordColumns =
+    "id, tenant, request_id, request_hash, charged, owner, snapshot, upstream_outputs";
+// Operations that count against a budget: all but the failed or cancelled ones the provider
+// did not charge for.
+constexpr absl::string_view kCounted = "(state NOT IN (4, 5) OR charged)";
+
+// Every statement, prepared once per connection by name.
+const std::map<std::string, std::string>& Statements() {
+  static const auto* const statements = new std::map<std::string, std::string>{
+      {"get", absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = $1")},
+      {"find", absl::StrCat("SELECT ", kRecordColumns,
+                            " FROM operations WHERE tenant = $1 AND request_id = $2")},
+      {"tenant_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"},
+      {"budget_count",
+       absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = $1 AND task = $2 AND "
+                    "create_time_us >= $3 AND ",
+                    kCounted)},
+      {"insert",
+       "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, provider, "
+       "task, create_time_us, done_time_us, sequence, charged, owner, lease_until_us, snapshot, "
+       "upstream_outputs, provider_account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, "
+       "$10, $11, $12, $13, $14, $15, $16)"},
+      {"insert_event",
+       "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES ($1, $2, $3)"},
+      {"update",
+       "UPDATE operations SET state = $1, done = $2, provider = $3, done_time_us = $4, "
+       "sequence = $5, charged = $6, snapshot = $7, provider_account = $8, "
+       "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11"},
+      {"sequence", "SELECT sequence FROM operations WHERE id = $1"},
+      // Delivered to every listening replica when (and only if) the transaction commits.
+      {"notify", "SELECT pg_notify('musicgw_changes', $1::text || ':' || $2::text)"},
+      {"list",
+       absl::StrCat("SELECT ", kRecordColumns,
+                    " FROM operations WHERE tenant = $1 AND (cardinality($2::int[]) = 0 OR "
+                    "state = ANY($2::int[])) AND ($3 = 0 OR provider = $3) AND ($4 = 0 OR task = "
+                    "$4) AND ($5 = '' OR id < $5) ORDER BY id DESC LIMIT $6")},
+      {"events_after",
+       "SELECT sequence, snapshot FROM operation_events WHERE operation_id = $1 AND sequence > "
+       "$2 ORDER BY sequence"},
+      // SKIP LOCKED: a row another replica is updating right now is left to the next claim.
+      {"claim",
+       "UPDATE operations SET owner = $1, lease_until_us = $2 WHERE id IN (SELECT id FROM "
+       "operations WHERE NOT done AND (owner = '' OR owner = $1 OR lease_until_us < $3) FOR "
+       "UPDATE SKIP LOCKED)"},
+      {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
+                                  " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
+      {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
+      // One row rewritten in place: a real write (WAL record, commit) that changes nothing.
+      {"probe",
+       "UPDATE schema_migrations SET applied_time_us = applied_time_us WHERE version = (SELECT "
+       "MAX(version) FROM schema_migrations)"},
+      {"set_outputs", "UPDATE operations SET upstream_outputs = $1 WHERE id = $2"},
+      {"set_asset",
+       "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES ($1, $2, $3, $4) "
+       "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, "
+       "sha256 = EXCLUDED.sha256"},
+      {"assets", "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = $1"},
+      {"prune",
+       "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations WHERE "
+       "done AND done_time_us < $1)"},
+      {"budget_usage",
+       absl::StrCat("SELECT COUNT(*) FILTER (WHERE NOT done), COUNT(*) FILTER (WHERE done) FROM "
+                    "operations WHERE tenant = $1 AND task = $2 AND create_time_us >= $3 AND ",
+                    kCounted)},
+      {"charged",
+       "SELECT task, COUNT(*) FROM operations WHERE provider = $1 AND provider_account = $2 AND "
+       "create_time_us >= $3 AND charged GROUP BY task"},
+  };
+  return *statements;
+}
+
+// The ledger cannot be reached: the caller may retry the same call shortly.
+absl::Status LedgerUnavailable(absl::string_view what) {
+  absl::Status status =
+      absl::UnavailableError(absl::StrCat("ledger unavailable: ", what, "; retry shortly"));
+  status = WithErrorInfo(std::move(status), "LEDGER_UNAVAILABLE", kGatewayDomain);
+  return WithRetryInfo(std::move(status), absl::Seconds(1));
+}
+
+struct ResultDeleter {
+  void operator()(PGresult* result) const { PQclear(result); }
+};
+using Result = std::unique_ptr<PGresult, ResultDeleter>;
+
+struct ConnDeleter {
+  void operator()(PGconn* conn) const { PQfinish(conn); }
+};
+using Conn = std::unique_ptr<PGconn, ConnDeleter>;
+
+// One statement parameter: text, binary (bytea), or NULL.
+struct Param {
+  std::optional<std::string> value;
+  bool binary = false;
+
+  static Param Text(absl::string_view v) { return Param{std::string(v), false}; }
+  static Param Int(int64_t v) { return Param{absl::StrCat(v), false}; }
+  static Param Bool(bool v) { return Param{v ? "t" : "f", false}; }
+  static Param Bytes(std::string v) { return Param{std::move(v), true}; }
+  static Param Null() { return Param{std::nullopt, false}; }
+};
+
+std::string TrimmedError(const char* message) {
+  return std::string(absl::StripTrailingAsciiWhitespace(message == nullptr ? "" : message));
+}
+
+// One pooled connection with its prepared statements.
+class Connection {
+ public:
+  Connection(const std::string& dsn, absl::Duration connect_timeout)
+      : dsn_(dsn), connect_timeout_(connect_timeout) {}
+
+  // Connects (again) when there is no healthy connection.
+  absl::Status EnsureReady() {
+    if (conn_ != nullptr && PQstatus(conn_.get()) == CONNECTION_OK && !broken_) {
+      return absl::OkStatus();
+    }
+    conn_.reset();
+    broken_ = false;
+    const std::string timeout =
+        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(connect_timeout_)));
+    // dbname first: with expand_dbname it carries the whole DSN; what follows overrides it.
+    const char* const keys[] = {"dbname", "connect_timeout", "application_name", nullptr};
+    const char* const values[] = {dsn_.c_str(), timeout.c_str(), "musicgw", nullptr};
+    Conn conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
+    if (conn == nullptr) return LedgerUnavailable("out of memory connecting to PostgreSQL");
+    if (PQstatus(conn.get()) != CONNECTION_OK) {
+      // libpq's message names host and port, never the password.
+      return LedgerUnavailable(
+          absl::StrCat("cannot connect to PostgreSQL: ", TrimmedError(PQerrorMessage(conn.get()))));
+    }
+    conn_ = std::move(conn);
+    prepared_.clear();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Result> Run(const std::string& name, const std::vector<Param>& params) {
+    // Prepared on first use: the tables exist only once the migrations have run.
+    if (!prepared_.contains(name)) {
+      auto sql = Statements().find(name);
+      if (sql == Statements().end()) {
+        return absl::InternalError(absl::StrCat("ledger: no statement ", name));
+      }
+      MUSICGW_RETURN_IF_ERROR(
+          Check(Result(PQprepare(conn_.get(), name.c_str(), sql->second.c_str(), 0, nullptr)))
+              .status());
+      prepared_.insert(name);
+    }
+    std::vector<const char*> values;
+    std::vector<int> lengths;
+    std::vector<int> formats;
+    for (const Param& p : params) {
+      values.push_back(p.value.has_value() ? p.value->data() : nullptr);
+      lengths.push_back(p.value.has_value() ? static_cast<int>(p.value->size()) : 0);
+      formats.push_back(p.binary ? 1 : 0);
+    }
+    Result result(PQexecPrepared(conn_.get(), name.c_str(), static_cast<int>(params.size()),
+                                 values.data(), lengths.data(), formats.data(),
+                                 /*resultFormat=*/0));
+    return Check(std::move(result));
+  }
+
+  absl::StatusOr<Result> Simple(const char* sql) { return Check(Result(PQexec(conn_.get(), sql))); }
+
+  bool broken() const { return broken_; }
+
+ private:
+  absl::StatusOr<Result> Check(Result result) {
+    const ExecStatusType status = PQresultStatus(result.get());
+    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
+    const char* state =
+        result == nullptr ? nullptr : PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
+    const std::string sqlstate = state == nullptr ? "" : state;
+    const std::string message = TrimmedError(
+        result == nullptr ? PQerrorMessage(conn_.get()) : PQresultErrorMessage(result.get()));
+    // Class 08 (connection), 57P (server shutting down), or a dead socket: reconnect next time.
+    if (PQstatus(conn_.get()) != CONNECTION_OK || sqlstate.empty() ||
+        absl::StartsWith(sqlstate, "08") || absl::StartsWith(sqlstate, "57P")) {
+      broken_ = true;
+      return LedgerUnavailable(absl::StrCat("PostgreSQL connection lost: ", message));
+    }
+    if (sqlstate == "23505") {
+      return absl::AlreadyExistsError(absl::StrCat("ledger: ", message));
+    }
+    if (sqlstate == "40001" || sqlstate == "40P01") {
+      return absl::AbortedError(absl::StrCat("ledger: ", message));
+    }
+    return absl::InternalError(absl::StrCat("ledger: ", message));
+  }
+
+  const std::string dsn_;
+  const absl::Duration connect_timeout_;
+  Conn conn_;
+  bool broken_ = false;
+  absl::flat_hash_set<std::string> prepared_;
+};
+
+// A bounded pool: at most `size` connections, made on demand, waited for when all are in use.
+class Pool {
+ public:
+  explicit Pool(PostgresOptions options) : options_(std::move(options)) {}
+
+  class Lease {
+   public:
+    Lease(Pool* pool, std::unique_ptr<Connection> conn) : pool_(pool), conn_(std::move(conn)) {}
+    Lease(Lease&&) = default;
+    Lease& operator=(Lease&&) = delete;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease() {
+      if (conn_ != nullptr) pool_->Release(std::move(conn_));
+    }
+    Connection* operator->() { return conn_.get(); }
+
+   private:
+    Pool* pool_;
+    std::unique_ptr<Connection> conn_;
+  };
+
+  absl::StatusOr<Lease> Acquire() {
+    std::unique_ptr<Connection> conn;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time deadline = absl::Now() + options_.acquire_timeout;
+      while (idle_.empty() && open_ >= options_.pool_size) {
+        if (cv_.WaitWithDeadline(&mu_, deadline)) break;
+      }
+      if (!idle_.empty()) {
+        conn = std::move(idle_.back());
+        idle_.pop_back();
+      } else if (open_ < options_.pool_size) {
+        ++open_;
+        conn = std::make_unique<Connection>(options_.dsn, options_.connect_timeout);
+      } else {
+        return LedgerUnavailable("every ledger connection is busy");
+      }
+    }
+    Lease lease(this, std::move(conn));
+    MUSICGW_RETURN_IF_ERROR(lease->EnsureReady());
+    return lease;
+  }
+
+ private:
+  void Release(std::unique_ptr<Connection> conn) {
+    absl::MutexLock lock(&mu_);
+    idle_.push_back(std::move(conn));
+    cv_.Signal();
+  }
+
+  const PostgresOptions options_;
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
+  int open_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// BEGIN ... COMMIT on one leased connection; rolls back unless committed.
+class Transaction {
+ public:
+  explicit Transaction(Pool::Lease& conn) : conn_(conn) {}
+  ~Transaction() {
+    if (open_ && !conn_->broken()) conn_->Simple("ROLLBACK").IgnoreError();
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+  absl::Status Begin() {
+    MUSICGW_RETURN_IF_ERROR(conn_->Simple("BEGIN").status());
+    open_ = true;
+    return absl::OkStatus();
+  }
+  absl::Status Commit() {
+    open_ = false;
+    return conn_->Simple("COMMIT").status();
+  }
+
+ private:
+  Pool::Lease& conn_;
+  bool open_ = false;
+};
+
+std::string Cell(const PGresult* result, int row, int col) {
+  return std::string(PQgetvalue(result, row, col), PQgetlength(result, row, col));
+}
+
+int64_t IntCell(const PGresult* result, int row, int col) {
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(absl::string_view(PQgetvalue(result, row, col)), &value)) return 0;
+  return value;
+}
+
+bool BoolCell(const PGresult* result, int row, int col) {
+  return PQgetvalue(result, row, col)[0] == 't';
+}
+
+// bytea arrives in text results in hex form.
+std::string BytesCell(const PGresult* result, int row, int col) {
+  size_t length = 0;
+  unsigned char* bytes = PQunescapeBytea(
+      reinterpret_cast<const unsigned char*>(PQgetvalue(result, row, col)), &length);
+  if (bytes == nullptr) return "";
+  std::string out(reinterpret_cast<const char*>(bytes), length);
+  PQfreemem(bytes);
+  return out;
+}
+
+std::string IdOf(const v1::Operation& op) {
+  OperationRecord record;
+  record.operation.set_name(op.name());
+  return record.id();
+}
+
+class PostgresOperationStore final : public OperationStore {
+ public:
+  explicit PostgresOperationStore(PostgresOptions options)
+      : clock_(*options.clock), pool_(std::move(options)) {}
+
+  absl::Status Migrate() {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Simple(absl::StrCat("SELECT pg_advisory_xact_lock(", kMigrationLock, ")").c_str())
+            .status());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Simple("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                     "applied_time_us BIGINT NOT NULL)")
+            .status());
+    MUSICGW_ASSIGN_OR_RETURN(
+        Result current, conn->Simple("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"));
+    const int64_t have = IntCell(current.get(), 0, 0);
+    const int64_t latest = sizeof(kMigrations) / sizeof(kMigrations[0]);
+    if (have > latest) {
+      return absl::FailedPreconditionError(absl::StrCat("ledger schema version ", have,
+                                                        " is newer than this binary (", latest,
+                                                        "); refusing to open"));
+    }
+    for (int64_t version = have + 1; version <= latest; ++version) {
+      MUSICGW_RETURN_IF_ERROR(conn->Simple(kMigrations[version - 1]).status());
+      MUSICGW_RETURN_IF_ERROR(
+          conn->Simple(absl::StrCat("INSERT INTO schema_migrations VALUES (", version, ", ",
+                                    absl::ToUnixMicros(clock_.Now()), ")")
+                           .c_str())
+              .status());
+    }
+    return txn.Commit();
+  }
+
+  absl::StatusOr<CreateResult> Create(const OperationRecord& record,
+                                      const std::vector<BudgetCheck>& budgets) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    // One tenant's Creates serialize on every replica: request_id uniqueness and budget
+    // admission are then exact, and other tenants are not held up.
+    MUSICGW_RETURN_IF_ERROR(conn->Run("tenant_lock", {Param::Text(record.tenant)}).status());
+    MUSICGW_ASSIGN_OR_RETURN(Result existing, conn->Run("find", {Param::Text(record.tenant),
+                                                                 Param::Text(record.request_id)}));
+    if (PQntuples(existing.get()) > 0) {
+      MUSICGW_ASSIGN_OR_RETURN(OperationRecord found, ReadRecord(conn, existing.get(), 0));
+      return CreateResult{std::move(found), false};
+    }
+    for (const BudgetCheck& budget : budgets) {
+      MUSICGW_ASSIGN_OR_RETURN(
+          Result count, conn->Run("budget_count", {Param::Text(record.tenant),
+                                                   Param::Int(static_cast<int64_t>(budget.task)),
+                                                   Param::Int(LedgerMicros(budget.period_start))}));
+      const int64_t used = IntCell(count.get(), 0, 0);
+      if (used >= budget.limit) return BudgetExhausted(record.tenant, budget, used);
+    }
+    const v1::Operation& op = record.operation;
+    const std::string id = record.id();
+    const std::string snapshot = op.SerializeAsString();
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run(
+                "insert",
+                {Param::Text(id), Param::Text(record.tenant), Param::Text(record.request_id),
+                 Param::Text(record.request_hash), Param::Int(op.state()), Param::Bool(op.done()),
+                 Param::Int(op.provider()), Param::Int(op.task()),
+                 Param::Int(LedgerMicros(FromProtoTimestamp(op.create_time()))),
+                 Param::Int(op.sequence()), Param::Bool(record.charged), Param::Text(record.owner),
+                 Param::Int(LedgerMicros(record.lease_until)), Param::Bytes(snapshot),
+                 Param::Text(UpstreamOutputsToJson(record.upstream_outputs)),
+                 Param::Text(op.provider_account())})
+            .status());
+    MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
+                                                       Param::Bytes(snapshot)})
+                                .status());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
+    MUSICGW_RETURN_IF_ERROR(txn.Commit());
+    return CreateResult{record, true};
+  }
+
+  absl::Status Update(const OperationUpdate& update) override {
+    const v1::Operation& op = update.operation;
+    if (op.sequence() != update.expected_sequence + 1) {
+      return absl::InvalidArgumentError("ledger: sequence must advance by one");
+    }
+    const std::string id = IdOf(op);
+    const std::string snapshot = op.SerializeAsString();
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    MUSICGW_ASSIGN_OR_RETURN(
+        Result updated,
+        conn->Run("update",
+                  {Param::Int(op.state()), Param::Bool(op.done()), Param::Int(op.provider()),
+                   op.has_done_time() ? Param::Int(LedgerMicros(FromProtoTimestamp(op.done_time())))
+                                      : Param::Null(),
+                   Param::Int(op.sequence()), Param::Bool(update.charged), Param::Bytes(snapshot),
+                   Param::Text(op.provider_account()),
+                   update.upstream_outputs.has_value()
+                       ? Param::Text(UpstreamOutputsToJson(*update.upstream_outputs))
+                       : Param::Null(),
+                   Param::Text(id), Param::Int(update.expected_sequence)}));
+    if (absl::string_view(PQcmdTuples(updated.get())) != "1") {
+      MUSICGW_ASSIGN_OR_RETURN(Result seq, conn->Run("sequence", {Param::Text(id)}));
+      if (PQntuples(seq.get()) == 0) {
+        return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+      }
+      return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
+                                             IntCell(seq.get(), 0, 0), ", not ",
+                                             update.expected_sequence));
+    }
+    MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
+                                                       Param::Bytes(snapshot)})
+                                .status());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
+    return txn.Commit();
+  }
+
+  absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result, conn->Run("get", {Param::Text(id)}));
+    if (PQntuples(result.get()) == 0) {
+      return absl::NotFoundError(absl::StrCat("operation ", id, " not found"));
+    }
+    return ReadRecord(conn, result.get(), 0);
+  }
+
+  absl::StatusOr<OperationRecord> FindByRequestId(absl::string_view tenant,
+                                                  absl::string_view request_id) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result,
+                             conn->Run("find", {Param::Text(tenant), Param::Text(request_id)}));
+    if (PQntuples(result.get()) == 0) {
+      return absl::NotFoundError("no operation with that request_id");
+    }
+    return ReadRecord(conn, result.get(), 0);
+  }
+
+  absl::StatusOr<std::vector<OperationRecord>> List(const ListQuery& query) override {
+    std::vector<std::string> states;
+    for (auto state : query.states) states.push_back(absl::StrCat(static_cast<int>(state)));
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(
+        Result result,
+        conn->Run("list", {Param::Text(query.tenant),
+                           Param::Text(absl::StrCat("{", absl::StrJoin(states, ","), "}")),
+                           Param::Int(query.provider), Param::Int(query.task),
+                           Param::Text(query.before_id), Param::Int(query.limit)}));
+    return ReadRecords(conn, result.get());
+  }
+
+  absl::StatusOr<std::vector<StoredEvent>> EventsAfter(absl::string_view id,
+                                                       int64_t after_sequence) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(
+        Result result, conn->Run("events_after", {Param::Text(id), Param::Int(after_sequence)}));
+    std::vector<StoredEvent> events;
+    for (int row = 0; row < PQntuples(result.get()); ++row) {
+      StoredEvent event;
+      event.sequence = IntCell(result.get(), row, 0);
+      if (!event.operation.ParseFromString(BytesCell(result.get(), row, 1))) {
+        return absl::DataLossError(absl::StrCat("ledger: corrupt event of operation ", id));
+      }
+      events.push_back(std::move(event));
+    }
+    return events;
+  }
+
+  absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
+                                                         absl::Time lease_until) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("claim", {Param::Text(owner), Param::Int(LedgerMicros(lease_until)),
+                            Param::Int(LedgerMicros(clock_.Now()))})
+            .status());
+    MUSICGW_ASSIGN_OR_RETURN(Result result, conn->Run("owned_live", {Param::Text(owner)}));
+    return ReadRecords(conn, result.get());
+  }
+
+  absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn->Run("renew", {Param::Int(LedgerMicros(lease_until)), Param::Text(owner)}).status();
+  }
+
+  absl::Status ProbeWrite() override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn->Run("probe", {}).status();
+  }
+
+  absl::Status SetUpstreamOutputs(absl::string_view id,
+                                  const std::vector<UpstreamOutput>& outputs) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn->Run("set_outputs", {Param::Text(UpstreamOutputsToJson(outputs)), Param::Text(id)})
+        .status();
+  }
+
+  absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
+                             absl::string_view sha256) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn
+        ->Run("set_asset",
+              {Param::Text(id), Param::Int(index), Param::Int(size_bytes), Param::Text(sha256)})
+        .status();
+  }
+
+  absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result,
+                             conn->Run("prune", {Param::Int(LedgerMicros(done_before))}));
+    int64_t deleted = 0;
+    if (!absl::SimpleAtoi(absl::string_view(PQcmdTuples(result.get())), &deleted)) deleted = 0;
+    return deleted;
+  }
+
+  absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,
+                                         absl::Time period_start) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result,
+                             conn->Run("budget_usage", {Param::Text(tenant), Param::Int(task),
+                                                        Param::Int(LedgerMicros(period_start))}));
+    BudgetUsage usage;
+    if (PQntuples(result.get()) > 0) {
+      usage.reserved = IntCell(result.get(), 0, 0);
+      usage.used = IntCell(result.get(), 0, 1);
+    }
+    return usage;
+  }
+
+  absl::StatusOr<std::map<v1::TaskKind, int64_t>> CountCharged(v1::Provider provider,
+                                                               absl::string_view account,
+                                                               absl::Time since) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result,
+                             conn->Run("charged", {Param::Int(provider), Param::Text(account),
+                                                   Param::Int(LedgerMicros(since))}));
+    std::map<v1::TaskKind, int64_t> counts;
+    for (int row = 0; row < PQntuples(result.get()); ++row) {
+      counts[static_cast<v1::TaskKind>(IntCell(result.get(), row, 0))] =
+          IntCell(result.get(), row, 1);
+    }
+    return counts;
+  }
+
+ private:
+  absl::Status BudgetExhausted(const std::string& tenant, const BudgetCheck& budget,
+                               int64_t used) const {
+    absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
+        "tenant budget ", budget.name, " is exhausted (", used, " of ", budget.limit, " used)"));
+    status = WithErrorInfo(std::move(status), "TENANT_BUDGET_EXHAUSTED", kGatewayDomain,
+                           {{"budget", budget.name}, {"limit", absl::StrCat(budget.limit)}});
+    status = WithQuotaViolation(
+        std::move(status), absl::StrCat("tenant:", tenant),
+        absl::StrCat("budget ", budget.name, " allows ", budget.limit, " per period"));
+    if (budget.period_end != absl::InfiniteFuture()) {
+      status = WithRetryInfo(std::move(status),
+                             std::max(absl::ZeroDuration(), budget.period_end - clock_.Now()));
+    }
+    return status;
+  }
+
+  absl::StatusOr<OperationRecord> ReadRecord(Pool::Lease& conn, const PGresult* result, int row) {
+    OperationRecord record;
+    const std::string id = Cell(result, row, 0);
+    record.tenant = Cell(result, row, 1);
+    record.request_id = Cell(result, row, 2);
+    record.request_hash = Cell(result, row, 3);
+    record.charged = BoolCell(result, row, 4);
+    record.owner = Cell(result, row, 5);
+    if (!record.operation.ParseFromString(BytesCell(result, row, 6))) {
+      return absl::DataLossError(absl::StrCat("ledger: corrupt snapshot of operation ", id));
+    }
+    record.upstream_outputs = UpstreamOutputsFromJson(Cell(result, row, 7));
+    if (record.operation.outputs_size() > 0) {
+      MUSICGW_ASSIGN_OR_RETURN(Result assets, conn->Run("assets", {Param::Text(id)}));
+      for (int i = 0; i < PQntuples(assets.get()); ++i) {
+        const int64_t index = IntCell(assets.get(), i, 0);
+        if (index < 0 || index >= record.operation.outputs_size()) continue;
+        auto* asset = record.operation.mutable_outputs(static_cast<int>(index));
+        asset->set_size_bytes(IntCell(assets.get(), i, 1));
+        asset->set_sha256(Cell(assets.get(), i, 2));
+      }
+    }
+    return record;
+  }
+
+  absl::StatusOr<std::vector<OperationRecord>> ReadRecords(Pool::Lease& conn,
+                                                           const PGresult* result) {
+    std::vector<OperationRecord> records;
+    for (int row = 0; row < PQntuples(result); ++row) {
+      MUSICGW_ASSIGN_OR_RETURN(OperationRecord record, ReadRecord(conn, result, row));
+      records.push_back(std::move(record));
+    }
+    return records;
+  }
+
+  const Clock& clock_;
+  Pool pool_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<OperationStore>> OpenPostgresOperationStore(
+    PostgresOptions options) {
+  if (options.dsn.empty()) return absl::InvalidArgumentError("ledger: empty PostgreSQL DSN");
+  if (options.pool_size < 1) return absl::InvalidArgumentError("ledger: pool_size must be >= 1");
+  if (options.clock == nullptr) options.clock = &Clock::Real();
+  auto store = std::make_unique<PostgresOperationStore>(std::move(options));
+  MUSICGW_RETURN_IF_ERROR(store->Migrate());
+  return store;
+}
+
+}  // namespace musicgw::operations

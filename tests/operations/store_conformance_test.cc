@@ -1,0 +1,346 @@
+// The OperationStore contract, run against every store: the embedded SQLite ledger and the
+// shared PostgreSQL one (a private cluster this test process starts).
+#include <atomic>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/errors.h"
+#include "gtest/gtest.h"
+#include "services/operations/ids.h"
+#include "services/operations/operation_store.h"
+#include "services/operations/postgres_store.h"
+#include "services/operations/sqlite_store.h"
+#include "tests/operations/test_util.h"
+#include "tests/pg/pg_cluster.h"
+
+namespace musicgw::operations {
+namespace {
+
+namespace v1 = musicgw::v1;
+
+OperationRecord MakeRecord(const std::string& tenant, const std::string& request_id,
+                           absl::Time now = absl::Now()) {
+  OperationRecord record;
+  record.tenant = tenant;
+  record.request_id = request_id;
+  record.request_hash = "hash-" + request_id;
+  const std::string id = NewOperationId(now);
+  record.operation.set_name(OperationName(id));
+  record.operation.set_state(v1::OPERATION_STATE_QUEUED);
+  record.operation.set_task(v1::TASK_KIND_SAMPLE);
+  record.operation.set_provider(v1::PROVIDER_SOUNDPIECE);
+  record.operation.set_sequence(1);
+  record.operation.mutable_create_time()->set_seconds(absl::ToUnixSeconds(now));
+  record.owner = "replica-1";
+  return record;
+}
+
+// One cluster per test process, started on first use.
+::musicgw::testing::PgCluster& Cluster() {
+  static ::musicgw::testing::PgCluster* const cluster = [] {
+    auto started = ::musicgw::testing::PgCluster::Start();
+    if (!started.ok()) {
+      ADD_FAILURE() << started.status();
+      std::abort();
+    }
+    return started->release();
+  }();
+  return *cluster;
+}
+
+enum class Kind { kSqlite, kPostgres };
+void PrintTo(Kind kind, std::ostream* os) {
+  *os << (kind == Kind::kSqlite ? "sqlite" : "postgres");
+}
+
+class StoreConformanceTest : public ::testing::TestWithParam<Kind> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == Kind::kSqlite) {
+      location_ = testing::TempLedgerPath();
+    } else {
+      static std::atomic<int> counter{0};
+      auto dsn = Cluster().CreateDatabase(absl::StrCat("conformance_", counter++));
+      ASSERT_TRUE(dsn.ok()) << dsn.status();
+      location_ = *dsn;
+    }
+  }
+
+  // Another handle on the same ledger: another replica, for PostgreSQL.
+  std::unique_ptr<OperationStore> OpenStore() {
+    absl::StatusOr<std::unique_ptr<OperationStore>> store;
+    if (GetParam() == Kind::kSqlite) {
+      store = OpenSqliteOperationStore(location_);
+    } else {
+      PostgresOptions options;
+      options.dsn = location_;
+      options.pool_size = 4;
+      store = OpenPostgresOperationStore(options);
+    }
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(*store) : nullptr;
+  }
+
+  std::string location_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Stores, StoreConformanceTest,
+                         ::testing::Values(Kind::kSqlite, Kind::kPostgres),
+                         [](const ::testing::TestParamInfo<Kind>& info) {
+                           return info.param == Kind::kSqlite ? "Sqlite" : "Postgres";
+                         });
+
+TEST_P(StoreConformanceTest, CountsChargedOperationsPerProviderAccountAndTask) {
+  auto store = OpenStore();
+  const absl::Time now = absl::Now();
+  auto add = [&](const std::string& request_id, const std::string& account, v1::TaskKind task,
+                 bool charged, absl::Time created) {
+    OperationRecord record = MakeRecord("t", request_id, created);
+    record.operation.set_provider_account(account);
+    record.operation.set_task(task);
+    record.charged = charged;
+    ASSERT_TRUE(store->Create(record, {}).ok());
+  };
+  add("a", "sp-main", v1::TASK_KIND_SONG, true, now);
+  add("b", "sp-main", v1::TASK_KIND_SONG, true, now);
+  add("c", "sp-main", v1::TASK_KIND_SAMPLE, true, now);
+  add("d", "sp-main", v1::TASK_KIND_SAMPLE, false, now);                 // not charged
+  add("e", "sp-other", v1::TASK_KIND_SONG, true, now);                   // other account
+  add("f", "sp-main", v1::TASK_KIND_SONG, true, now - absl::Hours(48));  // before `since`
+  auto counts = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", now - absl::Hours(1));
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->size(), 2u);
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SONG], 2);
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SAMPLE], 1);
+
+  // An update that moves the operation to another account (a fallback) moves its charge too.
+  auto moved = store->FindByRequestId("t", "d");
+  ASSERT_TRUE(moved.ok());
+  OperationUpdate update;
+  update.operation = moved->operation;
+  update.operation.set_provider_account("sp-other");
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.charged = true;
+  ASSERT_TRUE(store->Update(update).ok());
+  counts = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-other", now - absl::Hours(1));
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SONG], 1);
+  EXPECT_EQ((*counts)[v1::TASK_KIND_SAMPLE], 1);
+}
+
+TEST_P(StoreConformanceTest, CreateIsIdempotentPerTenantAndRequestId) {
+  auto store = OpenStore();
+  auto first = store->Create(MakeRecord("t", "r1"), {});
+  ASSERT_TRUE(first.ok());
+  EXPECT_TRUE(first->created);
+  auto second = store->Create(MakeRecord("t", "r1"), {});
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(second->created);
+  EXPECT_EQ(second->record.operation.name(), first->record.operation.name());
+  auto other = store->Create(MakeRecord("u", "r1"), {});
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->created);
+}
+
+TEST_P(StoreConformanceTest, UpdateIsCompareAndSetAndAppendsEvents) {
+  auto store = OpenStore();
+  auto created = store->Create(MakeRecord("t", "r"), {});
+  ASSERT_TRUE(created.ok());
+  const std::string id = created->record.id();
+  OperationUpdate update;
+  update.operation = created->record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_RUNNING);
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.charged = true;
+  ASSERT_TRUE(store->Update(update).ok());
+  // A second writer with a stale view loses.
+  EXPECT_EQ(store->Update(update).code(), absl::StatusCode::kAborted);
+  auto events = store->EventsAfter(id, 0);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[1].sequence, 2);
+  EXPECT_EQ((*events)[1].operation.state(), v1::OPERATION_STATE_RUNNING);
+  auto read = store->Get(id);
+  ASSERT_TRUE(read.ok());
+  EXPECT_TRUE(read->charged);
+  EXPECT_EQ(read->operation.sequence(), 2);
+}
+
+TEST_P(StoreConformanceTest, ClaimLiveTakesUnownedAndExpiredButNotOthersLeases) {
+  auto store = OpenStore();
+  auto mine = MakeRecord("t", "a");
+  mine.owner = "r1";
+  auto theirs = MakeRecord("t", "b");
+  theirs.owner = "r2";
+  theirs.lease_until = absl::Now() + absl::Hours(1);
+  auto expired = MakeRecord("t", "c");
+  expired.owner = "r3";
+  expired.lease_until = absl::Now() - absl::Seconds(1);
+  ASSERT_TRUE(store->Create(mine, {}).ok());
+  ASSERT_TRUE(store->Create(theirs, {}).ok());
+  ASSERT_TRUE(store->Create(expired, {}).ok());
+  auto claimed = store->ClaimLive("r1", absl::Now() + absl::Minutes(1));
+  ASSERT_TRUE(claimed.ok());
+  EXPECT_EQ(claimed->size(), 2u);
+  EXPECT_TRUE(store->RenewLeases("r1", absl::Now() + absl::Minutes(2)).ok());
+}
+
+TEST_P(StoreConformanceTest, AssetFactsAreMergedAndEventsPruned) {
+  auto store = OpenStore();
+  auto record = MakeRecord("t", "r");
+  auto created = store->Create(record, {});
+  ASSERT_TRUE(created.ok());
+  const std::string id = created->record.id();
+  OperationUpdate update;
+  update.operation = record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+  update.operation.set_done(true);
+  update.operation.mutable_done_time()->set_seconds(absl::ToUnixSeconds(absl::Now()) - 7200);
+  update.operation.add_outputs()->set_name(id + "/assets/0");
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.upstream_outputs = std::vector<UpstreamOutput>{{"http://x/a", absl::Now()}};
+  ASSERT_TRUE(store->Update(update).ok());
+  ASSERT_TRUE(store->SetAssetFacts(id, 0, 1234, "abcd").ok());
+  auto read = store->Get(id);
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(read->operation.outputs(0).size_bytes(), 1234);
+  EXPECT_EQ(read->operation.outputs(0).sha256(), "abcd");
+  ASSERT_EQ(read->upstream_outputs.size(), 1u);
+  EXPECT_EQ(read->upstream_outputs[0].url, "http://x/a");
+  auto pruned = store->PruneEvents(absl::Now() - absl::Hours(1));
+  ASSERT_TRUE(pruned.ok());
+  EXPECT_EQ(*pruned, 2);
+  auto events = store->EventsAfter(id, 0);
+  ASSERT_TRUE(events.ok());
+  EXPECT_TRUE(events->empty());
+}
+
+TEST_P(StoreConformanceTest, BudgetAdmissionCountsInTheSameTransaction) {
+  auto store = OpenStore();
+  BudgetCheck budget;
+  budget.name = "task:SAMPLE/day";
+  budget.task = v1::TASK_KIND_SAMPLE;
+  budget.period_start = absl::Now() - absl::Hours(1);
+  budget.limit = 2;
+  ASSERT_TRUE(store->Create(MakeRecord("t", "1"), {budget}).ok());
+  ASSERT_TRUE(store->Create(MakeRecord("t", "2"), {budget}).ok());
+  auto third = store->Create(MakeRecord("t", "3"), {budget});
+  ASSERT_FALSE(third.ok());
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  google::rpc::QuotaFailure quota;
+  EXPECT_TRUE(GetQuotaFailure(third.status(), &quota));
+  // A retry of an admitted request is still answered (idempotency before admission).
+  auto retry = store->Create(MakeRecord("t", "2"), {budget});
+  ASSERT_TRUE(retry.ok());
+  EXPECT_FALSE(retry->created);
+  auto usage = store->ReadBudget("t", v1::TASK_KIND_SAMPLE, budget.period_start);
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->reserved, 2);
+}
+
+TEST_P(StoreConformanceTest, MissingOperationsAreNotFound) {
+  auto store = OpenStore();
+  EXPECT_EQ(store->Get("01JXXXXXXXXXXXXXXXXXXXXXXX").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->FindByRequestId("t", "nope").status().code(), absl::StatusCode::kNotFound);
+  OperationUpdate update;
+  update.operation = MakeRecord("t", "ghost").operation;
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  EXPECT_EQ(store->Update(update).code(), absl::StatusCode::kNotFound);
+  update.operation.set_sequence(5);
+  EXPECT_EQ(store->Update(update).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(StoreConformanceTest, ListFiltersPagesNewestFirstAndKeepsTenantsApart) {
+  auto store = OpenStore();
+  const absl::Time now = absl::Now();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    OperationRecord record = MakeRecord("t", absl::StrCat("r", i), now + absl::Milliseconds(i));
+    if (i % 2 == 1) record.operation.set_provider(v1::PROVIDER_LOUDLY);
+    if (i == 4) record.operation.set_state(v1::OPERATION_STATE_RUNNING);
+    auto created = store->Create(record, {});
+    ASSERT_TRUE(created.ok()) << created.status();
+    ids.push_back(created->record.id());
+  }
+  ASSERT_TRUE(store->Create(MakeRecord("other", "r0"), {}).ok());
+  ListQuery query;
+  query.tenant = "t";
+  query.limit = 3;
+  auto page = store->List(query);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->size(), 3u);
+  EXPECT_EQ((*page)[0].id(), ids[4]);
+  EXPECT_EQ((*page)[2].id(), ids[2]);
+  query.before_id = (*page)[2].id();
+  page = store->List(query);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->size(), 2u);
+  EXPECT_EQ((*page)[1].id(), ids[0]);
+  ListQuery loudly;
+  loudly.tenant = "t";
+  loudly.provider = v1::PROVIDER_LOUDLY;
+  page = store->List(loudly);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->size(), 2u);
+  ListQuery running;
+  running.tenant = "t";
+  running.states = {v1::OPERATION_STATE_RUNNING, v1::OPERATION_STATE_SUCCEEDED};
+  page = store->List(running);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->size(), 1u);
+  EXPECT_EQ((*page)[0].id(), ids[4]);
+}
+
+// Two handles on one ledger (for PostgreSQL: two replicas) admit exactly the budget between
+// them, however the concurrent Creates interleave.
+TEST_P(StoreConformanceTest, ConcurrentBudgetAdmissionAcrossHandlesIsExact) {
+  auto a = OpenStore();
+  auto b = OpenStore();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  BudgetCheck budget;
+  budget.name = "task:SAMPLE/day";
+  budget.task = v1::TASK_KIND_SAMPLE;
+  budget.period_start = absl::Now() - absl::Hours(1);
+  budget.limit = 10;
+  std::atomic<int> admitted{0};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> threads;
+  threads.reserve(50);
+  for (int i = 0; i < 50; ++i) {
+    threads.emplace_back([&, i] {
+      OperationStore* store = i % 2 == 0 ? a.get() : b.get();
+      auto created = store->Create(MakeRecord("t", absl::StrCat("req-", i)), {budget});
+      if (created.ok()) {
+        admitted += created->created ? 1 : 0;
+      } else if (created.status().code() == absl::StatusCode::kResourceExhausted) {
+        ++refused;
+      } else if (created.status().code() == absl::StatusCode::kUnavailable) {
+        // SQLite's busy timeout under 50 writers; the retry below must still be exact.
+        auto again = store->Create(MakeRecord("t", absl::StrCat("req-", i)), {budget});
+        if (again.ok() && again->created) ++admitted;
+        if (!again.ok() && again.status().code() == absl::StatusCode::kResourceExhausted) {
+          ++refused;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(admitted.load(), 10);
+  EXPECT_EQ(refused.load(), 40);
+  auto usage = a->ReadBudget("t", v1::TASK_KIND_SAMPLE, budget.period_start);
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->reserved, 10);
+}
+
+}  // namespace
+}  // namespace musicgw::operations
