@@ -90,7 +90,6 @@ DROP INDEX operations_by_account;
 )sql",
 };
 
-
 constexpr absl::string_view kRecordColumns =
     "id, tenant, request_id, request_hash, charged, owner, snapshot, upstream_outputs";
 
