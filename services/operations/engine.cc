@@ -155,7 +155,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     submit.validate_only = true;
     router_->adapter(slot)->Submit(
         std::move(submit), [op = *std::move(routed), done = std::move(done)](
-                               absl::StatusOr<UpstreamStatus> checked) mutable {
+                               const absl::StatusOr<UpstreamStatus>& checked) mutable {
           std::move(done)(checked.ok() ? absl::StatusOr<v1::Operation>(std::move(op))
                                        : absl::StatusOr<v1::Operation>(checked.status()));
         });

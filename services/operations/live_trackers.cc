@@ -11,7 +11,7 @@ std::string LiveTrackers::UpstreamKey(v1::Provider provider, absl::string_view u
   return absl::StrCat(static_cast<int>(provider), "/", upstream_id);
 }
 
-bool LiveTrackers::Add(std::shared_ptr<Tracker> tracker, v1::Provider provider,
+bool LiveTrackers::Add(const std::shared_ptr<Tracker>& tracker, v1::Provider provider,
                        v1::OperationState state, absl::string_view upstream_id) {
   absl::MutexLock lock(&mu_);
   if (stopped_ || live_.count(tracker->id()) > 0) return false;
@@ -19,7 +19,7 @@ bool LiveTrackers::Add(std::shared_ptr<Tracker> tracker, v1::Provider provider,
   if (state != v1::OPERATION_STATE_UNSPECIFIED) {
     counts_[{static_cast<int>(provider), static_cast<int>(state)}] += 1;
   }
-  live_.emplace(tracker->id(), std::move(tracker));
+  live_.emplace(tracker->id(), tracker);
   return true;
 }
 

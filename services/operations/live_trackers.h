@@ -26,7 +26,7 @@ class Tracker;
 class LiveTrackers {
  public:
   // Registers `tracker` (live in `state`); false when stopped or the id is tracked already.
-  bool Add(std::shared_ptr<Tracker> tracker, musicgw::v1::Provider provider,
+  bool Add(const std::shared_ptr<Tracker>& tracker, musicgw::v1::Provider provider,
            musicgw::v1::OperationState state, absl::string_view upstream_id);
   std::shared_ptr<Tracker> Find(const std::string& id) const;
   std::shared_ptr<Tracker> FindByUpstream(musicgw::v1::Provider provider,

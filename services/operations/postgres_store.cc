@@ -304,9 +304,9 @@ class Pool {
     std::unique_ptr<Connection> conn;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Time deadline = absl::Now() + options_.acquire_timeout;
+      const absl::Time deadline = options_.clock->Now() + options_.acquire_timeout;
       while (idle_.empty() && open_ >= options_.pool_size) {
-        if (cv_.WaitWithDeadline(&mu_, deadline)) break;
+        if (options_.clock->WaitUntil(cv_, mu_, deadline)) break;
       }
       if (!idle_.empty()) {
         conn = std::move(idle_.back());

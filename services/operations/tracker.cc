@@ -132,7 +132,7 @@ void Tracker::Kick(bool recovering) {
       }
     }
   }
-  Apply(std::move(effects));
+  Apply(effects);
 }
 
 void Tracker::ScheduleKickLocked(absl::Duration delay) {
@@ -155,7 +155,7 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   update.expected_sequence = op_.sequence();
   update.charged = charged_;
   update.upstream_outputs = std::move(outputs);
-  const absl::Status status = e_->ledger.NoteWrite(e_->store->Update(update));
+  absl::Status status = e_->ledger.NoteWrite(e_->store->Update(update));
   if (!status.ok()) {
     log::Error("ledger update failed",
                {{"operation", id_}, {"error", std::string(status.message())}});
@@ -189,7 +189,7 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   return absl::OkStatus();
 }
 
-void Tracker::Apply(Effects effects) {
+void Tracker::Apply(const Effects& effects) {
   std::optional<v1::Operation> done_op;
   {
     absl::MutexLock publish(&publish_mu_);
@@ -269,7 +269,7 @@ void Tracker::OnDeadline() {
     }
     FailDeadlineLocked(&effects);
   }
-  Apply(std::move(effects));
+  Apply(effects);
 }
 
 void Tracker::OnProviderUpdate(const UpstreamStatus& status) {
@@ -291,7 +291,7 @@ void Tracker::OnProviderUpdate(const UpstreamStatus& status) {
             t.PollLocked();
           }
         }
-        t.Apply(std::move(effects));
+        t.Apply(effects);
       },
       absl::ZeroDuration());
 }
@@ -414,7 +414,7 @@ absl::StatusOr<v1::Operation> Tracker::RecordCancel(absl::string_view reason,
       result = status;
     }
   }
-  Apply(std::move(effects));
+  Apply(effects);
   return result;
 }
 

@@ -96,7 +96,7 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
                       std::optional<std::vector<UpstreamOutput>> outputs = std::nullopt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Publishes committed changes in order, retires a done tracker, answers waiters.
-  void Apply(Effects effects) ABSL_LOCKS_EXCLUDED(mu_);
+  void Apply(const Effects& effects) ABSL_LOCKS_EXCLUDED(mu_);
   void FailLocked(const absl::Status& error, std::optional<musicgw::v1::SubmissionState> submission,
                   Effects* effects, absl::string_view attempt_outcome = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

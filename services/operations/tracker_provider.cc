@@ -94,7 +94,7 @@ void Tracker::OnSubmitted(int slot, absl::StatusOr<UpstreamStatus> result) {
       RejectLocked(slot, result.status(), &effects);
     }
   }
-  Apply(std::move(effects));
+  Apply(effects);
 }
 
 void Tracker::AcceptLocked(const UpstreamStatus& status, Effects* effects) {
@@ -203,7 +203,7 @@ void Tracker::ApplyTerminalLocked(const UpstreamStatus& status, Effects* effects
             if (t.stopped_ || t.op_.done()) return;
             t.ApplyTerminalLocked(status, &retry_effects);
           }
-          t.Apply(std::move(retry_effects));
+          t.Apply(retry_effects);
         },
         absl::Seconds(1));
   }
@@ -292,7 +292,7 @@ void Tracker::OnPolled(int slot, absl::StatusOr<UpstreamStatus> result) {
       }
     }
   }
-  Apply(std::move(effects));
+  Apply(effects);
 }
 
 }  // namespace musicgw::operations
