@@ -13,53 +13,9 @@ namespace {
 
 using musicgw::v1::Operation;
 
-// validate_only: the routed provider checks the request too where it has a dry run (Loudly B2B
-// test=true: no quota spent); the other adapters encode it and send nothing.
-grpc::ServerUnaryReactor* DryRun(grpc::CallbackServerContext* context,
-                                 const std::vector<adapters::ProviderAdapter*>& adapters,
-                                 const musicgw::v1::GenerateRequest& request, Operation routed,
-                                 Operation* response, std::unique_ptr<CallLog> call) {
-  adapters::ProviderAdapter* adapter = nullptr;
-  for (auto* candidate : adapters) {
-    if (candidate->provider() == routed.provider() &&
-        candidate->account() == routed.provider_account()) {
-      adapter = candidate;
-    }
-  }
-  if (adapter == nullptr) return FinishUnary(context, *call, absl::OkStatus());
-  adapters::SubmitRequest submit;
-  submit.request_id = request.request_id();
-  submit.idempotency_key = absl::StrCat("validate-only-", request.request_id());
-  submit.request = request;
-  submit.deadline = absl::Now() + absl::Seconds(30);
-  submit.validate_only = true;
-  auto* reactor = context->DefaultReactor();
-  adapter->Submit(std::move(submit),
-                  [reactor, response, routed = std::move(routed), call = std::move(call)](
-                      const absl::StatusOr<adapters::UpstreamStatus>& checked) mutable {
-                    FinishWithOperation(reactor, response, std::move(call))(
-                        checked.ok() ? absl::StatusOr<Operation>(std::move(routed))
-                                     : absl::StatusOr<Operation>(checked.status()));
-                  });
-  return reactor;
-}
-
 }  // namespace
 
-GatewayService::GatewayService(GatewayDeps deps) : deps_(std::move(deps)) {
-  for (const auto* adapter : deps_.adapters) configured_.push_back(adapter->provider());
-}
-
-absl::Status GatewayService::CheckWithAdapters(
-    const musicgw::v1::GenerateRequest& request,
-    const std::vector<musicgw::v1::Provider>& candidates) const {
-  // The first candidate must accept the request as a whole (its catalog included); the others
-  // are only fallbacks, and the engine re-checks them before use.
-  for (const auto* adapter : deps_.adapters) {
-    if (adapter->provider() == candidates.front()) return adapter->CheckRequest(request);
-  }
-  return absl::OkStatus();
-}
+GatewayService::GatewayService(GatewayDeps deps) : deps_(std::move(deps)) {}
 
 grpc::ServerUnaryReactor* GatewayService::Generate(grpc::CallbackServerContext* context,
                                                    const musicgw::v1::GenerateRequest* request,
@@ -68,16 +24,18 @@ grpc::ServerUnaryReactor* GatewayService::Generate(grpc::CallbackServerContext* 
   auto tenant = Admit(*context, MethodClass::kGenerate);
   if (!tenant.ok()) return FinishUnary(context, *call, tenant.status());
   call->set_tenant((*tenant)->name);
-  auto candidates = ValidateGenerate(*request, configured_);
-  if (!candidates.ok()) return FinishUnary(context, *call, candidates.status());
-  call->set_provider(candidates->front());
-  absl::Status supported = CheckWithAdapters(*request, *candidates);
-  if (!supported.ok()) return FinishUnary(context, *call, supported);
+  absl::Status valid = ValidateGenerate(*request);
+  if (!valid.ok()) return FinishUnary(context, *call, valid);
+  call->set_provider(request->provider());
+  if (request->validate_only()) {
+    // The same routing decision as a real Generate, then the routed account's dry run.
+    auto* reactor = context->DefaultReactor();
+    deps_.engine->ValidateOnly((*tenant)->name, *request,
+                               FinishWithOperation(reactor, response, std::move(call)));
+    return reactor;
+  }
   auto operation = deps_.engine->Generate((*tenant)->name, *request);
   if (!operation.ok()) return FinishUnary(context, *call, operation.status());
-  if (request->validate_only())
-    return DryRun(context, deps_.adapters, *request, std::move(*operation), response,
-                  std::move(call));
   NoteOperation(*call, *operation);
   *response = std::move(*operation);
   return FinishUnary(context, *call, absl::OkStatus());

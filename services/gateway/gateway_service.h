@@ -76,11 +76,8 @@ class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
   absl::StatusOr<const config::TenantConfig*> Admit(const grpc::CallbackServerContext& context,
                                                     MethodClass method) const;
   absl::StatusOr<StreamSlot> OpenStream(const std::string& tenant) const;
-  absl::Status CheckWithAdapters(const musicgw::v1::GenerateRequest& request,
-                                 const std::vector<musicgw::v1::Provider>& candidates) const;
 
   GatewayDeps deps_;
-  std::vector<musicgw::v1::Provider> configured_;
 };
 
 }  // namespace musicgw::gateway

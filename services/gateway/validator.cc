@@ -11,18 +11,13 @@
 #include "common/errors.h"
 #include "common/status_macros.h"
 #include "services/gateway/free_text.h"
+#include "services/operations/ids.h"
+#include "services/operations/page_token.h"
 
 namespace musicgw::gateway {
 namespace {
 
 constexpr absl::string_view kOperationsPrefix = "operations/";
-constexpr size_t kOperationIdLength = 26;
-
-bool IsOperationId(absl::string_view id) {
-  return id.size() == kOperationIdLength && std::all_of(id.begin(), id.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z');
-         });
-}
 
 absl::Status CheckProviderEnum(absl::string_view field, musicgw::v1::Provider provider) {
   if (!musicgw::v1::Provider_IsValid(provider)) {
@@ -33,9 +28,7 @@ absl::Status CheckProviderEnum(absl::string_view field, musicgw::v1::Provider pr
 
 }  // namespace
 
-absl::StatusOr<std::vector<musicgw::v1::Provider>> ValidateGenerate(
-    const musicgw::v1::GenerateRequest& request,
-    const std::vector<musicgw::v1::Provider>& configured) {
+absl::Status ValidateGenerate(const musicgw::v1::GenerateRequest& request) {
   if (request.request_id().empty()) {
     return InvalidFieldError("request_id", "required: a UUID chosen by the client (AIP-155)");
   }
@@ -51,50 +44,29 @@ absl::StatusOr<std::vector<musicgw::v1::Provider>> ValidateGenerate(
     return InvalidFieldError("task", "required: set one task message, e.g. parametric_music");
   }
   if (request.provider() != musicgw::v1::PROVIDER_UNSPECIFIED) {
-    if (std::find(configured.begin(), configured.end(), request.provider()) == configured.end()) {
-      return InvalidFieldError("provider",
-                               absl::StrCat(musicgw::v1::Provider_Name(request.provider()),
-                                            " is not configured on this gateway"));
-    }
-    MUSICGW_RETURN_IF_ERROR(adapters::CheckCapabilities(request.provider(), request));
+    return adapters::CheckCapabilities(request.provider(), request);
   }
-  // Candidates in routing order: the requested provider first, then (with allow_fallback or no
-  // provider chosen) every other configured provider that honours the whole request.
-  std::vector<musicgw::v1::Provider> candidates;
-  if (request.provider() != musicgw::v1::PROVIDER_UNSPECIFIED) {
-    candidates.push_back(request.provider());
-  }
-  // Report why a provider that does the task refused, rather than that another does not do it.
-  absl::Status first_rejection;
-  bool first_rejection_does_task = false;
+  // No provider chosen: some provider of the table must take the request as it is. Which
+  // configured account does is the router's decision. Report why a provider that does the task
+  // refused, rather than that another does not do it.
   const std::vector<musicgw::v1::Provider> capable = adapters::ProvidersFor(task);
-  if (request.provider() == musicgw::v1::PROVIDER_UNSPECIFIED || request.allow_fallback()) {
-    for (musicgw::v1::Provider provider : configured) {
-      if (provider == request.provider()) continue;
-      absl::Status status = adapters::CheckCapabilities(provider, request);
-      const bool does_task = std::find(capable.begin(), capable.end(), provider) != capable.end();
-      if (status.ok()) {
-        candidates.push_back(provider);
-      } else if (first_rejection.ok() || (does_task && !first_rejection_does_task)) {
-        first_rejection = status;
-        first_rejection_does_task = does_task;
-      }
-    }
+  absl::Status first_rejection;
+  for (musicgw::v1::Provider provider : capable) {
+    absl::Status status = adapters::CheckCapabilities(provider, request);
+    if (status.ok()) return status;
+    if (first_rejection.ok()) first_rejection = std::move(status);
   }
-  if (candidates.empty()) {
-    if (!first_rejection.ok()) return first_rejection;
-    return InvalidFieldError("task", "no configured provider supports this task");
-  }
-  return candidates;
+  if (!first_rejection.ok()) return first_rejection;
+  return InvalidFieldError("task", "no provider supports this task");
 }
 
 absl::Status ValidateOperationName(absl::string_view field, absl::string_view name) {
   if (name.empty()) return InvalidFieldError(field, "required: \"operations/{id}\"");
   if (!absl::StartsWith(name, kOperationsPrefix) ||
-      !IsOperationId(name.substr(kOperationsPrefix.size()))) {
-    return InvalidFieldError(
-        field,
-        "must be \"operations/{id}\" with a 26-character lower-case id, as returned by Generate");
+      !operations::IsOperationId(name.substr(kOperationsPrefix.size()))) {
+    return InvalidFieldError(field,
+                             "must be \"operations/{id}\" with a 26-character id (digits and "
+                             "lower-case letters except i, l, o, u), as returned by Generate");
   }
   return absl::OkStatus();
 }
@@ -114,9 +86,7 @@ absl::Status ValidateAssetName(absl::string_view field, absl::string_view name) 
 }
 
 absl::Status ValidateList(const musicgw::v1::ListOperationsRequest& request) {
-  if (request.page_size() < 0 || request.page_size() > 1000) {
-    return InvalidFieldError("page_size", "must be between 0 and 1000");
-  }
+  MUSICGW_RETURN_IF_ERROR(operations::ResolvePageSize(request.page_size()).status());
   for (int i = 0; i < request.states_size(); ++i) {
     const auto state = request.states(i);
     if (!musicgw::v1::OperationState_IsValid(state) ||

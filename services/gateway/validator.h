@@ -4,24 +4,20 @@
 // parameters are checked against adapters/capabilities.h, the table ListProviders reports.
 #pragma once
 
-#include <vector>
-
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "musicgw/v1/musicgw.pb.h"
 
 namespace musicgw::gateway {
 
-// The providers a request may be served by, in routing order: the requested one, or every
-// configured provider whose capabilities accept the request. INVALID_ARGUMENT when none does
-// (naming the field the first candidate rejected), or when the provider is unknown or not
-// configured.
-absl::StatusOr<std::vector<musicgw::v1::Provider>> ValidateGenerate(
-    const musicgw::v1::GenerateRequest& request,
-    const std::vector<musicgw::v1::Provider>& configured);
+// The shape of a request: request_id, a known provider, one task, and its parameters against
+// the capability table (adapters/capabilities.h, what ListProviders reports) of the requested
+// provider, or of some provider when none is requested. Which configured account serves it is
+// decided once, by the engine's router.
+absl::Status ValidateGenerate(const musicgw::v1::GenerateRequest& request);
 
-// "operations/{26 lower-case base32 chars}".
+// "operations/{id}", the id as services/operations/ids.h makes it (26 characters of lower-case
+// Crockford base32).
 absl::Status ValidateOperationName(absl::string_view field, absl::string_view name);
 // "operations/{id}/assets/{index}".
 absl::Status ValidateAssetName(absl::string_view field, absl::string_view name);

@@ -10,11 +10,23 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/time/clock.h"
+#include "common/errors.h"
 #include "common/log.h"
+#include "services/operations/operation_errors.h"
 
 namespace musicgw::operations {
 namespace {
+
+// Every failure the client sees names its reason: a status from the provider or the engine
+// keeps its own, the transfer's own failures get DOWNLOAD_FAILED (OFFSET_OUT_OF_RANGE).
+absl::Status Reasoned(const absl::Status& status) {
+  google::rpc::ErrorInfo info;
+  if (status.ok() || GetErrorInfo(status, &info)) return status;
+  return WithErrorInfo(
+      status,
+      status.code() == absl::StatusCode::kOutOfRange ? "OFFSET_OUT_OF_RANGE" : "DOWNLOAD_FAILED",
+      kGatewayDomain);
+}
 
 constexpr int kMaxRetries = 3;    // consecutive transfer failures without progress
 constexpr int kMaxRefreshes = 3;  // URL refreshes per download
@@ -117,8 +129,9 @@ void DownloadPipe::Start() {
       complete_ = true;
       return;
     }
-    refresh =
-        spec_.upstream.url.empty() || spec_.upstream.url_expire_time < absl::Now() + kExpiryMargin;
+    refresh = spec_.upstream.url.empty() ||
+              spec_.upstream.url_expire_time <
+                  (spec_.clock != nullptr ? *spec_.clock : Clock::Real()).Now() + kExpiryMargin;
     if (refresh) ++refreshes_;
   }
   if (refresh) {
@@ -154,7 +167,7 @@ void DownloadPipe::StartTransfer() {
 void DownloadPipe::Refresh() {
   auto host = host_.lock();
   if (host == nullptr) {
-    Fail(absl::UnavailableError("server shutting down"));
+    Fail(ShuttingDown());
     return;
   }
   std::string operation_id;
@@ -297,7 +310,7 @@ void DownloadPipe::RetryOrFailLocked(const absl::Status& why,
                                      const std::shared_ptr<DownloadHost>& host) {
   if (transfer_bytes_ > 0) retries_ = 0;  // progress was made: the budget starts over
   if (host == nullptr) {
-    error_ = absl::UnavailableError("server shutting down");
+    error_ = ShuttingDown();
     return;
   }
   if (++retries_ > kMaxRetries) {
@@ -359,6 +372,7 @@ void DownloadPipe::OnComplete(absl::Status status) {
           digest =
               absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(md), md_len));
           size = received_offset_;
+          facts_pending_ = host != nullptr;
         }
       }
       owed = EndedLocked() && OwedLocked();
@@ -368,7 +382,12 @@ void DownloadPipe::OnComplete(absl::Status status) {
   }
   if (host != nullptr) {
     if (report > 0) host->OnDownloadBytes(provider, report);
-    if (!digest.empty()) host->RecordAssetFacts(operation_id, index, size, digest);
+    if (!digest.empty()) {
+      std::weak_ptr<DownloadPipe> weak = weak_from_this();
+      host->RecordAssetFacts(operation_id, index, size, digest, [weak] {
+        if (auto self = weak.lock()) self->OnFactsRecorded();
+      });
+    }
     if (refresh) {
       std::weak_ptr<DownloadPipe> weak = weak_from_this();
       host->PostTask(
@@ -433,7 +452,7 @@ std::optional<musicgw::v1::DownloadChunk> DownloadPipe::Next(bool* finished,
       }
       if (!error_.ok() || closed_) {
         *finished = true;
-        *final_status = closed_ ? absl::CancelledError("download closed") : error_;
+        *final_status = closed_ ? absl::CancelledError("download closed") : Reasoned(error_);
         return std::nullopt;
       }
       waiting_ = true;
@@ -456,13 +475,13 @@ std::optional<musicgw::v1::DownloadChunk> DownloadPipe::Next(bool* finished,
         paused_ = false;
         resume = handle_;
       }
-    } else if (complete_) {
+    } else if (complete_ && !facts_pending_) {
       *finished = true;
       *final_status = absl::OkStatus();
       return std::nullopt;
     } else if (!error_.ok()) {
       *finished = true;
-      *final_status = error_;
+      *final_status = Reasoned(error_);
       return std::nullopt;
     } else {
       waiting_ = true;
@@ -471,6 +490,16 @@ std::optional<musicgw::v1::DownloadChunk> DownloadPipe::Next(bool* finished,
   }
   if (resume != nullptr) resume->Resume();
   return chunk;
+}
+
+void DownloadPipe::OnFactsRecorded() {
+  bool owed = false;
+  {
+    absl::MutexLock lock(&mu_);
+    facts_pending_ = false;
+    owed = OwedLocked();
+  }
+  if (owed) RunWake();
 }
 
 }  // namespace musicgw::operations

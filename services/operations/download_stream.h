@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/http/http_client.h"
+#include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
@@ -35,8 +36,11 @@ class DownloadHost {
   // Fresh URL for asset `index` of the operation.
   virtual void RefreshUrl(const std::string& operation_id, int index,
                           absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&> done) = 0;
+  // Stores what a complete download learnt; calls `recorded` once afterwards (also when the
+  // write failed or the host went away first), so the stream ends only after the ledger has it.
   virtual void RecordAssetFacts(const std::string& operation_id, int index, int64_t size,
-                                const std::string& sha256) = 0;
+                                const std::string& sha256,
+                                absl::AnyInvocable<void() &&> recorded) = 0;
   virtual void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) = 0;
 };
 
@@ -50,6 +54,8 @@ struct DownloadSpec {
   int chunk_bytes = 256 * 1024;
   int buffer_bytes = 1024 * 1024;
   absl::Duration transfer_timeout = absl::Minutes(30);
+  // Judges URL expiry (not owned; null: Clock::Real()).
+  const Clock* clock = nullptr;
 };
 
 class DownloadPipe final : public http::StreamHandler,
@@ -82,6 +88,7 @@ class DownloadPipe final : public http::StreamHandler,
   void StartTransfer();
   void Refresh();
   void RunWake();
+  void OnFactsRecorded();
   bool EndedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool OwedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   size_t BufferedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -117,7 +124,9 @@ class DownloadPipe final : public http::StreamHandler,
   bool info_sent_ ABSL_GUARDED_BY(mu_) = false;
   musicgw::v1::AssetInfo info_ ABSL_GUARDED_BY(mu_);
   bool complete_ ABSL_GUARDED_BY(mu_) = false;  // every byte received
-  absl::Status error_ ABSL_GUARDED_BY(mu_);     // non-OK: the download failed
+  // The digest of a complete download is being stored: the stream ends after that.
+  bool facts_pending_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);  // non-OK: the download failed
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool waiting_ ABSL_GUARDED_BY(mu_) = false;
   // SHA-256 over the whole file, only when the download started at offset 0.

@@ -1,42 +1,36 @@
-// The operations engine. Threads:
-//  - callers (gRPC threads) run Generate/Get/List/Cancel/Watch/Download against the ledger;
-//  - adapter and HTTP callbacks arrive on the HTTP loop thread and only post to the executor;
-//  - the executor's workers run every tracker step: ledger write first, then fan-out.
-// Lock order: Tracker::mu -> (EngineImpl::mu_ | slots_mu_ | store) -> WatchState. EngineImpl::mu_
-// is never held while taking a Tracker::mu.
+// The operations engine: a facade that wires the units and answers the RPC-shaped calls.
+//  - Router: which provider account serves a request (health, quota, fallback).
+//  - Tracker (one per live operation, registered in LiveTrackers): the state machine; commits
+//    each change to the ledger, then publishes it on the ChangeFeed.
+//  - WatchHub: subscribes to the feed and fans changes out to watchers, with heartbeats.
+//  - AssetHost: downloads. page_token: ListOperations paging. LedgerHealth: LedgerStatus().
+// Threads: callers (gRPC threads) run these calls against the ledger; adapter and HTTP
+// callbacks arrive on the HTTP loop thread and only post to the executor, whose workers run
+// every tracker step and timer.
 #include "services/operations/engine.h"
 
 #include <algorithm>
-#include <atomic>
-#include <map>
 #include <memory>
-#include <optional>
-#include <random>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
-#include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "absl/time/clock.h"
 #include "adapters/capabilities.h"
-#include "common/crypto.h"
 #include "common/errors.h"
 #include "common/log.h"
 #include "common/status_macros.h"
-#include "services/operations/download_stream.h"
+#include "common/time_util.h"
+#include "services/operations/asset_host.h"
+#include "services/operations/change_feed.h"
 #include "services/operations/executor.h"
 #include "services/operations/ids.h"
-#include "services/operations/watch_stream.h"
+#include "services/operations/operation_errors.h"
+#include "services/operations/page_token.h"
+#include "services/operations/tracker.h"
+#include "services/operations/watch_hub.h"
 
 namespace musicgw::operations {
 namespace {
@@ -45,145 +39,32 @@ namespace v1 = musicgw::v1;
 using adapters::ProviderAdapter;
 using adapters::UpstreamStatus;
 
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  const int64_t us = absl::ToUnixMicros(t);
-  ts.set_seconds(us / 1000000);
-  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
-  return ts;
-}
-
-absl::Time FromProto(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-}
-
-google::protobuf::Duration ToProtoDuration(absl::Duration d) {
-  google::protobuf::Duration out;
-  const int64_t ns = absl::ToInt64Nanoseconds(d);
-  out.set_seconds(ns / 1000000000);
-  out.set_nanos(static_cast<int32_t>(ns % 1000000000));
-  return out;
-}
-
-bool IsTerminal(v1::OperationState state) {
-  return state == v1::OPERATION_STATE_SUCCEEDED || state == v1::OPERATION_STATE_FAILED ||
-         state == v1::OPERATION_STATE_CANCELLED;
-}
-
-absl::Status NotFound(absl::string_view name) {
-  return absl::NotFoundError(absl::StrCat(name, " not found"));
-}
-
-absl::Status ShuttingDown() { return absl::UnavailableError("server shutting down"); }
-
-// Calls `done` once.
-class Waiter {
- public:
-  explicit Waiter(absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done)
-      : done_(std::move(done)) {}
-  void Fire(absl::StatusOr<v1::Operation> result) {
-    absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done;
-    {
-      absl::MutexLock lock(&mu_);
-      done = std::move(done_);
-      done_ = nullptr;
-    }
-    if (done) std::move(done)(std::move(result));
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done_ ABSL_GUARDED_BY(mu_);
-};
-
-// Routing state of one configured adapter.
-struct AdapterSlot {
-  ProviderAdapter* adapter = nullptr;
-  int consecutive_failures = 0;
-  absl::Time cooldown_until = absl::InfinitePast();
-  absl::Time quota_until = absl::InfinitePast();
-  std::string last_error;
-  // The account's last quota read, by resource.
-  std::map<std::string, adapters::QuotaFigure> quota;
-  // Resources the provider refused for quota, until when (the rejection's RetryInfo).
-  std::map<std::string, absl::Time> rejected_until;
-};
-
-// "loudly", "soundpiece": as the adapters name providers in QuotaFailure subjects.
-std::string ProviderSlug(v1::Provider provider) {
-  return absl::AsciiStrToLower(absl::StripPrefix(v1::Provider_Name(provider), "PROVIDER_"));
-}
-
-// A quota read showing no units left that has not reset since (an unknown reset time counts as
-// not yet).
-bool UsedUp(const adapters::QuotaFigure& figure, absl::Time now) {
-  return figure.remaining == 0 &&
-         (figure.reset_time == absl::InfinitePast() || figure.reset_time > now);
-}
-
-// A quota resource a request needs, known to be used up.
-struct KnownExhaustion {
-  std::string resource;
-  absl::Time reset_time = absl::InfinitePast();  // InfinitePast: unknown
-};
-
-// The one tracker of a live operation.
-struct Tracker {
-  Tracker(std::string id_in, std::string tenant_in)
-      : id(std::move(id_in)), tenant(std::move(tenant_in)) {}
-  const std::string id;
-  const std::string tenant;
-
-  absl::Mutex mu;
-  v1::Operation op ABSL_GUARDED_BY(mu);
-  std::string request_id ABSL_GUARDED_BY(mu);
-  std::string idempotency_key ABSL_GUARDED_BY(mu);
-  bool charged ABSL_GUARDED_BY(mu) = false;
-  int slot ABSL_GUARDED_BY(mu) = -1;
-  bool submit_in_flight ABSL_GUARDED_BY(mu) = false;
-  bool poll_in_flight ABSL_GUARDED_BY(mu) = false;
-  bool nudge_pending ABSL_GUARDED_BY(mu) = false;
-  // Bumped to invalidate scheduled polls.
-  uint64_t generation ABSL_GUARDED_BY(mu) = 0;
-  int consecutive_errors ABSL_GUARDED_BY(mu) = 0;
-  // No more provider calls or changes: done, cancelling, or shutting down.
-  bool stopped ABSL_GUARDED_BY(mu) = false;
-  bool cancelling ABSL_GUARDED_BY(mu) = false;
-  absl::Time last_poll_start ABSL_GUARDED_BY(mu) = absl::InfinitePast();
-  std::vector<std::weak_ptr<WatchState>> watchers ABSL_GUARDED_BY(mu);
-  std::vector<std::shared_ptr<Waiter>> waiters ABSL_GUARDED_BY(mu);
-};
-
-// What to do once a tracker's lock is released.
-struct Effects {
-  std::vector<std::shared_ptr<WatchState>> wake;
-  std::vector<std::shared_ptr<Waiter>> waiters;
-  std::optional<v1::Operation> done_op;
-  bool retire = false;
-};
-
-class EngineImpl final : public OperationsEngine,
-                         public DownloadHost,
-                         public std::enable_shared_from_this<EngineImpl> {
+class EngineImpl final : public OperationsEngine, public std::enable_shared_from_this<EngineImpl> {
  public:
   EngineImpl(EngineOptions options, std::unique_ptr<OperationStore> store,
              const std::vector<ProviderAdapter*>& adapters, http::Client* http)
       : options_(std::move(options)),
+        clock_(options_.clock != nullptr ? *options_.clock : Clock::Real()),
         store_(std::move(store)),
-        http_(http),
-        executor_(std::make_unique<Executor>(options_.worker_threads)),
-        open_watchers_(std::make_shared<std::atomic<int64_t>>(0)),
-        open_downloads_(std::make_shared<std::atomic<int64_t>>(0)) {
-    for (ProviderAdapter* adapter : adapters) {
-      AdapterSlot slot;
-      slot.adapter = adapter;
-      slots_.push_back(std::move(slot));
-    }
+        router_(std::make_shared<Router>(
+            adapters,
+            RouterOptions{options_.failure_threshold, options_.failure_cooldown,
+                          options_.default_quota_backoff},
+            clock_)),
+        executor_(std::make_shared<Executor>(options_.worker_threads, clock_)),
+        feed_(NewInProcessChangeFeed()),
+        env_(std::make_shared<TrackerEnv>(options_, clock_, store_, router_, executor_, feed_)),
+        hub_(std::make_shared<WatchHub>(
+            WatchHubOptions{options_.watch_heartbeat, options_.watch_buffer}, clock_, executor_,
+            store_)),
+        assets_(std::make_shared<AssetHost>(options_, clock_, store_, router_, executor_, http)) {
+    feed_->Subscribe(hub_.get());
   }
 
-  ~EngineImpl() override { executor_->Stop(); }
-
-  // ---- OperationsEngine ----
+  ~EngineImpl() override {
+    executor_->Stop();
+    feed_->Unsubscribe(hub_.get());
+  }
 
   absl::Status Start() override {
     {
@@ -192,48 +73,27 @@ class EngineImpl final : public OperationsEngine,
       if (started_) return absl::OkStatus();
       started_ = true;
     }
-    MUSICGW_ASSIGN_OR_RETURN(std::vector<OperationRecord> live,
-                             store_->ClaimLive(options_.replica_id, absl::Now() + options_.lease));
-    for (OperationRecord& record : live) Adopt(std::move(record), /*recovering=*/true);
-    if (!live.empty()) {
-      log::Info("resumed live operations", {{"count", static_cast<long>(live.size())}});
+    auto live = store_->ClaimLive(options_.replica_id, clock_.Now() + options_.lease);
+    if (!live.ok()) return env_->ledger.NoteWrite(live.status());
+    for (OperationRecord& record : *live) Adopt(std::move(record), /*recovering=*/true);
+    if (!live->empty()) {
+      log::Info("resumed live operations", {{"count", static_cast<long>(live->size())}});
     }
     ScheduleMaintenance(absl::ZeroDuration());
     return absl::OkStatus();
   }
 
   void Shutdown() override {
-    std::vector<std::shared_ptr<Tracker>> trackers;
-    std::vector<std::weak_ptr<DownloadPipe>> downloads;
-    std::vector<std::weak_ptr<WatchState>> watches;
     {
       absl::MutexLock lock(&mu_);
       if (shutdown_) return;
       shutdown_ = true;
-      for (auto& [id, tracker] : live_) trackers.push_back(tracker);
-      downloads.swap(downloads_);
-      watches.swap(watches_);
     }
     const absl::Status status = ShuttingDown();
-    std::vector<std::shared_ptr<Waiter>> waiters;
-    for (auto& t : trackers) {
-      absl::MutexLock lock(&t->mu);
-      // The operation stays live in the ledger: the next Start() resumes it.
-      t->stopped = true;
-      ++t->generation;
-      for (auto& w : t->waiters) waiters.push_back(std::move(w));
-      t->waiters.clear();
-      t->watchers.clear();
-    }
-    for (auto& weak : watches) {
-      if (auto state = weak.lock()) {
-        if (state->Finish(status)) state->RunWake();
-      }
-    }
-    for (auto& waiter : waiters) waiter->Fire(status);
-    for (auto& weak : downloads) {
-      if (auto pipe = weak.lock()) pipe->Fail(status);
-    }
+    for (auto& tracker : env_->live.Stop()) tracker->Stop(status);
+    hub_->Shutdown(status);
+    assets_->Shutdown(status);
+    feed_->Unsubscribe(hub_.get());
     executor_->Stop();
   }
 
@@ -244,26 +104,18 @@ class EngineImpl final : public OperationsEngine,
     if (!request.validate_only()) {
       auto existing = store_->FindByRequestId(tenant, request.request_id());
       if (existing.ok()) return SameOrReused(*existing, hash);
-      if (!absl::IsNotFound(existing.status())) return existing.status();
+      if (!absl::IsNotFound(existing.status())) return FromStore(existing.status());
     }
-    MUSICGW_ASSIGN_OR_RETURN(const int slot, Route(request));
-    ProviderAdapter* adapter = slots_[slot].adapter;
-    const absl::Time now = absl::Now();
-    v1::Operation op;
-    op.set_task(adapters::TaskKindOf(request));
-    op.set_provider(adapter->provider());
-    op.set_provider_account(adapter->account());
-    *op.mutable_request() = request;
-    op.mutable_request()->clear_validate_only();
-    op.set_submission(v1::SUBMISSION_STATE_NOT_SUBMITTED);
+    MUSICGW_ASSIGN_OR_RETURN(v1::Operation op, Routed(request));
     if (request.validate_only()) return op;  // not stored: no name
 
+    const absl::Time now = clock_.Now();
     const std::string id = NewOperationId(now);
     op.set_name(OperationName(id));
     op.set_state(v1::OPERATION_STATE_QUEUED);
-    *op.mutable_create_time() = ToProto(now);
-    *op.mutable_update_time() = ToProto(now);
-    *op.mutable_deadline() = ToProto(now + options_.operation_deadline);
+    *op.mutable_create_time() = ToProtoTimestamp(now);
+    *op.mutable_update_time() = ToProtoTimestamp(now);
+    *op.mutable_deadline() = ToProtoTimestamp(now + options_.operation_deadline);
     *op.mutable_suggested_poll_interval() = ToProtoDuration(options_.suggested_poll_interval);
     op.set_sequence(1);
 
@@ -276,14 +128,37 @@ class EngineImpl final : public OperationsEngine,
     record.lease_until = now + options_.lease;
     std::vector<BudgetCheck> budgets;
     if (options_.budgets) budgets = options_.budgets(tenant, op.task(), now);
-    MUSICGW_ASSIGN_OR_RETURN(CreateResult created, store_->Create(record, budgets));
-    if (!created.created) return SameOrReused(created.record, hash);
+    auto created = store_->Create(record, budgets);
+    MUSICGW_RETURN_IF_ERROR(env_->ledger.NoteWrite(created.status()));
+    if (!created->created) return SameOrReused(created->record, hash);
     if (options_.observer != nullptr) {
       options_.observer->OnStateChange(op.provider(), op.task(), v1::OPERATION_STATE_UNSPECIFIED,
                                        v1::OPERATION_STATE_QUEUED);
     }
-    Adopt(std::move(created.record), /*recovering=*/false);
+    Adopt(std::move(created->record), /*recovering=*/false);
     return op;
+  }
+
+  void ValidateOnly(const std::string& tenant, const v1::GenerateRequest& request,
+                    OperationCallback done) override {
+    if (IsShutdown()) return std::move(done)(ShuttingDown());
+    auto routed = Routed(request);
+    if (!routed.ok()) return std::move(done)(routed.status());
+    const int slot = router_->SlotFor(*routed);
+    // The routed account checks the request too where it has a dry run (Loudly B2B test=true:
+    // no quota spent); the other adapters encode it and send nothing.
+    adapters::SubmitRequest submit;
+    submit.request_id = request.request_id();
+    submit.idempotency_key = absl::StrCat("validate-only-", request.request_id());
+    submit.request = request;
+    submit.deadline = clock_.Now() + absl::Seconds(30);
+    submit.validate_only = true;
+    router_->adapter(slot)->Submit(
+        std::move(submit), [op = *std::move(routed), done = std::move(done)](
+                               const absl::StatusOr<UpstreamStatus>& checked) mutable {
+          std::move(done)(checked.ok() ? absl::StatusOr<v1::Operation>(std::move(op))
+                                       : absl::StatusOr<v1::Operation>(checked.status()));
+        });
   }
 
   absl::StatusOr<v1::Operation> Get(const std::string& tenant, absl::string_view name) override {
@@ -293,174 +168,46 @@ class EngineImpl final : public OperationsEngine,
 
   absl::StatusOr<v1::ListOperationsResponse> List(
       const std::string& tenant, const v1::ListOperationsRequest& request) override {
-    if (request.page_size() < 0) return InvalidFieldError("page_size", "must not be negative");
-    const int page_size = request.page_size() == 0 ? 50 : std::min(request.page_size(), 1000);
+    MUSICGW_ASSIGN_OR_RETURN(const int page_size, ResolvePageSize(request.page_size()));
+    const PageScope scope(tenant, request);
     ListQuery query;
     query.tenant = tenant;
-    std::vector<int> states;
-    for (int state : request.states()) states.push_back(state);
-    std::sort(states.begin(), states.end());
-    states.erase(std::unique(states.begin(), states.end()), states.end());
-    for (int state : states) query.states.push_back(static_cast<v1::OperationState>(state));
-    query.provider = request.provider();
-    query.task = request.task();
+    query.states = scope.states;
+    query.provider = scope.provider;
+    query.task = scope.task;
     query.limit = page_size + 1;
-    // Page tokens are bound to the tenant and the filters, so a token cannot change them.
-    const std::string filter_key =
-        Sha256Hex(absl::StrCat(tenant, "|", absl::StrJoin(states, ","), "|",
-                               static_cast<int>(query.provider), "|", static_cast<int>(query.task)))
-            .substr(0, 16);
     if (!request.page_token().empty()) {
-      std::string decoded;
-      std::vector<std::string> parts;
-      if (absl::WebSafeBase64Unescape(request.page_token(), &decoded)) {
-        parts = absl::StrSplit(decoded, ':');
-      }
-      if (parts.size() != 3 || parts[0] != "v1" || !IsOperationId(parts[2])) {
-        return InvalidFieldError("page_token", "is not a token this server issued");
-      }
-      if (parts[1] != filter_key) {
-        return InvalidFieldError("page_token", "was issued for different filters");
-      }
-      query.before_id = parts[2];
+      MUSICGW_ASSIGN_OR_RETURN(query.before_id, DecodePageToken(scope, request.page_token()));
     }
-    MUSICGW_ASSIGN_OR_RETURN(std::vector<OperationRecord> records, store_->List(query));
+    auto records = store_->List(query);
+    if (!records.ok()) return FromStore(records.status());
     v1::ListOperationsResponse response;
-    const bool more = static_cast<int>(records.size()) > page_size;
-    if (more) {
-      records.resize(page_size);
-      response.set_next_page_token(
-          absl::WebSafeBase64Escape(absl::StrCat("v1:", filter_key, ":", records.back().id())));
+    if (static_cast<int>(records->size()) > page_size) {
+      records->resize(page_size);
+      response.set_next_page_token(EncodePageToken(scope, records->back().id()));
     }
-    for (auto& record : records) *response.add_operations() = std::move(record.operation);
+    for (auto& record : *records) *response.add_operations() = std::move(record.operation);
     return response;
   }
 
   void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
-              absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done) override {
+              OperationCallback done) override {
     auto record = Lookup(tenant, name);
     if (!record.ok()) return std::move(done)(record.status());
-    if (record->operation.done()) return std::move(done)(AlreadyDone(record->operation));
-    std::shared_ptr<Tracker> t = FindLive(record->id());
-    if (t == nullptr) {
-      return std::move(done)(
-          absl::UnavailableError("the operation is not tracked by this server; retry"));
-    }
-    ProviderAdapter* adapter = nullptr;
-    adapters::PollRequest poll;
-    {
-      absl::MutexLock lock(&t->mu);
-      if (t->op.done()) return std::move(done)(AlreadyDone(t->op));
-      if (t->cancelling) {
-        return std::move(done)(absl::AbortedError("a cancellation is already in progress"));
-      }
-      if (IsShutdown()) return std::move(done)(ShuttingDown());
-      t->cancelling = true;
-      t->stopped = true;  // in-flight provider answers are ignored from here on
-      ++t->generation;
-      if (!t->op.upstream_id().empty() && t->slot >= 0) {
-        adapter = slots_[t->slot].adapter;
-        poll.operation_id = t->id;
-        poll.upstream_id = t->op.upstream_id();
-        poll.task = t->op.task();
-        poll.deadline = absl::Now() + options_.cancel_notify_timeout;
-        poll.wait = false;
-      }
-    }
-    if (adapter == nullptr) {
-      return std::move(done)(RecordCancel(t, reason, /*provider_notified=*/false));
-    }
-    // Whichever comes first, the provider's answer or the timeout, records the cancellation;
-    // if the executor stops before either, the caller still hears back.
-    struct Pending {
-      std::atomic<bool> finished{false};
-      absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done;
-      ~Pending() {
-        if (!finished.exchange(true)) std::move(done)(ShuttingDown());
-      }
-    };
-    auto pending = std::make_shared<Pending>();
-    pending->done = std::move(done);
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    auto finish = [weak, t, pending, reason = std::string(reason)](bool notified) {
-      if (pending->finished.exchange(true)) return;
-      auto self = weak.lock();
-      std::move(pending->done)(self == nullptr ? absl::StatusOr<v1::Operation>(ShuttingDown())
-                                               : self->RecordCancel(t, reason, notified));
-    };
-    adapter->Cancel(poll, [weak, finish](absl::StatusOr<bool> told) {
-      const bool notified = told.ok() && *told;
-      if (auto self = weak.lock()) self->executor_->Post([finish, notified] { finish(notified); });
-    });
-    executor_->PostAfter(options_.cancel_notify_timeout, [finish] { finish(false); });
-  }
-
-  absl::StatusOr<v1::Operation> RecordCancel(const std::shared_ptr<Tracker>& t,
-                                             absl::string_view reason, bool provider_notified) {
-    Effects effects;
-    absl::StatusOr<v1::Operation> result;
-    {
-      absl::MutexLock lock(&t->mu);
-      t->cancelling = false;
-      v1::Operation next = t->op;
-      next.set_state(v1::OPERATION_STATE_CANCELLED);
-      absl::Status error = absl::CancelledError(
-          reason.empty() ? "cancelled by the client" : absl::StrCat("cancelled: ", reason));
-      error = WithErrorInfo(std::move(error), "CANCELLED_BY_CLIENT", kGatewayDomain);
-      *next.mutable_error() = ToRpcStatus(error);
-      auto* cancellation = next.mutable_cancellation();
-      cancellation->set_reason(std::string(reason));
-      cancellation->set_provider_notified(provider_notified);
-      *cancellation->mutable_cancel_time() = ToProto(absl::Now());
-      absl::Status status = Commit(*t, std::move(next), &effects);
-      if (status.ok()) {
-        result = t->op;
-      } else {
-        // The ledger refused: keep tracking as before.
-        t->stopped = false;
-        ScheduleKickLocked(t, absl::Seconds(1));
-        result = absl::UnavailableError(
-            absl::StrCat("could not record the cancellation: ", status.message()));
-      }
-    }
-    Apply(t, std::move(effects));
-    return result;
+    if (record->operation.done()) return std::move(done)(OperationAlreadyDone(record->operation));
+    std::shared_ptr<Tracker> tracker = env_->live.Find(record->id());
+    if (tracker == nullptr) return std::move(done)(IsShutdown() ? ShuttingDown() : NotTracked());
+    tracker->Cancel(reason, std::move(done));
   }
 
   void Wait(const std::string& tenant, absl::string_view name, absl::Duration timeout,
-            absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done) override {
+            OperationCallback done) override {
     auto record = Lookup(tenant, name);
     if (!record.ok()) return std::move(done)(record.status());
     if (record->operation.done()) return std::move(done)(std::move(record->operation));
-    std::shared_ptr<Tracker> t = FindLive(record->id());
-    if (t == nullptr || IsShutdown()) return std::move(done)(std::move(record->operation));
-    auto waiter = std::make_shared<Waiter>(std::move(done));
-    std::optional<v1::Operation> now_op;
-    {
-      absl::MutexLock lock(&t->mu);
-      // A cancellation in progress answers its waiters when it commits.
-      if (!t->op.done() && (!t->stopped || t->cancelling)) {
-        t->waiters.push_back(waiter);
-      } else {
-        now_op = t->op;
-      }
-    }
-    if (now_op.has_value()) return waiter->Fire(*std::move(now_op));
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    std::weak_ptr<Tracker> weak_tracker = t;
-    executor_->PostAfter(timeout, [weak, weak_tracker, waiter] {
-      auto self = weak.lock();
-      auto tracker = weak_tracker.lock();
-      if (self == nullptr || tracker == nullptr) return waiter->Fire(ShuttingDown());
-      v1::Operation op;
-      {
-        absl::MutexLock lock(&tracker->mu);
-        auto& waiters = tracker->waiters;
-        waiters.erase(std::remove(waiters.begin(), waiters.end(), waiter), waiters.end());
-        op = tracker->op;
-      }
-      waiter->Fire(std::move(op));
-    });
+    std::shared_ptr<Tracker> tracker = env_->live.Find(record->id());
+    if (tracker == nullptr || IsShutdown()) return std::move(done)(std::move(record->operation));
+    tracker->Wait(timeout, std::move(done));
   }
 
   absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> Watch(
@@ -468,308 +215,98 @@ class EngineImpl final : public OperationsEngine,
     if (after_sequence < 0) return InvalidFieldError("after_sequence", "must not be negative");
     MUSICGW_ASSIGN_OR_RETURN(OperationRecord record, Lookup(tenant, name));
     if (IsShutdown()) return ShuttingDown();
-    auto state = std::make_shared<WatchState>(options_.watch_buffer);
-    std::shared_ptr<Tracker> t = record.operation.done() ? nullptr : FindLive(record.id());
-    if (t != nullptr) {
-      absl::MutexLock lock(&t->mu);
-      MUSICGW_RETURN_IF_ERROR(Fill(*state, t->op, after_sequence));
-      if (!t->op.done() && !t->stopped) t->watchers.push_back(state);
-    } else {
-      // Done (or tracked by another replica): the ledger has the latest state.
-      MUSICGW_RETURN_IF_ERROR(Fill(*state, record.operation, after_sequence));
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      // Shutdown may have run meanwhile; it ends only the watches it found.
-      if (shutdown_) return ShuttingDown();
-      if (watches_.size() >= 2 * watches_gc_at_) {
-        watches_.erase(std::remove_if(watches_.begin(), watches_.end(),
-                                      [](const std::weak_ptr<WatchState>& w) {
-                                        auto s = w.lock();
-                                        return s == nullptr || s->over();
-                                      }),
-                       watches_.end());
-        watches_gc_at_ = std::max<size_t>(64, watches_.size());
-      }
-      watches_.push_back(state);
-    }
-    ScheduleHeartbeat(state, options_.watch_heartbeat);
-    open_watchers_->fetch_add(1);
-    auto counter = open_watchers_;
-    return std::unique_ptr<EventStream<v1::OperationEvent>>(
-        std::make_unique<WatchStream>(state, [counter] { counter->fetch_sub(1); }));
+    const std::string id = record.id();
+    return hub_->Open(id, after_sequence, [&]() -> absl::StatusOr<v1::Operation> {
+      if (auto tracker = env_->live.Find(id)) return tracker->Snapshot();
+      if (record.operation.done()) return record.operation;
+      // Not tracked here (any more): the ledger has the latest state.
+      auto latest = store_->Get(id);
+      if (!latest.ok()) return FromStore(latest.status());
+      return std::move(latest->operation);
+    });
   }
 
   absl::StatusOr<std::unique_ptr<EventStream<v1::DownloadChunk>>> Download(
       const std::string& tenant, absl::string_view asset, int64_t offset) override {
-    MUSICGW_ASSIGN_OR_RETURN(AssetRef ref, ParseAssetName(asset));
-    if (offset < 0) return InvalidFieldError("offset", "must not be negative");
-    auto record = store_->Get(ref.operation_id);
-    if (!record.ok() || record->tenant != tenant) {
-      if (record.ok() || absl::IsNotFound(record.status())) return NotFound(asset);
-      return record.status();
-    }
-    const v1::Operation& op = record->operation;
-    if (op.state() != v1::OPERATION_STATE_SUCCEEDED) {
-      return WithErrorInfo(absl::FailedPreconditionError(
-                               absl::StrCat("operation is ", v1::OperationState_Name(op.state()),
-                                            "; only SUCCEEDED operations "
-                                            "have assets to download")),
-                           "OPERATION_NOT_SUCCEEDED", kGatewayDomain);
-    }
-    if (ref.index >= op.outputs_size()) return NotFound(asset);
-    const v1::Asset& a = op.outputs(ref.index);
-    if (a.size_bytes() > 0 && offset > a.size_bytes()) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "offset ", offset, " is beyond the end of the asset (", a.size_bytes(), " bytes)"));
-    }
-    if (http_ == nullptr) return absl::FailedPreconditionError("downloads are not configured");
     if (IsShutdown()) return ShuttingDown();
-    DownloadSpec spec;
-    spec.operation_id = ref.operation_id;
-    spec.index = ref.index;
-    spec.asset = a;
-    spec.provider = op.provider();
-    if (ref.index < static_cast<int>(record->upstream_outputs.size())) {
-      spec.upstream = record->upstream_outputs[ref.index];
-    }
-    spec.offset = offset;
-    spec.chunk_bytes = options_.download_chunk_bytes;
-    spec.buffer_bytes = options_.download_buffer_bytes;
-    spec.transfer_timeout = options_.download_timeout;
-    auto pipe = std::make_shared<DownloadPipe>(
-        std::move(spec), http_,
-        std::weak_ptr<DownloadHost>(std::static_pointer_cast<DownloadHost>(shared_from_this())));
-    {
-      absl::MutexLock lock(&mu_);
-      downloads_.erase(
-          std::remove_if(downloads_.begin(), downloads_.end(),
-                         [](const std::weak_ptr<DownloadPipe>& p) { return p.expired(); }),
-          downloads_.end());
-      downloads_.push_back(pipe);
-    }
-    open_downloads_->fetch_add(1);
-    pipe->Start();
-    auto counter = open_downloads_;
-    return std::unique_ptr<EventStream<v1::DownloadChunk>>(
-        std::make_unique<DownloadStream>(pipe, [counter] { counter->fetch_sub(1); }));
+    return assets_->Open(tenant, asset, offset);
   }
 
   void OnProviderUpdate(v1::Provider provider, const UpstreamStatus& status) override {
-    std::shared_ptr<Tracker> t;
-    {
-      absl::MutexLock lock(&mu_);
-      auto it = by_upstream_.find(UpstreamKey(provider, status.upstream_id));
-      if (it == by_upstream_.end()) return;
-      auto live = live_.find(it->second);
-      if (live == live_.end()) return;
-      t = live->second;
+    if (auto tracker = env_->live.FindByUpstream(provider, status.upstream_id)) {
+      tracker->OnProviderUpdate(status);
     }
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    executor_->Post([weak, t, status] {
-      auto self = weak.lock();
-      if (self == nullptr) return;
-      Effects effects;
-      {
-        absl::MutexLock lock(&t->mu);
-        if (t->stopped || t->op.done() || t->op.submission() != v1::SUBMISSION_STATE_ACCEPTED ||
-            t->op.upstream_id() != status.upstream_id) {
-          return;  // a duplicate or stale callback
-        }
-        if (status.phase != UpstreamStatus::Phase::kRunning) {
-          self->ApplyTerminalLocked(t, status, &effects);
-        } else if (t->poll_in_flight) {
-          t->nudge_pending = true;
-        } else {
-          ++t->generation;
-          self->PollLocked(t);
-        }
-      }
-      self->Apply(t, std::move(effects));
-    });
   }
 
   void UpdateQuota(const ProviderAdapter* adapter,
                    const std::vector<adapters::QuotaFigure>& figures) override {
-    absl::MutexLock lock(&slots_mu_);
-    for (AdapterSlot& slot : slots_) {
-      if (slot.adapter != adapter) continue;
-      slot.quota.clear();
-      for (const auto& figure : figures) slot.quota[figure.resource] = figure;
-    }
+    router_->UpdateQuota(adapter, figures);
   }
 
-  std::vector<ProviderState> ProviderStates() const override {
-    const absl::Time now = absl::Now();
-    std::vector<ProviderState> states;
-    absl::MutexLock lock(&slots_mu_);
-    for (const AdapterSlot& slot : slots_) {
-      ProviderState state;
-      state.provider = slot.adapter->provider();
-      state.account = slot.adapter->account();
-      state.dialect = slot.adapter->dialect();
-      state.consecutive_failures = slot.consecutive_failures;
-      state.cooldown_until = slot.cooldown_until;
-      state.quota_exhausted = slot.quota_until > now;
-      state.quota_exhausted_until = slot.quota_until;
-      // Every resource the last quota read shows is used up (Soundpiece after a 402).
-      bool all_used_up = false;
-      absl::Time until = absl::InfinitePast();
-      for (const auto& [resource, figure] : slot.quota) {
-        if (figure.remaining < 0) continue;
-        if (!UsedUp(figure, now)) {
-          all_used_up = false;
-          break;
-        }
-        all_used_up = true;
-        until = std::max(until, figure.reset_time);
-      }
-      if (all_used_up && !state.quota_exhausted) {
-        state.quota_exhausted = true;
-        state.quota_exhausted_until = until;
-      }
-      if (slot.cooldown_until > now) {
-        state.health = v1::PROVIDER_HEALTH_UNAVAILABLE;
-        state.health_detail = absl::StrCat("cooling down after ", slot.consecutive_failures,
-                                           " consecutive failures: ", slot.last_error);
-      } else if (slot.consecutive_failures > 0) {
-        state.health = v1::PROVIDER_HEALTH_DEGRADED;
-        state.health_detail = slot.last_error;
-      } else {
-        state.health = v1::PROVIDER_HEALTH_HEALTHY;
-      }
-      states.push_back(std::move(state));
-    }
-    return states;
-  }
+  std::vector<ProviderState> ProviderStates() const override { return router_->States(); }
 
   EngineStats Stats() const override {
     EngineStats stats;
-    {
-      absl::MutexLock lock(&mu_);
-      stats.live_operations = static_cast<int64_t>(live_.size());
-    }
-    {
-      absl::MutexLock lock(&counts_mu_);
-      for (const auto& [key, count] : live_counts_) {
-        if (count <= 0) continue;
-        stats.live_by_state.push_back({static_cast<v1::Provider>(key.first),
-                                       static_cast<v1::OperationState>(key.second), count});
-      }
-    }
-    stats.open_watchers = open_watchers_->load();
-    stats.open_downloads = open_downloads_->load();
+    stats.live_operations = env_->live.size();
+    stats.live_by_state = env_->live.Counts();
+    stats.open_watchers = hub_->open_watches();
+    stats.open_downloads = assets_->open_downloads();
     return stats;
   }
 
+  absl::Status LedgerStatus() const override { return env_->ledger.status(); }
+
   absl::StatusOr<BudgetUsage> ReadBudget(const std::string& tenant, v1::TaskKind task,
                                          absl::Time period_start) override {
-    return store_->ReadBudget(tenant, task, period_start);
+    auto usage = store_->ReadBudget(tenant, task, period_start);
+    if (!usage.ok()) return FromStore(usage.status());
+    return usage;
   }
 
   absl::StatusOr<std::map<v1::TaskKind, int64_t>> ChargedOperations(v1::Provider provider,
                                                                     const std::string& account,
                                                                     absl::Time since) override {
-    return store_->CountCharged(provider, account, since);
-  }
-
-  // ---- DownloadHost ----
-
-  void PostTask(absl::AnyInvocable<void() &&> task, absl::Duration delay) override {
-    executor_->PostAfter(delay, std::move(task));
-  }
-
-  void RefreshUrl(const std::string& operation_id, int index,
-                  absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&> done) override {
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    auto shared_done =
-        std::make_shared<absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&>>(
-            std::move(done));
-    executor_->Post([weak, operation_id, index, shared_done] {
-      auto self = weak.lock();
-      if (self == nullptr) return std::move(*shared_done)(ShuttingDown());
-      auto record = self->store_->Get(operation_id);
-      if (!record.ok()) return std::move(*shared_done)(record.status());
-      const int slot = self->SlotFor(record->operation);
-      if (slot < 0) {
-        return std::move(*shared_done)(
-            absl::FailedPreconditionError("the operation's provider is no longer configured"));
-      }
-      adapters::PollRequest poll;
-      poll.operation_id = operation_id;
-      poll.upstream_id = record->operation.upstream_id();
-      poll.task = record->operation.task();
-      poll.deadline = absl::Now() + absl::Seconds(30);
-      poll.wait = false;
-      self->slots_[slot].adapter->Poll(
-          poll, [weak, operation_id, index, shared_done](absl::StatusOr<UpstreamStatus> status) {
-            auto self = weak.lock();
-            if (self == nullptr) return std::move(*shared_done)(ShuttingDown());
-            self->executor_->Post(
-                [self, operation_id, index, shared_done, status = std::move(status)]() mutable {
-                  if (!status.ok()) return std::move(*shared_done)(status.status());
-                  if (status->phase != UpstreamStatus::Phase::kSucceeded ||
-                      index >= static_cast<int>(status->outputs.size())) {
-                    return std::move(*shared_done)(
-                        absl::FailedPreconditionError("the provider no longer reports this asset"));
-                  }
-                  std::vector<UpstreamOutput> outputs;
-                  for (const auto& output : status->outputs) {
-                    outputs.push_back(UpstreamOutput{output.url, output.url_expire_time});
-                  }
-                  absl::Status stored = self->store_->SetUpstreamOutputs(operation_id, outputs);
-                  if (!stored.ok()) {
-                    log::Warning("could not store refreshed asset URLs",
-                                 {{"operation", operation_id}, {"error", stored.ToString()}});
-                  }
-                  std::move (*shared_done)(outputs[index]);
-                });
-          });
-    });
-  }
-
-  void RecordAssetFacts(const std::string& operation_id, int index, int64_t size,
-                        const std::string& sha256) override {
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    executor_->Post([weak, operation_id, index, size, sha256] {
-      auto self = weak.lock();
-      if (self == nullptr) return;
-      absl::Status status = self->store_->SetAssetFacts(operation_id, index, size, sha256);
-      if (!status.ok()) {
-        log::Warning("could not store asset digest",
-                     {{"operation", operation_id}, {"error", status.ToString()}});
-      }
-    });
-  }
-
-  void OnDownloadBytes(v1::Provider provider, int64_t bytes) override {
-    if (options_.observer != nullptr) options_.observer->OnDownloadBytes(provider, bytes);
+    auto counts = store_->CountCharged(provider, account, since);
+    if (!counts.ok()) return FromStore(counts.status());
+    return counts;
   }
 
  private:
-  static std::string UpstreamKey(v1::Provider provider, absl::string_view upstream_id) {
-    return absl::StrCat(static_cast<int>(provider), "/", upstream_id);
-  }
-
   bool IsShutdown() const {
     absl::MutexLock lock(&mu_);
     return shutdown_;
+  }
+
+  static absl::Status NotTracked() {
+    return WithRetryInfo(
+        WithErrorInfo(absl::UnavailableError("the operation is not tracked by this server; retry"),
+                      "OPERATION_NOT_TRACKED", kGatewayDomain),
+        absl::Seconds(1));
+  }
+
+  // The operation `request` would become, routed (the one routing decision) but not stored.
+  absl::StatusOr<v1::Operation> Routed(const v1::GenerateRequest& request) const {
+    MUSICGW_ASSIGN_OR_RETURN(const int slot, router_->Route(request));
+    const ProviderAdapter* adapter = router_->adapter(slot);
+    v1::Operation op;
+    op.set_task(adapters::TaskKindOf(request));
+    op.set_provider(adapter->provider());
+    op.set_provider_account(adapter->account());
+    *op.mutable_request() = request;
+    op.mutable_request()->clear_validate_only();
+    op.set_submission(v1::SUBMISSION_STATE_NOT_SUBMITTED);
+    return op;
   }
 
   absl::StatusOr<OperationRecord> Lookup(const std::string& tenant, absl::string_view name) {
     MUSICGW_ASSIGN_OR_RETURN(std::string id, ParseOperationName(name));
     auto record = store_->Get(id);
     // Another tenant's operation is indistinguishable from a missing one.
-    if (record.ok() && record->tenant != tenant) return NotFound(name);
-    if (!record.ok() && absl::IsNotFound(record.status())) return NotFound(name);
+    if ((record.ok() && record->tenant != tenant) || absl::IsNotFound(record.status())) {
+      return OperationNotFound(name);
+    }
+    if (!record.ok()) return FromStore(record.status());
     return record;
-  }
-
-  static absl::Status AlreadyDone(const v1::Operation& op) {
-    return WithErrorInfo(
-        absl::FailedPreconditionError(
-            absl::StrCat("operation is already done (", v1::OperationState_Name(op.state()), ")")),
-        "OPERATION_DONE", kGatewayDomain);
   }
 
   static absl::StatusOr<v1::Operation> SameOrReused(const OperationRecord& record,
@@ -784,882 +321,57 @@ class EngineImpl final : public OperationsEngine,
     return record.operation;
   }
 
-  std::shared_ptr<Tracker> FindLive(const std::string& id) {
-    absl::MutexLock lock(&mu_);
-    auto it = live_.find(id);
-    return it == live_.end() ? nullptr : it->second;
-  }
-
-  // The slot serving `op`: same provider and account, else same provider.
-  int SlotFor(const v1::Operation& op) const {
-    int fallback = -1;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const ProviderAdapter* adapter = slots_[i].adapter;
-      if (adapter->provider() != op.provider()) continue;
-      if (adapter->account() == op.provider_account()) return static_cast<int>(i);
-      if (fallback < 0) fallback = static_cast<int>(i);
-    }
-    return fallback;
-  }
-
-  // ---- live counts ----
-
-  void CountLive(v1::Provider provider, v1::OperationState state, int delta) {
-    if (state == v1::OPERATION_STATE_UNSPECIFIED) return;
-    absl::MutexLock lock(&counts_mu_);
-    live_counts_[{static_cast<int>(provider), static_cast<int>(state)}] += delta;
-  }
-
-  // ---- routing ----
-
-  // Which of the quota resources `request` needs from `slot`'s account is known to be used up,
-  // when none of them is known to have units left.
-  static std::optional<KnownExhaustion> KnownExhaustedLocked(
-      const AdapterSlot& slot, const std::vector<std::string>& resources, absl::Time now) {
-    std::optional<KnownExhaustion> exhausted;
-    for (const std::string& resource : resources) {
-      if (auto rejected = slot.rejected_until.find(resource);
-          rejected != slot.rejected_until.end() && rejected->second > now) {
-        if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, rejected->second};
-        continue;
-      }
-      auto it = slot.quota.find(resource);
-      if (it == slot.quota.end() || it->second.remaining < 0) continue;  // not known
-      if (it->second.remaining > 0) return std::nullopt;
-      if (!UsedUp(it->second, now)) continue;  // reset since the read
-      if (!exhausted.has_value()) exhausted = KnownExhaustion{resource, it->second.reset_time};
-    }
-    return exhausted;
-  }
-
-  absl::Status KnownExhaustedStatus(const AdapterSlot& slot, const KnownExhaustion& exhausted,
-                                    absl::Time now) const {
-    const std::string provider = v1::Provider_Name(slot.adapter->provider());
-    const std::string& account = slot.adapter->account();
-    absl::Status status = absl::ResourceExhaustedError(
-        absl::StrCat("quota '", exhausted.resource, "' of ", ProviderSlug(slot.adapter->provider()),
-                     " account ", account, " is used up; nothing was sent to the provider"));
-    status = WithErrorInfo(
-        std::move(status), "PROVIDER_QUOTA_EXHAUSTED", kGatewayDomain,
-        {{"provider", provider}, {"account", account}, {"resource", exhausted.resource}});
-    status =
-        WithQuotaViolation(std::move(status),
-                           absl::StrCat("provider:", ProviderSlug(slot.adapter->provider()),
-                                        "/account:", account, "/resource:", exhausted.resource),
-                           "the provider's last quota read shows none left");
-    if (exhausted.reset_time == absl::InfinitePast()) return status;
-    return WithRetryInfo(std::move(status), exhausted.reset_time - now);
-  }
-
-  bool AvailableLocked(const AdapterSlot& slot, absl::Time now) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(slots_mu_) {
-    return slot.cooldown_until <= now && slot.quota_until <= now;
-  }
-
-  absl::Status BlockedLocked(const AdapterSlot& slot, absl::Time now) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(slots_mu_) {
-    const std::string provider = v1::Provider_Name(slot.adapter->provider());
-    if (slot.quota_until > now) {
-      absl::Status status = absl::ResourceExhaustedError(
-          absl::StrCat(provider, " quota is exhausted (account ", slot.adapter->account(), ")"));
-      status = WithErrorInfo(std::move(status), "PROVIDER_QUOTA_EXHAUSTED", kGatewayDomain,
-                             {{"provider", provider}, {"account", slot.adapter->account()}});
-      status = WithQuotaViolation(std::move(status),
-                                  absl::StrCat("provider:", ProviderSlug(slot.adapter->provider()),
-                                               "/account:", slot.adapter->account()),
-                                  "the provider reported its quota exhausted");
-      return WithRetryInfo(std::move(status), slot.quota_until - now);
-    }
-    absl::Status status =
-        absl::UnavailableError(absl::StrCat(provider, " is cooling down after repeated failures"));
-    status = WithErrorInfo(std::move(status), "PROVIDER_UNAVAILABLE", kGatewayDomain,
-                           {{"provider", provider}, {"account", slot.adapter->account()}});
-    return WithRetryInfo(std::move(status), slot.cooldown_until - now);
-  }
-
-  bool Supports(int index, const v1::GenerateRequest& request) const {
-    const ProviderAdapter* adapter = slots_[index].adapter;
-    return adapters::CheckCapabilities(adapter->provider(), request).ok() &&
-           adapter->CheckRequest(request).ok();
-  }
-
-  absl::StatusOr<int> Route(const v1::GenerateRequest& request) {
-    std::vector<int> preferred;
-    std::vector<int> others;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const int index = static_cast<int>(i);
-      if (request.provider() != v1::PROVIDER_UNSPECIFIED) {
-        if (slots_[i].adapter->provider() == request.provider()) {
-          preferred.push_back(index);  // the gateway already checked it
-        } else if (request.allow_fallback() && Supports(index, request)) {
-          others.push_back(index);
-        }
-      } else if (Supports(index, request)) {
-        preferred.push_back(index);
-      }
-    }
-    if (preferred.empty()) {
-      if (request.provider() != v1::PROVIDER_UNSPECIFIED) {
-        return WithErrorInfo(
-            absl::FailedPreconditionError(absl::StrCat(v1::Provider_Name(request.provider()),
-                                                       " is not configured on this gateway")),
-            "PROVIDER_NOT_CONFIGURED", kGatewayDomain,
-            {{"provider", v1::Provider_Name(request.provider())}});
-      }
-      for (const AdapterSlot& slot : slots_) {
-        absl::Status status = adapters::CheckCapabilities(slot.adapter->provider(), request);
-        if (!status.ok()) return status;
-      }
-      return WithErrorInfo(
-          absl::InvalidArgumentError("no configured provider supports this request"),
-          "NO_PROVIDER_FOR_TASK", kGatewayDomain);
-    }
-    std::vector<std::vector<std::string>> resources(slots_.size());
-    for (int index : preferred) resources[index] = slots_[index].adapter->QuotaResources(request);
-    for (int index : others) resources[index] = slots_[index].adapter->QuotaResources(request);
-    const absl::Time now = absl::Now();
-    absl::MutexLock lock(&slots_mu_);
-    auto usable = [&](int index) {
-      return AvailableLocked(slots_[index], now) &&
-             !KnownExhaustedLocked(slots_[index], resources[index], now).has_value();
-    };
-    for (int index : preferred) {
-      if (usable(index)) return index;
-    }
-    for (int index : others) {
-      if (usable(index)) return index;
-    }
-    const AdapterSlot& first = slots_[preferred.front()];
-    if (AvailableLocked(first, now)) {
-      return KnownExhaustedStatus(
-          first, *KnownExhaustedLocked(first, resources[preferred.front()], now), now);
-    }
-    return BlockedLocked(first, now);
-  }
-
-  // Picks an adapter not tried yet for `op` that supports its request with every parameter
-  // and is available; -1 when none.
-  int PickFallback(const v1::Operation& op) {
-    std::set<std::pair<int, std::string>> tried;
-    for (const auto& attempt : op.attempts()) {
-      tried.emplace(static_cast<int>(attempt.provider()), attempt.account());
-    }
-    const absl::Time now = absl::Now();
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const ProviderAdapter* adapter = slots_[i].adapter;
-      if (tried.count({static_cast<int>(adapter->provider()), adapter->account()}) > 0) continue;
-      if (!Supports(static_cast<int>(i), op.request())) continue;
-      const std::vector<std::string> resources = adapter->QuotaResources(op.request());
-      absl::MutexLock lock(&slots_mu_);
-      if (AvailableLocked(slots_[i], now) &&
-          !KnownExhaustedLocked(slots_[i], resources, now).has_value()) {
-        return static_cast<int>(i);
-      }
-    }
-    return -1;
-  }
-
-  void RecordSuccess(int slot) {
-    if (slot < 0) return;
-    absl::MutexLock lock(&slots_mu_);
-    slots_[slot].consecutive_failures = 0;
-    slots_[slot].cooldown_until = absl::InfinitePast();
-  }
-
-  // The quota resource a RESOURCE_EXHAUSTED names ("…/resource:X" in its QuotaFailure), when
-  // it is one `request` is charged to; empty otherwise.
-  static std::string ExhaustedResource(const ProviderAdapter& adapter, const absl::Status& status,
-                                       const v1::GenerateRequest* request) {
-    google::rpc::QuotaFailure quota;
-    if (request == nullptr || !GetQuotaFailure(status, &quota)) return "";
-    const std::vector<std::string> resources = adapter.QuotaResources(*request);
-    constexpr absl::string_view kMarker = "/resource:";
-    for (const auto& violation : quota.violations()) {
-      const absl::string_view subject = violation.subject();
-      const size_t at = subject.rfind(kMarker);
-      if (at == absl::string_view::npos) continue;
-      const absl::string_view resource = subject.substr(at + kMarker.size());
-      if (std::find(resources.begin(), resources.end(), resource) != resources.end()) {
-        return std::string(resource);
-      }
-    }
-    return "";
-  }
-
-  // `request`, when known, lets a quota rejection block only the resource it names, so the
-  // account still serves requests charged to its other resources.
-  void RecordFailure(int slot, const absl::Status& status,
-                     const v1::GenerateRequest* request = nullptr) {
-    if (slot < 0) return;
-    const absl::Time now = absl::Now();
-    const std::string resource = status.code() == absl::StatusCode::kResourceExhausted
-                                     ? ExhaustedResource(*slots_[slot].adapter, status, request)
-                                     : "";
-    absl::MutexLock lock(&slots_mu_);
-    AdapterSlot& s = slots_[slot];
-    switch (status.code()) {
-      case absl::StatusCode::kResourceExhausted: {
-        google::rpc::RetryInfo retry;
-        absl::Duration delay = options_.default_quota_backoff;
-        if (GetRetryInfo(status, &retry)) {
-          delay = absl::Seconds(retry.retry_delay().seconds()) +
-                  absl::Nanoseconds(retry.retry_delay().nanos());
-        }
-        if (resource.empty()) {
-          s.quota_until = std::max(s.quota_until, now + delay);
-          return;
-        }
-        absl::Time& until = s.rejected_until[resource];
-        until = std::max(until, now + delay);
-        return;
-      }
-      case absl::StatusCode::kUnavailable:
-      case absl::StatusCode::kDeadlineExceeded:
-      case absl::StatusCode::kInternal:
-      case absl::StatusCode::kUnknown:
-      case absl::StatusCode::kUnauthenticated:
-      case absl::StatusCode::kPermissionDenied:
-      case absl::StatusCode::kFailedPrecondition:
-        break;
-      default:
-        return;  // the request's fault, not the provider's
-    }
-    s.last_error = absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                                status.message().substr(0, 200));
-    if (++s.consecutive_failures >= options_.failure_threshold) {
-      s.cooldown_until = now + options_.failure_cooldown;
-    }
-  }
-
-  // ---- trackers ----
-
   // Registers a tracker for a live record (unless one exists) and starts it.
   void Adopt(OperationRecord record, bool recovering) {
-    auto t = std::make_shared<Tracker>(record.id(), record.tenant);
-    {
-      absl::MutexLock lock(&t->mu);
-      t->op = std::move(record.operation);
-      t->request_id = record.request_id;
-      t->idempotency_key = ProviderIdempotencyKey(record.tenant, record.request_id);
-      t->charged = record.charged;
-      t->slot = SlotFor(t->op);
-    }
-    std::string upstream_key;
-    v1::Provider initial_provider;
-    v1::OperationState initial_state;
-    {
-      absl::MutexLock lock(&t->mu);
-      initial_provider = t->op.provider();
-      initial_state = t->op.done() ? v1::OPERATION_STATE_UNSPECIFIED : t->op.state();
-      if (!t->op.upstream_id().empty()) {
-        upstream_key = UpstreamKey(t->op.provider(), t->op.upstream_id());
-      }
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      if (shutdown_ || live_.count(t->id) > 0) return;
-      live_.emplace(t->id, t);
-      CountLive(initial_provider, initial_state, +1);
-      if (!upstream_key.empty()) by_upstream_[upstream_key] = t->id;
-    }
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    executor_->Post([weak, t, recovering] {
-      if (auto self = weak.lock()) self->Kick(t, recovering);
-    });
-    absl::Time deadline;
-    {
-      absl::MutexLock lock(&t->mu);
-      deadline = FromProto(t->op.deadline());
-    }
-    // Weak: a done operation's tracker must not live on until its deadline.
-    std::weak_ptr<Tracker> weak_tracker = t;
-    executor_->PostAfter(deadline - absl::Now(), [weak, weak_tracker] {
-      auto self = weak.lock();
-      auto tracker = weak_tracker.lock();
-      if (self != nullptr && tracker != nullptr) self->OnDeadline(tracker);
-    });
+    auto tracker = std::make_shared<Tracker>(std::move(record), env_, env_.get());
+    tracker->Start(recovering);
   }
 
-  // Decides the next step from the ledger state (start, restart, or after a ledger error).
-  void Kick(const std::shared_ptr<Tracker>& t, bool recovering) {
-    Effects effects;
-    {
-      absl::MutexLock lock(&t->mu);
-      if (t->stopped || t->op.done() || t->submit_in_flight || t->poll_in_flight) return;
-      if (absl::Now() >= FromProto(t->op.deadline())) {
-        FailDeadlineLocked(t, &effects);
-      } else if (t->slot < 0) {
-        FailLocked(t,
-                   WithErrorInfo(absl::FailedPreconditionError(absl::StrCat(
-                                     v1::Provider_Name(t->op.provider()), " account ",
-                                     t->op.provider_account(), " is no longer configured")),
-                                 "PROVIDER_NOT_CONFIGURED", kGatewayDomain),
-                   std::nullopt, &effects);
-      } else {
-        switch (t->op.submission()) {
-          case v1::SUBMISSION_STATE_UNSPECIFIED:
-          case v1::SUBMISSION_STATE_NOT_SUBMITTED:
-            SubmitLocked(t, /*resubmit=*/false, &effects);
-            break;
-          case v1::SUBMISSION_STATE_SUBMITTING:
-            if (slots_[t->slot].adapter->idempotent_submit()) {
-              // The provider dedupes on the idempotency key: re-sending cannot start a second job.
-              SubmitLocked(t, /*resubmit=*/true, &effects);
-            } else {
-              FailOutcomeUnknownLocked(
-                  t, recovering ? "the gateway restarted" : "the ledger failed", &effects);
-            }
-            break;
-          case v1::SUBMISSION_STATE_ACCEPTED:
-            PollLocked(t);
-            break;
-          case v1::SUBMISSION_STATE_POSSIBLY_SUBMITTED:
-            FailOutcomeUnknownLocked(t, "the gateway restarted", &effects);
-            break;
-          case v1::SUBMISSION_STATE_REJECTED:
-          default:
-            FailLocked(t, absl::UnknownError("the provider rejected the submission"), std::nullopt,
-                       &effects);
-            break;
-        }
-      }
-    }
-    Apply(t, std::move(effects));
-  }
-
-  void ScheduleKickLocked(const std::shared_ptr<Tracker>& t, absl::Duration delay)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    executor_->PostAfter(delay, [weak, t] {
-      if (auto self = weak.lock()) self->Kick(t, /*recovering=*/false);
-    });
-  }
-
-  // Writes `next` (sequence + 1) to the ledger, then announces it. On error nothing changes.
-  absl::Status Commit(Tracker& t, v1::Operation next, Effects* effects,
-                      std::optional<std::vector<UpstreamOutput>> outputs = std::nullopt)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(t.mu) {
-    const absl::Time now = absl::Now();
-    next.set_sequence(t.op.sequence() + 1);
-    *next.mutable_update_time() = ToProto(now);
-    if (IsTerminal(next.state())) {
-      next.set_done(true);
-      *next.mutable_done_time() = ToProto(now);
-    }
-    OperationUpdate update;
-    update.operation = next;
-    update.expected_sequence = t.op.sequence();
-    update.charged = t.charged;
-    update.upstream_outputs = std::move(outputs);
-    absl::Status status = store_->Update(update);
-    if (!status.ok()) {
-      log::Error("ledger update failed",
-                 {{"operation", t.id}, {"error", std::string(status.message())}});
-      return status;
-    }
-    const v1::OperationState from = t.op.state();
-    if (t.op.provider() != next.provider() || from != next.state()) {
-      if (!t.op.done()) CountLive(t.op.provider(), from, -1);
-      if (!next.done()) CountLive(next.provider(), next.state(), +1);
-    }
-    t.op = std::move(next);
-    if (EngineObserver* observer = options_.observer) {
-      if (from != t.op.state()) {
-        observer->OnStateChange(t.op.provider(), t.op.task(), from, t.op.state());
-      }
-      if (t.op.done()) {
-        observer->OnCompleted(t.op.provider(), t.op.task(), t.op.state(),
-                              static_cast<absl::StatusCode>(t.op.error().code()));
-        if (t.op.state() == v1::OPERATION_STATE_SUCCEEDED) {
-          observer->OnSucceededLatency(t.op.provider(), t.op.task(),
-                                       now - FromProto(t.op.create_time()));
-        }
-      }
-    }
-    auto snapshot = std::make_shared<const v1::Operation>(t.op);
-    auto& watchers = t.watchers;
-    for (auto it = watchers.begin(); it != watchers.end();) {
-      auto state = it->lock();
-      if (state == nullptr || state->over()) {
-        it = watchers.erase(it);
-        continue;
-      }
-      if (state->Push(snapshot, v1::OperationEvent::KIND_CHANGE)) {
-        effects->wake.push_back(std::move(state));
-      }
-      ++it;
-    }
-    if (t.op.done()) {
-      t.stopped = true;
-      ++t.generation;
-      watchers.clear();
-      for (auto& waiter : t.waiters) effects->waiters.push_back(std::move(waiter));
-      t.waiters.clear();
-      effects->done_op = t.op;
-      effects->retire = true;
-    }
-    return absl::OkStatus();
-  }
-
-  void Apply(const std::shared_ptr<Tracker>& t, Effects effects) {
-    if (effects.retire) {
-      absl::MutexLock lock(&mu_);
-      auto it = live_.find(t->id);
-      if (it != live_.end() && it->second == t) live_.erase(it);
-      if (effects.done_op.has_value() && !effects.done_op->upstream_id().empty()) {
-        by_upstream_.erase(
-            UpstreamKey(effects.done_op->provider(), effects.done_op->upstream_id()));
-      }
-    }
-    for (auto& state : effects.wake) state->RunWake();
-    if (effects.done_op.has_value()) {
-      for (auto& waiter : effects.waiters) waiter->Fire(*effects.done_op);
-    }
-  }
-
-  // Fails the operation with `error`; `submission` overrides the submission state.
-  void FailLocked(const std::shared_ptr<Tracker>& t, const absl::Status& error,
-                  std::optional<v1::SubmissionState> submission, Effects* effects,
-                  absl::string_view attempt_outcome = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    v1::Operation next = t->op;
-    next.set_state(v1::OPERATION_STATE_FAILED);
-    *next.mutable_error() = ToRpcStatus(error);
-    if (submission.has_value()) next.set_submission(*submission);
-    if (!attempt_outcome.empty() && next.attempts_size() > 0) {
-      next.mutable_attempts(next.attempts_size() - 1)->set_outcome(std::string(attempt_outcome));
-    }
-    if (!Commit(*t, std::move(next), effects).ok()) ScheduleKickLocked(t, absl::Seconds(1));
-  }
-
-  void FailDeadlineLocked(const std::shared_ptr<Tracker>& t, Effects* effects)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    absl::Status error = absl::DeadlineExceededError(
-        "the provider did not finish the operation before its deadline");
-    error = WithErrorInfo(std::move(error), "OPERATION_DEADLINE_EXCEEDED", kGatewayDomain,
-                          {{"provider", v1::Provider_Name(t->op.provider())}});
-    FailLocked(t, error, std::nullopt, effects);
-  }
-
-  void FailOutcomeUnknownLocked(const std::shared_ptr<Tracker>& t, absl::string_view why,
-                                Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    const std::string provider = v1::Provider_Name(t->op.provider());
-    absl::Status error = absl::FailedPreconditionError(absl::StrCat(
-        why, " while a submission to ", provider,
-        " was in flight; that provider has no idempotency keys, so it may have started (and "
-        "charged for) the work. The gateway does not re-submit; check with the provider before "
-        "retrying with a new request_id."));
-    error = WithErrorInfo(std::move(error), "SUBMISSION_OUTCOME_UNKNOWN", kGatewayDomain,
-                          {{"provider", provider}});
-    FailLocked(t, error, v1::SUBMISSION_STATE_POSSIBLY_SUBMITTED, effects, "outcome unknown");
-  }
-
-  void OnDeadline(const std::shared_ptr<Tracker>& t) {
-    Effects effects;
-    {
-      absl::MutexLock lock(&t->mu);
-      if (t->stopped || t->op.done()) return;
-      const absl::Time deadline = FromProto(t->op.deadline());
-      if (absl::Now() < deadline) {  // timers may fire a hair early
-        std::weak_ptr<EngineImpl> weak = weak_from_this();
-        executor_->PostAfter(deadline - absl::Now(), [weak, t] {
-          if (auto self = weak.lock()) self->OnDeadline(t);
-        });
-        return;
-      }
-      FailDeadlineLocked(t, &effects);
-    }
-    Apply(t, std::move(effects));
-  }
-
-  // Records SUBMITTING, then calls the adapter.
-  void SubmitLocked(const std::shared_ptr<Tracker>& t, bool resubmit, Effects* effects)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    ProviderAdapter* adapter = slots_[t->slot].adapter;
-    v1::Operation next = t->op;
-    next.set_submission(v1::SUBMISSION_STATE_SUBMITTING);
-    next.set_provider(adapter->provider());
-    next.set_provider_account(adapter->account());
-    if (!resubmit || next.attempts_size() == 0) {
-      auto* attempt = next.add_attempts();
-      attempt->set_provider(adapter->provider());
-      attempt->set_account(adapter->account());
-      attempt->set_outcome("submitting");
-    } else {
-      next.mutable_attempts(next.attempts_size() - 1)
-          ->set_outcome("re-submitting with the same idempotency key after a restart");
-    }
-    if (!Commit(*t, std::move(next), effects).ok()) {
-      ScheduleKickLocked(t, absl::Seconds(1));
-      return;
-    }
-    adapters::SubmitRequest request;
-    request.operation_id = t->id;
-    request.request_id = t->request_id;
-    request.idempotency_key = t->idempotency_key;
-    request.request = t->op.request();
-    const absl::Time deadline = FromProto(t->op.deadline());
-    request.deadline = adapter->synchronous()
-                           ? deadline
-                           : std::min(deadline, absl::Now() + options_.submit_timeout);
-    t->submit_in_flight = true;
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    const int slot = t->slot;
-    adapter->Submit(std::move(request), [weak, t, slot](absl::StatusOr<UpstreamStatus> result) {
-      auto self = weak.lock();
-      if (self == nullptr) return;
-      self->executor_->Post([weak, t, slot, result = std::move(result)]() mutable {
-        if (auto self = weak.lock()) self->OnSubmitted(t, slot, std::move(result));
-      });
-    });
-  }
-
-  static bool FallbackEligible(absl::StatusCode code, bool idempotent) {
-    switch (code) {
-      case absl::StatusCode::kUnavailable:
-      case absl::StatusCode::kResourceExhausted:
-      case absl::StatusCode::kUnauthenticated:
-      case absl::StatusCode::kPermissionDenied:
-      case absl::StatusCode::kFailedPrecondition:
-      case absl::StatusCode::kInternal:
-        return true;
-      case absl::StatusCode::kDeadlineExceeded:
-        return idempotent;
-      default:
-        return false;
-    }
-  }
-
-  void OnSubmitted(const std::shared_ptr<Tracker>& t, int slot,
-                   absl::StatusOr<UpstreamStatus> result) {
-    Effects effects;
-    {
-      absl::MutexLock lock(&t->mu);
-      t->submit_in_flight = false;
-      if (t->stopped || t->op.done()) return;  // cancelled or timed out meanwhile
-      if (result.ok()) {
-        RecordSuccess(slot);
-        if (result->phase == UpstreamStatus::Phase::kRunning) {
-          AcceptLocked(t, *result, &effects);
-        } else {
-          ApplyTerminalLocked(t, *result, &effects);
-        }
-      } else {
-        RejectLocked(t, slot, result.status(), &effects);
-      }
-    }
-    Apply(t, std::move(effects));
-  }
-
-  void AcceptLocked(const std::shared_ptr<Tracker>& t, const UpstreamStatus& status,
-                    Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    v1::Operation next = t->op;
-    next.set_state(v1::OPERATION_STATE_RUNNING);
-    next.set_submission(v1::SUBMISSION_STATE_ACCEPTED);
-    next.set_upstream_id(status.upstream_id);
-    if (next.attempts_size() > 0) {
-      auto* attempt = next.mutable_attempts(next.attempts_size() - 1);
-      attempt->set_upstream_id(status.upstream_id);
-      attempt->set_outcome("accepted");
-    }
-    const bool was_charged = t->charged;
-    t->charged = true;  // both providers charge on acceptance
-    if (!Commit(*t, std::move(next), effects).ok()) {
-      t->charged = was_charged;
-      // Keep the answer: it is the only record of the upstream id.
-      std::weak_ptr<EngineImpl> weak = weak_from_this();
-      const int slot = t->slot;
-      t->submit_in_flight = true;
-      executor_->PostAfter(absl::Seconds(1), [weak, t, slot, status] {
-        if (auto self = weak.lock()) self->OnSubmitted(t, slot, status);
-      });
-      return;
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      by_upstream_[UpstreamKey(t->op.provider(), status.upstream_id)] = t->id;
-    }
-    SchedulePollLocked(t, PollDelay(status.next_poll_after, absl::ZeroDuration()));
-  }
-
-  void RejectLocked(const std::shared_ptr<Tracker>& t, int slot, const absl::Status& status,
-                    Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    RecordFailure(slot, status, &t->op.request());
-    ProviderAdapter* adapter = slots_[slot].adapter;
-    const std::string code = absl::StatusCodeToString(status.code());
-    if (!adapter->idempotent_submit() && status.code() == absl::StatusCode::kDeadlineExceeded) {
-      // The request may have reached the provider: without idempotency keys we cannot know.
-      FailOutcomeUnknownLocked(t, "the submission timed out", effects);
-      return;
-    }
-    if (t->op.request().allow_fallback() &&
-        FallbackEligible(status.code(), adapter->idempotent_submit())) {
-      const int next_slot = PickFallback(t->op);
-      if (next_slot >= 0) {
-        ProviderAdapter* next_adapter = slots_[next_slot].adapter;
-        v1::Operation next = t->op;
-        next.mutable_attempts(next.attempts_size() - 1)
-            ->set_outcome(absl::StrCat("rejected: ", code));
-        next.set_submission(v1::SUBMISSION_STATE_NOT_SUBMITTED);
-        next.set_provider(next_adapter->provider());
-        next.set_provider_account(next_adapter->account());
-        next.clear_upstream_id();
-        if (!Commit(*t, std::move(next), effects).ok()) {
-          ScheduleKickLocked(t, absl::Seconds(1));
-          return;
-        }
-        if (options_.observer != nullptr) {
-          options_.observer->OnFallback(adapter->provider(), next_adapter->provider());
-        }
-        t->slot = next_slot;
-        SubmitLocked(t, /*resubmit=*/false, effects);
-        return;
-      }
-    }
-    FailLocked(t, status, v1::SUBMISSION_STATE_REJECTED, effects, absl::StrCat("rejected: ", code));
-  }
-
-  void ApplyTerminalLocked(const std::shared_ptr<Tracker>& t, const UpstreamStatus& status,
-                           Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    v1::Operation next = t->op;
-    next.set_submission(v1::SUBMISSION_STATE_ACCEPTED);
-    if (!status.upstream_id.empty()) next.set_upstream_id(status.upstream_id);
-    if (next.attempts_size() > 0) {
-      auto* attempt = next.mutable_attempts(next.attempts_size() - 1);
-      if (!status.upstream_id.empty()) attempt->set_upstream_id(status.upstream_id);
-      attempt->set_outcome("accepted");
-    }
-    std::optional<std::vector<UpstreamOutput>> outputs;
-    const bool was_charged = t->charged;
-    if (status.phase == UpstreamStatus::Phase::kSucceeded) {
-      next.set_state(v1::OPERATION_STATE_SUCCEEDED);
-      next.clear_outputs();
-      outputs.emplace();
-      for (size_t i = 0; i < status.outputs.size(); ++i) {
-        const adapters::ProviderOutput& out = status.outputs[i];
-        v1::Asset* asset = next.add_outputs();
-        asset->set_name(AssetName(t->id, static_cast<int>(i)));
-        asset->set_kind(out.kind);
-        asset->set_title(out.title);
-        asset->set_duration_seconds(out.duration_seconds);
-        asset->set_format(out.format);
-        asset->set_content_type(out.content_type);
-        asset->set_bpm(out.bpm);
-        asset->set_key(out.key);
-        outputs->push_back(UpstreamOutput{out.url, out.url_expire_time});
-      }
-      t->charged = true;
-    } else {
-      next.set_state(v1::OPERATION_STATE_FAILED);
-      const absl::Status error =
-          status.error.ok() ? absl::UnknownError("the provider reported a failure") : status.error;
-      *next.mutable_error() = ToRpcStatus(error);
-    }
-    if (!Commit(*t, std::move(next), effects, std::move(outputs)).ok()) {
-      t->charged = was_charged;
-      std::weak_ptr<EngineImpl> weak = weak_from_this();
-      executor_->PostAfter(absl::Seconds(1), [weak, t, status] {
-        auto self = weak.lock();
-        if (self == nullptr) return;
-        Effects retry_effects;
-        {
-          absl::MutexLock lock(&t->mu);
-          if (t->stopped || t->op.done()) return;
-          self->ApplyTerminalLocked(t, status, &retry_effects);
-        }
-        self->Apply(t, std::move(retry_effects));
-      });
-    }
-  }
-
-  // Start-to-start spacing between polls: what the provider suggests, bounded; an instant
-  // answer without a suggestion waits min_poll_interval (no hot loop on a non-long-polling
-  // provider).
-  absl::Duration PollDelay(absl::Duration suggested, absl::Duration elapsed) const {
-    absl::Duration delay = std::min(suggested, options_.max_poll_interval);
-    if (delay <= absl::ZeroDuration()) {
-      delay = std::max(absl::ZeroDuration(), options_.min_poll_interval - elapsed);
-    }
-    return delay;
-  }
-
-  void SchedulePollLocked(const std::shared_ptr<Tracker>& t, absl::Duration delay)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    const uint64_t generation = ++t->generation;
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    executor_->PostAfter(delay, [weak, t, generation] {
-      auto self = weak.lock();
-      if (self == nullptr) return;
-      absl::MutexLock lock(&t->mu);
-      if (t->generation != generation || t->stopped || t->op.done()) return;
-      self->PollLocked(t);
-    });
-  }
-
-  void PollLocked(const std::shared_ptr<Tracker>& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) {
-    if (t->poll_in_flight || t->stopped || t->slot < 0) return;
-    t->poll_in_flight = true;
-    t->nudge_pending = false;
-    t->last_poll_start = absl::Now();
-    adapters::PollRequest request;
-    request.operation_id = t->id;
-    request.upstream_id = t->op.upstream_id();
-    request.task = t->op.task();
-    request.deadline = std::min(FromProto(t->op.deadline()), absl::Now() + options_.poll_timeout);
-    request.wait = true;
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    const int slot = t->slot;
-    slots_[slot].adapter->Poll(
-        std::move(request), [weak, t, slot](absl::StatusOr<UpstreamStatus> result) {
-          auto self = weak.lock();
-          if (self == nullptr) return;
-          self->executor_->Post([weak, t, slot, result = std::move(result)]() mutable {
-            if (auto self = weak.lock()) self->OnPolled(t, slot, std::move(result));
-          });
-        });
-  }
-
-  void OnPolled(const std::shared_ptr<Tracker>& t, int slot,
-                absl::StatusOr<UpstreamStatus> result) {
-    Effects effects;
-    {
-      absl::MutexLock lock(&t->mu);
-      t->poll_in_flight = false;
-      if (t->stopped || t->op.done()) return;
-      const absl::Duration elapsed = absl::Now() - t->last_poll_start;
-      if (result.ok()) {
-        RecordSuccess(slot);
-        t->consecutive_errors = 0;
-        if (result->phase != UpstreamStatus::Phase::kRunning) {
-          ApplyTerminalLocked(t, *result, &effects);
-        } else if (t->nudge_pending) {
-          ++t->generation;
-          PollLocked(t);
-        } else {
-          SchedulePollLocked(t, PollDelay(result->next_poll_after, elapsed));
-        }
-      } else {
-        const absl::Status& status = result.status();
-        RecordFailure(slot, status);
-        ++t->consecutive_errors;
-        const absl::StatusCode code = status.code();
-        const bool permanent = code == absl::StatusCode::kNotFound ||
-                               code == absl::StatusCode::kInvalidArgument ||
-                               code == absl::StatusCode::kPermissionDenied;
-        if (permanent && t->consecutive_errors >= kMaxPermanentPollErrors) {
-          FailLocked(t, status, std::nullopt, &effects);
-        } else {
-          // Exponential backoff with jitter, within the poll interval bounds.
-          const int exponent = std::min(t->consecutive_errors - 1, 10);
-          absl::Duration backoff =
-              std::min(options_.max_poll_interval, options_.min_poll_interval * (1 << exponent));
-          thread_local std::mt19937 rng{std::random_device{}()};
-          backoff = backoff * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
-          SchedulePollLocked(t, backoff);
-        }
-      }
-    }
-    Apply(t, std::move(effects));
-  }
-
-  // ---- watch helpers ----
-
-  // Queues what a new watcher sees first.
-  absl::Status Fill(WatchState& state, const v1::Operation& current, int64_t after_sequence) {
-    if (after_sequence > current.sequence()) {
-      return InvalidFieldError(
-          "after_sequence",
-          absl::StrCat("is ahead of the operation (at sequence ", current.sequence(), ")"));
-    }
-    auto snapshot = std::make_shared<const v1::Operation>(current);
-    if (after_sequence == 0) {
-      state.Push(snapshot, v1::OperationEvent::KIND_SNAPSHOT);
-    } else if (after_sequence < current.sequence()) {
-      auto events = store_->EventsAfter(RecordIdOf(current), after_sequence);
-      if (events.ok() && !events->empty() && events->front().sequence == after_sequence + 1) {
-        for (auto& event : *events) {
-          if (event.sequence > current.sequence()) break;
-          state.Push(std::make_shared<const v1::Operation>(std::move(event.operation)),
-                     v1::OperationEvent::KIND_CHANGE, /*replay=*/true);
-        }
-      } else {
-        // The missed events were pruned: the latest state stands in for them.
-        state.Push(snapshot, v1::OperationEvent::KIND_CHANGE, /*replay=*/true,
-                   /*coalesced=*/true);
-      }
-    }
-    if (current.done()) state.EndAfterQueue();
-    return absl::OkStatus();
-  }
-
-  static std::string RecordIdOf(const v1::Operation& op) {
-    OperationRecord record;
-    record.operation.set_name(op.name());
-    return record.id();
-  }
-
-  void ScheduleHeartbeat(const std::shared_ptr<WatchState>& state, absl::Duration delay) {
-    std::weak_ptr<EngineImpl> weak = weak_from_this();
-    std::weak_ptr<WatchState> weak_state = state;
-    executor_->PostAfter(delay, [weak, weak_state] {
-      auto self = weak.lock();
-      auto state = weak_state.lock();
-      if (self == nullptr || state == nullptr) return;
-      absl::Duration next;
-      if (state->Heartbeat(absl::Now(), self->options_.watch_heartbeat, &next)) state->RunWake();
-      if (next != absl::InfiniteDuration()) self->ScheduleHeartbeat(state, next);
-    });
-  }
-
-  // ---- maintenance ----
-
+  // Lease renewal, event pruning, and while a ledger write has failed, a probe write so
+  // LedgerStatus() recovers without client traffic.
   void ScheduleMaintenance(absl::Duration delay) {
     std::weak_ptr<EngineImpl> weak = weak_from_this();
     executor_->PostAfter(delay, [weak] {
-      auto self = weak.lock();
-      if (self == nullptr) return;
-      const absl::Time now = absl::Now();
-      absl::Status renewed =
-          self->store_->RenewLeases(self->options_.replica_id, now + self->options_.lease);
-      if (!renewed.ok())
-        log::Warning("ledger lease renewal failed", {{"error", renewed.ToString()}});
-      if (now - self->last_prune_ >= std::min(self->options_.event_retention, absl::Hours(1))) {
-        self->last_prune_ = now;
-        auto pruned = self->store_->PruneEvents(now - self->options_.event_retention);
-        if (!pruned.ok()) {
-          log::Warning("ledger event pruning failed", {{"error", pruned.status().ToString()}});
-        }
-      }
-      self->ScheduleMaintenance(std::max(absl::Seconds(1), self->options_.lease / 3));
+      if (auto self = weak.lock()) self->Maintain();
     });
   }
 
-  static constexpr int kMaxPermanentPollErrors = 5;
+  void Maintain() {
+    const absl::Time now = clock_.Now();
+    const absl::Status renewed = store_->RenewLeases(options_.replica_id, now + options_.lease);
+    if (!renewed.ok()) {
+      env_->ledger.NoteWrite(renewed).IgnoreError();
+      log::Warning("ledger lease renewal failed", {{"error", renewed.ToString()}});
+    }
+    if (now - last_prune_ >= std::min(options_.event_retention, absl::Hours(1))) {
+      last_prune_ = now;
+      auto pruned = store_->PruneEvents(now - options_.event_retention);
+      if (!pruned.ok()) {
+        log::Warning("ledger event pruning failed", {{"error", pruned.status().ToString()}});
+      }
+    }
+    absl::Duration next = std::max(absl::Seconds(1), options_.lease / 3);
+    if (!env_->ledger.status().ok()) {
+      env_->ledger.NoteWrite(store_->ProbeWrite()).IgnoreError();
+      if (!env_->ledger.status().ok()) next = std::min(next, options_.ledger_probe_interval);
+    }
+    ScheduleMaintenance(next);
+  }
 
   const EngineOptions options_;
-  const std::unique_ptr<OperationStore> store_;
-  http::Client* const http_;
-  const std::unique_ptr<Executor> executor_;
-
-  mutable absl::Mutex slots_mu_;
-  // The vector itself never changes after construction; the routing fields are guarded.
-  std::vector<AdapterSlot> slots_;
+  const Clock& clock_;
+  const std::shared_ptr<OperationStore> store_;
+  const std::shared_ptr<Router> router_;
+  const std::shared_ptr<Executor> executor_;
+  const std::shared_ptr<ChangeFeed> feed_;
+  const std::shared_ptr<TrackerEnv> env_;
+  const std::shared_ptr<WatchHub> hub_;
+  const std::shared_ptr<AssetHost> assets_;
 
   mutable absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
-  absl::flat_hash_map<std::string, std::shared_ptr<Tracker>> live_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, std::string> by_upstream_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::weak_ptr<DownloadPipe>> downloads_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::weak_ptr<WatchState>> watches_ ABSL_GUARDED_BY(mu_);
-  size_t watches_gc_at_ ABSL_GUARDED_BY(mu_) = 64;
-
-  // A leaf lock: (provider, state) -> live operations, kept where states change.
-  mutable absl::Mutex counts_mu_;
-  std::map<std::pair<int, int>, int64_t> live_counts_ ABSL_GUARDED_BY(counts_mu_);
-
   absl::Time last_prune_ = absl::InfinitePast();  // maintenance task only (one at a time)
-  const std::shared_ptr<std::atomic<int64_t>> open_watchers_;
-  const std::shared_ptr<std::atomic<int64_t>> open_downloads_;
 };
 
 // What callers own: shuts the engine down on destruction. Callbacks in flight hold only weak
@@ -1675,6 +387,10 @@ class EngineHandle final : public OperationsEngine {
                                          const v1::GenerateRequest& request) override {
     return impl_->Generate(tenant, request);
   }
+  void ValidateOnly(const std::string& tenant, const v1::GenerateRequest& request,
+                    OperationCallback done) override {
+    impl_->ValidateOnly(tenant, request, std::move(done));
+  }
   absl::StatusOr<v1::Operation> Get(const std::string& tenant, absl::string_view name) override {
     return impl_->Get(tenant, name);
   }
@@ -1683,11 +399,11 @@ class EngineHandle final : public OperationsEngine {
     return impl_->List(tenant, request);
   }
   void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
-              absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done) override {
+              OperationCallback done) override {
     impl_->Cancel(tenant, name, reason, std::move(done));
   }
   void Wait(const std::string& tenant, absl::string_view name, absl::Duration timeout,
-            absl::AnyInvocable<void(absl::StatusOr<v1::Operation>) &&> done) override {
+            OperationCallback done) override {
     impl_->Wait(tenant, name, timeout, std::move(done));
   }
   absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> Watch(

@@ -20,9 +20,13 @@
 #include "absl/time/time.h"
 #include "adapters/http/http_client.h"
 #include "adapters/provider.h"
+#include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/router.h"
+// Callers open the ledger they hand to CreateOperationsEngine with OpenSqliteOperationStore.
+#include "services/operations/sqlite_store.h"
 
 namespace musicgw::operations {
 
@@ -52,6 +56,9 @@ class EngineObserver {
 using BudgetResolver = std::function<std::vector<BudgetCheck>(
     const std::string& tenant, musicgw::v1::TaskKind task, absl::Time now)>;
 
+// The answer of an asynchronous engine call, called once.
+using OperationCallback = absl::AnyInvocable<void(absl::StatusOr<musicgw::v1::Operation>) &&>;
+
 struct EngineOptions {
   // SQLite ledger file; ":memory:" only for tests that do not restart. (Used by callers that
   // open the store with OpenSqliteOperationStore; the engine takes the store it is given.)
@@ -76,6 +83,8 @@ struct EngineOptions {
   // operations lasts without renewal.
   std::string replica_id = "local";
   absl::Duration lease = absl::Minutes(2);
+  // While the ledger refuses writes, a probe write is tried this often (LedgerStatus()).
+  absl::Duration ledger_probe_interval = absl::Seconds(5);
   // Change events of done operations are pruned after this long.
   absl::Duration event_retention = absl::Hours(24);
   // How long to wait for a submission's answer from an asynchronous provider (the adapter
@@ -98,19 +107,8 @@ struct EngineOptions {
   BudgetResolver budgets;
   // Metrics hooks (not owned, may be null).
   EngineObserver* observer = nullptr;
-};
-
-// Health and quota of one configured adapter, as routing sees it.
-struct ProviderState {
-  musicgw::v1::Provider provider = musicgw::v1::PROVIDER_UNSPECIFIED;
-  std::string account;
-  std::string dialect;
-  musicgw::v1::ProviderHealth health = musicgw::v1::PROVIDER_HEALTH_UNSPECIFIED;
-  std::string health_detail;  // why, when not healthy
-  int consecutive_failures = 0;
-  absl::Time cooldown_until = absl::InfinitePast();
-  bool quota_exhausted = false;
-  absl::Time quota_exhausted_until = absl::InfinitePast();
+  // The time source of routing, trackers, watches and timers (not owned; null: Clock::Real()).
+  const Clock* clock = nullptr;
 };
 
 // Live operations of one provider in one state (QUEUED, RUNNING).
@@ -144,6 +142,13 @@ class OperationsEngine {
   // routes and checks, stores nothing, returns an Operation without a name.
   virtual absl::StatusOr<musicgw::v1::Operation> Generate(
       const std::string& tenant, const musicgw::v1::GenerateRequest& request) = 0;
+  // validate_only: routes `request` exactly as Generate would (the one routing decision), then
+  // lets the routed account check it (a provider dry run where it has one). Stores nothing;
+  // `done` gets the Operation without a name, or why the request would fail.
+  virtual void ValidateOnly(const std::string& tenant, const musicgw::v1::GenerateRequest& request,
+                            OperationCallback done) {
+    std::move(done)(Generate(tenant, request));
+  }
   // NOT_FOUND unless the operation exists and belongs to `tenant`.
   virtual absl::StatusOr<musicgw::v1::Operation> Get(const std::string& tenant,
                                                      absl::string_view name) = 0;
@@ -153,7 +158,7 @@ class OperationsEngine {
   // answer waited for up to cancel_notify_timeout, without blocking the caller). Calls `done`
   // once, possibly inline.
   virtual void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
-                      absl::AnyInvocable<void(absl::StatusOr<musicgw::v1::Operation>) &&> done) = 0;
+                      OperationCallback done) = 0;
   // Cancel, blocking until it is recorded (for tools and tests; the server uses the callback).
   absl::StatusOr<musicgw::v1::Operation> CancelAndWait(const std::string& tenant,
                                                        absl::string_view name,
@@ -161,7 +166,7 @@ class OperationsEngine {
   // Calls `done` once: when the operation is done, or after `timeout` with its latest snapshot.
   // May call it inline (operation already done, or an error).
   virtual void Wait(const std::string& tenant, absl::string_view name, absl::Duration timeout,
-                    absl::AnyInvocable<void(absl::StatusOr<musicgw::v1::Operation>) &&> done) = 0;
+                    OperationCallback done) = 0;
   // Snapshot (or every change after `after_sequence`), then changes, heartbeats, end at done.
   virtual absl::StatusOr<std::unique_ptr<EventStream<musicgw::v1::OperationEvent>>> Watch(
       const std::string& tenant, absl::string_view name, int64_t after_sequence) = 0;

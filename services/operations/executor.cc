@@ -2,11 +2,9 @@
 
 #include <algorithm>
 
-#include "absl/time/clock.h"
-
 namespace musicgw::operations {
 
-Executor::Executor(int threads) {
+Executor::Executor(int threads, const Clock& clock) : clock_(clock) {
   threads = std::max(1, threads);
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
@@ -25,7 +23,7 @@ void Executor::PostAfter(absl::Duration delay, Task task) {
   if (delay <= absl::ZeroDuration()) return Post(std::move(task));
   absl::MutexLock lock(&mu_);
   if (stopping_) return;
-  const auto key = std::make_pair(absl::Now() + delay, next_seq_++);
+  const auto key = std::make_pair(clock_.Now() + delay, next_seq_++);
   const bool earliest = timed_.empty() || key < timed_.begin()->first;
   timed_.emplace(key, std::move(task));
   // A worker may be sleeping until a later timer.
@@ -67,7 +65,7 @@ void Executor::Stop() {
 void Executor::Loop() {
   absl::MutexLock lock(&mu_);
   while (!stopping_) {
-    const absl::Time now = absl::Now();
+    const absl::Time now = clock_.Now();
     while (!timed_.empty() && timed_.begin()->first.first <= now) {
       ready_.push_back(std::move(timed_.begin()->second));
       timed_.erase(timed_.begin());
@@ -85,7 +83,7 @@ void Executor::Loop() {
     if (timed_.empty()) {
       cv_.Wait(&mu_);
     } else {
-      cv_.WaitWithDeadline(&mu_, timed_.begin()->first.first);
+      clock_.WaitUntil(cv_, mu_, timed_.begin()->first.first);
     }
   }
 }

@@ -14,6 +14,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 
 namespace musicgw::operations {
 
@@ -21,7 +22,8 @@ class Executor {
  public:
   using Task = absl::AnyInvocable<void() &&>;
 
-  explicit Executor(int threads);
+  // Delays are measured on `clock` (a fake clock in tests drives the timers).
+  explicit Executor(int threads, const Clock& clock = Clock::Real());
   ~Executor();  // Stop()
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
@@ -39,6 +41,7 @@ class Executor {
  private:
   void Loop();
 
+  const Clock& clock_;
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
   std::deque<Task> ready_ ABSL_GUARDED_BY(mu_);

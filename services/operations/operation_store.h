@@ -1,7 +1,7 @@
 // File: operation_store.h
 // The durable ledger behind the operations engine. The embedded implementation is SQLite
-// (sqlite_store.h); the interface avoids SQLite-isms so a shared PostgreSQL store can follow
-// for multi-replica deployments:
+// (sqlite_store.h, OpenSqliteOperationStore); the interface avoids SQLite-isms so a shared
+// PostgreSQL store can follow for multi-replica deployments:
 //  - every update is a compare-and-set on the operation's sequence (ABORTED when it moved), and
 //    appends the change event in the same transaction;
 //  - `owner` + lease say which replica tracks a live operation (ClaimLive / RenewLeases);
@@ -125,6 +125,9 @@ class OperationStore {
   virtual absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
                                                                  absl::Time lease_until) = 0;
   virtual absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) = 0;
+  // A small real write that changes nothing visible: tells whether the ledger accepts writes
+  // again after one failed (disk full, I/O error).
+  virtual absl::Status ProbeWrite() = 0;
   // Fresh provider URLs (no new sequence: the public snapshot does not change).
   virtual absl::Status SetUpstreamOutputs(absl::string_view id,
                                           const std::vector<UpstreamOutput>& outputs) = 0;
@@ -141,17 +144,5 @@ class OperationStore {
   virtual absl::StatusOr<std::map<musicgw::v1::TaskKind, int64_t>> CountCharged(
       musicgw::v1::Provider provider, absl::string_view account, absl::Time since) = 0;
 };
-
-struct SqliteOptions {
-  // FULL (default): every commit is fsynced, so an accepted operation survives power loss as
-  // well as kill -9. NORMAL (WAL) survives kill -9 (the WAL is in the OS page cache) but may
-  // lose the last commits on power loss; faster.
-  bool synchronous_full = true;
-  absl::Duration busy_timeout = absl::Seconds(5);
-};
-
-// Opens (creating and migrating) the SQLite ledger at `path` (":memory:" for throwaway tests).
-absl::StatusOr<std::unique_ptr<OperationStore>> OpenSqliteOperationStore(
-    const std::string& path, SqliteOptions options = {});
 
 }  // namespace musicgw::operations

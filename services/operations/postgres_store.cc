@@ -131,6 +131,10 @@ const std::map<std::string, std::string>& Statements() {
       {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
                                   " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
       {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
+      // One row rewritten in place: a real write (WAL record, commit) that changes nothing.
+      {"probe",
+       "UPDATE schema_migrations SET applied_time_us = applied_time_us WHERE version = (SELECT "
+       "MAX(version) FROM schema_migrations)"},
       {"set_outputs", "UPDATE operations SET upstream_outputs = $1 WHERE id = $2"},
       {"set_asset",
        "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES ($1, $2, $3, $4) "
@@ -302,9 +306,9 @@ class Pool {
     std::unique_ptr<Connection> conn;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Time deadline = absl::Now() + options_.acquire_timeout;
+      const absl::Time deadline = options_.clock->Now() + options_.acquire_timeout;
       while (idle_.empty() && open_ >= options_.pool_size) {
-        if (cv_.WaitWithDeadline(&mu_, deadline)) break;
+        if (options_.clock->WaitUntil(cv_, mu_, deadline)) break;
       }
       if (!idle_.empty()) {
         conn = std::move(idle_.back());
@@ -579,6 +583,11 @@ class PostgresOperationStore final : public OperationStore {
   absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     return conn->Run("renew", {Param::Int(LedgerMicros(lease_until)), Param::Text(owner)}).status();
+  }
+
+  absl::Status ProbeWrite() override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn->Run("probe", {}).status();
   }
 
   absl::Status SetUpstreamOutputs(absl::string_view id,

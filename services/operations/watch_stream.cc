@@ -2,21 +2,9 @@
 
 #include <utility>
 
-#include "absl/time/clock.h"
+#include "common/time_util.h"
 
 namespace musicgw::operations {
-namespace {
-
-google::protobuf::Timestamp Now() {
-  const absl::Time now = absl::Now();
-  google::protobuf::Timestamp ts;
-  const int64_t us = absl::ToUnixMicros(now);
-  ts.set_seconds(us / 1000000);
-  ts.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
-  return ts;
-}
-
-}  // namespace
 
 bool WatchState::OwedLocked() {
   if (!waiting_) return false;
@@ -112,9 +100,10 @@ std::optional<musicgw::v1::OperationEvent> WatchState::Next(bool* finished,
     event.set_kind(item.kind);
     if (item.op != nullptr) *event.mutable_operation() = *item.op;
     event.set_sequence(item.sequence);
-    *event.mutable_send_time() = Now();
+    const absl::Time now = clock_.Now();
+    *event.mutable_send_time() = ToProtoTimestamp(now);
     event.set_coalesced(item.coalesced);
-    last_activity_ = absl::Now();
+    last_activity_ = now;
     return event;
   }
   if (finished_) {

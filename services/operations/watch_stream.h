@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
 
@@ -24,7 +25,8 @@ class WatchState {
  public:
   using Snapshot = std::shared_ptr<const musicgw::v1::Operation>;
 
-  explicit WatchState(int capacity) : capacity_(capacity < 1 ? 1 : capacity) {}
+  WatchState(int capacity, const Clock& clock)
+      : capacity_(capacity < 1 ? 1 : capacity), clock_(clock), last_activity_(clock.Now()) {}
 
   // Each Push/Heartbeat/Finish returns true when the reader is owed a wake-up: then call
   // RunWake() with no lock held.
@@ -59,10 +61,11 @@ class WatchState {
   bool OwedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t capacity_;
+  const Clock& clock_;
   mutable absl::Mutex mu_;
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
   int64_t last_queued_sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time last_activity_ ABSL_GUARDED_BY(mu_) = absl::Now();
+  absl::Time last_activity_ ABSL_GUARDED_BY(mu_);
   bool terminal_queued_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish() called
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);

@@ -14,6 +14,7 @@
 #include "services/operations/ids.h"
 #include "services/operations/operation_store.h"
 #include "services/operations/postgres_store.h"
+#include "services/operations/sqlite_store.h"
 #include "tests/operations/test_util.h"
 #include "tests/pg/pg_cluster.h"
 

@@ -8,7 +8,7 @@
 #include "common/errors.h"
 #include "gtest/gtest.h"
 #include "services/operations/ids.h"
-#include "services/operations/operation_store.h"
+#include "services/operations/sqlite_store.h"
 #include "tests/operations/test_util.h"
 
 namespace musicgw::operations {

@@ -3,6 +3,7 @@
 // and request builders.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -10,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/crypto.h"
 #include "gtest/gtest.h"
@@ -33,6 +35,18 @@ inline musicgw::v1::GenerateRequest TextRequest(const std::string& prompt,
   return request;
 }
 
+// Polls `done` until it holds or `timeout` passes: for observables with no wake-up of their
+// own (a timer re-armed, a health flag). Returns whether it held.
+template <typename Pred>
+bool WaitUntil(Pred done, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
 // Drains an EventStream the way the gRPC reactor does: Next() until nullopt, then again when
 // woken. With auto_drain=false it reads only when told (a slow client).
 template <typename T>
@@ -41,6 +55,10 @@ class StreamReader {
   explicit StreamReader(std::unique_ptr<EventStream<T>> stream, bool auto_drain = true)
       : stream_(std::move(stream)), auto_drain_(auto_drain) {
     stream_->SetWakeup([this] {
+      {
+        absl::MutexLock lock(&mu_);
+        ++wakes_;
+      }
       if (auto_drain_) Drain();
     });
     if (auto_drain_) Drain();
@@ -73,6 +91,25 @@ class StreamReader {
         status_ = status;
       }
       break;
+    }
+  }
+
+  // For a reader that does not drain by itself: drains now and whenever the stream signals,
+  // until it holds `n` messages.
+  bool WaitForWakeThenDrain(size_t n, absl::Duration timeout = absl::Seconds(10)) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      uint64_t seen;
+      {
+        absl::MutexLock lock(&mu_);
+        seen = wakes_;
+      }
+      Drain();
+      absl::MutexLock lock(&mu_);
+      if (messages_.size() >= n) return true;
+      if (finished_) return false;
+      auto woken = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wakes_ != seen; };
+      if (!mu_.AwaitWithDeadline(absl::Condition(&woken), deadline)) return false;
     }
   }
 
@@ -114,6 +151,7 @@ class StreamReader {
   std::vector<T> messages_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
+  uint64_t wakes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace musicgw::operations::testing

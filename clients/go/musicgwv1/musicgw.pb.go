@@ -2360,7 +2360,8 @@ type ListOperationsRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// Maximum operations per page, 1 to 1000. 0: 50.
+	// Maximum operations per page: 0 (unset) means 50; 1 to 1000 as given; anything else
+	// (negative, or over 1000) is INVALID_ARGUMENT on page_size, never silently clamped.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token from a previous response; empty for the first page. A token is only valid
 	// with the same filters.

@@ -1,0 +1,29 @@
+// File: operation_errors.h
+// The engine's own errors, each with ErrorInfo (reason, domain kGatewayDomain) so a client can
+// act on it without parsing messages.
+#pragma once
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "musicgw/v1/musicgw.pb.h"
+
+namespace musicgw::operations {
+
+// NOT_FOUND OPERATION_NOT_FOUND (another tenant's operation is indistinguishable).
+absl::Status OperationNotFound(absl::string_view name);
+// NOT_FOUND ASSET_NOT_FOUND.
+absl::Status AssetNotFound(absl::string_view name);
+// FAILED_PRECONDITION OPERATION_DONE: the operation is already done.
+absl::Status OperationAlreadyDone(const musicgw::v1::Operation& op);
+// UNAVAILABLE SHUTTING_DOWN with RetryInfo: retry against another replica or after restart.
+absl::Status ShuttingDown();
+// UNAVAILABLE LEDGER_UNAVAILABLE with RetryInfo, for a ledger read or write that failed for a
+// reason of the ledger's own (disk full, I/O error, locked), not of the request.
+absl::Status LedgerUnavailable(const absl::Status& cause);
+// True for a store failure of the ledger itself (INTERNAL, UNAVAILABLE, UNKNOWN, DATA_LOSS
+// without ErrorInfo), as opposed to an answer about the data (NOT_FOUND, ABORTED, budgets).
+bool IsLedgerFailure(const absl::Status& status);
+// `status` unchanged, unless it is a ledger failure: then LedgerUnavailable(status).
+absl::Status FromStore(const absl::Status& status);
+
+}  // namespace musicgw::operations

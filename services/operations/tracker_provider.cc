@@ -1,0 +1,298 @@
+// The tracker's conversation with the provider: submit (recorded before it is sent), accept or
+// reject with fallback, terminal answers, and polling with backoff.
+#include <algorithm>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/errors.h"
+#include "common/time_util.h"
+#include "services/operations/ids.h"
+#include "services/operations/tracker.h"
+
+namespace musicgw::operations {
+
+namespace v1 = musicgw::v1;
+using adapters::ProviderAdapter;
+using adapters::UpstreamStatus;
+
+namespace {
+
+bool FallbackEligible(absl::StatusCode code, bool idempotent) {
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kInternal:
+      return true;
+    case absl::StatusCode::kDeadlineExceeded:
+      return idempotent;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+// Records SUBMITTING, then calls the adapter.
+void Tracker::SubmitLocked(bool resubmit, Effects* effects) {
+  ProviderAdapter* adapter = e_->router->adapter(slot_);
+  v1::Operation next = op_;
+  next.set_submission(v1::SUBMISSION_STATE_SUBMITTING);
+  next.set_provider(adapter->provider());
+  next.set_provider_account(adapter->account());
+  if (!resubmit || next.attempts_size() == 0) {
+    auto* attempt = next.add_attempts();
+    attempt->set_provider(adapter->provider());
+    attempt->set_account(adapter->account());
+    attempt->set_outcome("submitting");
+  } else {
+    next.mutable_attempts(next.attempts_size() - 1)
+        ->set_outcome("re-submitting with the same idempotency key after a restart");
+  }
+  if (!Commit(std::move(next), effects).ok()) {
+    ScheduleKickLocked(absl::Seconds(1));
+    return;
+  }
+  adapters::SubmitRequest request;
+  request.operation_id = id_;
+  request.request_id = request_id_;
+  request.idempotency_key = idempotency_key_;
+  request.request = op_.request();
+  const absl::Time deadline = FromProtoTimestamp(op_.deadline());
+  request.deadline = adapter->synchronous()
+                         ? deadline
+                         : std::min(deadline, e_->clock.Now() + e_->options.submit_timeout);
+  submit_in_flight_ = true;
+  const int slot = slot_;
+  std::weak_ptr<TrackerEnv> weak = env_;
+  adapter->Submit(std::move(request),
+                  [self = shared_from_this(), weak, slot](absl::StatusOr<UpstreamStatus> result) {
+                    if (weak.lock() == nullptr) return;
+                    self->Post([slot, result = std::move(result)](
+                                   Tracker& t) mutable { t.OnSubmitted(slot, std::move(result)); },
+                               absl::ZeroDuration());
+                  });
+}
+
+void Tracker::OnSubmitted(int slot, absl::StatusOr<UpstreamStatus> result) {
+  Effects effects;
+  {
+    absl::MutexLock lock(&mu_);
+    submit_in_flight_ = false;
+    if (stopped_ || op_.done()) return;  // cancelled or timed out meanwhile
+    if (result.ok()) {
+      e_->router->RecordSuccess(slot);
+      if (result->phase == UpstreamStatus::Phase::kRunning) {
+        AcceptLocked(*result, &effects);
+      } else {
+        ApplyTerminalLocked(*result, &effects);
+      }
+    } else {
+      RejectLocked(slot, result.status(), &effects);
+    }
+  }
+  Apply(effects);
+}
+
+void Tracker::AcceptLocked(const UpstreamStatus& status, Effects* effects) {
+  v1::Operation next = op_;
+  next.set_state(v1::OPERATION_STATE_RUNNING);
+  next.set_submission(v1::SUBMISSION_STATE_ACCEPTED);
+  next.set_upstream_id(status.upstream_id);
+  if (next.attempts_size() > 0) {
+    auto* attempt = next.mutable_attempts(next.attempts_size() - 1);
+    attempt->set_upstream_id(status.upstream_id);
+    attempt->set_outcome("accepted");
+  }
+  const bool was_charged = charged_;
+  charged_ = true;  // both providers charge on acceptance
+  if (!Commit(std::move(next), effects).ok()) {
+    charged_ = was_charged;
+    // Keep the answer: it is the only record of the upstream id.
+    submit_in_flight_ = true;
+    Post([slot = slot_, status](Tracker& t) { t.OnSubmitted(slot, status); }, absl::Seconds(1));
+    return;
+  }
+  e_->live.SetUpstream(op_.provider(), status.upstream_id, id_);
+  SchedulePollLocked(PollDelay(status.next_poll_after, absl::ZeroDuration()));
+}
+
+void Tracker::RejectLocked(int slot, const absl::Status& status, Effects* effects) {
+  e_->router->RecordFailure(slot, status, &op_.request());
+  ProviderAdapter* adapter = e_->router->adapter(slot);
+  const std::string code = absl::StatusCodeToString(status.code());
+  if (!adapter->idempotent_submit() && status.code() == absl::StatusCode::kDeadlineExceeded) {
+    // The request may have reached the provider: without idempotency keys we cannot know.
+    FailOutcomeUnknownLocked("the submission timed out", effects);
+    return;
+  }
+  if (op_.request().allow_fallback() &&
+      FallbackEligible(status.code(), adapter->idempotent_submit())) {
+    const int next_slot = e_->router->PickFallback(op_);
+    if (next_slot >= 0) {
+      ProviderAdapter* next_adapter = e_->router->adapter(next_slot);
+      v1::Operation next = op_;
+      next.mutable_attempts(next.attempts_size() - 1)
+          ->set_outcome(absl::StrCat("rejected: ", code));
+      next.set_submission(v1::SUBMISSION_STATE_NOT_SUBMITTED);
+      next.set_provider(next_adapter->provider());
+      next.set_provider_account(next_adapter->account());
+      next.clear_upstream_id();
+      if (!Commit(std::move(next), effects).ok()) {
+        ScheduleKickLocked(absl::Seconds(1));
+        return;
+      }
+      if (e_->options.observer != nullptr) {
+        e_->options.observer->OnFallback(adapter->provider(), next_adapter->provider());
+      }
+      slot_ = next_slot;
+      SubmitLocked(/*resubmit=*/false, effects);
+      return;
+    }
+  }
+  FailLocked(status, v1::SUBMISSION_STATE_REJECTED, effects, absl::StrCat("rejected: ", code));
+}
+
+void Tracker::ApplyTerminalLocked(const UpstreamStatus& status, Effects* effects) {
+  v1::Operation next = op_;
+  next.set_submission(v1::SUBMISSION_STATE_ACCEPTED);
+  if (!status.upstream_id.empty()) next.set_upstream_id(status.upstream_id);
+  if (next.attempts_size() > 0) {
+    auto* attempt = next.mutable_attempts(next.attempts_size() - 1);
+    if (!status.upstream_id.empty()) attempt->set_upstream_id(status.upstream_id);
+    attempt->set_outcome("accepted");
+  }
+  std::optional<std::vector<UpstreamOutput>> outputs;
+  const bool was_charged = charged_;
+  if (status.phase == UpstreamStatus::Phase::kSucceeded) {
+    next.set_state(v1::OPERATION_STATE_SUCCEEDED);
+    next.clear_outputs();
+    outputs.emplace();
+    for (size_t i = 0; i < status.outputs.size(); ++i) {
+      const adapters::ProviderOutput& out = status.outputs[i];
+      v1::Asset* asset = next.add_outputs();
+      asset->set_name(AssetName(id_, static_cast<int>(i)));
+      asset->set_kind(out.kind);
+      asset->set_title(out.title);
+      asset->set_duration_seconds(out.duration_seconds);
+      asset->set_format(out.format);
+      asset->set_content_type(out.content_type);
+      asset->set_bpm(out.bpm);
+      asset->set_key(out.key);
+      outputs->push_back(UpstreamOutput{out.url, out.url_expire_time});
+    }
+    charged_ = true;
+  } else {
+    next.set_state(v1::OPERATION_STATE_FAILED);
+    const absl::Status error =
+        status.error.ok() ? WithErrorInfo(absl::UnknownError("the provider reported a failure"),
+                                          "PROVIDER_FAILED", kGatewayDomain)
+                          : status.error;
+    *next.mutable_error() = ToRpcStatus(error);
+  }
+  if (!Commit(std::move(next), effects, std::move(outputs)).ok()) {
+    charged_ = was_charged;
+    Post(
+        [status](Tracker& t) {
+          Effects retry_effects;
+          {
+            absl::MutexLock lock(&t.mu_);
+            if (t.stopped_ || t.op_.done()) return;
+            t.ApplyTerminalLocked(status, &retry_effects);
+          }
+          t.Apply(retry_effects);
+        },
+        absl::Seconds(1));
+  }
+}
+
+// Start-to-start spacing between polls: what the provider suggests, bounded; an instant answer
+// without a suggestion waits min_poll_interval (no hot loop on a non-long-polling provider).
+absl::Duration Tracker::PollDelay(absl::Duration suggested, absl::Duration elapsed) const {
+  absl::Duration delay = std::min(suggested, e_->options.max_poll_interval);
+  if (delay <= absl::ZeroDuration()) {
+    delay = std::max(absl::ZeroDuration(), e_->options.min_poll_interval - elapsed);
+  }
+  return delay;
+}
+
+void Tracker::SchedulePollLocked(absl::Duration delay) {
+  const uint64_t generation = ++generation_;
+  Post(
+      [generation](Tracker& t) {
+        absl::MutexLock lock(&t.mu_);
+        if (t.generation_ != generation || t.stopped_ || t.op_.done()) return;
+        t.PollLocked();
+      },
+      delay);
+}
+
+void Tracker::PollLocked() {
+  if (poll_in_flight_ || stopped_ || slot_ < 0) return;
+  poll_in_flight_ = true;
+  nudge_pending_ = false;
+  const absl::Time now = e_->clock.Now();
+  last_poll_start_ = now;
+  adapters::PollRequest request;
+  request.operation_id = id_;
+  request.upstream_id = op_.upstream_id();
+  request.task = op_.task();
+  request.deadline = std::min(FromProtoTimestamp(op_.deadline()), now + e_->options.poll_timeout);
+  request.wait = true;
+  const int slot = slot_;
+  std::weak_ptr<TrackerEnv> weak = env_;
+  e_->router->adapter(slot)->Poll(std::move(request), [self = shared_from_this(), weak, slot](
+                                                          absl::StatusOr<UpstreamStatus> result) {
+    if (weak.lock() == nullptr) return;
+    self->Post([slot, result = std::move(result)](
+                   Tracker& t) mutable { t.OnPolled(slot, std::move(result)); },
+               absl::ZeroDuration());
+  });
+}
+
+void Tracker::OnPolled(int slot, absl::StatusOr<UpstreamStatus> result) {
+  Effects effects;
+  {
+    absl::MutexLock lock(&mu_);
+    poll_in_flight_ = false;
+    if (stopped_ || op_.done()) return;
+    const absl::Duration elapsed = e_->clock.Now() - last_poll_start_;
+    if (result.ok()) {
+      e_->router->RecordSuccess(slot);
+      consecutive_errors_ = 0;
+      if (result->phase != UpstreamStatus::Phase::kRunning) {
+        ApplyTerminalLocked(*result, &effects);
+      } else if (nudge_pending_) {
+        ++generation_;
+        PollLocked();
+      } else {
+        SchedulePollLocked(PollDelay(result->next_poll_after, elapsed));
+      }
+    } else {
+      const absl::Status& status = result.status();
+      e_->router->RecordFailure(slot, status);
+      ++consecutive_errors_;
+      const absl::StatusCode code = status.code();
+      const bool permanent = code == absl::StatusCode::kNotFound ||
+                             code == absl::StatusCode::kInvalidArgument ||
+                             code == absl::StatusCode::kPermissionDenied;
+      if (permanent && consecutive_errors_ >= kMaxPermanentPollErrors) {
+        FailLocked(status, std::nullopt, &effects);
+      } else {
+        // Exponential backoff with jitter, within the poll interval bounds.
+        const int exponent = std::min(consecutive_errors_ - 1, 10);
+        absl::Duration backoff = std::min(e_->options.max_poll_interval,
+                                          e_->options.min_poll_interval * (1 << exponent));
+        thread_local std::mt19937 rng{std::random_device{}()};
+        backoff = backoff * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+        SchedulePollLocked(backoff);
+      }
+    }
+  }
+  Apply(effects);
+}
+
+}  // namespace musicgw::operations

@@ -1,0 +1,193 @@
+#include "services/operations/watch_hub.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/errors.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+
+namespace musicgw::operations {
+
+namespace v1 = musicgw::v1;
+
+namespace {
+
+// Drops watchers whose reader is gone or whose stream is over.
+void Prune(std::vector<std::weak_ptr<WatchState>>& watchers) {
+  watchers.erase(std::remove_if(watchers.begin(), watchers.end(),
+                                [](const std::weak_ptr<WatchState>& weak) {
+                                  auto state = weak.lock();
+                                  return state == nullptr || state->over();
+                                }),
+                 watchers.end());
+}
+
+}  // namespace
+
+WatchHub::WatchHub(WatchHubOptions options, const Clock& clock, std::shared_ptr<Executor> executor,
+                   std::shared_ptr<OperationStore> store)
+    : options_(options),
+      clock_(clock),
+      executor_(std::move(executor)),
+      store_(std::move(store)),
+      open_(std::make_shared<std::atomic<int64_t>>(0)) {}
+
+absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> WatchHub::Open(
+    const std::string& operation_id, int64_t after_sequence,
+    absl::FunctionRef<absl::StatusOr<v1::Operation>()> current) {
+  auto state = std::make_shared<WatchState>(options_.buffer, clock_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_) return shutdown_status_;
+    MUSICGW_ASSIGN_OR_RETURN(const v1::Operation op, current());
+    MUSICGW_RETURN_IF_ERROR(Fill(*state, op, after_sequence));
+    if (!op.done()) {
+      // Subscribed whoever tracks it: a cross-process feed brings other replicas' changes.
+      Watchers& watchers = by_operation_[operation_id];
+      Prune(watchers);
+      watchers.push_back(state);
+    }
+    if (all_.size() >= prune_at_) {
+      Prune(all_);
+      prune_at_ = std::max<size_t>(64, 2 * all_.size());
+    }
+    all_.push_back(state);
+    ArmLocked(clock_.Now() + options_.heartbeat);
+  }
+  open_->fetch_add(1);
+  auto counter = open_;
+  return std::unique_ptr<EventStream<v1::OperationEvent>>(
+      std::make_unique<WatchStream>(state, [counter] { counter->fetch_sub(1); }));
+}
+
+absl::Status WatchHub::Fill(WatchState& state, const v1::Operation& current,
+                            int64_t after_sequence) {
+  if (after_sequence < 0) return InvalidFieldError("after_sequence", "must not be negative");
+  if (after_sequence > current.sequence()) {
+    return InvalidFieldError(
+        "after_sequence",
+        absl::StrCat("is ahead of the operation (at sequence ", current.sequence(), ")"));
+  }
+  auto snapshot = std::make_shared<const v1::Operation>(current);
+  if (after_sequence == 0) {
+    state.Push(snapshot, v1::OperationEvent::KIND_SNAPSHOT);
+  } else if (after_sequence < current.sequence()) {
+    OperationRecord record;
+    record.operation.set_name(current.name());
+    auto events = store_->EventsAfter(record.id(), after_sequence);
+    if (events.ok() && !events->empty() && events->front().sequence == after_sequence + 1) {
+      for (auto& event : *events) {
+        if (event.sequence > current.sequence()) break;
+        state.Push(std::make_shared<const v1::Operation>(std::move(event.operation)),
+                   v1::OperationEvent::KIND_CHANGE, /*replay=*/true);
+      }
+    } else {
+      // The missed events were pruned: the latest state stands in for them.
+      state.Push(snapshot, v1::OperationEvent::KIND_CHANGE, /*replay=*/true,
+                 /*coalesced=*/true);
+    }
+  }
+  if (current.done()) state.EndAfterQueue();
+  return absl::OkStatus();
+}
+
+void WatchHub::OnChange(const Change& change) {
+  std::shared_ptr<const v1::Operation> snapshot = change.snapshot;
+  if (snapshot == nullptr) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (by_operation_.count(change.operation_id) == 0) return;
+    }
+    auto record = store_->Get(change.operation_id);
+    if (!record.ok()) {
+      log::Warning("watch: could not read a changed operation",
+                   {{"operation", change.operation_id}, {"error", record.status().ToString()}});
+      return;
+    }
+    snapshot = std::make_shared<const v1::Operation>(std::move(record->operation));
+  }
+  std::vector<std::shared_ptr<WatchState>> wake;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = by_operation_.find(change.operation_id);
+    if (it == by_operation_.end()) return;
+    for (const auto& weak : it->second) {
+      auto state = weak.lock();
+      if (state == nullptr) continue;
+      if (state->Push(snapshot, v1::OperationEvent::KIND_CHANGE)) wake.push_back(std::move(state));
+    }
+    if (snapshot->done()) {
+      by_operation_.erase(it);
+    } else {
+      Prune(it->second);
+    }
+  }
+  for (auto& state : wake) state->RunWake();
+}
+
+void WatchHub::Shutdown(const absl::Status& status) {
+  Watchers all;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_) return;
+    shutdown_ = true;
+    shutdown_status_ = status;
+    all.swap(all_);
+    by_operation_.clear();
+    ++timer_generation_;
+    timer_at_ = absl::InfiniteFuture();
+  }
+  for (auto& weak : all) {
+    if (auto state = weak.lock()) {
+      if (state->Finish(status)) state->RunWake();
+    }
+  }
+}
+
+absl::Time WatchHub::next_heartbeat() const {
+  absl::MutexLock lock(&mu_);
+  return timer_at_;
+}
+
+void WatchHub::ArmLocked(absl::Time at) {
+  if (shutdown_ || at >= timer_at_) return;
+  timer_at_ = at;
+  const uint64_t generation = ++timer_generation_;
+  std::weak_ptr<WatchHub> weak = weak_from_this();
+  executor_->PostAfter(at - clock_.Now(), [weak, generation] {
+    auto self = weak.lock();
+    if (self == nullptr) return;
+    {
+      absl::MutexLock lock(&self->mu_);
+      if (self->timer_generation_ != generation) return;  // re-armed earlier, or shut down
+      self->timer_at_ = absl::InfiniteFuture();
+    }
+    self->Tick();
+  });
+}
+
+void WatchHub::Tick() {
+  std::vector<std::shared_ptr<WatchState>> states;
+  {
+    absl::MutexLock lock(&mu_);
+    Prune(all_);
+    states.reserve(all_.size());
+    for (const auto& weak : all_) {
+      if (auto state = weak.lock()) states.push_back(std::move(state));
+    }
+  }
+  const absl::Time now = clock_.Now();
+  absl::Duration soonest = absl::InfiniteDuration();
+  for (const auto& state : states) {
+    absl::Duration next;
+    if (state->Heartbeat(now, options_.heartbeat, &next)) state->RunWake();
+    soonest = std::min(soonest, next);
+  }
+  if (soonest == absl::InfiniteDuration()) return;
+  absl::MutexLock lock(&mu_);
+  ArmLocked(now + std::max(soonest, absl::Milliseconds(1)));
+}
+
+}  // namespace musicgw::operations
