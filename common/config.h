@@ -89,14 +89,14 @@ struct TlsConfig {
 
 struct TenantConfig {
   std::string name;
-  // mTLS identities: a client certificate carrying one of these subject alternative names
-  // (e.g. "spiffe://example.org/ns/batch/sa/renderer", a DNS name) is this tenant, no API key
-  // needed.
-  std::vector<std::string> client_sans;
   // Lower-case hex SHA-256 of each API key the tenant may use.
   std::vector<std::string> api_key_sha256;
   std::vector<BudgetConfig> budgets;
   TenantLimitsConfig limits;
+  // mTLS identities: a client certificate carrying one of these subject alternative names
+  // (e.g. "spiffe://example.org/ns/batch/sa/renderer", a DNS name) is this tenant, no API key
+  // needed.
+  std::vector<std::string> client_sans;
 };
 
 struct Config {

@@ -26,11 +26,20 @@
 #include "common/time_util.h"
 #include "services/operations/budget_errors.h"
 #include "services/operations/ledger_codec.h"
+#include "services/operations/postgres_connection.h"
 
 namespace musicgw::operations {
 namespace {
 
 namespace v1 = musicgw::v1;
+using pg::BoolCell;
+using pg::BytesCell;
+using pg::Cell;
+using pg::IntCell;
+using pg::Param;
+using pg::Pool;
+using pg::Result;
+using pg::Transaction;
 
 // Versioned migrations, applied in order under an advisory lock; index + 1 is the version.
 // Never edit an applied entry: append a new one.
@@ -90,8 +99,8 @@ constexpr absl::string_view kRecordColumns =
 constexpr absl::string_view kCounted = "(state NOT IN (4, 5) OR charged)";
 
 // Every statement, prepared once per connection by name.
-const std::map<std::string, std::string>& Statements() {
-  static const auto* const statements = new std::map<std::string, std::string>{
+const pg::Statements& LedgerStatements() {
+  static const auto* const statements = new pg::Statements{
       {"get", absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = $1")},
       {"find", absl::StrCat("SELECT ", kRecordColumns,
                             " FROM operations WHERE tenant = $1 AND request_id = $2")},
@@ -155,240 +164,6 @@ const std::map<std::string, std::string>& Statements() {
   return *statements;
 }
 
-// The ledger cannot be reached: the caller may retry the same call shortly.
-absl::Status LedgerUnavailable(absl::string_view what) {
-  absl::Status status =
-      absl::UnavailableError(absl::StrCat("ledger unavailable: ", what, "; retry shortly"));
-  status = WithErrorInfo(std::move(status), "LEDGER_UNAVAILABLE", kGatewayDomain);
-  return WithRetryInfo(std::move(status), absl::Seconds(1));
-}
-
-struct ResultDeleter {
-  void operator()(PGresult* result) const { PQclear(result); }
-};
-using Result = std::unique_ptr<PGresult, ResultDeleter>;
-
-struct ConnDeleter {
-  void operator()(PGconn* conn) const { PQfinish(conn); }
-};
-using Conn = std::unique_ptr<PGconn, ConnDeleter>;
-
-// One statement parameter: text, binary (bytea), or NULL.
-struct Param {
-  std::optional<std::string> value;
-  bool binary = false;
-
-  static Param Text(absl::string_view v) { return Param{std::string(v), false}; }
-  static Param Int(int64_t v) { return Param{absl::StrCat(v), false}; }
-  static Param Bool(bool v) { return Param{v ? "t" : "f", false}; }
-  static Param Bytes(std::string v) { return Param{std::move(v), true}; }
-  static Param Null() { return Param{std::nullopt, false}; }
-};
-
-std::string TrimmedError(const char* message) {
-  return std::string(absl::StripTrailingAsciiWhitespace(message == nullptr ? "" : message));
-}
-
-// One pooled connection with its prepared statements.
-class Connection {
- public:
-  Connection(const std::string& dsn, absl::Duration connect_timeout)
-      : dsn_(dsn), connect_timeout_(connect_timeout) {}
-
-  // Connects (again) when there is no healthy connection.
-  absl::Status EnsureReady() {
-    if (conn_ != nullptr && PQstatus(conn_.get()) == CONNECTION_OK && !broken_) {
-      return absl::OkStatus();
-    }
-    conn_.reset();
-    broken_ = false;
-    const std::string timeout =
-        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(connect_timeout_)));
-    // dbname first: with expand_dbname it carries the whole DSN; what follows overrides it.
-    const char* const keys[] = {"dbname", "connect_timeout", "application_name", nullptr};
-    const char* const values[] = {dsn_.c_str(), timeout.c_str(), "musicgw", nullptr};
-    Conn conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
-    if (conn == nullptr) return LedgerUnavailable("out of memory connecting to PostgreSQL");
-    if (PQstatus(conn.get()) != CONNECTION_OK) {
-      // libpq's message names host and port, never the password.
-      return LedgerUnavailable(
-          absl::StrCat("cannot connect to PostgreSQL: ", TrimmedError(PQerrorMessage(conn.get()))));
-    }
-    conn_ = std::move(conn);
-    prepared_.clear();
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<Result> Run(const std::string& name, const std::vector<Param>& params) {
-    // Prepared on first use: the tables exist only once the migrations have run.
-    if (!prepared_.contains(name)) {
-      auto sql = Statements().find(name);
-      if (sql == Statements().end()) {
-        return absl::InternalError(absl::StrCat("ledger: no statement ", name));
-      }
-      MUSICGW_RETURN_IF_ERROR(
-          Check(Result(PQprepare(conn_.get(), name.c_str(), sql->second.c_str(), 0, nullptr)))
-              .status());
-      prepared_.insert(name);
-    }
-    std::vector<const char*> values;
-    std::vector<int> lengths;
-    std::vector<int> formats;
-    for (const Param& p : params) {
-      values.push_back(p.value.has_value() ? p.value->data() : nullptr);
-      lengths.push_back(p.value.has_value() ? static_cast<int>(p.value->size()) : 0);
-      formats.push_back(p.binary ? 1 : 0);
-    }
-    Result result(PQexecPrepared(conn_.get(), name.c_str(), static_cast<int>(params.size()),
-                                 values.data(), lengths.data(), formats.data(),
-                                 /*resultFormat=*/0));
-    return Check(std::move(result));
-  }
-
-  absl::StatusOr<Result> Simple(const char* sql) { return Check(Result(PQexec(conn_.get(), sql))); }
-
-  bool broken() const { return broken_; }
-
- private:
-  absl::StatusOr<Result> Check(Result result) {
-    const ExecStatusType status = PQresultStatus(result.get());
-    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
-    const char* state =
-        result == nullptr ? nullptr : PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
-    const std::string sqlstate = state == nullptr ? "" : state;
-    const std::string message = TrimmedError(
-        result == nullptr ? PQerrorMessage(conn_.get()) : PQresultErrorMessage(result.get()));
-    // Class 08 (connection), 57P (server shutting down), or a dead socket: reconnect next time.
-    if (PQstatus(conn_.get()) != CONNECTION_OK || sqlstate.empty() ||
-        absl::StartsWith(sqlstate, "08") || absl::StartsWith(sqlstate, "57P")) {
-      broken_ = true;
-      return LedgerUnavailable(absl::StrCat("PostgreSQL connection lost: ", message));
-    }
-    if (sqlstate == "23505") {
-      return absl::AlreadyExistsError(absl::StrCat("ledger: ", message));
-    }
-    if (sqlstate == "40001" || sqlstate == "40P01") {
-      return absl::AbortedError(absl::StrCat("ledger: ", message));
-    }
-    return absl::InternalError(absl::StrCat("ledger: ", message));
-  }
-
-  const std::string dsn_;
-  const absl::Duration connect_timeout_;
-  Conn conn_;
-  bool broken_ = false;
-  absl::flat_hash_set<std::string> prepared_;
-};
-
-// A bounded pool: at most `size` connections, made on demand, waited for when all are in use.
-class Pool {
- public:
-  explicit Pool(PostgresOptions options) : options_(std::move(options)) {}
-
-  class Lease {
-   public:
-    Lease(Pool* pool, std::unique_ptr<Connection> conn) : pool_(pool), conn_(std::move(conn)) {}
-    Lease(Lease&&) = default;
-    Lease& operator=(Lease&&) = delete;
-    Lease(const Lease&) = delete;
-    Lease& operator=(const Lease&) = delete;
-    ~Lease() {
-      if (conn_ != nullptr) pool_->Release(std::move(conn_));
-    }
-    Connection* operator->() { return conn_.get(); }
-
-   private:
-    Pool* pool_;
-    std::unique_ptr<Connection> conn_;
-  };
-
-  absl::StatusOr<Lease> Acquire() {
-    std::unique_ptr<Connection> conn;
-    {
-      absl::MutexLock lock(&mu_);
-      const absl::Time deadline = options_.clock->Now() + options_.acquire_timeout;
-      while (idle_.empty() && open_ >= options_.pool_size) {
-        if (options_.clock->WaitUntil(cv_, mu_, deadline)) break;
-      }
-      if (!idle_.empty()) {
-        conn = std::move(idle_.back());
-        idle_.pop_back();
-      } else if (open_ < options_.pool_size) {
-        ++open_;
-        conn = std::make_unique<Connection>(options_.dsn, options_.connect_timeout);
-      } else {
-        return LedgerUnavailable("every ledger connection is busy");
-      }
-    }
-    Lease lease(this, std::move(conn));
-    MUSICGW_RETURN_IF_ERROR(lease->EnsureReady());
-    return lease;
-  }
-
- private:
-  void Release(std::unique_ptr<Connection> conn) {
-    absl::MutexLock lock(&mu_);
-    idle_.push_back(std::move(conn));
-    cv_.Signal();
-  }
-
-  const PostgresOptions options_;
-  absl::Mutex mu_;
-  absl::CondVar cv_;
-  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
-  int open_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
-// BEGIN ... COMMIT on one leased connection; rolls back unless committed.
-class Transaction {
- public:
-  explicit Transaction(Pool::Lease& conn) : conn_(conn) {}
-  ~Transaction() {
-    if (open_ && !conn_->broken()) conn_->Simple("ROLLBACK").IgnoreError();
-  }
-  Transaction(const Transaction&) = delete;
-  Transaction& operator=(const Transaction&) = delete;
-
-  absl::Status Begin() {
-    MUSICGW_RETURN_IF_ERROR(conn_->Simple("BEGIN").status());
-    open_ = true;
-    return absl::OkStatus();
-  }
-  absl::Status Commit() {
-    open_ = false;
-    return conn_->Simple("COMMIT").status();
-  }
-
- private:
-  Pool::Lease& conn_;
-  bool open_ = false;
-};
-
-std::string Cell(const PGresult* result, int row, int col) {
-  return std::string(PQgetvalue(result, row, col), PQgetlength(result, row, col));
-}
-
-int64_t IntCell(const PGresult* result, int row, int col) {
-  int64_t value = 0;
-  if (!absl::SimpleAtoi(absl::string_view(PQgetvalue(result, row, col)), &value)) return 0;
-  return value;
-}
-
-bool BoolCell(const PGresult* result, int row, int col) {
-  return PQgetvalue(result, row, col)[0] == 't';
-}
-
-// bytea arrives in text results in hex form.
-std::string BytesCell(const PGresult* result, int row, int col) {
-  size_t length = 0;
-  unsigned char* bytes = PQunescapeBytea(
-      reinterpret_cast<const unsigned char*>(PQgetvalue(result, row, col)), &length);
-  if (bytes == nullptr) return "";
-  std::string out(reinterpret_cast<const char*>(bytes), length);
-  PQfreemem(bytes);
-  return out;
-}
-
 std::string IdOf(const v1::Operation& op) {
   OperationRecord record;
   record.operation.set_name(op.name());
@@ -398,7 +173,7 @@ std::string IdOf(const v1::Operation& op) {
 class PostgresOperationStore final : public OperationStore {
  public:
   explicit PostgresOperationStore(PostgresOptions options)
-      : clock_(*options.clock), pool_(std::move(options)) {}
+      : clock_(*options.clock), pool_(std::move(options), LedgerStatements()) {}
 
   absl::Status Migrate() {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
