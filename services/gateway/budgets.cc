@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/time_util.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace musicgw::gateway {
@@ -13,10 +14,6 @@ std::string BudgetName(const config::BudgetConfig& budget) {
   std::string task = musicgw::v1::TaskKind_Name(budget.task);
   task = task.substr(std::string("TASK_KIND_").size());
   return absl::StrCat("task:", task, "/", config::BudgetPeriodName(budget.period));
-}
-
-google::protobuf::Timestamp ToProto(absl::Time time) {
-  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(time));
 }
 
 }  // namespace
@@ -97,7 +94,7 @@ std::vector<musicgw::v1::TenantBudget> ReportBudgets(operations::OperationsEngin
       entry.set_reserved(usage->reserved);
     }
     entry.set_remaining(std::max<int64_t>(0, budget.limit - entry.used() - entry.reserved()));
-    *entry.mutable_period_end() = ToProto(end);
+    *entry.mutable_period_end() = ToProtoTimestamp(end);
     report.push_back(std::move(entry));
   }
   return report;
