@@ -42,6 +42,7 @@ namespace {
 
 // How often health looks at the ledger's write status (an in-memory read).
 constexpr absl::Duration kHealthCheckInterval = absl::Seconds(1);
+constexpr int kMaxRequestBytes = 1 << 20;
 
 using operations::QuotaMonitor;
 
@@ -141,6 +142,9 @@ class GatewayServerImpl final : public GatewayServer {
     grpc::ServerBuilder builder;
     builder.AddListeningPort(config_.grpc_listen, GrpcCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
+    // Requests are small (the largest is a Generate with lyrics); a bigger message is refused by
+    // gRPC itself (RESOURCE_EXHAUSTED) before it is parsed.
+    builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
     builder.RegisterService(health_.get());
     // A request that cannot be parsed (e.g. not UTF-8) gets INVALID_ARGUMENT, not UNIMPLEMENTED,
     // and errors gRPC produces itself get an ErrorInfo too.

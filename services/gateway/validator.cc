@@ -17,6 +17,8 @@
 namespace musicgw::gateway {
 namespace {
 
+constexpr int kMaxStateFilters = 16;
+
 constexpr absl::string_view kOperationsPrefix = "operations/";
 
 absl::Status CheckProviderEnum(absl::string_view field, musicgw::v1::Provider provider) {
@@ -87,6 +89,10 @@ absl::Status ValidateAssetName(absl::string_view field, absl::string_view name) 
 
 absl::Status ValidateList(const musicgw::v1::ListOperationsRequest& request) {
   MUSICGW_RETURN_IF_ERROR(operations::ResolvePageSize(request.page_size()).status());
+  // Six states exist; a longer filter only repeats them and costs the ledger work.
+  if (request.states_size() > kMaxStateFilters) {
+    return InvalidFieldError("states", absl::StrCat("at most ", kMaxStateFilters, " entries"));
+  }
   for (int i = 0; i < request.states_size(); ++i) {
     const auto state = request.states(i);
     if (!musicgw::v1::OperationState_IsValid(state) ||
@@ -127,7 +133,7 @@ absl::Status ValidateCancel(const musicgw::v1::CancelOperationRequest& request) 
   if (request.reason().size() > 512) {
     return InvalidFieldError("reason", "must be at most 512 characters");
   }
-  return absl::OkStatus();
+  return CheckFreeText(request);
 }
 
 absl::Status ValidateDownload(const musicgw::v1::DownloadRequest& request) {

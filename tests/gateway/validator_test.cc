@@ -372,6 +372,16 @@ TEST(ValidatorTest, NamesAndOtherRequests) {
   list.set_page_size(10);
   list.add_states(musicgw::v1::OPERATION_STATE_UNSPECIFIED);
   EXPECT_EQ(ViolationField(ValidateList(list)), "states[0]");
+  // A hostile filter (thousands of repeated states) is refused before any ledger work.
+  list.clear_states();
+  for (int i = 0; i < 16; ++i) list.add_states(musicgw::v1::OPERATION_STATE_RUNNING);
+  EXPECT_TRUE(ValidateList(list).ok());
+  list.add_states(musicgw::v1::OPERATION_STATE_RUNNING);
+  EXPECT_EQ(ViolationField(ValidateList(list)), "states");
+  list.clear_states();
+  list.set_page_token(std::string(1025, 'A'));
+  EXPECT_EQ(ViolationField(ValidateList(list)), "page_token");
+  list.clear_page_token();
 
   musicgw::v1::WatchOperationRequest watch;
   watch.set_name("operations/" + id);
@@ -390,6 +400,8 @@ TEST(ValidatorTest, NamesAndOtherRequests) {
   cancel.set_reason(std::string(512, 'r'));
   EXPECT_TRUE(ValidateCancel(cancel).ok());
   cancel.set_reason(std::string(513, 'r'));
+  EXPECT_EQ(ViolationField(ValidateCancel(cancel)), "reason");
+  cancel.set_reason(std::string("stop\0now", 8));
   EXPECT_EQ(ViolationField(ValidateCancel(cancel)), "reason");
 
   musicgw::v1::DownloadRequest download;
