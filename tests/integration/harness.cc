@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/crypto.h"
+#include "gtest/gtest.h"
 
 namespace musicgw::testing {
 
@@ -66,6 +67,25 @@ std::unique_ptr<musicgw::v1::MusicGateway::Stub> Stub(int port) {
 }
 
 std::string NewRequestId() { return RandomUuid(); }
+
+musicgw::v1::Operation GenerateOk(musicgw::v1::MusicGateway::Stub& stub,
+                                  const musicgw::v1::GenerateRequest& request) {
+  musicgw::v1::Operation operation;
+  grpc::Status status = stub.Generate(Context(kAcmeKey).get(), request, &operation);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return operation;
+}
+
+musicgw::v1::Operation WaitDone(musicgw::v1::MusicGateway::Stub& stub, const std::string& name) {
+  musicgw::v1::WaitOperationRequest request;
+  request.set_name(name);
+  request.mutable_timeout()->set_seconds(60);
+  musicgw::v1::Operation operation;
+  grpc::Status status =
+      stub.WaitOperation(Context(kAcmeKey, absl::Seconds(70)).get(), request, &operation);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return operation;
+}
 
 absl::StatusOr<std::unique_ptr<GatewayProcess>> GatewayProcess::Start(const nlohmann::json& config,
                                                                       const std::string& work_dir) {

@@ -42,6 +42,12 @@ std::unique_ptr<musicgw::v1::MusicGateway::Stub> Stub(int port);
 
 std::string NewRequestId();
 
+// Generate as acme, expecting success (a failed expectation otherwise, and an empty Operation).
+musicgw::v1::Operation GenerateOk(musicgw::v1::MusicGateway::Stub& stub,
+                                  const musicgw::v1::GenerateRequest& request);
+// WaitOperation as acme for up to a minute, expecting the call itself to succeed.
+musicgw::v1::Operation WaitDone(musicgw::v1::MusicGateway::Stub& stub, const std::string& name);
+
 // A TCP socket bound to a free loopback port. Listening but never accepting, it makes a provider
 // whose calls hang (operations stay live); closed at once, its port is a free one to hand out.
 class LoopbackListener {

@@ -55,22 +55,9 @@ class PostgresLedgerTest : public ::testing::Test {
   }
 
   Operation Generate(const musicgw::v1::GenerateRequest& request) {
-    Operation operation;
-    grpc::Status status = stub_->Generate(Context(kAcmeKey).get(), request, &operation);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return operation;
+    return GenerateOk(*stub_, request);
   }
-
-  Operation WaitDone(const std::string& name) {
-    musicgw::v1::WaitOperationRequest request;
-    request.set_name(name);
-    request.mutable_timeout()->set_seconds(60);
-    Operation operation;
-    grpc::Status status =
-        stub_->WaitOperation(Context(kAcmeKey, absl::Seconds(70)).get(), request, &operation);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return operation;
-  }
+  Operation WaitDone(const std::string& name) { return musicgw::testing::WaitDone(*stub_, name); }
 
   static musicgw::v1::GenerateRequest Sample() {
     musicgw::v1::GenerateRequest request;
