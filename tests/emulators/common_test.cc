@@ -322,6 +322,9 @@ int Connect(int port) {
     close(fd);
     return -1;
   }
+  // A server that stalls fails the test (EAGAIN) instead of hanging it.
+  const timeval timeout{30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   return fd;
 }
 
