@@ -28,16 +28,6 @@ namespace v1 = musicgw::v1;
 constexpr char kSecretA[] = "whsec_YWNjb3VudC1hLXdlYmhvb2stc2VjcmV0LTAwMDE=";
 constexpr char kSecretB[] = "whsec_YWNjb3VudC1iLXdlYmhvb2stc2VjcmV0LTAwMDI=";
 
-// Polls `done` until it holds or `timeout` passes; the observable is the gateway's own answer.
-bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(20)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return true;
-}
-
 class TwoAccountsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {

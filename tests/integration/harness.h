@@ -103,7 +103,7 @@ class GatewayProcess {
 // Waits until `condition` holds or `timeout` passes, re-checking every `poll`; returns whether
 // it held. Only for observables that offer no event to wait on (a provider's counters read
 // through its API, a report refreshed in the background); never to let time pass.
-bool Eventually(const std::function<bool()>& condition, absl::Duration timeout,
+bool Eventually(const std::function<bool()>& condition, absl::Duration timeout = absl::Seconds(20),
                 absl::Duration poll = absl::Milliseconds(10));
 
 }  // namespace musicgw::testing
