@@ -52,6 +52,17 @@ struct ConnDeleter {
 };
 using Conn = std::unique_ptr<PGconn, ConnDeleter>;
 
+// A new connection to `dsn` (check its PQstatus), named `application_name` in pg_stat_activity.
+inline Conn Connect(const std::string& dsn, absl::Duration connect_timeout,
+                    const char* application_name) {
+  const std::string timeout =
+      absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(connect_timeout)));
+  // dbname first: with expand_dbname it carries the whole DSN; what follows overrides it.
+  const char* const keys[] = {"dbname", "connect_timeout", "application_name", nullptr};
+  const char* const values[] = {dsn.c_str(), timeout.c_str(), application_name, nullptr};
+  return Conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
+}
+
 // One statement parameter: text, binary (bytea), or NULL.
 struct Param {
   std::optional<std::string> value;
@@ -81,12 +92,7 @@ class Connection {
     }
     conn_.reset();
     broken_ = false;
-    const std::string timeout =
-        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(connect_timeout_)));
-    // dbname first: with expand_dbname it carries the whole DSN; what follows overrides it.
-    const char* const keys[] = {"dbname", "connect_timeout", "application_name", nullptr};
-    const char* const values[] = {dsn_.c_str(), timeout.c_str(), "musicgw", nullptr};
-    Conn conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
+    Conn conn = Connect(dsn_, connect_timeout_, "musicgw");
     if (conn == nullptr) return LedgerUnavailable("out of memory connecting to PostgreSQL");
     if (PQstatus(conn.get()) != CONNECTION_OK) {
       // libpq's message names host and port, never the password.

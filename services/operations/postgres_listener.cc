@@ -13,15 +13,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "services/operations/postgres_connection.h"
 #include "services/operations/postgres_store.h"
 
 namespace musicgw::operations {
 namespace {
 
-struct ConnDeleter {
-  void operator()(PGconn* conn) const { PQfinish(conn); }
-};
-using Conn = std::unique_ptr<PGconn, ConnDeleter>;
+using pg::Conn;
 
 class ListenerImpl final : public PostgresChangeListener {
  public:
@@ -54,12 +52,7 @@ class ListenerImpl final : public PostgresChangeListener {
   }
 
   Conn Connect() {
-    const std::string timeout =
-        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(options_.connect_timeout)));
-    const char* const keys[] = {"dbname", "connect_timeout", "application_name", nullptr};
-    const char* const values[] = {options_.dsn.c_str(), timeout.c_str(), "musicgw-listener",
-                                  nullptr};
-    Conn conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
+    Conn conn = pg::Connect(options_.dsn, options_.connect_timeout, "musicgw-listener");
     if (conn == nullptr || PQstatus(conn.get()) != CONNECTION_OK) return nullptr;
     PGresult* listen = PQexec(conn.get(), absl::StrCat("LISTEN ", kPostgresChangeChannel).c_str());
     const bool ok = PQresultStatus(listen) == PGRES_COMMAND_OK;
