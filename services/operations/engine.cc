@@ -196,7 +196,16 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     if (!record.ok()) return std::move(done)(record.status());
     if (record->operation.done()) return std::move(done)(OperationAlreadyDone(record->operation));
     std::shared_ptr<Tracker> tracker = env_->live.Find(record->id());
-    if (tracker == nullptr) return std::move(done)(IsShutdown() ? ShuttingDown() : NotTracked());
+    if (tracker == nullptr) {
+      if (IsShutdown()) return std::move(done)(ShuttingDown());
+      // A tracker retires after committing the end, so it may have finished since the read.
+      auto latest = Lookup(tenant, name);
+      if (!latest.ok()) return std::move(done)(latest.status());
+      if (latest->operation.done()) {
+        return std::move(done)(OperationAlreadyDone(latest->operation));
+      }
+      return std::move(done)(NotTracked());
+    }
     tracker->Cancel(reason, std::move(done));
   }
 
@@ -206,6 +215,12 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     if (!record.ok()) return std::move(done)(record.status());
     if (record->operation.done()) return std::move(done)(std::move(record->operation));
     std::shared_ptr<Tracker> tracker = env_->live.Find(record->id());
+    if (tracker == nullptr && !IsShutdown()) {
+      // A tracker retires after committing the end, so it may have finished since the read.
+      auto latest = Lookup(tenant, name);
+      if (!latest.ok()) return std::move(done)(latest.status());
+      return std::move(done)(std::move(latest->operation));
+    }
     if (tracker == nullptr || IsShutdown()) return std::move(done)(std::move(record->operation));
     tracker->Wait(timeout, std::move(done));
   }

@@ -2,11 +2,14 @@
 // RetryInfo, LedgerStatus() not OK until a write succeeds again, and recovery without client
 // traffic (the maintenance probe). Also the engine's other errors, each with its ErrorInfo.
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "common/clock.h"
 #include "common/errors.h"
 #include "gtest/gtest.h"
@@ -46,6 +49,11 @@ class FlakyStore final : public OperationStore {
   // Only updates of existing operations fail (a tracker's writes), creations succeed.
   void FailUpdates(bool fail) { fail_updates_ = fail; }
   int probes() const { return probes_.load(); }
+  // Runs `hook` once, after the next read of an operation has been answered.
+  void AfterNextGet(std::function<void()> hook) {
+    absl::MutexLock lock(&hook_mu_);
+    after_get_ = std::move(hook);
+  }
 
   absl::StatusOr<CreateResult> Create(const OperationRecord& record,
                                       const std::vector<BudgetCheck>& budgets) override {
@@ -56,7 +64,16 @@ class FlakyStore final : public OperationStore {
     if (fail_ || fail_updates_) return Full();
     return inner_->Update(update);
   }
-  absl::StatusOr<OperationRecord> Get(absl::string_view id) override { return inner_->Get(id); }
+  absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
+    absl::StatusOr<OperationRecord> record = inner_->Get(id);
+    std::function<void()> hook;
+    {
+      absl::MutexLock lock(&hook_mu_);
+      hook.swap(after_get_);
+    }
+    if (hook) hook();
+    return record;
+  }
   absl::StatusOr<OperationRecord> FindByRequestId(absl::string_view tenant,
                                                   absl::string_view request_id) override {
     return inner_->FindByRequestId(tenant, request_id);
@@ -110,6 +127,8 @@ class FlakyStore final : public OperationStore {
   std::atomic<bool> fail_{false};
   std::atomic<bool> fail_updates_{false};
   std::atomic<int> probes_{0};
+  absl::Mutex hook_mu_;
+  std::function<void()> after_get_ ABSL_GUARDED_BY(hook_mu_);
 };
 
 class LedgerTest : public ::testing::Test {
@@ -180,10 +199,49 @@ TEST_F(LedgerTest, AFailedTrackerWriteMarksTheLedgerAndTheOperationCarriesOn) {
   // Writable again: the tracker's retry (one second later) submits, the status recovers.
   store_->FailUpdates(false);
   ASSERT_TRUE(WaitUntil([&] { return Tick() && engine_->LedgerStatus().ok(); }));
-  ASSERT_TRUE(WaitUntil([&] { return adapter_.submit_calls() == 1; }));
+  // The probe may bring the status back before the tracker's retry timer is due: time moves on.
+  ASSERT_TRUE(WaitUntil([&] { return Tick() && adapter_.submit_calls() == 1; }));
   auto read = engine_->Get(kTenant, op->name());
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_NE(read->submission(), v1::SUBMISSION_STATE_NOT_SUBMITTED);
+}
+
+// The tracker retires after committing the end: a Wait or Cancel that read the ledger before that
+// and finds no tracker after it answers with the end, not the stale read.
+TEST_F(LedgerTest, AnOperationThatEndsBetweenTheReadAndTheTrackerLookupIsAnsweredDone) {
+  auto op = engine_->Generate(kTenant, TextRequest("calm piano"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  ASSERT_TRUE(WaitUntil([&] { return adapter_.submit_calls() == 1; }));
+  auto finish = [&] {
+    ASSERT_TRUE(WaitUntil([&] { return Tick() && engine_->Stats().live_operations == 0; }));
+  };
+
+  store_->AfterNextGet(finish);
+  absl::Notification waited;
+  absl::StatusOr<v1::Operation> result;
+  engine_->Wait(kTenant, op->name(), absl::Hours(1), [&](absl::StatusOr<v1::Operation> answer) {
+    result = std::move(answer);
+    waited.Notify();
+  });
+  waited.WaitForNotification();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->done());
+  EXPECT_EQ(result->state(), v1::OPERATION_STATE_SUCCEEDED);
+
+  auto second = engine_->Generate(kTenant, TextRequest("calm guitar"));
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE(WaitUntil([&] { return adapter_.submit_calls() == 2; }));
+  store_->AfterNextGet(finish);
+  absl::Notification cancelled;
+  absl::Status cancel_status;
+  engine_->Cancel(kTenant, second->name(), "changed my mind",
+                  [&](absl::StatusOr<v1::Operation> answer) {
+                    cancel_status = answer.status();
+                    cancelled.Notify();
+                  });
+  cancelled.WaitForNotification();
+  EXPECT_EQ(cancel_status.code(), absl::StatusCode::kFailedPrecondition) << cancel_status;
+  EXPECT_EQ(Reason(cancel_status), "OPERATION_DONE") << cancel_status;
 }
 
 TEST_F(LedgerTest, EveryEngineErrorCarriesErrorInfo) {
