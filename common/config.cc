@@ -488,6 +488,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
     if (!ledger->is_object()) return Problem("ledger", "must be an object");
     ObjectReader l(*ledger, "ledger");
     MUSICGW_RETURN_IF_ERROR(l.String("replica_id", &config.replica_id));
+    MUSICGW_RETURN_IF_ERROR(l.Seconds("lease_seconds", &config.ledger_lease, 1, 3600));
     if (const json* postgres = l.Find("postgres"); postgres == nullptr) {
       MUSICGW_RETURN_IF_ERROR(l.String("path", &config.ledger_path, true));
     } else {

@@ -117,6 +117,9 @@ struct Config {
   // This replica's name in the ledger's owner column: unique per replica sharing a ledger.
   // Empty: "local" with SQLite, the host name (the pod's name) with PostgreSQL.
   std::string replica_id;
+  // How long a replica's claim on the live operations it tracks lasts without renewal
+  // (ledger.lease_seconds): a dead replica's operations are taken over within about this long.
+  absl::Duration ledger_lease = absl::Minutes(2);
   absl::Duration operation_deadline = absl::Minutes(15);
   absl::Duration watch_heartbeat = absl::Seconds(15);
   int watch_buffer = 16;

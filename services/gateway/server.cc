@@ -89,6 +89,13 @@ class GatewayServerImpl final : public GatewayServer {
     operations::EngineOptions options;
     options.ledger_path = config_.ledger_path;
     options.replica_id = ReplicaId();
+    options.lease = config_.ledger_lease;
+    if (!config_.ledger_postgres_dsn.empty()) {
+      // Other replicas' changes and webhook nudges arrive over LISTEN on the ledger's database.
+      operations::PostgresListenerOptions link;
+      link.dsn = config_.ledger_postgres_dsn;
+      options.replica_link = operations::NewPostgresReplicaLink(std::move(link));
+    }
     options.operation_deadline = config_.operation_deadline;
     options.watch_heartbeat = config_.watch_heartbeat;
     options.watch_buffer = config_.watch_buffer;

@@ -18,6 +18,11 @@ class InProcessChangeFeed final : public ChangeFeed {
     for (ChangeSubscriber* subscriber : subscribers_) subscriber->OnChange(change);
   }
 
+  void Resync() override {
+    absl::ReaderMutexLock lock(&mu_);
+    for (ChangeSubscriber* subscriber : subscribers_) subscriber->OnResync();
+  }
+
   void Subscribe(ChangeSubscriber* subscriber) override {
     absl::MutexLock lock(&mu_);
     subscribers_.push_back(subscriber);

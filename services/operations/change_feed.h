@@ -27,6 +27,9 @@ class ChangeSubscriber {
   virtual ~ChangeSubscriber() = default;
   // Must not block on the publisher (it may be called on the publishing thread).
   virtual void OnChange(const Change& change) = 0;
+  // The feed may have missed changes (a cross-process feed reconnected): whatever the
+  // subscriber follows must be re-read from the ledger's events.
+  virtual void OnResync() {}
 };
 
 // Thread-safe.
@@ -38,6 +41,8 @@ class ChangeFeed {
   // call to it is running.
   virtual void Subscribe(ChangeSubscriber* subscriber) = 0;
   virtual void Unsubscribe(ChangeSubscriber* subscriber) = 0;
+  // Tells every subscriber that changes may have been missed (OnResync).
+  virtual void Resync() {}
 };
 
 // Delivers each change to every subscriber on the publishing thread, before Publish returns.

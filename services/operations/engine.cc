@@ -62,6 +62,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   }
 
   ~EngineImpl() override {
+    if (options_.replica_link != nullptr) options_.replica_link->Stop();
     executor_->Stop();
     feed_->Unsubscribe(hub_.get());
   }
@@ -73,12 +74,20 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
       if (started_) return absl::OkStatus();
       started_ = true;
     }
-    auto live = store_->ClaimLive(options_.replica_id, clock_.Now() + options_.lease);
-    if (!live.ok()) return env_->ledger.NoteWrite(live.status());
-    for (OperationRecord& record : *live) Adopt(std::move(record), /*recovering=*/true);
-    if (!live->empty()) {
-      log::Info("resumed live operations", {{"count", static_cast<long>(live->size())}});
+    if (options_.replica_link != nullptr) {
+      std::weak_ptr<EngineImpl> weak = weak_from_this();
+      options_.replica_link->Start(feed_.get(),
+                                   [weak](v1::Provider provider, absl::string_view upstream_id) {
+                                     if (auto self = weak.lock())
+                                       self->OnNudge(provider, upstream_id);
+                                   });
     }
+    const absl::Time now = clock_.Now();
+    auto live = store_->ClaimLive(options_.replica_id, now + options_.lease);
+    if (!live.ok()) return env_->ledger.NoteWrite(live.status());
+    renewed_at_ = now;
+    const size_t adopted = AdoptAll(*std::move(live));
+    if (adopted > 0) log::Info("resumed live operations", {{"count", static_cast<long>(adopted)}});
     ScheduleMaintenance(absl::ZeroDuration());
     return absl::OkStatus();
   }
@@ -91,6 +100,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     }
     const absl::Status status = ShuttingDown();
     for (auto& tracker : env_->live.Stop()) tracker->Stop(status);
+    if (options_.replica_link != nullptr) options_.replica_link->Stop();
     hub_->Shutdown(status);
     assets_->Shutdown(status);
     feed_->Unsubscribe(hub_.get());
@@ -204,7 +214,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
       if (latest->operation.done()) {
         return std::move(done)(OperationAlreadyDone(latest->operation));
       }
-      return std::move(done)(NotTracked());
+      return std::move(done)(NotTrackedHere());
     }
     tracker->Cancel(reason, std::move(done));
   }
@@ -249,7 +259,14 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
 
   void OnProviderUpdate(v1::Provider provider, const UpstreamStatus& status) override {
     if (auto tracker = env_->live.FindByUpstream(provider, status.upstream_id)) {
-      tracker->OnProviderUpdate(status);
+      return tracker->OnProviderUpdate(status);
+    }
+    if (options_.replica_link == nullptr) return;
+    // Another replica tracks it (or will, after a failover): it polls at once when nudged.
+    const absl::Status nudged = store_->Nudge(provider, status.upstream_id);
+    if (!nudged.ok()) {
+      log::Warning("could not pass a webhook on to the replica tracking its operation",
+                   {{"error", nudged.ToString()}});
     }
   }
 
@@ -290,13 +307,6 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   bool IsShutdown() const {
     absl::MutexLock lock(&mu_);
     return shutdown_;
-  }
-
-  static absl::Status NotTracked() {
-    return WithRetryInfo(
-        WithErrorInfo(absl::UnavailableError("the operation is not tracked by this server; retry"),
-                      "OPERATION_NOT_TRACKED", kGatewayDomain),
-        absl::Seconds(1));
   }
 
   // The operation `request` would become, routed (the one routing decision) but not stored.
@@ -342,6 +352,52 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     tracker->Start(recovering);
   }
 
+  // Adopts the claimed records not tracked here yet; returns how many.
+  size_t AdoptAll(std::vector<OperationRecord> records) {
+    size_t adopted = 0;
+    for (OperationRecord& record : records) {
+      if (env_->live.Find(record.id()) != nullptr) continue;
+      Adopt(std::move(record), /*recovering=*/true);
+      ++adopted;
+    }
+    return adopted;
+  }
+
+  // Another replica passed on a webhook: the tracker polls at once.
+  void OnNudge(v1::Provider provider, absl::string_view upstream_id) {
+    auto tracker = env_->live.FindByUpstream(provider, upstream_id);
+    if (tracker == nullptr) return;
+    UpstreamStatus status;
+    status.upstream_id = std::string(upstream_id);
+    status.phase = UpstreamStatus::Phase::kRunning;
+    tracker->OnProviderUpdate(status);
+  }
+
+  // Renews this replica's leases and claims live operations nobody holds (unowned, or a dead
+  // replica's whose lease ran out), in one ledger round trip per batch. When renewal keeps
+  // failing until the lease is nearly over, stops tracking everything: another replica may
+  // take over after that, and this one must not act on its stale view.
+  void RenewAndClaim(absl::Time now, absl::Duration period) {
+    auto claimed = store_->ClaimLive(options_.replica_id, now + options_.lease);
+    if (claimed.ok()) {
+      renewed_at_ = now;
+      const size_t adopted = AdoptAll(*std::move(claimed));
+      if (adopted > 0) {
+        log::Info("took over live operations", {{"count", static_cast<long>(adopted)}});
+      }
+      return;
+    }
+    env_->ledger.NoteWrite(claimed.status()).IgnoreError();
+    log::Warning("ledger lease renewal failed", {{"error", claimed.status().ToString()}});
+    if (now + period < renewed_at_ + options_.lease) return;
+    std::vector<std::shared_ptr<Tracker>> trackers = env_->live.TakeAll();
+    if (trackers.empty()) return;
+    log::Warning("leases could not be renewed; no longer tracking this replica's operations",
+                 {{"count", static_cast<long>(trackers.size())}});
+    const absl::Status status = NotTrackedHere();
+    for (auto& tracker : trackers) tracker->Stop(status);
+  }
+
   // Lease renewal, event pruning, and while a ledger write has failed, a probe write so
   // LedgerStatus() recovers without client traffic.
   void ScheduleMaintenance(absl::Duration delay) {
@@ -353,11 +409,8 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
 
   void Maintain() {
     const absl::Time now = clock_.Now();
-    const absl::Status renewed = store_->RenewLeases(options_.replica_id, now + options_.lease);
-    if (!renewed.ok()) {
-      env_->ledger.NoteWrite(renewed).IgnoreError();
-      log::Warning("ledger lease renewal failed", {{"error", renewed.ToString()}});
-    }
+    const absl::Duration period = std::max(absl::Milliseconds(100), options_.lease / 3);
+    RenewAndClaim(now, period);
     if (now - last_prune_ >= std::min(options_.event_retention, absl::Hours(1))) {
       last_prune_ = now;
       auto pruned = store_->PruneEvents(now - options_.event_retention);
@@ -365,7 +418,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
         log::Warning("ledger event pruning failed", {{"error", pruned.status().ToString()}});
       }
     }
-    absl::Duration next = std::max(absl::Seconds(1), options_.lease / 3);
+    absl::Duration next = period;
     if (!env_->ledger.status().ok()) {
       env_->ledger.NoteWrite(store_->ProbeWrite()).IgnoreError();
       if (!env_->ledger.status().ok()) next = std::min(next, options_.ledger_probe_interval);
@@ -386,7 +439,9 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   mutable absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Time last_prune_ = absl::InfinitePast();  // maintenance task only (one at a time)
+  // Maintenance task only (one at a time), and Start() before it.
+  absl::Time last_prune_ = absl::InfinitePast();
+  absl::Time renewed_at_ = absl::InfinitePast();
 };
 
 // What callers own: shuts the engine down on destruction. Callbacks in flight hold only weak

@@ -24,6 +24,7 @@
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/replica_link.h"
 #include "services/operations/router.h"
 // Callers open the ledger they hand to CreateOperationsEngine with OpenSqliteOperationStore.
 #include "services/operations/sqlite_store.h"
@@ -81,6 +82,8 @@ struct EngineOptions {
   int worker_threads = 2;
   // This replica's name in the ledger's owner column, and how long its claim on live
   // operations lasts without renewal.
+  // Leases are renewed every lease/3; a replica that could not renew for most of a lease stops
+  // tracking (another takes over once the lease ran out).
   std::string replica_id = "local";
   absl::Duration lease = absl::Minutes(2);
   // While the ledger refuses writes, a probe write is tried this often (LedgerStatus()).
@@ -105,6 +108,9 @@ struct EngineOptions {
   absl::Duration download_timeout = absl::Minutes(30);
   // Tenant budgets checked atomically at Generate; none when empty.
   BudgetResolver budgets;
+  // Replicas sharing the ledger: other replicas' changes reach this one's watchers, and a
+  // webhook for an operation another replica tracks is passed on. Null on a single node.
+  std::shared_ptr<ReplicaLink> replica_link;
   // Metrics hooks (not owned, may be null).
   EngineObserver* observer = nullptr;
   // The time source of routing, trackers, watches and timers (not owned; null: Clock::Real()).
@@ -175,7 +181,8 @@ class OperationsEngine {
       const std::string& tenant, absl::string_view asset, int64_t offset) = 0;
 
   // A verified provider callback (webhook): update the operation with upstream id
-  // `status.upstream_id` at once. Polling stays the source of truth.
+  // `status.upstream_id` at once; when another replica tracks it, that one is nudged to poll.
+  // Polling stays the source of truth.
   virtual void OnProviderUpdate(musicgw::v1::Provider provider,
                                 const adapters::UpstreamStatus& status) = 0;
 

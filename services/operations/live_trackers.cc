@@ -44,12 +44,24 @@ void LiveTrackers::SetUpstream(v1::Provider provider, absl::string_view upstream
   by_upstream_[UpstreamKey(provider, upstream_id)] = id;
 }
 
-void LiveTrackers::Retire(const Tracker* tracker, v1::Provider provider,
+bool LiveTrackers::Retire(const Tracker* tracker, v1::Provider provider,
                           absl::string_view upstream_id) {
   absl::MutexLock lock(&mu_);
   auto it = live_.find(tracker->id());
-  if (it != live_.end() && it->second.get() == tracker) live_.erase(it);
+  if (it == live_.end() || it->second.get() != tracker) return false;
+  live_.erase(it);
   if (!upstream_id.empty()) by_upstream_.erase(UpstreamKey(provider, upstream_id));
+  return true;
+}
+
+std::vector<std::shared_ptr<Tracker>> LiveTrackers::TakeAll() {
+  std::vector<std::shared_ptr<Tracker>> trackers;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, tracker] : live_) trackers.push_back(std::move(tracker));
+  live_.clear();
+  by_upstream_.clear();
+  counts_.clear();
+  return trackers;
 }
 
 std::vector<std::shared_ptr<Tracker>> LiveTrackers::Stop() {

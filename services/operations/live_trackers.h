@@ -33,9 +33,12 @@ class LiveTrackers {
                                           absl::string_view upstream_id) const;
   void SetUpstream(musicgw::v1::Provider provider, absl::string_view upstream_id,
                    const std::string& id);
-  // The operation is done: forgets `tracker` (when it is the one registered).
-  void Retire(const Tracker* tracker, musicgw::v1::Provider provider,
+  // The operation is done (or no longer tracked here): forgets `tracker` (when it is the one
+  // registered); returns whether it was.
+  bool Retire(const Tracker* tracker, musicgw::v1::Provider provider,
               absl::string_view upstream_id);
+  // This replica lost its leases: forgets every tracker (registering goes on) and returns them.
+  std::vector<std::shared_ptr<Tracker>> TakeAll();
   // Stops registering; returns every tracker.
   std::vector<std::shared_ptr<Tracker>> Stop();
   bool stopped() const;

@@ -31,6 +31,13 @@ absl::Status ShuttingDown() {
   return WithRetryInfo(std::move(status), absl::Seconds(1));
 }
 
+absl::Status NotTrackedHere() {
+  return WithRetryInfo(
+      WithErrorInfo(absl::UnavailableError("the operation is not tracked by this server; retry"),
+                    "OPERATION_NOT_TRACKED", kGatewayDomain),
+      absl::Seconds(1));
+}
+
 absl::Status LedgerUnavailable(const absl::Status& cause) {
   // The cause's message may name files; the client needs only the reason and when to retry.
   absl::Status status = absl::UnavailableError(
@@ -46,8 +53,9 @@ bool IsLedgerFailure(const absl::Status& status) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kUnknown:
     case absl::StatusCode::kDataLoss: {
+      // A shared ledger that cannot be reached says so itself (LEDGER_UNAVAILABLE).
       google::rpc::ErrorInfo info;
-      return !GetErrorInfo(status, &info);
+      return !GetErrorInfo(status, &info) || info.reason() == "LEDGER_UNAVAILABLE";
     }
     default:
       return false;

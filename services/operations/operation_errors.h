@@ -17,11 +17,15 @@ absl::Status AssetNotFound(absl::string_view name);
 absl::Status OperationAlreadyDone(const musicgw::v1::Operation& op);
 // UNAVAILABLE SHUTTING_DOWN with RetryInfo: retry against another replica or after restart.
 absl::Status ShuttingDown();
+// UNAVAILABLE OPERATION_NOT_TRACKED with RetryInfo: this replica does not track the live
+// operation (another does, or none yet after a failover); retry.
+absl::Status NotTrackedHere();
 // UNAVAILABLE LEDGER_UNAVAILABLE with RetryInfo, for a ledger read or write that failed for a
 // reason of the ledger's own (disk full, I/O error, locked), not of the request.
 absl::Status LedgerUnavailable(const absl::Status& cause);
 // True for a store failure of the ledger itself (INTERNAL, UNAVAILABLE, UNKNOWN, DATA_LOSS
-// without ErrorInfo), as opposed to an answer about the data (NOT_FOUND, ABORTED, budgets).
+// without ErrorInfo, or with LEDGER_UNAVAILABLE), as opposed to an answer about the data
+// (NOT_FOUND, ABORTED, budgets).
 bool IsLedgerFailure(const absl::Status& status);
 // `status` unchanged, unless it is a ledger failure: then LedgerUnavailable(status).
 absl::Status FromStore(const absl::Status& status);

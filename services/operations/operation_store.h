@@ -83,6 +83,9 @@ struct OperationUpdate {
   bool charged = false;
   // Replaces the stored upstream outputs when set.
   std::optional<std::vector<UpstreamOutput>> upstream_outputs;
+  // Fencing: when set, the update applies only while this replica owns the operation (ABORTED
+  // otherwise), so a replica whose lease was taken over cannot write.
+  std::string owner;
 };
 
 struct ListQuery {
@@ -109,8 +112,9 @@ class OperationStore {
   // TENANT_BUDGET_EXHAUSTED, QuotaFailure, RetryInfo) when a budget is full; nothing inserted.
   virtual absl::StatusOr<CreateResult> Create(const OperationRecord& record,
                                               const std::vector<BudgetCheck>& budgets) = 0;
-  // Compare-and-set on sequence; appends the event. ABORTED when the stored sequence differs,
-  // NOT_FOUND when the operation does not exist.
+  // Compare-and-set on sequence (and owner, when update.owner is set); appends the event.
+  // ABORTED when the stored sequence or owner differs, NOT_FOUND when the operation does not
+  // exist.
   virtual absl::Status Update(const OperationUpdate& update) = 0;
   virtual absl::StatusOr<OperationRecord> Get(absl::string_view id) = 0;
   virtual absl::StatusOr<OperationRecord> FindByRequestId(absl::string_view tenant,
@@ -120,11 +124,19 @@ class OperationStore {
   // Change events with sequence > after_sequence, oldest first (pruned ones are gone).
   virtual absl::StatusOr<std::vector<StoredEvent>> EventsAfter(absl::string_view id,
                                                                int64_t after_sequence) = 0;
-  // Takes ownership of every live operation that is unowned, owned by `owner` or whose lease
-  // ran out, until `lease_until`, and returns them.
+  // Takes ownership of live operations that are unowned, owned by `owner` or whose lease ran
+  // out, until `lease_until`, and returns every live operation `owner` then owns. A shared
+  // store claims others' operations in bounded batches (so they spread across replicas): call
+  // it again to take more.
   virtual absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
                                                                  absl::Time lease_until) = 0;
   virtual absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) = 0;
+  // Tells whichever replica tracks the operation with upstream job `upstream_id` to poll it
+  // now (a webhook reached a replica that does not track it). A single-node store has no one
+  // else to tell.
+  virtual absl::Status Nudge(musicgw::v1::Provider provider, absl::string_view upstream_id) {
+    return absl::OkStatus();
+  }
   // A small real write that changes nothing visible: tells whether the ledger accepts writes
   // again after one failed (disk full, I/O error).
   virtual absl::Status ProbeWrite() = 0;

@@ -54,7 +54,9 @@ class ListenerImpl final : public PostgresChangeListener {
   Conn Connect() {
     Conn conn = pg::Connect(options_.dsn, options_.connect_timeout, "musicgw-listener");
     if (conn == nullptr || PQstatus(conn.get()) != CONNECTION_OK) return nullptr;
-    PGresult* listen = PQexec(conn.get(), absl::StrCat("LISTEN ", kPostgresChangeChannel).c_str());
+    std::string sql = absl::StrCat("LISTEN ", kPostgresChangeChannel);
+    if (options_.on_nudge) absl::StrAppend(&sql, "; LISTEN ", kPostgresNudgeChannel);
+    PGresult* listen = PQexec(conn.get(), sql.c_str());
     const bool ok = PQresultStatus(listen) == PGRES_COMMAND_OK;
     PQclear(listen);
     if (!ok) return nullptr;
@@ -86,7 +88,11 @@ class ListenerImpl final : public PostgresChangeListener {
         continue;
       }
       while (PGnotify* notify = PQnotifies(conn.get())) {
-        Deliver(notify->extra);
+        if (absl::string_view(notify->relname) == kPostgresNudgeChannel) {
+          DeliverNudge(notify->extra);
+        } else {
+          Deliver(notify->extra);
+        }
         PQfreemem(notify);
       }
     }
@@ -101,6 +107,16 @@ class ListenerImpl final : public PostgresChangeListener {
       return;  // not ours
     }
     on_change_(payload.substr(0, colon), sequence);
+  }
+
+  void DeliverNudge(absl::string_view payload) {
+    const size_t colon = payload.find(':');
+    int provider = 0;
+    if (colon == absl::string_view::npos ||
+        !absl::SimpleAtoi(payload.substr(0, colon), &provider)) {
+      return;  // not ours
+    }
+    options_.on_nudge(provider, payload.substr(colon + 1));
   }
 
   const PostgresListenerOptions options_;

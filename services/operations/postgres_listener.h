@@ -1,6 +1,7 @@
 // File: postgres_listener.h
 // The cross-replica half of the change feed: one dedicated PostgreSQL connection LISTENing on
-// kPostgresChangeChannel, handing each committed change ("<id>:<sequence>") to a callback.
+// kPostgresChangeChannel, handing each committed change ("<id>:<sequence>") to a callback (and
+// optionally webhook nudges from kPostgresNudgeChannel to another).
 //
 // NOTIFY is not durable: while the connection is down (a network cut, PostgreSQL restarting)
 // changes are missed. So after every (re)connection the listener calls `on_resync` first; its
@@ -24,6 +25,10 @@ struct PostgresListenerOptions {
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(5);
   absl::Duration connect_timeout = absl::Seconds(5);
+  // When set, the listener also LISTENs on kPostgresNudgeChannel and hands each nudge
+  // (OperationStore::Nudge) here, on its thread. Nudges are best effort: polling stays the
+  // source of truth.
+  std::function<void(int provider, absl::string_view upstream_id)> on_nudge;
 };
 
 class PostgresChangeListener {

@@ -120,10 +120,12 @@ const pg::Statements& LedgerStatements() {
       {"update",
        "UPDATE operations SET state = $1, done = $2, provider = $3, done_time_us = $4, "
        "sequence = $5, charged = $6, snapshot = $7, provider_account = $8, "
-       "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11"},
+       "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11 AND "
+       "($12 = '' OR owner = $12)"},
       {"sequence", "SELECT sequence FROM operations WHERE id = $1"},
       // Delivered to every listening replica when (and only if) the transaction commits.
       {"notify", "SELECT pg_notify('musicgw_changes', $1::text || ':' || $2::text)"},
+      {"nudge", "SELECT pg_notify('musicgw_nudges', $1::text || ':' || $2::text)"},
       {"list",
        absl::StrCat("SELECT ", kRecordColumns,
                     " FROM operations WHERE tenant = $1 AND (cardinality($2::int[]) = 0 OR "
@@ -132,11 +134,12 @@ const pg::Statements& LedgerStatements() {
       {"events_after",
        "SELECT sequence, snapshot FROM operation_events WHERE operation_id = $1 AND sequence > "
        "$2 ORDER BY sequence"},
-      // SKIP LOCKED: a row another replica is updating right now is left to the next claim.
+      // A bounded batch, so a dead replica's operations spread over the survivors; SKIP LOCKED:
+      // a row another replica is claiming or updating right now is left to the next claim.
       {"claim",
        "UPDATE operations SET owner = $1, lease_until_us = $2 WHERE id IN (SELECT id FROM "
-       "operations WHERE NOT done AND (owner = '' OR owner = $1 OR lease_until_us < $3) FOR "
-       "UPDATE SKIP LOCKED)"},
+       "operations WHERE NOT done AND (owner = '' OR lease_until_us < $3) ORDER BY "
+       "lease_until_us LIMIT $4 FOR UPDATE SKIP LOCKED)"},
       {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
                                   " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
       {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
@@ -173,7 +176,9 @@ std::string IdOf(const v1::Operation& op) {
 class PostgresOperationStore final : public OperationStore {
  public:
   explicit PostgresOperationStore(PostgresOptions options)
-      : clock_(*options.clock), pool_(std::move(options), LedgerStatements()) {}
+      : clock_(*options.clock),
+        claim_batch_(options.claim_batch),
+        pool_(std::move(options), LedgerStatements()) {}
 
   absl::Status Migrate() {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
@@ -267,20 +272,25 @@ class PostgresOperationStore final : public OperationStore {
     MUSICGW_RETURN_IF_ERROR(txn.Begin());
     MUSICGW_ASSIGN_OR_RETURN(
         Result updated,
-        conn->Run("update",
-                  {Param::Int(op.state()), Param::Bool(op.done()), Param::Int(op.provider()),
-                   op.has_done_time() ? Param::Int(LedgerMicros(FromProtoTimestamp(op.done_time())))
-                                      : Param::Null(),
-                   Param::Int(op.sequence()), Param::Bool(update.charged), Param::Bytes(snapshot),
-                   Param::Text(op.provider_account()),
-                   update.upstream_outputs.has_value()
-                       ? Param::Text(UpstreamOutputsToJson(*update.upstream_outputs))
-                       : Param::Null(),
-                   Param::Text(id), Param::Int(update.expected_sequence)}));
+        conn->Run(
+            "update",
+            {Param::Int(op.state()), Param::Bool(op.done()), Param::Int(op.provider()),
+             op.has_done_time() ? Param::Int(LedgerMicros(FromProtoTimestamp(op.done_time())))
+                                : Param::Null(),
+             Param::Int(op.sequence()), Param::Bool(update.charged), Param::Bytes(snapshot),
+             Param::Text(op.provider_account()),
+             update.upstream_outputs.has_value()
+                 ? Param::Text(UpstreamOutputsToJson(*update.upstream_outputs))
+                 : Param::Null(),
+             Param::Text(id), Param::Int(update.expected_sequence), Param::Text(update.owner)}));
     if (absl::string_view(PQcmdTuples(updated.get())) != "1") {
       MUSICGW_ASSIGN_OR_RETURN(Result seq, conn->Run("sequence", {Param::Text(id)}));
       if (PQntuples(seq.get()) == 0) {
         return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+      }
+      if (IntCell(seq.get(), 0, 0) == update.expected_sequence) {
+        return absl::AbortedError(
+            absl::StrCat("ledger: operation ", id, " is owned by another replica"));
       }
       return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
                                              IntCell(seq.get(), 0, 0), ", not ",
@@ -347,9 +357,12 @@ class PostgresOperationStore final : public OperationStore {
   absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
                                                          absl::Time lease_until) override {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    // What it owns already (e.g. before its own restart) is renewed, not claimed.
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("renew", {Param::Int(LedgerMicros(lease_until)), Param::Text(owner)}).status());
     MUSICGW_RETURN_IF_ERROR(
         conn->Run("claim", {Param::Text(owner), Param::Int(LedgerMicros(lease_until)),
-                            Param::Int(LedgerMicros(clock_.Now()))})
+                            Param::Int(LedgerMicros(clock_.Now())), Param::Int(claim_batch_)})
             .status());
     MUSICGW_ASSIGN_OR_RETURN(Result result, conn->Run("owned_live", {Param::Text(owner)}));
     return ReadRecords(conn, result.get());
@@ -358,6 +371,11 @@ class PostgresOperationStore final : public OperationStore {
   absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     return conn->Run("renew", {Param::Int(LedgerMicros(lease_until)), Param::Text(owner)}).status();
+  }
+
+  absl::Status Nudge(v1::Provider provider, absl::string_view upstream_id) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn->Run("nudge", {Param::Int(provider), Param::Text(upstream_id)}).status();
   }
 
   absl::Status ProbeWrite() override {
@@ -456,6 +474,7 @@ class PostgresOperationStore final : public OperationStore {
   }
 
   const Clock& clock_;
+  const int64_t claim_batch_;
   Pool pool_;
 };
 
@@ -465,6 +484,9 @@ absl::StatusOr<std::unique_ptr<OperationStore>> OpenPostgresOperationStore(
     PostgresOptions options) {
   if (options.dsn.empty()) return absl::InvalidArgumentError("ledger: empty PostgreSQL DSN");
   if (options.pool_size < 1) return absl::InvalidArgumentError("ledger: pool_size must be >= 1");
+  if (options.claim_batch < 1) {
+    return absl::InvalidArgumentError("ledger: claim_batch must be >= 1");
+  }
   if (options.clock == nullptr) options.clock = &Clock::Real();
   auto store = std::make_unique<PostgresOperationStore>(std::move(options));
   MUSICGW_RETURN_IF_ERROR(store->Migrate());

@@ -29,6 +29,8 @@ struct PostgresOptions {
   absl::Duration acquire_timeout = absl::Seconds(5);
   // libpq's connect_timeout, per attempt.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // At most this many other replicas' (or unowned) live operations taken per ClaimLive.
+  int claim_batch = 100;
   // Lease expiry and migration timestamps; budgets' RetryInfo.
   const Clock* clock = &Clock::Real();
 };
@@ -36,6 +38,8 @@ struct PostgresOptions {
 // Every committed Create and Update is announced on this channel as "<operation id>:<sequence>"
 // (PostgreSQL NOTIFY, sent by the same transaction): PostgresChangeListener receives them.
 inline constexpr char kPostgresChangeChannel[] = "musicgw_changes";
+// OperationStore::Nudge announces "<provider number>:<upstream id>" on this channel.
+inline constexpr char kPostgresNudgeChannel[] = "musicgw_nudges";
 
 // Connects, applies pending migrations (one replica at a time, under an advisory lock) and
 // returns the store. UNAVAILABLE (ErrorInfo LEDGER_UNAVAILABLE) when PostgreSQL cannot be

@@ -173,7 +173,7 @@ class SqliteOperationStore final : public OperationStore {
           "UPDATE operations SET state = ?, done = ?, provider = ?, done_time_us = ?, "
           "sequence = ?, charged = ?, snapshot = ?, provider_account = ?";
       if (update.upstream_outputs.has_value()) sql += ", upstream_outputs = ?";
-      sql += " WHERE id = ? AND sequence = ?";
+      sql += " WHERE id = ? AND sequence = ? AND (? = '' OR owner = ?)";
       Stmt stmt(statements_, sql);
       MUSICGW_RETURN_IF_ERROR(stmt.status());
       stmt.Bind(1, static_cast<int64_t>(op.state()));
@@ -194,12 +194,18 @@ class SqliteOperationStore final : public OperationStore {
       }
       stmt.Bind(i, id);
       stmt.Bind(i + 1, update.expected_sequence);
+      stmt.Bind(i + 2, update.owner);
+      stmt.Bind(i + 3, update.owner);
       MUSICGW_RETURN_IF_ERROR(stmt.Run());
       if (sqlite3_changes(db_) != 1) {
-        Stmt exists(statements_, "SELECT sequence FROM operations WHERE id = ?");
+        Stmt exists(statements_, "SELECT sequence, owner FROM operations WHERE id = ?");
         exists.Bind(1, id);
         MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
         if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+        if (exists.Int(0) == update.expected_sequence) {
+          return absl::AbortedError(
+              absl::StrCat("ledger: operation ", id, " is owned by another replica"));
+        }
         return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
                                                exists.Int(0), ", not ", update.expected_sequence));
       }

@@ -155,7 +155,21 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   update.expected_sequence = op_.sequence();
   update.charged = charged_;
   update.upstream_outputs = std::move(outputs);
+  update.owner = e_->options.replica_id;
   absl::Status status = e_->ledger.NoteWrite(e_->store->Update(update));
+  if (absl::IsAborted(status)) {
+    // Another replica took the operation over after our lease ran out (or wrote it): this
+    // replica's view is stale, and it must make no more provider calls or changes for it.
+    log::Warning("operation taken over by another replica; no longer tracked here",
+                 {{"operation", id_}});
+    stopped_ = true;
+    lost_ = true;
+    ++generation_;
+    for (auto& waiter : waiters_) effects->waiters.push_back(std::move(waiter));
+    waiters_.clear();
+    effects->lost = true;
+    return status;
+  }
   if (!status.ok()) {
     log::Error("ledger update failed",
                {{"operation", id_}, {"error", std::string(status.message())}});
@@ -190,6 +204,13 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
 }
 
 void Tracker::Apply(const Effects& effects) {
+  if (effects.lost) {
+    v1::Operation op = Snapshot();
+    if (e_->live.Retire(this, op.provider(), op.upstream_id())) {
+      e_->live.Count(op.provider(), op.state(), -1);
+    }
+    for (auto& waiter : effects.waiters) waiter->Fire(NotTrackedHere());
+  }
   std::optional<v1::Operation> done_op;
   {
     absl::MutexLock publish(&publish_mu_);
@@ -408,10 +429,12 @@ absl::StatusOr<v1::Operation> Tracker::RecordCancel(absl::string_view reason,
     if (status.ok()) {
       result = op_;
     } else {
-      // The ledger refused: keep tracking as before.
-      stopped_ = false;
-      ScheduleKickLocked(absl::Seconds(1));
-      result = status;
+      result = lost_ ? NotTrackedHere() : status;
+      if (!lost_) {
+        // The ledger refused: keep tracking as before.
+        stopped_ = false;
+        ScheduleKickLocked(absl::Seconds(1));
+      }
     }
   }
   Apply(effects);

@@ -88,6 +88,8 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   struct Effects {
     std::vector<std::shared_ptr<Waiter>> waiters;
     bool done = false;
+    // Another replica owns the operation now: retire without it being done.
+    bool lost = false;
   };
 
   void Kick(bool recovering);
@@ -149,6 +151,8 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   // No more provider calls or changes: done, cancelling, or shutting down.
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelling_ ABSL_GUARDED_BY(mu_) = false;
+  // The ledger refused a write as another replica's (fencing): stopped for good here.
+  bool lost_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_poll_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::vector<std::shared_ptr<Waiter>> waiters_ ABSL_GUARDED_BY(mu_);
 };

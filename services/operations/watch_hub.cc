@@ -89,36 +89,74 @@ absl::Status WatchHub::Fill(WatchState& state, const v1::Operation& current,
                  /*coalesced=*/true);
     }
   }
+  // Later changes start after `current`, whether or not anything was queued for it.
+  state.SkipTo(current.sequence());
   if (current.done()) state.EndAfterQueue();
   return absl::OkStatus();
 }
 
 void WatchHub::OnChange(const Change& change) {
-  std::shared_ptr<const v1::Operation> snapshot = change.snapshot;
-  if (snapshot == nullptr) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (by_operation_.count(change.operation_id) == 0) return;
-    }
-    auto record = store_->Get(change.operation_id);
-    if (!record.ok()) {
-      log::Warning("watch: could not read a changed operation",
-                   {{"operation", change.operation_id}, {"error", record.status().ToString()}});
-      return;
-    }
-    snapshot = std::make_shared<const v1::Operation>(std::move(record->operation));
+  if (change.snapshot == nullptr) return CatchUp(change.operation_id, change.sequence);
+  Deliver(change.operation_id, {change.snapshot});
+}
+
+void WatchHub::OnResync() {
+  std::vector<std::string> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, watchers] : by_operation_) ids.push_back(id);
   }
+  for (const std::string& id : ids) CatchUp(id, 0);
+}
+
+void WatchHub::CatchUp(const std::string& operation_id, int64_t sequence) {
+  int64_t from = -1;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = by_operation_.find(operation_id);
+    if (it == by_operation_.end()) return;
+    for (const auto& weak : it->second) {
+      auto state = weak.lock();
+      if (state == nullptr || state->over()) continue;
+      const int64_t position = state->position();
+      if (from < 0 || position < from) from = position;
+    }
+  }
+  // Nobody to tell, or every watcher has it (this replica's own change, published locally).
+  if (from < 0 || (sequence > 0 && sequence <= from)) return;
+  auto events = store_->EventsAfter(operation_id, from);
+  if (!events.ok()) {
+    // The next change or resync reads again from the same position.
+    log::Warning("watch: could not read the changes of an operation",
+                 {{"operation", operation_id}, {"error", events.status().ToString()}});
+    return;
+  }
+  std::vector<std::shared_ptr<const v1::Operation>> snapshots;
+  snapshots.reserve(events->size());
+  for (auto& event : *events) {
+    snapshots.push_back(std::make_shared<const v1::Operation>(std::move(event.operation)));
+  }
+  if (!snapshots.empty()) Deliver(operation_id, snapshots);
+}
+
+void WatchHub::Deliver(const std::string& operation_id,
+                       const std::vector<std::shared_ptr<const v1::Operation>>& snapshots) {
   std::vector<std::shared_ptr<WatchState>> wake;
   {
     absl::MutexLock lock(&mu_);
-    auto it = by_operation_.find(change.operation_id);
+    auto it = by_operation_.find(operation_id);
     if (it == by_operation_.end()) return;
     for (const auto& weak : it->second) {
       auto state = weak.lock();
       if (state == nullptr) continue;
-      if (state->Push(snapshot, v1::OperationEvent::KIND_CHANGE)) wake.push_back(std::move(state));
+      bool owed = false;
+      // Push drops what the watcher has already: a change is never sent twice to one stream.
+      for (const auto& snapshot : snapshots) {
+        owed = state->Push(snapshot, v1::OperationEvent::KIND_CHANGE) || owed;
+      }
+      if (owed) wake.push_back(std::move(state));
     }
-    if (snapshot->done()) {
+    if (snapshots.back()->done()) {
       by_operation_.erase(it);
     } else {
       Prune(it->second);

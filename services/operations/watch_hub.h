@@ -53,8 +53,12 @@ class WatchHub final : public ChangeSubscriber, public std::enable_shared_from_t
       const std::string& operation_id, int64_t after_sequence,
       absl::FunctionRef<absl::StatusOr<musicgw::v1::Operation>()> current);
 
-  // ChangeSubscriber: queues the change for the operation's watchers.
+  // ChangeSubscriber: queues the change for the operation's watchers. A change without its
+  // snapshot (another replica's, through a cross-process feed) is read from the ledger's
+  // events, every one after what the operation's watchers have, so none is skipped.
   void OnChange(const Change& change) override;
+  // Re-reads the events of every watched operation (the feed may have missed some).
+  void OnResync() override;
 
   // Ends every watch with `status`; later Opens fail with it.
   void Shutdown(const absl::Status& status);
@@ -71,6 +75,13 @@ class WatchHub final : public ChangeSubscriber, public std::enable_shared_from_t
   // Queues what a new watcher sees first.
   absl::Status Fill(WatchState& state, const musicgw::v1::Operation& current,
                     int64_t after_sequence);
+  // Queues the operation's events after the oldest position among its watchers, unless every
+  // watcher has `sequence` already (0: unknown, always read).
+  void CatchUp(const std::string& operation_id, int64_t sequence);
+  // Queues `snapshots` (in sequence order) for the operation's watchers; forgets the
+  // operation once one is done.
+  void Deliver(const std::string& operation_id,
+               const std::vector<std::shared_ptr<const musicgw::v1::Operation>>& snapshots);
   // The single heartbeat timer: arms it to fire at `at` unless it fires earlier already.
   void ArmLocked(absl::Time at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Tick();

@@ -1,5 +1,6 @@
 #include "services/operations/watch_stream.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "common/time_util.h"
@@ -68,6 +69,16 @@ bool WatchState::EndAfterQueue() {
 bool WatchState::over() const {
   absl::MutexLock lock(&mu_);
   return closed_ || finished_ || terminal_queued_;
+}
+
+void WatchState::SkipTo(int64_t sequence) {
+  absl::MutexLock lock(&mu_);
+  last_queued_sequence_ = std::max(last_queued_sequence_, sequence);
+}
+
+int64_t WatchState::position() const {
+  absl::MutexLock lock(&mu_);
+  return last_queued_sequence_;
 }
 
 void WatchState::RunWake() {

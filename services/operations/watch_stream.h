@@ -44,6 +44,11 @@ class WatchState {
   bool EndAfterQueue();
   // True once the reader is gone or the stream cannot take more events.
   bool over() const;
+  // The watcher has seen (or skipped) every change up to `sequence`: later Pushes of those are
+  // dropped.
+  void SkipTo(int64_t sequence);
+  // The newest sequence queued or skipped to.
+  int64_t position() const;
 
   void RunWake();
   void SetWakeup(absl::AnyInvocable<void()> wake);

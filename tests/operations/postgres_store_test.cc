@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/errors.h"
 #include "gtest/gtest.h"
@@ -123,6 +124,51 @@ TEST(PostgresStoreTest, TheDsnNeverAppearsInErrors) {
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_FALSE(absl::StrContains(store.status().ToString(), "hunter2")) << store.status();
+}
+
+// A dead replica's operations are claimed in bounded batches, so the survivors share them; two
+// replicas claiming at once never take the same operation.
+TEST(PostgresStoreTest, ClaimsComeInBoundedBatchesAndNeverOverlap) {
+  auto cluster = StartCluster();
+  ASSERT_NE(cluster, nullptr);
+  auto dsn = cluster->CreateDatabase("claims");
+  ASSERT_TRUE(dsn.ok()) << dsn.status();
+  PostgresOptions options;
+  options.dsn = *dsn;
+  options.claim_batch = 4;
+  auto survivor_a = OpenPostgresOperationStore(options);
+  auto survivor_b = OpenPostgresOperationStore(options);
+  ASSERT_TRUE(survivor_a.ok() && survivor_b.ok());
+  for (int i = 0; i < 10; ++i) {
+    OperationRecord record = MakeRecord(absl::StrCat("dead-", i));
+    record.owner = "dead";
+    record.lease_until = absl::Now() - absl::Seconds(1);
+    ASSERT_TRUE((*survivor_a)->Create(record, {}).ok());
+  }
+  const absl::Time lease_until = absl::Now() + absl::Minutes(1);
+  std::vector<OperationRecord> first_a, first_b;
+  std::thread claim_a([&] {
+    auto claimed = (*survivor_a)->ClaimLive("a", lease_until);
+    ASSERT_TRUE(claimed.ok()) << claimed.status();
+    first_a = *std::move(claimed);
+  });
+  std::thread claim_b([&] {
+    auto claimed = (*survivor_b)->ClaimLive("b", lease_until);
+    ASSERT_TRUE(claimed.ok()) << claimed.status();
+    first_b = *std::move(claimed);
+  });
+  claim_a.join();
+  claim_b.join();
+  EXPECT_EQ(first_a.size(), 4u);
+  EXPECT_EQ(first_b.size(), 4u);
+  for (const auto& a : first_a) {
+    for (const auto& b : first_b) EXPECT_NE(a.id(), b.id());
+  }
+  // The next claim takes the rest, and returns everything the replica owns.
+  auto second = (*survivor_a)->ClaimLive("a", lease_until);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->size(), 6u);
+  EXPECT_EQ(CountRows(*dsn, "SELECT COUNT(*) FROM operations WHERE owner = 'dead'"), 0);
 }
 
 }  // namespace

@@ -192,6 +192,33 @@ TEST_P(StoreConformanceTest, ClaimLiveTakesUnownedAndExpiredButNotOthersLeases) 
   EXPECT_TRUE(store->RenewLeases("r1", absl::Now() + absl::Minutes(2)).ok());
 }
 
+// Fencing: once another replica claimed an operation (its lease ran out), the former owner's
+// updates are refused, while the new owner's go through.
+TEST_P(StoreConformanceTest, UpdatesOfAFormerOwnerAreRefused) {
+  auto store = OpenStore();
+  auto record = MakeRecord("t", "fenced");
+  record.owner = "r1";
+  record.lease_until = absl::Now() - absl::Seconds(1);
+  ASSERT_TRUE(store->Create(record, {}).ok());
+  auto claimed = store->ClaimLive("r2", absl::Now() + absl::Minutes(1));
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  EXPECT_EQ(claimed->front().owner, "r2");
+
+  OperationUpdate update;
+  update.operation = record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_RUNNING);
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.owner = "r1";
+  EXPECT_EQ(store->Update(update).code(), absl::StatusCode::kAborted);
+  update.owner = "r2";
+  EXPECT_TRUE(store->Update(update).ok());
+  auto events = store->EventsAfter(record.id(), 0);
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(events->size(), 2u);
+}
+
 TEST_P(StoreConformanceTest, AssetFactsAreMergedAndEventsPruned) {
   auto store = OpenStore();
   auto record = MakeRecord("t", "r");
