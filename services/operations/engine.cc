@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -229,7 +230,12 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
       // A tracker retires after committing the end, so it may have finished since the read.
       auto latest = Lookup(tenant, name);
       if (!latest.ok()) return std::move(done)(latest.status());
-      return std::move(done)(std::move(latest->operation));
+      if (latest->operation.done() || options_.replica_link == nullptr) {
+        return std::move(done)(std::move(latest->operation));
+      }
+      // Another replica tracks it: its changes arrive through the feed.
+      const std::string id = latest->id();
+      return WaitElsewhere(id, std::move(latest->operation), timeout, std::move(done));
     }
     if (tracker == nullptr || IsShutdown()) return std::move(done)(std::move(record->operation));
     tracker->Wait(timeout, std::move(done));
@@ -344,6 +350,79 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
           {{"request_id", record.request_id}, {"operation", record.operation.name()}});
     }
     return record.operation;
+  }
+
+  // Waits for an operation another replica tracks: follows its changes through the watch hub
+  // until one is done, or answers the latest after `timeout`.
+  void WaitElsewhere(const std::string& id, v1::Operation latest, absl::Duration timeout,
+                     OperationCallback done) {
+    struct RemoteWait {
+      absl::Mutex mu;
+      OperationCallback done ABSL_GUARDED_BY(mu);
+      std::unique_ptr<EventStream<v1::OperationEvent>> stream ABSL_GUARDED_BY(mu);
+      v1::Operation latest ABSL_GUARDED_BY(mu);
+    };
+    auto wait = std::make_shared<RemoteWait>();
+    const int64_t sequence = latest.sequence();
+    auto stream =
+        hub_->Open(id, sequence, [&]() -> absl::StatusOr<v1::Operation> { return latest; });
+    if (!stream.ok()) return std::move(done)(stream.status());
+    // Answers once; the stream is closed on the executor (a wake-up may be running it).
+    auto answer = [executor = executor_](RemoteWait& w, absl::StatusOr<v1::Operation> result) {
+      OperationCallback callback;
+      std::shared_ptr<EventStream<v1::OperationEvent>> closing;
+      {
+        absl::MutexLock lock(&w.mu);
+        callback = std::move(w.done);
+        w.done = nullptr;
+        closing = std::move(w.stream);
+      }
+      if (closing != nullptr) executor->Post([closing] {});
+      if (callback) std::move(callback)(std::move(result));
+    };
+    // Reads what the stream has; answers on the done change or the stream's end.
+    auto drain = [answer](const std::shared_ptr<RemoteWait>& w) {
+      std::optional<absl::StatusOr<v1::Operation>> result;
+      {
+        absl::MutexLock lock(&w->mu);
+        if (w->stream == nullptr) return;
+        bool finished = false;
+        absl::Status status;
+        while (auto event = w->stream->Next(&finished, &status)) {
+          if (!event->has_operation()) continue;  // a heartbeat
+          w->latest = event->operation();
+          if (w->latest.done()) break;
+        }
+        if (w->latest.done()) {
+          result = w->latest;
+        } else if (finished) {
+          result = status.ok() ? absl::StatusOr<v1::Operation>(w->latest)
+                               : absl::StatusOr<v1::Operation>(status);
+        }
+      }
+      if (result.has_value()) answer(*w, *std::move(result));
+    };
+    {
+      absl::MutexLock lock(&wait->mu);
+      wait->done = std::move(done);
+      wait->latest = std::move(latest);
+      wait->stream = *std::move(stream);
+      std::weak_ptr<RemoteWait> weak = wait;
+      wait->stream->SetWakeup([weak, drain] {
+        if (auto w = weak.lock()) drain(w);
+      });
+    }
+    // A change committed between the read and the subscription was announced to nobody here.
+    hub_->OnChange(Change{id, 0, nullptr});
+    drain(wait);
+    executor_->PostAfter(timeout, [wait, answer] {
+      v1::Operation latest;
+      {
+        absl::MutexLock lock(&wait->mu);
+        latest = wait->latest;
+      }
+      answer(*wait, std::move(latest));
+    });
   }
 
   // Registers a tracker for a live record (unless one exists) and starts it.

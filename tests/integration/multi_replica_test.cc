@@ -166,7 +166,12 @@ TEST_F(MultiReplicaTest, AWatchOnAnyReplicaSeesEveryChangeInOrder) {
   for (int i = 0; i < kReplicas; ++i) {
     watchers.emplace_back([&, i] { seen[i] = Watch({stubs_[i].get()}, created.name(), 1, 1); });
   }
+  // WaitOperation on a replica that does not track it waits for the end too.
+  Operation waited;
+  std::thread waiter([&] { waited = WaitDone(*stubs_[2], created.name()); });
   for (auto& watcher : watchers) watcher.join();
+  waiter.join();
+  EXPECT_EQ(waited.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED);
   for (int i = 0; i < kReplicas; ++i) {
     EXPECT_TRUE(seen[i].status.ok()) << "replica " << i << ": " << seen[i].status.error_message();
     ASSERT_TRUE(seen[i].terminal) << "replica " << i;
