@@ -117,5 +117,34 @@ TEST(PostgresChangeListenerTest, CommittedChangesArriveInOrderAcrossARestart) {
   EXPECT_EQ(recorder.changes().size(), 4u);
 }
 
+// A webhook that reached a replica not tracking its operation is passed on: every listening
+// replica hears the nudge (provider and upstream id), apart from the changes.
+TEST(PostgresChangeListenerTest, NudgesReachEveryListener) {
+  auto cluster = ::musicgw::testing::PgCluster::Start();
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto dsn = (*cluster)->CreateDatabase("nudges");
+  ASSERT_TRUE(dsn.ok());
+  PostgresOptions store_options;
+  store_options.dsn = *dsn;
+  auto store = OpenPostgresOperationStore(store_options);
+  ASSERT_TRUE(store.ok()) << store.status();
+
+  Recorder recorder;
+  PostgresListenerOptions options;
+  options.dsn = *dsn;
+  options.on_nudge = [&](int provider, absl::string_view upstream_id) {
+    recorder.Change(upstream_id, provider);
+  };
+  auto listener = PostgresChangeListener::Start(
+      options, [&](absl::string_view, int64_t) { ADD_FAILURE() << "a nudge is not a change"; },
+      [&] { recorder.Resync(); });
+  ASSERT_TRUE(recorder.AwaitResyncs(1));
+  ASSERT_TRUE((*store)->Nudge(v1::PROVIDER_SOUNDPIECE, "op_with:colon").ok());
+  ASSERT_TRUE(recorder.AwaitChanges(1));
+  std::vector<std::pair<std::string, int64_t>> expected = {
+      {"op_with:colon", static_cast<int64_t>(v1::PROVIDER_SOUNDPIECE)}};
+  EXPECT_EQ(recorder.changes(), expected);
+}
+
 }  // namespace
 }  // namespace musicgw::operations
