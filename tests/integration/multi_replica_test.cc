@@ -163,6 +163,7 @@ TEST_F(MultiReplicaTest, AWatchOnAnyReplicaSeesEveryChangeInOrder) {
   // Watched from after the creation on every replica: each sees the same changes.
   Seen seen[kReplicas];
   std::vector<std::thread> watchers;
+  watchers.reserve(kReplicas);
   for (int i = 0; i < kReplicas; ++i) {
     watchers.emplace_back([&, i] { seen[i] = Watch({stubs_[i].get()}, created.name(), 1, 1); });
   }
@@ -194,6 +195,7 @@ TEST_F(MultiReplicaTest, AKilledReplicasOperationsAreTakenOverAndWatchersResume)
   std::vector<Operation> operations(kOperations);
   {
     std::vector<std::thread> clients;
+    clients.reserve(5);
     for (int t = 0; t < 5; ++t) {
       clients.emplace_back([&, t] {
         for (int i = t; i < kOperations; i += 5) operations[i] = GenerateOk(*stubs_[0], Sample());
@@ -220,10 +222,12 @@ TEST_F(MultiReplicaTest, AKilledReplicasOperationsAreTakenOverAndWatchersResume)
   std::vector<Seen> seen(2 * kOperations);
   std::vector<std::thread> watchers;
   std::atomic<int> opened{0};
+  watchers.reserve(2 * kOperations);
   for (int w = 0; w < 2 * kOperations; ++w) {
     watchers.emplace_back([&, w] {
       const int first = w % kReplicas;
       std::vector<musicgw::v1::MusicGateway::Stub*> order;
+      order.reserve(kReplicas);
       for (int k = 0; k < kReplicas; ++k) order.push_back(stubs_[(first + k) % kReplicas].get());
       opened.fetch_add(1);
       seen[w] = Watch(order, operations[w / 2].name(), 1);
@@ -264,6 +268,7 @@ TEST_F(MultiReplicaTest, BudgetsAdmitExactlyTheLimitAcrossReplicas) {
   std::atomic<int> admitted{0};
   std::atomic<int> exhausted{0};
   std::vector<std::thread> clients;
+  clients.reserve(kAttempts);
   for (int i = 0; i < kAttempts; ++i) {
     clients.emplace_back([&, i] {
       GenerateRequest request;
@@ -292,6 +297,7 @@ TEST_F(MultiReplicaTest, APostgresRestartIsSurvivedWithoutAGatewayRestart) {
   StartReplicas(2);
   // Operations in flight when the ledger goes away.
   std::vector<Operation> before;
+  before.reserve(4);
   for (int i = 0; i < 4; ++i) before.push_back(GenerateOk(*stubs_[i % 2], Sample()));
   // A watch on the replica that does not track the first operation rides the restart out.
   Seen watched;
@@ -321,6 +327,7 @@ TEST_F(MultiReplicaTest, APostgresRestartIsSurvivedWithoutAGatewayRestart) {
         << i;
   }
   std::vector<Operation> after;
+  after.reserve(2);
   for (int i = 0; i < 2; ++i) after.push_back(GenerateOk(*stubs_[i], Sample()));
   for (const auto* list : {&before, &after}) {
     for (const auto& operation : *list) {
