@@ -9,11 +9,13 @@
 namespace musicgw::adapters {
 
 absl::StatusOr<ProviderAdapterPtr> CreateAdapter(const config::ProviderConfig& config,
-                                                 http::Client* http) {
+                                                 http::Client* http,
+                                                 SharedCredentialStore* shared) {
   switch (config.type) {
     case musicgw::v1::PROVIDER_LOUDLY: {
       MUSICGW_ASSIGN_OR_RETURN(loudly::LoudlyOptions options,
                                loudly::LoudlyOptionsFromConfig(config));
+      options.shared_credentials = shared;
       MUSICGW_ASSIGN_OR_RETURN(auto adapter,
                                loudly::LoudlyAdapter::Create(std::move(options), http));
       return ProviderAdapterPtr(std::move(adapter));

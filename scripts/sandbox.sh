@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# sandbox.sh start|stop|status — both provider emulators and musicgw wired to them, on free
-# loopback ports. Binaries come from $MUSICGW_BUILD_DIR (default build/release). State, logs and
+# sandbox.sh start [--postgres]|stop|status — both provider emulators and musicgw wired to them,
+# on free loopback ports. With --postgres: a private PostgreSQL cluster (Debian's postgresql
+# package, run as 'nobody' when started as root, on a unix socket only) and two musicgw replicas
+# sharing it as their ledger (sandbox.env: MUSICGW_TARGET is the first, MUSICGW_TARGETS both). Binaries come from $MUSICGW_BUILD_DIR (default build/release). State, logs and
 # sandbox.env (MUSICGW_TARGET, MUSICGW_API_KEY, ...) go to $MUSICGW_SANDBOX_DIR (default
 # sandbox-out). Test-only keys are generated per run; nothing here is a real credential.
 # Benchmarks tune it: $MUSICGW_SANDBOX_LOUDLY_FLAGS and $MUSICGW_SANDBOX_SOUNDPIECE_FLAGS are
@@ -27,15 +29,77 @@ wait_for_line() {  # file pattern seconds
 }
 
 stop() {
-  for name in musicgw soundpiece loudly; do
+  for name in musicgw musicgw-2 soundpiece loudly; do
     if [[ -f "$out/$name.pid" ]]; then
       kill "$(cat "$out/$name.pid")" 2>/dev/null || true
       rm -f "$out/$name.pid"
     fi
   done
+  stop_postgres
+}
+
+# --- PostgreSQL (--postgres) -------------------------------------------------------------------
+pg_bin() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -x "$bin/initdb" && -x "$bin/postgres" ]] || {
+    echo "sandbox: PostgreSQL server binaries not found (scripts/install-deps.sh installs postgresql)" >&2
+    return 1
+  }
+  echo "$bin"
+}
+
+# PostgreSQL refuses to run as root: then it runs as 'nobody', in a directory of its own under
+# /tmp (the sandbox folder may not be reachable for that user).
+as_pg_user() {
+  if [[ $(id -u) -eq 0 ]]; then
+    setpriv --reuid=nobody --regid="$(id -gn nobody)" --clear-groups -- "$@"
+  else
+    "$@"
+  fi
+}
+
+start_postgres() {
+  local bin pg
+  bin=$(pg_bin)
+  pg=$(mktemp -d /tmp/musicgw-sandbox-pg.XXXXXX)
+  chmod 755 "$pg"
+  [[ $(id -u) -eq 0 ]] && chown nobody "$pg"
+  echo "$pg" >"$out/postgres.dir"
+  as_pg_user "$bin/initdb" -D "$pg/data" -U musicgw --auth=trust --no-sync -E UTF8 --locale=C \
+    >"$out/postgres-initdb.log" 2>&1 || { echo "sandbox: initdb failed, see $out/postgres-initdb.log" >&2; return 1; }
+  # No TCP listener: the socket in $pg is the only way in.
+  as_pg_user "$bin/postgres" -D "$pg/data" -k "$pg" -c listen_addresses= -c max_connections=100 \
+    >"$out/postgres.log" 2>&1 &
+  echo $! >"$out/postgres.pid"
+  for _ in $(seq 1 300); do
+    "$bin/pg_isready" -q -h "$pg" -U musicgw && break
+    sleep 0.1
+  done
+  "$bin/pg_isready" -q -h "$pg" -U musicgw || { echo "sandbox: PostgreSQL did not start, see $out/postgres.log" >&2; return 1; }
+  "$bin/psql" -q -h "$pg" -U musicgw -d postgres -c 'CREATE DATABASE musicgw' >/dev/null
+  PG_DSN="host=$pg user=musicgw dbname=musicgw"
+}
+
+stop_postgres() {
+  if [[ -f "$out/postgres.pid" ]]; then
+    local pid
+    pid=$(cat "$out/postgres.pid")
+    kill -INT "$pid" 2>/dev/null || true  # fast shutdown
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$out/postgres.pid"
+  fi
+  if [[ -f "$out/postgres.dir" ]]; then
+    local pg
+    pg=$(cat "$out/postgres.dir")
+    [[ "$pg" == /tmp/musicgw-sandbox-pg.* ]] && rm -rf "$pg"
+    rm -f "$out/postgres.dir"
+  fi
 }
 
 start() {
+  local postgres=0
+  [[ "${1:-}" == "--postgres" ]] && postgres=1
   stop
   local loudly_port sp_port grpc_port metrics_port webhook_port
   loudly_port=$(free_port); sp_port=$(free_port)
@@ -66,18 +130,31 @@ start() {
   printf %s "$whsec" >"$out/secrets/soundpiece_webhook_secret"
   local key_hash
   key_hash=$(printf %s "$api_key" | sha256sum | cut -d' ' -f1)
-  cat >"$out/musicgw.json" <<JSON
+  # The embedded SQLite ledger, or with --postgres the shared one (the DSN is a secret file like
+  # the others; the Loudly token then lives in the ledger, not in a state file).
+  local ledger token_state
+  if (( postgres )); then
+    start_postgres
+    printf %s "$PG_DSN" >"$out/secrets/postgres_dsn"
+    ledger='{"postgres": {"dsn": {"file": "'"$out"'/secrets/postgres_dsn"}, "pool_size": 4}, "replica_id": "REPLICA"}'
+    token_state=""
+  else
+    ledger='{"path": "'"$out"'/ledger.db"}'
+    token_state=',
+     "token_state_file": "'"$out"'/loudly-token.json"'
+  fi
+  write_config() {  # file grpc_port metrics_port webhook_port replica_id
+    cat >"$1" <<JSON
 {
-  "server": {"grpc_listen": "127.0.0.1:$grpc_port", "metrics_listen": "127.0.0.1:$metrics_port",
-             "webhook_listen": "127.0.0.1:$webhook_port", "drain_deadline_seconds": 5},
-  "ledger": {"path": "$out/ledger.db"},
+  "server": {"grpc_listen": "127.0.0.1:$2", "metrics_listen": "127.0.0.1:$3",
+             "webhook_listen": "127.0.0.1:$4", "drain_deadline_seconds": 5},
+  "ledger": ${ledger//REPLICA/$5},
   "operations": {"deadline_seconds": 300, "watch_heartbeat_seconds": 5,
                  "quota_refresh_seconds": 10},
   "providers": [
     {"name": "loudly-sandbox", "type": "loudly", "dialect": "web",
      "base_url": "http://127.0.0.1:$loudly_port", "client_id": "1_sandbox",
-     "refresh_token": {"file": "$out/secrets/loudly_refresh_token"},
-     "token_state_file": "$out/loudly-token.json"},
+     "refresh_token": {"file": "$out/secrets/loudly_refresh_token"}$token_state},
     {"name": "soundpiece-sandbox", "type": "soundpiece",
      "base_url": "http://127.0.0.1:$sp_port",
      "api_key": {"file": "$out/secrets/soundpiece_api_key"},
@@ -91,26 +168,41 @@ start() {
   ]
 }
 JSON
+  }
+  write_config "$out/musicgw.json" "$grpc_port" "$metrics_port" "$webhook_port" gw-1
   "$build/services/gateway/musicgw" --config="$out/musicgw.json" >"$out/musicgw.out" 2>"$out/musicgw.log" &
   echo $! >"$out/musicgw.pid"
   wait_for_line "$out/musicgw.out" "musicgw listening" 30
+  local targets="127.0.0.1:$grpc_port"
+  if (( postgres )); then
+    local grpc2 metrics2 webhook2
+    grpc2=$(free_port); metrics2=$(free_port); webhook2=$(free_port)
+    write_config "$out/musicgw-2.json" "$grpc2" "$metrics2" "$webhook2" gw-2
+    "$build/services/gateway/musicgw" --config="$out/musicgw-2.json" >"$out/musicgw-2.out" 2>"$out/musicgw-2.log" &
+    echo $! >"$out/musicgw-2.pid"
+    wait_for_line "$out/musicgw-2.out" "musicgw listening" 30
+    targets="$targets,127.0.0.1:$grpc2"
+  fi
   cat >"$out/sandbox.env" <<ENV
 MUSICGW_TARGET=127.0.0.1:$grpc_port
+MUSICGW_TARGETS=$targets
 MUSICGW_API_KEY=$api_key
 MUSICGW_METRICS_URL=http://127.0.0.1:$metrics_port/metrics
 MUSICGW_WEBHOOK_URL=http://127.0.0.1:$webhook_port/webhooks/soundpiece
 LOUDLY_EMULATOR_URL=http://127.0.0.1:$loudly_port
 SOUNDPIECE_EMULATOR_URL=http://127.0.0.1:$sp_port
 ENV
-  echo "sandbox: musicgw on 127.0.0.1:$grpc_port (metrics :$metrics_port), Loudly emulator :$loudly_port, Soundpiece emulator :$sp_port"
+  echo "sandbox: musicgw on $targets (metrics of the first :$metrics_port), Loudly emulator :$loudly_port, Soundpiece emulator :$sp_port"
+  (( postgres )) && echo "sandbox: ledger on PostgreSQL (socket in $(cat "$out/postgres.dir"), log $out/postgres.log)"
   echo "sandbox: settings in $out/sandbox.env; logs in $out/*.log"
 }
 
 case "${1:-}" in
-  start) start ;;
+  start) start "${2:-}" ;;
   stop) stop ;;
-  status) for n in loudly soundpiece musicgw; do
+  status) for n in loudly soundpiece musicgw musicgw-2 postgres; do
+            [[ -f "$out/$n.pid" ]] || [[ $n != musicgw-2 && $n != postgres ]] || continue
             if [[ -f "$out/$n.pid" ]] && kill -0 "$(cat "$out/$n.pid")" 2>/dev/null; then echo "$n: running"; else echo "$n: stopped"; fi
           done ;;
-  *) echo "usage: sandbox.sh start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: sandbox.sh start [--postgres]|stop|status" >&2; exit 2 ;;
 esac

@@ -467,6 +467,7 @@ absl::StatusOr<std::unique_ptr<LoudlyAdapter>> LoudlyAdapter::Create(LoudlyOptio
     token_options.client_id = options.client_id;
     token_options.refresh_token = options.refresh_token;
     token_options.state_file = options.token_state_file;
+    token_options.shared = options.shared_credentials;
     token_options.refresh_margin = options.token_refresh_margin;
     token_options.request_timeout = options.request_timeout;
     token_options.retry = options.retry;

@@ -48,6 +48,7 @@
 #include "adapters/http/http_client.h"
 #include "adapters/loudly/loudly_wire.h"
 #include "adapters/provider.h"
+#include "adapters/shared_credentials.h"
 #include "common/config.h"
 
 namespace musicgw::adapters::loudly {
@@ -64,6 +65,9 @@ struct LoudlyOptions {
   std::string client_id;
   std::string refresh_token;
   std::string token_state_file;
+  // Web, replicas sharing a ledger: where the tokens live instead (loudly_token.h). Must
+  // outlive the adapter; null for a single node.
+  SharedCredentialStore* shared_credentials = nullptr;
   // Web: the account's catalog (empty: ShippedCatalog()). B2B: the catalog until the account's
   // own is read.
   ProviderCatalog catalog;

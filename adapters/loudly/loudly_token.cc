@@ -23,6 +23,9 @@
 namespace musicgw::adapters::loudly {
 namespace {
 
+// A shared access token with less life than this left is refreshed rather than taken.
+constexpr absl::Duration kMinTokenLife = absl::Seconds(1);
+
 absl::Status ErrnoError(absl::string_view what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
 }
@@ -145,8 +148,10 @@ void TokenSource::Renew(const std::string& rejected, Callback<std::string> done)
     if (!access_token_.empty() && access_token_ != rejected && absl::Now() < refresh_at_) {
       token = access_token_;
     } else if (access_token_ == rejected) {
-      // The rejected token must not be handed out again while the refresh runs.
+      // The rejected token must not be handed out again while the refresh runs, nor taken
+      // back from the shared store.
       access_token_.clear();
+      rejected_ = rejected;
     }
   }
   if (!token.empty()) {
@@ -158,17 +163,100 @@ void TokenSource::Renew(const std::string& rejected, Callback<std::string> done)
 
 void TokenSource::Refresh(Callback<std::string> done) {
   std::string refresh_token;
+  std::string stale;
   {
     absl::MutexLock lock(&mu_);
     waiters_.push_back(std::move(done));
     if (refreshing_) return;
     refreshing_ = true;
     refresh_token = refresh_token_;
+    // Renew cleared a rejected token; otherwise this one is about to expire.
+    stale = access_token_.empty() ? rejected_ : access_token_;
   }
-  SendRefresh(std::move(refresh_token));
+  if (options_.shared != nullptr) {
+    RefreshShared(std::move(refresh_token), std::move(stale));
+    return;
+  }
+  Exchange(std::move(refresh_token),
+           [self = shared_from_this()](absl::StatusOr<TokenGrant> grant, const std::string& used) {
+             if (!grant.ok()) {
+               self->Finish(grant.status());
+               return;
+             }
+             // Persist the rotated refresh token before anyone can use the access token it came
+             // with: the old refresh token is dead once the provider rotated it.
+             if (!grant->refresh_token.empty() && grant->refresh_token != used &&
+                 !self->options_.state_file.empty()) {
+               absl::Status saved = WriteTokenState(self->options_.state_file,
+                                                    self->options_.client_id, grant->refresh_token);
+               if (!saved.ok()) {
+                 log::Error(
+                     "loudly: could not persist the rotated refresh token; a restart may fail to "
+                     "authenticate",
+                     {{"account", self->options_.account}, {"why", saved.message()}});
+               }
+             }
+             self->Install(grant->refresh_token, grant->access_token, grant->expiry);
+             self->Finish(grant->access_token);
+           });
 }
 
-void TokenSource::SendRefresh(std::string refresh_token) {
+void TokenSource::RefreshShared(std::string refresh_token, std::string stale) {
+  adapters::SharedCredential seed;
+  seed.refresh_token = std::move(refresh_token);
+  const std::string key = absl::StrCat("loudly/", options_.account, "/", options_.client_id);
+  options_.shared->UpdateLocked(
+      key, std::move(seed),
+      [self = shared_from_this(), stale = std::move(stale)](
+          const adapters::SharedCredential& current,
+          Callback<adapters::SharedCredential> done) mutable {
+        // Another replica refreshed since this one read its token: use the new one.
+        if (!current.access_token.empty() && current.access_token != stale &&
+            absl::Now() + kMinTokenLife < current.access_expiry) {
+          std::move(done)(current);
+          return;
+        }
+        self->Exchange(current.refresh_token,
+                       [current, done = std::move(done)](absl::StatusOr<TokenGrant> grant,
+                                                         const std::string& /*used*/) mutable {
+                         if (!grant.ok()) {
+                           std::move(done)(grant.status());
+                           return;
+                         }
+                         adapters::SharedCredential next;
+                         next.refresh_token = grant->refresh_token.empty() ? current.refresh_token
+                                                                           : grant->refresh_token;
+                         next.access_token = grant->access_token;
+                         next.access_expiry = grant->expiry;
+                         std::move(done)(std::move(next));
+                       });
+      },
+      [self = shared_from_this()](absl::StatusOr<adapters::SharedCredential> credential) {
+        if (!credential.ok()) {
+          // Never the secrets: the store's and the exchange's errors name none.
+          self->Finish(credential.status());
+          return;
+        }
+        self->Install(credential->refresh_token, credential->access_token,
+                      credential->access_expiry);
+        self->Finish(credential->access_token);
+      });
+}
+
+void TokenSource::Install(const std::string& refresh_token, const std::string& access_token,
+                          absl::Time expiry) {
+  const absl::Time now = absl::Now();
+  // Short-lived tokens (tests, misconfigured servers) must not refresh on every call.
+  const absl::Duration margin =
+      std::min(options_.refresh_margin, std::max(absl::ZeroDuration(), expiry - now) / 4);
+  absl::MutexLock lock(&mu_);
+  if (!refresh_token.empty()) refresh_token_ = refresh_token;
+  access_token_ = access_token;
+  rejected_.clear();
+  refresh_at_ = expiry - margin;
+}
+
+void TokenSource::Exchange(std::string refresh_token, Exchanged done) {
   const EncodedBody body = EncodeFormUrlencoded({{"client_id", options_.client_id},
                                                  {"grant_type", "refresh_token"},
                                                  {"refresh_token", refresh_token}});
@@ -180,16 +268,16 @@ void TokenSource::SendRefresh(std::string refresh_token) {
   request.timeout = options_.request_timeout;
   request.endpoint = "loudly:oauth.token:post";
   request.provider = "loudly";
-  http::SendWithRetry(
-      *client_, std::move(request), options_.retry, LoudlyClassifier(CallKind::kRead),
-      [self = shared_from_this(),
-       used = std::move(refresh_token)](absl::StatusOr<http::Response> result) mutable {
-        self->OnRefreshed(used, std::move(result));
-      });
+  http::SendWithRetry(*client_, std::move(request), options_.retry,
+                      LoudlyClassifier(CallKind::kRead),
+                      [self = shared_from_this(), used = std::move(refresh_token),
+                       done = std::move(done)](absl::StatusOr<http::Response> result) mutable {
+                        self->OnExchanged(used, std::move(result), std::move(done));
+                      });
 }
 
-void TokenSource::OnRefreshed(const std::string& used_token,
-                              absl::StatusOr<http::Response> result) {
+void TokenSource::OnExchanged(const std::string& used_token, absl::StatusOr<http::Response> result,
+                              Exchanged done) {
   ErrorContext context{options_.account, Secrets()};
   context.secrets.push_back(used_token);
   auto response = CheckResponse(std::move(result), context);
@@ -198,71 +286,50 @@ void TokenSource::OnRefreshed(const std::string& used_token,
   if (response.ok() && !grant.ok()) {
     grant = BadResponseError("token response", grant.status(), context);
   }
-  if (!grant.ok()) {
-    const absl::Status& status = grant.status();
-    if (IsGrantRejected(status)) {
-      std::string fallback;
-      {
-        absl::MutexLock lock(&mu_);
-        if (!tried_configured_ && !options_.refresh_token.empty() &&
-            used_token != options_.refresh_token) {
-          tried_configured_ = true;
-          refresh_token_ = options_.refresh_token;
-          fallback = refresh_token_;
-        }
-      }
-      if (!fallback.empty()) {
-        log::Warning("loudly: the current refresh token was rejected; trying the configured one",
-                     {{"account", options_.account}});
-        SendRefresh(std::move(fallback));
-        return;
-      }
-      google::rpc::ErrorInfo info;
-      GetErrorInfo(status, &info);
-      std::map<std::string, std::string> metadata(info.metadata().begin(), info.metadata().end());
-      Finish(WithErrorInfo(
-          absl::UnauthenticatedError(absl::StrCat(
-              "Loudly refused to renew the gateway's OAuth token for provider account '",
-              options_.account,
-              "' (a gateway configuration problem for its operator: the refresh token or "
-              "client_id is invalid; the caller's API key is not at fault)")),
-          "PROVIDER_AUTH_FAILED", kDomain, metadata));
-      return;
-    }
-    Finish(status);
-    return;
-  }
-  // Persist the rotated refresh token before anyone can use the access token it came with:
-  // the old refresh token is dead once the provider rotated it.
-  if (!grant->refresh_token.empty() && grant->refresh_token != used_token &&
-      !options_.state_file.empty()) {
-    absl::Status saved =
-        WriteTokenState(options_.state_file, options_.client_id, grant->refresh_token);
-    if (!saved.ok()) {
-      log::Error(
-          "loudly: could not persist the rotated refresh token; a restart may fail to "
-          "authenticate",
-          {{"account", options_.account}, {"why", saved.message()}});
-    }
-  }
-  std::string access_token = grant->access_token;
-  const absl::Time now = absl::Now();
-  // Short-lived tokens (tests, misconfigured servers) must not refresh on every call.
-  const absl::Duration margin =
-      std::min(options_.refresh_margin, std::max(absl::ZeroDuration(), grant->expiry - now) / 4);
-  {
+  if (grant.ok()) {
     absl::MutexLock lock(&mu_);
-    if (!grant->refresh_token.empty()) refresh_token_ = grant->refresh_token;
     tried_configured_ = false;
-    access_token_ = grant->access_token;
-    refresh_at_ = grant->expiry - margin;
     ++refreshes_;
   }
-  log::Info("loudly: access token refreshed",
-            {{"account", options_.account},
-             {"expires_in_s",
-              static_cast<long long>(absl::ToInt64Seconds(grant->expiry - absl::Now()))}});
-  Finish(std::move(access_token));
+  if (grant.ok()) {
+    log::Info("loudly: access token refreshed",
+              {{"account", options_.account},
+               {"expires_in_s",
+                static_cast<long long>(absl::ToInt64Seconds(grant->expiry - absl::Now()))}});
+    std::move(done)(std::move(grant), used_token);
+    return;
+  }
+  const absl::Status& status = grant.status();
+  if (!IsGrantRejected(status)) {
+    std::move(done)(status, used_token);
+    return;
+  }
+  bool fallback = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!tried_configured_ && !options_.refresh_token.empty() &&
+        used_token != options_.refresh_token) {
+      tried_configured_ = true;
+      fallback = true;
+    }
+  }
+  if (fallback) {
+    log::Warning("loudly: the current refresh token was rejected; trying the configured one",
+                 {{"account", options_.account}});
+    Exchange(options_.refresh_token, std::move(done));
+    return;
+  }
+  google::rpc::ErrorInfo info;
+  GetErrorInfo(status, &info);
+  std::map<std::string, std::string> metadata(info.metadata().begin(), info.metadata().end());
+  std::move(done)(
+      WithErrorInfo(absl::UnauthenticatedError(absl::StrCat(
+                        "Loudly refused to renew the gateway's OAuth token for provider account '",
+                        options_.account,
+                        "' (a gateway configuration problem for its operator: the refresh token or "
+                        "client_id is invalid; the caller's API key is not at fault)")),
+                    "PROVIDER_AUTH_FAILED", kDomain, metadata),
+      used_token);
 }
 
 void TokenSource::Finish(const absl::StatusOr<std::string>& result) {

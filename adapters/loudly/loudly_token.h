@@ -14,7 +14,11 @@
 //   the current refresh token and it is not the configured one, the configured one is tried
 //   once before failing (an operator may have put a new token in the configuration).
 // - One state file per account and process: two gateways sharing a file would each rotate the
-//   other's token away.
+//   other's token away. Replicas sharing a ledger use the shared store instead (options.shared):
+//   a refresh runs under the store's lock, checks whether another replica already replaced the
+//   token this one found stale (then takes that one), else exchanges the stored refresh token
+//   and stores the rotated one and the new access token before releasing the lock. So each
+//   expiry costs one refresh across all replicas, and no refresh token is spent twice.
 //
 // Thread-safe. Callbacks run either inline in Get/Renew (a cached token) or on the HTTP client's
 // loop thread (after a refresh).
@@ -31,7 +35,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/http/http_client.h"
+#include "adapters/loudly/loudly_wire.h"
 #include "adapters/provider.h"
+#include "adapters/shared_credentials.h"
 
 namespace musicgw::adapters::loudly {
 
@@ -45,6 +51,10 @@ struct TokenSourceOptions {
   absl::Duration refresh_margin = absl::Seconds(60);
   absl::Duration request_timeout = absl::Seconds(30);
   http::RetryPolicy retry;
+  // Replicas sharing a ledger: the refresh token and the current access token live in this
+  // store (not in state_file), and one replica at a time refreshes under its lock; the others
+  // take the token it stored. Must outlive the source. Null: this process alone.
+  adapters::SharedCredentialStore* shared = nullptr;
 };
 
 class TokenSource : public std::enable_shared_from_this<TokenSource> {
@@ -72,10 +82,17 @@ class TokenSource : public std::enable_shared_from_this<TokenSource> {
 
  private:
   using Waiters = std::vector<Callback<std::string>>;
+  // The grant's result and the refresh token it spent.
+  using Exchanged = absl::AnyInvocable<void(absl::StatusOr<TokenGrant>, const std::string&) &&>;
   // Queues `done` and starts a refresh unless one is in flight.
   void Refresh(Callback<std::string> done) ABSL_LOCKS_EXCLUDED(mu_);
-  void SendRefresh(std::string refresh_token) ABSL_LOCKS_EXCLUDED(mu_);
-  void OnRefreshed(const std::string& used_token, absl::StatusOr<http::Response> result)
+  // The refresh under the shared store's lock; `stale` is the token this replica gave up on.
+  void RefreshShared(std::string refresh_token, std::string stale) ABSL_LOCKS_EXCLUDED(mu_);
+  // One refresh-token grant (then the configured token once, if the provider refuses it).
+  void Exchange(std::string refresh_token, Exchanged done) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnExchanged(const std::string& used_token, absl::StatusOr<http::Response> result,
+                   Exchanged done) ABSL_LOCKS_EXCLUDED(mu_);
+  void Install(const std::string& refresh_token, const std::string& access_token, absl::Time expiry)
       ABSL_LOCKS_EXCLUDED(mu_);
   void Finish(const absl::StatusOr<std::string>& result) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -85,6 +102,8 @@ class TokenSource : public std::enable_shared_from_this<TokenSource> {
   mutable absl::Mutex mu_;
   std::string refresh_token_ ABSL_GUARDED_BY(mu_);
   std::string access_token_ ABSL_GUARDED_BY(mu_);
+  // The access token a 401 answered to (never taken back from the shared store).
+  std::string rejected_ ABSL_GUARDED_BY(mu_);
   // expiry - min(refresh_margin, lifetime / 4): after it, Get refreshes first.
   absl::Time refresh_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool refreshing_ ABSL_GUARDED_BY(mu_) = false;

@@ -479,6 +479,7 @@ class Emulator::Impl {
     for (const auto& [status, n] : s.responses_by_status) by_status[std::to_string(status)] = n;
     return Json{{"token_refreshes", s.token_refreshes},
                 {"token_refreshes_rejected", s.token_refreshes_rejected},
+                {"token_refreshes_early", s.token_refreshes_early},
                 {"unauthorized", s.unauthorized},
                 {"bundles_created", s.bundles_created},
                 {"bundles_by_type", s.bundles_by_type},
@@ -506,6 +507,7 @@ class Emulator::Impl {
   void ResetState() {
     absl::MutexLock lock(&mu_);
     refresh_token_ = options_.refresh_token;
+    latest_expiry_ = absl::InfinitePast();
     access_tokens_.clear();
     bundles_.clear();
     files_.clear();
@@ -644,6 +646,10 @@ class Emulator::Impl {
     access_tokens_[token] = expiry;
     refresh_token_ = ids_.Hex(40);
     ++stats_.token_refreshes;
+    // The previous grant's token had more than half its life left: a client refreshed although
+    // it (or another client of the same account) held a good token.
+    if (latest_expiry_ - now > options_.access_token_ttl / 2) ++stats_.token_refreshes_early;
+    latest_expiry_ = expiry;
     OJson body;
     body["token_type"] = "Bearer";
     body["expires_in"] = std::max<int64_t>(1, absl::ToInt64Seconds(options_.access_token_ttl));
@@ -1028,6 +1034,8 @@ class Emulator::Impl {
 
   mutable absl::Mutex mu_;
   std::string refresh_token_ ABSL_GUARDED_BY(mu_);
+  // Expiry of the access token the latest grant issued.
+  absl::Time latest_expiry_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, absl::Time> access_tokens_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Bundle> bundles_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, FileEntry> files_ ABSL_GUARDED_BY(mu_);

@@ -87,7 +87,10 @@ struct Options {
 struct Stats {
   int64_t token_refreshes = 0;           // successful grants
   int64_t token_refreshes_rejected = 0;  // bad client, unknown or rotated-out refresh token
-  int64_t unauthorized = 0;              // 401s on either dialect
+  // Grants made while the previous grant's access token still had more than half of its
+  // lifetime (access_token_ttl) left: zero when clients refresh once per expiry.
+  int64_t token_refreshes_early = 0;
+  int64_t unauthorized = 0;  // 401s on either dialect
   int64_t bundles_created = 0;
   std::map<std::string, int64_t> bundles_by_type;  // ADVANCED / TEXT2MUSIC
   int64_t bundle_polls = 0;

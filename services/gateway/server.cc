@@ -34,6 +34,8 @@
 #include "services/metrics/metrics.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/postgres_credentials.h"
+#include "services/operations/postgres_quota_share.h"
 #include "services/operations/postgres_store.h"
 #include "services/operations/quota_monitor.h"
 
@@ -73,8 +75,13 @@ class GatewayServerImpl final : public GatewayServer {
     http_ = http::CurlHttpClient::Create(std::move(http_options));
     if (http_ == nullptr) return absl::InternalError("cannot start the HTTP client (libcurl)");
 
+    if (!config_.ledger_postgres_dsn.empty()) {
+      // Replicas share rotating credentials and the quota reader's figures through the ledger.
+      credentials_ = operations::PostgresCredentialStore::Create(PostgresLedgerOptions());
+      quota_share_ = operations::PostgresQuotaShare::Create(PostgresLedgerOptions(), ReplicaId());
+    }
     for (const auto& provider : config_.providers) {
-      auto adapter = adapters::CreateAdapter(provider, http_.get());
+      auto adapter = adapters::CreateAdapter(provider, http_.get(), credentials_.get());
       if (!adapter.ok()) {
         return absl::Status(
             adapter.status().code(),
@@ -111,6 +118,10 @@ class GatewayServerImpl final : public GatewayServer {
     quota_ =
         std::make_unique<QuotaMonitor>(adapter_ptrs_, http_.get(), config_.quota_refresh_interval);
     quota_observer_.set_monitor(quota_.get());
+    if (quota_share_ != nullptr) {
+      // Longer than two reads, so the reader keeps it; a dead reader is replaced within it.
+      quota_->set_share(quota_share_.get(), 2 * config_.quota_refresh_interval + absl::Seconds(5));
+    }
     operations::OperationsEngine* engine = engine_.get();
     credits_ = std::make_unique<CreditEstimator>(
         config_.providers,
@@ -227,7 +238,9 @@ class GatewayServerImpl final : public GatewayServer {
     health_.reset();
     engine_.reset();
     quota_.reset();
+    quota_share_.reset();
     adapters_.clear();
+    credentials_.reset();
     http_.reset();
     if (metrics_ != nullptr) metrics_->StopExposer();
     log::Info("musicgw stopped");
@@ -274,15 +287,19 @@ class GatewayServerImpl final : public GatewayServer {
       }
       return store;
     }
-    operations::PostgresOptions options;
-    options.dsn = config_.ledger_postgres_dsn;
-    options.pool_size = config_.ledger_postgres_pool_size;
-    auto store = operations::OpenPostgresOperationStore(std::move(options));
+    auto store = operations::OpenPostgresOperationStore(PostgresLedgerOptions());
     if (!store.ok()) {
       return absl::Status(store.status().code(),
                           absl::StrCat("ledger (PostgreSQL): ", store.status().message()));
     }
     return store;
+  }
+
+  operations::PostgresOptions PostgresLedgerOptions() const {
+    operations::PostgresOptions options;
+    options.dsn = config_.ledger_postgres_dsn;
+    options.pool_size = config_.ledger_postgres_pool_size;
+    return options;
   }
 
   std::string LedgerDescription() const {
@@ -371,6 +388,9 @@ class GatewayServerImpl final : public GatewayServer {
   std::shared_ptr<metrics::Metrics> metrics_;
   std::unique_ptr<metrics::EngineObserverFanOut> engine_observer_;
   std::unique_ptr<http::CurlHttpClient> http_;
+  // PostgreSQL ledger only; outlive the adapters and the quota monitor that use them.
+  std::unique_ptr<operations::PostgresCredentialStore> credentials_;
+  std::unique_ptr<operations::PostgresQuotaShare> quota_share_;
   std::vector<adapters::ProviderAdapterPtr> adapters_;
   std::vector<adapters::ProviderAdapter*> adapter_ptrs_;
   QuotaRefreshObserver quota_observer_;

@@ -87,6 +87,32 @@ CREATE TABLE assets (
   PRIMARY KEY (operation_id, idx)
 );
 )sql",
+    // 2: what replicas share besides operations: provider credentials that rotate on use
+    // (postgres_credentials.h), named leases (one elected replica per job) and the quota
+    // figures the quota reader publishes (postgres_quota_share.h). Times in Unix microseconds
+    // of the gateway's clock.
+    R"sql(
+CREATE TABLE provider_credentials (
+  key TEXT PRIMARY KEY,
+  refresh_token TEXT NOT NULL,
+  access_token TEXT NOT NULL,
+  access_expiry_us BIGINT NOT NULL,
+  updated_time_us BIGINT NOT NULL
+);
+CREATE TABLE leases (
+  name TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  lease_until_us BIGINT NOT NULL
+);
+CREATE TABLE provider_quota (
+  provider INTEGER NOT NULL,
+  account TEXT NOT NULL,
+  figures TEXT NOT NULL,
+  read_time_us BIGINT NOT NULL,
+  last_error TEXT NOT NULL,
+  PRIMARY KEY (provider, account)
+);
+)sql",
 };
 
 // Any constant shared by every replica: serializes migrations.

@@ -1,5 +1,6 @@
 #include "services/operations/quota_monitor.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "common/log.h"
@@ -86,6 +87,54 @@ void QuotaMonitor::Read(size_t index, bool periodic) {
     }
     state_->reading[index] = 1;
   }
+  if (share_ == nullptr) {
+    ReadProvider(index, periodic);
+    return;
+  }
+  const absl::Time now = clock_.Now();
+  share_->ClaimReader(now, now + lease_,
+                      [this, index, periodic, state = state_](absl::StatusOr<bool> reader) {
+                        {
+                          absl::MutexLock lock(&state->mu);
+                          if (state->stopped) {
+                            state->reading[index] = 0;
+                            return;
+                          }
+                        }
+                        if (reader.ok() && *reader) {
+                          ReadProvider(index, periodic);
+                        } else {
+                          // Without the lease (or the ledger): what the reader published.
+                          LoadShared(index, periodic);
+                        }
+                      });
+}
+
+void QuotaMonitor::LoadShared(size_t index, bool periodic) {
+  share_->Load(adapters_[index]->provider(), adapters_[index]->account(),
+               [this, index, periodic, state = state_](absl::StatusOr<AccountQuota> shared) {
+                 bool found = false;
+                 {
+                   absl::MutexLock lock(&state->mu);
+                   state->reading[index] = 0;
+                   if (state->stopped) return;
+                   AccountQuota& account = state->accounts[index];
+                   found = shared.ok();
+                   if (found && shared->read_time > account.read_time) {
+                     if (listener_) listener_(adapters_[index], &shared->figures);
+                     account.figures = std::move(shared->figures);
+                     account.read_time = shared->read_time;
+                     account.last_error = std::move(shared->last_error);
+                   }
+                 }
+                 // Until the reader has published, look again soon.
+                 if (periodic) {
+                   Schedule(index, found ? interval_ : std::min(interval_, absl::Seconds(1)));
+                 }
+               });
+}
+
+void QuotaMonitor::ReadProvider(size_t index, bool periodic) {
   adapters_[index]->ReadQuota([this, index, periodic, state = state_](
                                   absl::StatusOr<std::vector<adapters::QuotaFigure>> figures) {
     {
@@ -94,11 +143,20 @@ void QuotaMonitor::Read(size_t index, bool periodic) {
       if (state->stopped) return;
       AccountQuota& account = state->accounts[index];
       if (figures.ok()) {
+        // As read: every replica completes the figures itself (listener).
+        std::vector<adapters::QuotaFigure> raw;
+        if (share_ != nullptr) raw = *figures;
         // Under the lock, so no call is under way once Stop() returns.
         if (listener_) listener_(adapters_[index], &*figures);
         account.figures = std::move(*figures);
+        // Stamped after the listener ran: a read_time is never earlier than its listener call.
         account.read_time = clock_.Now();
         account.last_error.clear();
+        if (share_ != nullptr) {
+          AccountQuota published = account;
+          published.figures = std::move(raw);
+          share_->Publish(std::move(published));
+        }
       } else {
         account.last_error = std::string(figures.status().message());
       }

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/http/http_client.h"
@@ -30,6 +32,23 @@ struct AccountQuota {
   std::string last_error;
 };
 
+// Replicas sharing a ledger: the one holding the reader's lease reads every account from the
+// provider and publishes the figures; the others take the published figures, so a provider's
+// limits endpoint is read once per interval, not once per replica. Implementations answer off
+// the caller's thread.
+class QuotaShare {
+ public:
+  virtual ~QuotaShare() = default;
+  // Claims the reader's lease for this replica, or renews it, until `until`: true when held.
+  virtual void ClaimReader(absl::Time now, absl::Time until,
+                           absl::AnyInvocable<void(absl::StatusOr<bool>) &&> done) = 0;
+  // Stores an account's figures for the others (errors are logged, not answered).
+  virtual void Publish(AccountQuota quota) = 0;
+  // The figures last published for an account; NOT_FOUND when none were.
+  virtual void Load(musicgw::v1::Provider provider, std::string account,
+                    absl::AnyInvocable<void(absl::StatusOr<AccountQuota>) &&> done) = 0;
+};
+
 class QuotaMonitor {
  public:
   // `adapters`, `timers` and `clock` must outlive the monitor; Stop() before destroying them.
@@ -43,6 +62,13 @@ class QuotaMonitor {
   using Listener = std::function<void(const adapters::ProviderAdapter* adapter,
                                       std::vector<adapters::QuotaFigure>* figures)>;
   void set_listener(Listener listener) { listener_ = std::move(listener); }
+  // Shares the reads with other replicas (must outlive every read; Stop() first). The lease
+  // is claimed or renewed at each read for `lease`: longer than `interval`, so the holder
+  // keeps it, and a dead holder's role passes on within `lease`. Set before Start().
+  void set_share(QuotaShare* share, absl::Duration lease) {
+    share_ = share;
+    lease_ = lease;
+  }
 
   // Reads every account now and then every `interval`.
   void Start();
@@ -56,6 +82,8 @@ class QuotaMonitor {
  private:
   struct State;
   void Read(size_t index, bool periodic);
+  void ReadProvider(size_t index, bool periodic);
+  void LoadShared(size_t index, bool periodic);
   void Schedule(size_t index, absl::Duration delay);
 
   std::vector<adapters::ProviderAdapter*> adapters_;
@@ -63,6 +91,8 @@ class QuotaMonitor {
   absl::Duration interval_;
   const Clock& clock_;
   Listener listener_;
+  QuotaShare* share_ = nullptr;
+  absl::Duration lease_ = absl::ZeroDuration();
   std::shared_ptr<State> state_;
 };
 

@@ -3,7 +3,9 @@
 `kubectl kustomize`, then checks kinds and apiVersions, required fields, and the
 cross-references a dry run against a cluster would not catch: selectors match pod labels,
 Service and probe ports match container ports and the config's listen addresses, volumes match
-mounts, secret files named in the config are mounted, the ledger is on the persistent volume,
+mounts, secret files named in the config are mounted, the ledger is on the persistent volume
+(SQLite, one replica) or shared (PostgreSQL: several replicas with a PodDisruptionBudget,
+topology spread, an autoscaler, surge-only rolling updates, the DSN from a Secret),
 the grace period covers preStop plus the drain deadline, the Ingress host is the webhook
 callback host. With --musicgw, the rendered config also goes through `musicgw --check_config`.
 
@@ -36,7 +38,10 @@ KNOWN_KINDS = {
     "NetworkPolicy": "networking.k8s.io/v1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "PodDisruptionBudget": "policy/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
 }
+# The example PostgreSQL (deploy/kubernetes/postgres-example), checked on its own.
+POSTGRES_KINDS = {"Cluster": "postgresql.cnpg.io/v1"}
 CLUSTER_SCOPED = {"Namespace"}
 # Field names of the core objects (Kubernetes 1.30 API), to catch typos a client-side dry run
 # would: an unknown field is dropped or rejected by the API server.
@@ -52,6 +57,8 @@ KNOWN_FIELDS = {
     "probe": {"grpc", "httpGet", "tcpSocket", "exec", "initialDelaySeconds", "periodSeconds",
               "timeoutSeconds", "failureThreshold", "successThreshold",
               "terminationGracePeriodSeconds"},
+    "deployment": {"replicas", "selector", "template", "strategy", "minReadySeconds",
+                   "revisionHistoryLimit", "progressDeadlineSeconds", "paused"},
     "statefulset": {"replicas", "serviceName", "selector", "template", "volumeClaimTemplates",
                     "podManagementPolicy", "updateStrategy", "minReadySeconds",
                     "persistentVolumeClaimRetentionPolicy", "revisionHistoryLimit", "ordinals"},
@@ -121,13 +128,6 @@ def check_docs(docs, c):
     wl = workloads[0]
     spec = wl.get("spec", {})
     wl_name = f"{wl['kind']}/{wl['metadata']['name']}"
-    # The ledger is embedded SQLite: one writer per volume.
-    c.check(spec.get("replicas") == 1, f"{wl_name}: replicas must be 1 (one pod per ledger)")
-    if wl["kind"] == "Deployment":
-        c.check(
-            spec.get("strategy", {}).get("type") == "Recreate",
-            f"{wl_name}: a Deployment over the ledger needs strategy Recreate",
-        )
     template = spec.get("template", {})
     pod_labels = template.get("metadata", {}).get("labels", {})
     selector = spec.get("selector", {}).get("matchLabels", {})
@@ -138,8 +138,7 @@ def check_docs(docs, c):
         return
     ct = containers[0]
     c.check(bool(ct.get("image")), f"{wl_name}: container without image")
-    if wl["kind"] == "StatefulSet":
-        known_fields(c, wl_name, spec, "statefulset")
+    known_fields(c, wl_name, spec, wl["kind"].lower())
     known_fields(c, f"{wl_name} pod", pod, "pod")
     for container in containers:
         known_fields(c, f"{wl_name} container {container.get('name')}", container, "container")
@@ -234,19 +233,26 @@ def check_docs(docs, c):
         f"+ drain_deadline_seconds {drain}",
     )
 
-    ledger_dir = posixpath.dirname(config.get("ledger", {}).get("path", ""))
-    ledger_mount = [m for m in mounts.values() if m["mountPath"].rstrip("/") == ledger_dir]
-    c.check(
-        ledger_mount
-        and (ledger_mount[0]["name"] in claims
-             or "persistentVolumeClaim" in volumes.get(ledger_mount[0]["name"], {})),
-        f"config ledger.path {config.get('ledger', {}).get('path')} is not on a persistent volume",
-    )
-    for provider in config.get("providers", []):
-        state = provider.get("token_state_file")
-        if state:
-            c.check(posixpath.dirname(state) == ledger_dir,
-                    f"config token_state_file {state} is not on the ledger volume")
+    postgres = config.get("ledger", {}).get("postgres")
+    if postgres is None:
+        check_single_replica(c, wl, wl_name)
+        ledger_dir = posixpath.dirname(config.get("ledger", {}).get("path", ""))
+        ledger_mount = [m for m in mounts.values() if m["mountPath"].rstrip("/") == ledger_dir]
+        c.check(
+            ledger_mount
+            and (ledger_mount[0]["name"] in claims
+                 or "persistentVolumeClaim" in volumes.get(ledger_mount[0]["name"], {})),
+            f"config ledger.path {config.get('ledger', {}).get('path')} is not on a persistent volume",
+        )
+        for provider in config.get("providers", []):
+            state = provider.get("token_state_file")
+            if state:
+                c.check(posixpath.dirname(state) == ledger_dir,
+                        f"config token_state_file {state} is not on the ledger volume")
+    else:
+        check_replicated(c, docs, wl, wl_name, pod_labels, postgres)
+        c.check(not claims and not any("persistentVolumeClaim" in v for v in volumes.values()),
+                f"{wl_name}: replicas on the shared ledger keep no volume of their own")
 
     # Every secret file the config names is a key of a mounted Secret.
     mounted_files = set()
@@ -259,6 +265,9 @@ def check_docs(docs, c):
             for item in source.get("secret", {}).get("items", []):
                 mounted_files.add(posixpath.join(m["mountPath"], item["path"]))
     files = secret_files(config.get("providers", []), [])
+    ledger_files = secret_files(config.get("ledger", {}), [])
+    for f in ledger_files:
+        c.check(f in mounted_files, f"config ledger secret file {f} is not mounted from a Secret")
     c.check(bool(files), "config: no provider secret is read from a file")
     for f in files:
         c.check(f in mounted_files, f"config secret file {f} is not mounted from a Secret")
@@ -345,7 +354,80 @@ def check_docs(docs, c):
                         for rule in s.get("egress", []) for p in rule.get("ports", [])}
         c.check((53, "UDP") in egress_ports, "NetworkPolicy egress: no DNS")
         c.check((443, "TCP") in egress_ports, "NetworkPolicy egress: no HTTPS to providers")
+        if config.get("ledger", {}).get("postgres") is not None:
+            c.check((5432, "TCP") in egress_ports, "NetworkPolicy egress: no PostgreSQL")
     return config
+
+
+def check_single_replica(c, wl, wl_name):
+    """The ledger is embedded SQLite: one writer per volume."""
+    spec = wl.get("spec", {})
+    c.check(spec.get("replicas") == 1, f"{wl_name}: replicas must be 1 (one pod per ledger)")
+    if wl["kind"] == "Deployment":
+        c.check(
+            spec.get("strategy", {}).get("type") == "Recreate",
+            f"{wl_name}: a Deployment over the ledger needs strategy Recreate",
+        )
+
+
+def check_replicated(c, docs, wl, wl_name, pod_labels, postgres):
+    """Several replicas on the shared PostgreSQL ledger (the HA overlay)."""
+    spec = wl.get("spec", {})
+    replicas = spec.get("replicas", 1)
+    c.check(wl["kind"] == "Deployment", f"{wl_name}: replicas on the shared ledger are a Deployment")
+    c.check(replicas >= 3, f"{wl_name}: replicas {replicas}, at least 3 for HA")
+    c.check(isinstance(postgres.get("dsn"), dict) and set(postgres["dsn"]) == {"file"},
+            "config ledger.postgres.dsn must be a secret file reference, never inline")
+    strategy = spec.get("strategy", {})
+    c.check(strategy.get("type") == "RollingUpdate"
+            and strategy.get("rollingUpdate", {}).get("maxUnavailable") == 0
+            and strategy.get("rollingUpdate", {}).get("maxSurge", 0) not in (0, "0%"),
+            f"{wl_name}: rolling updates need maxUnavailable 0 and a surge")
+    spread = wl["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+    c.check(bool(spread), f"{wl_name}: no topologySpreadConstraints")
+    for t in spread:
+        c.check(labels_match(t.get("labelSelector", {}).get("matchLabels", {}), pod_labels),
+                f"{wl_name}: topology spread on {t.get('topologyKey')} does not select the pods")
+    pdbs = find(docs, "PodDisruptionBudget")
+    if c.check(len(pdbs) == 1, f"expected one PodDisruptionBudget, found {len(pdbs)}"):
+        pdb = pdbs[0]["spec"]
+        c.check(labels_match(pdb.get("selector", {}).get("matchLabels", {}), pod_labels),
+                "PodDisruptionBudget does not select the gateway pods")
+        allowed = pdb.get("maxUnavailable", replicas - pdb.get("minAvailable", replicas))
+        c.check(isinstance(allowed, int) and 1 <= allowed < replicas,
+                f"PodDisruptionBudget allows {allowed} of {replicas} pods down")
+    hpas = find(docs, "HorizontalPodAutoscaler")
+    if c.check(len(hpas) == 1, f"expected one HorizontalPodAutoscaler, found {len(hpas)}"):
+        hpa = hpas[0]["spec"]
+        ref = hpa.get("scaleTargetRef", {})
+        c.check(ref.get("kind") == wl["kind"] and ref.get("name") == wl["metadata"]["name"]
+                and ref.get("apiVersion") == "apps/v1",
+                f"HorizontalPodAutoscaler targets {ref}, not {wl_name}")
+        c.check(hpa.get("minReplicas", 1) >= replicas,
+                f"HorizontalPodAutoscaler minReplicas {hpa.get('minReplicas')} below {replicas}")
+        c.check(hpa.get("maxReplicas", 0) >= hpa.get("minReplicas", 1),
+                "HorizontalPodAutoscaler maxReplicas below minReplicas")
+        c.check(bool(hpa.get("metrics")), "HorizontalPodAutoscaler without metrics")
+
+
+def check_postgres_example(docs, c):
+    """The example PostgreSQL: a CloudNativePG Cluster the HA overlay's NetworkPolicy reaches."""
+    for d in docs:
+        kind = d.get("kind")
+        c.check(POSTGRES_KINDS.get(kind) == d.get("apiVersion"),
+                f"{kind}: unexpected kind or apiVersion {d.get('apiVersion')}")
+    clusters = find(docs, "Cluster")
+    if not c.check(len(clusters) == 1, f"expected one Cluster, found {len(clusters)}"):
+        return
+    spec = clusters[0].get("spec", {})
+    c.check(spec.get("instances", 1) >= 2, "Cluster: a single instance has no failover")
+    c.check(bool(spec.get("storage", {}).get("size")), "Cluster: no storage.size")
+    c.check(spec.get("bootstrap", {}).get("initdb", {}).get("database") == "musicgw",
+            "Cluster: bootstrap.initdb.database is not musicgw")
+    for r in ("cpu", "memory"):
+        c.check(r in spec.get("resources", {}).get("requests", {}), f"Cluster: no requests.{r}")
+    c.check(clusters[0]["metadata"]["name"] == "musicgw-ledger",
+            "Cluster: the HA overlay's NetworkPolicy expects the name musicgw-ledger")
 
 
 def check_config_with_binary(musicgw, config, c):
@@ -380,6 +462,46 @@ def render(kubectl, directory):
     if out.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {directory}: {out.stderr.strip()}")
     return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def self_test_ha(docs):
+    """The HA overlay's checks must catch what they claim to."""
+    def deployment(ds):
+        return [d for d in ds if d["kind"] == "Deployment"][0]
+
+    def config_map(ds):
+        return [d for d in ds if d["kind"] == "ConfigMap"][0]
+
+    def inline_dsn(ds):
+        cm = config_map(ds)
+        key = next(iter(cm["data"]))
+        config = json.loads(cm["data"][key])
+        config["ledger"]["postgres"]["dsn"] = "postgresql://gw:secret@db/musicgw"
+        cm["data"][key] = json.dumps(config)
+
+    mutations = {
+        "rolling update may take a pod down": lambda ds: deployment(ds)["spec"]["strategy"]
+        ["rollingUpdate"].update(maxUnavailable=1),
+        "one replica": lambda ds: deployment(ds)["spec"].update(replicas=1),
+        "no topology spread": lambda ds: deployment(ds)["spec"]["template"]["spec"]
+        .pop("topologySpreadConstraints"),
+        "PDB selector typo": lambda ds: [d for d in ds if d["kind"] == "PodDisruptionBudget"][0]
+        ["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/name": "typo"}),
+        "HPA below the replicas": lambda ds: [d for d in ds if d["kind"] == "HorizontalPodAutoscaler"]
+        [0]["spec"].update(minReplicas=1),
+        "DSN inline in the config": inline_dsn,
+        "no egress to PostgreSQL": lambda ds: [d for d in ds if d["kind"] == "NetworkPolicy"][0]
+        ["spec"]["egress"].pop(),
+    }
+    failures = []
+    for name, mutate in mutations.items():
+        mutated = copy.deepcopy(docs)
+        mutate(mutated)
+        c = Checker(name)
+        check_docs(mutated, c)
+        if not c.failures:
+            failures.append(f"self-test (ha): '{name}' was not detected")
+    return len(mutations) - len(failures), failures
 
 
 def self_test(docs):
@@ -426,7 +548,7 @@ def main():
     args = parser.parse_args()
 
     passed, failed = 0, 0
-    for overlay in ("base", "overlays/production"):
+    for overlay in ("base", "overlays/production", "overlays/ha"):
         c = Checker(overlay)
         docs = render(args.kubectl, os.path.join(args.deploy_dir, overlay))
         config = check_docs(docs, c)
@@ -439,13 +561,22 @@ def main():
             print(f"  FAIL {f}")
         passed += c.passed
         failed += len(c.failures)
-        if args.self_test and overlay == "base":
-            ok, problems = self_test(docs)
+        if args.self_test and overlay in ("base", "overlays/ha"):
+            ok, problems = self_test(docs) if overlay == "base" else self_test_ha(docs)
             print(f"self-test: {ok} mutations detected, {len(problems)} missed")
             for p in problems:
                 print(f"  FAIL {p}")
             passed += ok
             failed += len(problems)
+    c = Checker("postgres-example")
+    docs = render(args.kubectl, os.path.join(args.deploy_dir, "postgres-example"))
+    check_postgres_example(docs, c)
+    print(f"postgres-example: {len(docs)} objects: {c.passed} checks passed, "
+          f"{len(c.failures)} failed")
+    for f in c.failures:
+        print(f"  FAIL {f}")
+    passed += c.passed
+    failed += len(c.failures)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -258,6 +258,36 @@ TEST_F(LoudlyTest, RefreshTokensRotateAndOldOnesAreRejected) {
   EXPECT_EQ(emulator_->stats().token_refreshes_rejected, 3);
 }
 
+TEST_F(LoudlyTest, TokenLifetimeIsConfigurableAndEarlyRefreshesAreCounted) {
+  Options o = FastOptions();
+  o.access_token_ttl = absl::Seconds(4);
+  SteppedClock clock;
+  o.clock = clock.Function();
+  StartEmulator(o);
+  auto grant =
+      client_->Post("/oauth/v2/token",
+                    absl::StrCat("client_id=1_test_client&grant_type=refresh_token&refresh_token=",
+                                 emulator_->current_refresh_token()),
+                    "application/x-www-form-urlencoded");
+  ASSERT_TRUE(grant);
+  ASSERT_EQ(grant->status, 200);
+  EXPECT_EQ(Json::parse(grant->body)["expires_in"], 4);
+  const std::string token = Json::parse(grant->body)["access_token"];
+  EXPECT_EQ(client_->Get("/users/limits", Bearer(token))->status, 200);
+  // Three quarters through its life: a timely refresh.
+  clock.Advance(absl::Seconds(3));
+  EXPECT_EQ(client_->Get("/users/limits", Bearer(token))->status, 200);
+  Login();
+  EXPECT_EQ(emulator_->stats().token_refreshes_early, 0);
+  // At once again, with the new token's whole life left: early.
+  Login();
+  EXPECT_EQ(emulator_->stats().token_refreshes_early, 1);
+  clock.Advance(absl::Seconds(5));
+  EXPECT_EQ(client_->Get("/users/limits", Bearer(token))->status, 401);
+  EXPECT_EQ(emulator_->stats().token_refreshes, 3);
+  EXPECT_EQ(emulator_->stats().token_refreshes_rejected, 0);
+}
+
 TEST_F(LoudlyTest, MissingInvalidAndExpiredBearerTokensGet401) {
   Options o = FastOptions();
   o.access_token_ttl = absl::Seconds(1);
