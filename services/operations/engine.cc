@@ -25,6 +25,7 @@
 #include "common/time_util.h"
 #include "services/operations/asset_host.h"
 #include "services/operations/change_feed.h"
+#include "services/operations/custody.h"
 #include "services/operations/executor.h"
 #include "services/operations/ids.h"
 #include "services/operations/operation_errors.h"
@@ -52,6 +53,8 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
                           options_.default_quota_backoff},
             clock_)),
         executor_(std::make_shared<Executor>(options_.worker_threads, clock_)),
+        custody_(std::make_shared<AssetCustody>(options_, clock_, store_, executor_, http,
+                                                options_.asset_store)),
         feed_(NewInProcessChangeFeed()),
         env_(std::make_shared<TrackerEnv>(options_, clock_, store_, router_, executor_, feed_)),
         hub_(std::make_shared<WatchHub>(
@@ -59,6 +62,16 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
             store_)),
         assets_(std::make_shared<AssetHost>(options_, clock_, store_, router_, executor_, http)) {
     feed_->Subscribe(hub_.get());
+    env_->custody = custody_;
+    assets_->SetCustody(custody_);
+    std::weak_ptr<AssetHost> weak_assets = assets_;
+    custody_->SetUrlRefresher(
+        [weak_assets](const std::string& id, int index,
+                      absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&> done) {
+          auto assets = weak_assets.lock();
+          if (assets == nullptr) return std::move(done)(ShuttingDown());
+          assets->RefreshUrl(id, index, std::move(done));
+        });
   }
 
   ~EngineImpl() override {
@@ -80,6 +93,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
       log::Info("resumed live operations", {{"count", static_cast<long>(live->size())}});
     }
     ScheduleMaintenance(absl::ZeroDuration());
+    custody_->Start();
     return absl::OkStatus();
   }
 
@@ -93,6 +107,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     for (auto& tracker : env_->live.Stop()) tracker->Stop(status);
     hub_->Shutdown(status);
     assets_->Shutdown(status);
+    custody_->Shutdown();
     feed_->Unsubscribe(hub_.get());
     executor_->Stop();
   }
@@ -266,6 +281,10 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     stats.live_by_state = env_->live.Counts();
     stats.open_watchers = hub_->open_watches();
     stats.open_downloads = assets_->open_downloads();
+    const CustodyStats custody = custody_->Stats();
+    stats.custody_held_bytes = custody.held_bytes;
+    stats.custody_pending = custody.pending;
+    stats.custody_oldest_pending_age = custody.oldest_pending_age;
     return stats;
   }
 
@@ -378,6 +397,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   const std::shared_ptr<OperationStore> store_;
   const std::shared_ptr<Router> router_;
   const std::shared_ptr<Executor> executor_;
+  const std::shared_ptr<AssetCustody> custody_;
   const std::shared_ptr<ChangeFeed> feed_;
   const std::shared_ptr<TrackerEnv> env_;
   const std::shared_ptr<WatchHub> hub_;
