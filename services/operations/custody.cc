@@ -257,7 +257,7 @@ void AssetCustody::FetchBeforeSuccess(
     const int index = static_cast<int>(i);
     FetchOne(outputs[i], provider,
              [weak, gather, shared_done, operation_id, tenant, index](
-                 absl::StatusOr<StoredObject> result, absl::string_view outcome) {
+                 const absl::StatusOr<StoredObject>& result, absl::string_view outcome) {
                auto self = weak.lock();
                const bool held = self != nullptr && self->Outcome(operation_id, index, tenant,
                                                                   /*attempts=*/1, result, outcome);
@@ -289,7 +289,7 @@ void AssetCustody::RetryOne(const CustodyRecord& row) {
   }
   std::weak_ptr<AssetCustody> weak = weak_from_this();
   const int attempts = row.attempts + 1;
-  auto finish = [weak, row, key, attempts](absl::StatusOr<StoredObject> result,
+  auto finish = [weak, row, key, attempts](const absl::StatusOr<StoredObject>& result,
                                            absl::string_view outcome) {
     auto self = weak.lock();
     if (self == nullptr) return;
