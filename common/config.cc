@@ -352,6 +352,9 @@ absl::Status ParseRate(ObjectReader& reader, const std::string& name, RateLimitC
 }
 
 // Overrides `limits` key by key.
+// Ten years: retention beyond that is "forever" in practice.
+constexpr double kMaxRetentionSeconds = 10.0 * 366 * 86400;
+
 absl::Status ParseLimits(const json& object, const std::string& path, TenantLimitsConfig* limits) {
   if (!object.is_object()) return Problem(path, "must be an object");
   ObjectReader reader(object, path);
@@ -367,11 +370,15 @@ absl::Status ParseLimits(const json& object, const std::string& path, TenantLimi
 }
 
 absl::StatusOr<TenantConfig> ParseTenant(const json& object, const std::string& path,
-                                         const TenantLimitsConfig& default_limits) {
+                                         const TenantLimitsConfig& default_limits,
+                                         absl::Duration default_retention) {
   if (!object.is_object()) return Problem(path, "must be an object");
   ObjectReader reader(object, path);
   TenantConfig tenant;
   tenant.limits = default_limits;
+  tenant.asset_retention = default_retention;
+  MUSICGW_RETURN_IF_ERROR(
+      reader.Seconds("asset_retention_seconds", &tenant.asset_retention, 1, kMaxRetentionSeconds));
   if (const json* limits = reader.Find("limits"); limits != nullptr) {
     MUSICGW_RETURN_IF_ERROR(ParseLimits(*limits, reader.Path("limits"), &tenant.limits));
   }
@@ -506,8 +513,10 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
       config.ledger_postgres_pool_size = static_cast<int>(pool);
       MUSICGW_RETURN_IF_ERROR(pg.CheckNoUnknownKeys());
     }
+    MUSICGW_RETURN_IF_ERROR(l.String("assets_path", &config.assets_path));
     MUSICGW_RETURN_IF_ERROR(l.CheckNoUnknownKeys());
   }
+
   if (const json* operations = reader.Find("operations"); operations != nullptr) {
     if (!operations->is_object()) return Problem("operations", "must be an object");
     ObjectReader o(*operations, "operations");
@@ -521,6 +530,11 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
         o.Seconds("quota_refresh_seconds", &config.quota_refresh_interval, 1, 86400));
     MUSICGW_RETURN_IF_ERROR(
         o.Seconds("webhook_tolerance_seconds", &config.webhook_tolerance, 1, 86400));
+    MUSICGW_RETURN_IF_ERROR(
+        o.Seconds("custody_fetch_timeout_seconds", &config.custody_fetch_timeout, 0.1, 3600));
+    MUSICGW_RETURN_IF_ERROR(o.Seconds("custody_retry_seconds", &config.custody_retry, 0.01, 3600));
+    MUSICGW_RETURN_IF_ERROR(
+        o.Seconds("custody_sweep_seconds", &config.custody_sweep_interval, 0.01, 86400));
     MUSICGW_RETURN_IF_ERROR(o.CheckNoUnknownKeys());
     config.watch_buffer = static_cast<int>(buffer);
     config.download_chunk_bytes = static_cast<int>(chunk);
@@ -553,9 +567,12 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
     return Problem("tenants", "required: a list with at least one tenant");
   }
   TenantLimitsConfig default_limits;
+  absl::Duration default_retention = TenantConfig().asset_retention;
   if (const json* defaults = reader.Find("tenant_defaults"); defaults != nullptr) {
     if (!defaults->is_object()) return Problem("tenant_defaults", "must be an object");
     ObjectReader d(*defaults, "tenant_defaults");
+    MUSICGW_RETURN_IF_ERROR(
+        d.Seconds("asset_retention_seconds", &default_retention, 1, kMaxRetentionSeconds));
     if (const json* limits = d.Find("limits"); limits != nullptr) {
       MUSICGW_RETURN_IF_ERROR(ParseLimits(*limits, d.Path("limits"), &default_limits));
     }
@@ -564,7 +581,8 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
   std::set<std::string> tenant_names, key_hashes;
   for (size_t i = 0; i < tenants->size(); ++i) {
     const std::string path = absl::StrCat("tenants[", i, "]");
-    MUSICGW_ASSIGN_OR_RETURN(TenantConfig tenant, ParseTenant((*tenants)[i], path, default_limits));
+    MUSICGW_ASSIGN_OR_RETURN(TenantConfig tenant,
+                             ParseTenant((*tenants)[i], path, default_limits, default_retention));
     if (!tenant_names.insert(tenant.name).second) {
       return Problem(path + ".name", absl::StrCat("duplicate tenant \"", tenant.name, "\""));
     }

@@ -97,6 +97,10 @@ struct TenantConfig {
   // (e.g. "spiffe://example.org/ns/batch/sa/renderer", a DNS name) is this tenant, no API key
   // needed.
   std::vector<std::string> client_sans;
+  // How long the gateway keeps its copy of this tenant's assets (asset_retention_seconds;
+  // default tenant_defaults.asset_retention_seconds, else 30 days). A Download after that is
+  // NOT_FOUND ASSET_EXPIRED.
+  absl::Duration asset_retention = absl::Hours(24 * 30);
 };
 
 struct Config {
@@ -114,6 +118,10 @@ struct Config {
   // empty: the embedded SQLite ledger at ledger_path. Never logged.
   std::string ledger_postgres_dsn;
   int ledger_postgres_pool_size = 8;
+  // The asset custody store (ledger.assets_path): a directory on the data volume, shared by
+  // every replica (a ReadWriteMany volume) when the ledger is PostgreSQL. Empty: next to the
+  // SQLite ledger ("<ledger.path>.assets"), or "musicgw-assets" with PostgreSQL.
+  std::string assets_path;
   // This replica's name in the ledger's owner column: unique per replica sharing a ledger.
   // Empty: "local" with SQLite, the host name (the pod's name) with PostgreSQL.
   std::string replica_id;
@@ -124,6 +132,11 @@ struct Config {
   absl::Duration watch_heartbeat = absl::Seconds(15);
   int watch_buffer = 16;
   int download_chunk_bytes = 256 * 1024;
+  // Asset custody: one fetch's limit, the first background retry delay (doubling up to 30 min)
+  // and how often pending fetches are retried and expired assets swept.
+  absl::Duration custody_fetch_timeout = absl::Seconds(60);
+  absl::Duration custody_retry = absl::Seconds(10);
+  absl::Duration custody_sweep_interval = absl::Seconds(30);
   absl::Duration quota_refresh_interval = absl::Seconds(60);
   absl::Duration webhook_tolerance = absl::Minutes(5);
   std::vector<ProviderConfig> providers;

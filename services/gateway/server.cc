@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -108,6 +109,18 @@ class GatewayServerImpl final : public GatewayServer {
     options.watch_buffer = config_.watch_buffer;
     options.download_chunk_bytes = config_.download_chunk_bytes;
     options.budgets = MakeBudgetResolver(config_.tenants);
+    MUSICGW_ASSIGN_OR_RETURN(options.asset_store, OpenAssetStore());
+    options.custody_fetch_timeout = config_.custody_fetch_timeout;
+    options.custody_retry_initial = config_.custody_retry;
+    options.custody_sweep_interval = config_.custody_sweep_interval;
+    {
+      std::map<std::string, absl::Duration> retention;
+      for (const auto& tenant : config_.tenants) retention[tenant.name] = tenant.asset_retention;
+      options.asset_retention = [retention = std::move(retention)](const std::string& tenant) {
+        auto it = retention.find(tenant);
+        return it != retention.end() ? it->second : config::TenantConfig().asset_retention;
+      };
+    }
     engine_observer_ = std::make_unique<metrics::EngineObserverFanOut>(
         std::vector<operations::EngineObserver*>{&quota_observer_, metrics_.get()});
     options.observer = engine_observer_.get();
@@ -275,6 +288,19 @@ class GatewayServerImpl final : public GatewayServer {
       options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
     }
     return grpc::experimental::TlsServerCredentials(options);
+  }
+
+  // The asset custody store: a directory next to the SQLite ledger by default; with PostgreSQL,
+  // ledger.assets_path on a volume every replica mounts (README "Asset custody").
+  absl::StatusOr<std::shared_ptr<operations::AssetStore>> OpenAssetStore() {
+    std::string path = config_.assets_path;
+    if (path.empty()) {
+      path = config_.ledger_postgres_dsn.empty() ? config_.ledger_path + ".assets"
+                                                 : std::string("musicgw-assets");
+    }
+    auto store = operations::OpenDirectoryAssetStore(path);
+    if (!store.ok()) return store.status();
+    return std::shared_ptr<operations::AssetStore>(*std::move(store));
   }
 
   // The embedded SQLite ledger, or the shared PostgreSQL one. Errors never quote the DSN.

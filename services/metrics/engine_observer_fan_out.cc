@@ -29,5 +29,8 @@ void EngineObserverFanOut::OnDownloadBytes(v1::Provider provider, int64_t bytes)
 void EngineObserverFanOut::OnFallback(v1::Provider from, v1::Provider to) {
   for (auto* observer : observers_) observer->OnFallback(from, to);
 }
+void EngineObserverFanOut::OnCustodyFetch(absl::string_view outcome) {
+  for (auto* observer : observers_) observer->OnCustodyFetch(outcome);
+}
 
 }  // namespace musicgw::metrics

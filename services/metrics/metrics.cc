@@ -40,6 +40,8 @@ constexpr std::array<absl::string_view, 9> kMethods = {
     "CancelOperation", "Download",     "GetQuota",       "ListProviders"};
 constexpr std::array<absl::string_view, 9> kHttpOutcomes = {
     "1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "unavailable", "cancelled", "error"};
+constexpr std::array<absl::string_view, 4> kCustodyOutcomes = {"stored", "upstream_error",
+                                                               "timeout", "store_error"};
 constexpr std::array<absl::string_view, 3> kAbandonReasons = {"attempts", "deadline", "budget"};
 constexpr std::array<absl::string_view, 2> kProviders = {"loudly", "soundpiece"};
 // Labels whose collapses are counted (pre-created so the counter exists at zero).
@@ -137,7 +139,13 @@ class Metrics::Impl {
                             "Submissions routed to fallback_provider after provider rejected "
                             "them.",
                             *registry_),
-                   {"provider", "fallback_provider"}) {
+                   {"provider", "fallback_provider"}),
+        custody_fetches_(Register(prometheus::BuildCounter(), "musicgw_custody_fetches_total",
+                                  "Asset custody fetches from providers, by outcome.", *registry_),
+                         {"outcome"}) {
+    for (absl::string_view outcome : kCustodyOutcomes) {
+      custody_fetches_.Get({std::string(outcome)});
+    }
     for (absl::string_view label : kCollapsible) {
       collapsed_[label] = &collapsed_family_.Add({{"label", std::string(label)}});
     }
@@ -223,6 +231,9 @@ class Metrics::Impl {
   }
   void OnFallback(v1::Provider from, v1::Provider to) {
     fallbacks_.Get({Provider(from), Provider(to)}).Increment();
+  }
+  void OnCustodyFetch(absl::string_view outcome) {
+    custody_fetches_.Get({Fixed(outcome, kCustodyOutcomes, "outcome")}).Increment();
   }
 
   void OnRequestDone(absl::string_view provider, absl::string_view endpoint,
@@ -362,6 +373,7 @@ class Metrics::Impl {
   Children<Histogram> ops_success_latency_;
   Children<Counter> download_bytes_;
   Children<Counter> fallbacks_;
+  Children<Counter> custody_fetches_;
   std::unique_ptr<BoundedValues> endpoints_;
   std::unique_ptr<BoundedValues> reasons_;
   std::unique_ptr<BoundedValues> resources_;
@@ -422,6 +434,21 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
                            MetricType::Gauge);
       downloads.Add({}, static_cast<double>(stats.open_downloads));
       downloads.MoveTo(out);
+      PullFamily held("musicgw_custody_held_bytes",
+                      "Asset bytes the gateway holds in its custody store (distinct objects).",
+                      MetricType::Gauge);
+      held.Add({}, static_cast<double>(stats.custody_held_bytes));
+      held.MoveTo(out);
+      PullFamily pending("musicgw_custody_pending_fetches",
+                         "Asset custody fetches pending (retried in the background).",
+                         MetricType::Gauge);
+      pending.Add({}, static_cast<double>(stats.custody_pending));
+      pending.MoveTo(out);
+      PullFamily oldest("musicgw_custody_oldest_pending_seconds",
+                        "Age of the oldest pending asset custody fetch; 0 when none.",
+                        MetricType::Gauge);
+      oldest.Add({}, absl::ToDoubleSeconds(stats.custody_oldest_pending_age));
+      oldest.MoveTo(out);
     }
     PullFamily tokens("musicgw_upstream_token_refreshes_total",
                       "Completed OAuth token refreshes, by provider account.", MetricType::Counter);
@@ -612,6 +639,7 @@ void Metrics::OnDownloadBytes(v1::Provider provider, int64_t bytes) {
   impl_->OnDownloadBytes(provider, bytes);
 }
 void Metrics::OnFallback(v1::Provider from, v1::Provider to) { impl_->OnFallback(from, to); }
+void Metrics::OnCustodyFetch(absl::string_view outcome) { impl_->OnCustodyFetch(outcome); }
 
 void Metrics::OnRequestDone(absl::string_view provider, absl::string_view endpoint,
                             absl::string_view outcome, absl::Duration latency) {

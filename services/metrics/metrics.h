@@ -97,6 +97,7 @@ class Metrics final : public gateway::RpcObserver,
                           absl::Duration latency) override;
   void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) override;
   void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) override;
+  void OnCustodyFetch(absl::string_view outcome) override;
 
   // http::HttpObserver
   void OnRequestDone(absl::string_view provider, absl::string_view endpoint,
@@ -127,6 +128,7 @@ class EngineObserverFanOut final : public operations::EngineObserver {
                           absl::Duration latency) override;
   void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) override;
   void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) override;
+  void OnCustodyFetch(absl::string_view outcome) override;
 
  private:
   std::vector<operations::EngineObserver*> observers_;

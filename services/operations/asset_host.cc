@@ -19,6 +19,7 @@ AssetHost::AssetHost(const EngineOptions& options, const Clock& clock,
                      std::shared_ptr<OperationStore> store, std::shared_ptr<Router> router,
                      std::shared_ptr<Executor> executor, http::Client* http)
     : chunk_bytes_(options.download_chunk_bytes),
+      custody_chunk_bytes_(options.custody_chunk_bytes),
       buffer_bytes_(options.download_buffer_bytes),
       transfer_timeout_(options.download_timeout),
       observer_(options.observer),
@@ -54,6 +55,25 @@ absl::StatusOr<std::unique_ptr<EventStream<v1::DownloadChunk>>> AssetHost::Open(
         absl::OutOfRangeError(absl::StrCat("offset ", offset, " is beyond the end of the asset (",
                                            a.size_bytes(), " bytes)")),
         "OFFSET_OUT_OF_RANGE", kGatewayDomain);
+  }
+  if (custody_ != nullptr && custody_->enabled()) {
+    auto held = custody_->OpenHeld(ref.operation_id, ref.index);
+    if (held.ok() && held->reader != nullptr) {
+      if (offset > held->reader->size()) {
+        return WithErrorInfo(absl::OutOfRangeError(absl::StrCat("offset ", offset,
+                                                                " is beyond the end of the asset (",
+                                                                held->reader->size(), " bytes)")),
+                             "OFFSET_OUT_OF_RANGE", kGatewayDomain);
+      }
+      return std::unique_ptr<EventStream<v1::DownloadChunk>>(std::make_unique<CustodyStream>(
+          a, std::move(held->reader), held->sha256, offset, custody_chunk_bytes_, open_));
+    }
+    if (absl::IsNotFound(held.status())) return held.status();  // retention ended
+    if (!held.ok()) {
+      // The provider still has the bytes: a ledger or disk hiccup here is no reason to fail.
+      log::Warning("asset custody unreadable; streaming from the provider",
+                   {{"operation", ref.operation_id}, {"error", held.status().ToString()}});
+    }
   }
   if (http_ == nullptr) {
     return WithErrorInfo(absl::FailedPreconditionError("downloads are not configured"),

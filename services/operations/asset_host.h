@@ -1,7 +1,9 @@
 // File: asset_host.h
-// Downloads of operation outputs: checks the asset belongs to the tenant and is ready, streams
-// it from the provider's URL (DownloadPipe), refreshes expired URLs through the routed adapter,
-// and records the size and digest a complete download learnt.
+// Downloads of operation outputs: checks the asset belongs to the tenant and is ready, serves
+// the gateway's own copy when custody holds it (CustodyStream: local reads at any offset, the
+// digest known, whatever the provider's URL does), otherwise streams it from the provider's
+// URL (DownloadPipe), refreshes expired URLs through the routed adapter, and records the size
+// and digest a complete download learnt. After the tenant's retention: NOT_FOUND ASSET_EXPIRED.
 //
 // Thread-safe. Held by downloads weakly (DownloadHost), so it may go first.
 #pragma once
@@ -19,6 +21,7 @@
 #include "adapters/http/http_client.h"
 #include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
+#include "services/operations/custody.h"
 #include "services/operations/download_stream.h"
 #include "services/operations/engine.h"
 #include "services/operations/event_stream.h"
@@ -37,6 +40,8 @@ class AssetHost final : public DownloadHost, public std::enable_shared_from_this
   // AssetInfo, then data chunks from `offset`, of the tenant's asset named `asset`.
   absl::StatusOr<std::unique_ptr<EventStream<musicgw::v1::DownloadChunk>>> Open(
       const std::string& tenant, absl::string_view asset, int64_t offset);
+  // Custody to serve held copies from (set once before serving; may stay unset).
+  void SetCustody(std::shared_ptr<AssetCustody> custody) { custody_ = std::move(custody); }
   // Ends every open download with `status`; later Opens fail with it.
   void Shutdown(const absl::Status& status);
   int64_t open_downloads() const { return open_->load(); }
@@ -51,6 +56,7 @@ class AssetHost final : public DownloadHost, public std::enable_shared_from_this
 
  private:
   const int chunk_bytes_;
+  const int custody_chunk_bytes_;
   const int buffer_bytes_;
   const absl::Duration transfer_timeout_;
   EngineObserver* const observer_;
@@ -60,6 +66,7 @@ class AssetHost final : public DownloadHost, public std::enable_shared_from_this
   const std::shared_ptr<Executor> executor_;
   http::Client* const http_;
   const std::shared_ptr<std::atomic<int64_t>> open_;
+  std::shared_ptr<AssetCustody> custody_;
 
   absl::Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;

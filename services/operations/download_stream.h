@@ -8,6 +8,7 @@
 
 #include <openssl/evp.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -23,6 +24,7 @@
 #include "adapters/http/http_client.h"
 #include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
+#include "services/operations/asset_store.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
 
@@ -154,6 +156,33 @@ class DownloadStream final : public EventStream<musicgw::v1::DownloadChunk> {
  private:
   std::shared_ptr<DownloadPipe> pipe_;
   std::function<void()> on_close_;
+};
+
+// One Download served from the gateway's own copy (asset custody): AssetInfo with the size
+// and the digest, then the bytes from `offset`, read from the store on demand. Every Next() has
+// a message or the end, so it never needs a wake-up. Counts itself in `open` while it lives.
+class CustodyStream final : public EventStream<musicgw::v1::DownloadChunk> {
+ public:
+  CustodyStream(musicgw::v1::Asset asset, std::unique_ptr<AssetReader> reader, std::string sha256,
+                int64_t offset, int chunk_bytes, std::shared_ptr<std::atomic<int64_t>> open);
+  ~CustodyStream() override;
+  CustodyStream(const CustodyStream&) = delete;
+  CustodyStream& operator=(const CustodyStream&) = delete;
+
+  std::optional<musicgw::v1::DownloadChunk> Next(bool* finished,
+                                                 absl::Status* final_status) override;
+  void SetWakeup(absl::AnyInvocable<void()> /*wake*/) override {}
+
+ private:
+  const musicgw::v1::Asset asset_;
+  const std::unique_ptr<AssetReader> reader_;
+  const std::string sha256_;
+  int64_t offset_;
+  const int chunk_bytes_;
+  const std::shared_ptr<std::atomic<int64_t>> open_;
+  bool info_sent_ = false;
+  bool done_ = false;
+  absl::Status status_;
 };
 
 }  // namespace musicgw::operations

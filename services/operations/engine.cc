@@ -26,6 +26,7 @@
 #include "common/time_util.h"
 #include "services/operations/asset_host.h"
 #include "services/operations/change_feed.h"
+#include "services/operations/custody.h"
 #include "services/operations/executor.h"
 #include "services/operations/ids.h"
 #include "services/operations/operation_errors.h"
@@ -53,6 +54,8 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
                           options_.default_quota_backoff},
             clock_)),
         executor_(std::make_shared<Executor>(options_.worker_threads, clock_)),
+        custody_(std::make_shared<AssetCustody>(options_, clock_, store_, executor_, http,
+                                                options_.asset_store)),
         feed_(NewInProcessChangeFeed()),
         env_(std::make_shared<TrackerEnv>(options_, clock_, store_, router_, executor_, feed_)),
         hub_(std::make_shared<WatchHub>(
@@ -60,6 +63,16 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
             store_)),
         assets_(std::make_shared<AssetHost>(options_, clock_, store_, router_, executor_, http)) {
     feed_->Subscribe(hub_.get());
+    env_->custody = custody_;
+    assets_->SetCustody(custody_);
+    std::weak_ptr<AssetHost> weak_assets = assets_;
+    custody_->SetUrlRefresher(
+        [weak_assets](const std::string& id, int index,
+                      absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&> done) {
+          auto assets = weak_assets.lock();
+          if (assets == nullptr) return std::move(done)(ShuttingDown());
+          assets->RefreshUrl(id, index, std::move(done));
+        });
   }
 
   ~EngineImpl() override {
@@ -90,6 +103,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     const size_t adopted = AdoptAll(*std::move(live));
     if (adopted > 0) log::Info("resumed live operations", {{"count", static_cast<long>(adopted)}});
     ScheduleMaintenance(absl::ZeroDuration());
+    custody_->Start();
     return absl::OkStatus();
   }
 
@@ -104,6 +118,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     if (options_.replica_link != nullptr) options_.replica_link->Stop();
     hub_->Shutdown(status);
     assets_->Shutdown(status);
+    custody_->Shutdown();
     feed_->Unsubscribe(hub_.get());
     executor_->Stop();
   }
@@ -289,6 +304,10 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     stats.live_by_state = env_->live.Counts();
     stats.open_watchers = hub_->open_watches();
     stats.open_downloads = assets_->open_downloads();
+    const CustodyStats custody = custody_->Stats();
+    stats.custody_held_bytes = custody.held_bytes;
+    stats.custody_pending = custody.pending;
+    stats.custody_oldest_pending_age = custody.oldest_pending_age;
     return stats;
   }
 
@@ -510,6 +529,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   const std::shared_ptr<OperationStore> store_;
   const std::shared_ptr<Router> router_;
   const std::shared_ptr<Executor> executor_;
+  const std::shared_ptr<AssetCustody> custody_;
   const std::shared_ptr<ChangeFeed> feed_;
   const std::shared_ptr<TrackerEnv> env_;
   const std::shared_ptr<WatchHub> hub_;

@@ -22,6 +22,7 @@
 #include "adapters/provider.h"
 #include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
+#include "services/operations/asset_store.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
 #include "services/operations/replica_link.h"
@@ -51,6 +52,9 @@ class EngineObserver {
   virtual void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) {}
   // A submission was routed to another provider after `from` rejected it.
   virtual void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) {}
+  // One asset custody fetch ended: `outcome` is "stored", "upstream_error", "timeout" or
+  // "store_error" (custody.h).
+  virtual void OnCustodyFetch(absl::string_view outcome) {}
 };
 
 // A tenant's budgets for one task kind at `now` (from the gateway's configuration).
@@ -106,6 +110,21 @@ struct EngineOptions {
   absl::Duration suggested_poll_interval = absl::Seconds(2);
   // A download's upstream transfer limit (curl's whole-transfer timeout).
   absl::Duration download_timeout = absl::Minutes(30);
+  // Asset custody (custody.h): the store every output is fetched into once its operation
+  // succeeds; null: no custody, downloads stream from the provider.
+  std::shared_ptr<AssetStore> asset_store;
+  // Chunk size of a download served from custody (local reads: larger chunks, fewer messages).
+  int custody_chunk_bytes = 1024 * 1024;
+  // One custody fetch's whole-transfer limit (SUCCEEDED waits for it at most this long).
+  absl::Duration custody_fetch_timeout = absl::Seconds(60);
+  // Background retries of failed fetches: exponential backoff between these bounds.
+  absl::Duration custody_retry_initial = absl::Seconds(10);
+  absl::Duration custody_retry_max = absl::Minutes(30);
+  // How often pending fetches are retried and expired assets swept.
+  absl::Duration custody_sweep_interval = absl::Seconds(30);
+  // How long a tenant's assets are held after they were fetched; unset: the default for all.
+  std::function<absl::Duration(const std::string& tenant)> asset_retention;
+  absl::Duration default_asset_retention = absl::Hours(24 * 30);
   // Tenant budgets checked atomically at Generate; none when empty.
   BudgetResolver budgets;
   // Replicas sharing the ledger: other replicas' changes reach this one's watchers, and a
@@ -130,6 +149,11 @@ struct EngineStats {
   std::vector<LiveCount> live_by_state;
   int64_t open_watchers = 0;
   int64_t open_downloads = 0;
+  // Asset custody: distinct bytes held, fetches pending and the age of the oldest one (as of
+  // the last custody pass).
+  int64_t custody_held_bytes = 0;
+  int64_t custody_pending = 0;
+  absl::Duration custody_oldest_pending_age = absl::ZeroDuration();
 };
 
 class OperationsEngine {

@@ -98,6 +98,34 @@ struct ListQuery {
   std::string before_id;
 };
 
+// Where the gateway's own copy of one output stands (asset custody).
+enum class CustodyState {
+  kPending = 1,  // to be fetched from the provider (again, after next_attempt)
+  kHeld = 2,     // in the asset store under sha256, until expire_time
+  kExpired = 3,  // retention ran out; the bytes are gone
+};
+
+struct CustodyRecord {
+  std::string operation_id;
+  int index = 0;
+  std::string tenant;
+  CustodyState state = CustodyState::kPending;
+  std::string sha256;
+  int64_t size_bytes = 0;
+  absl::Time pending_since = absl::InfinitePast();
+  absl::Time next_attempt = absl::InfinitePast();
+  int attempts = 0;
+  absl::Time expire_time = absl::InfiniteFuture();
+};
+
+struct CustodySummary {
+  // Distinct objects held (two assets with the same bytes are stored once).
+  int64_t held_bytes = 0;
+  int64_t pending = 0;
+  // The oldest pending fetch; InfiniteFuture when none is pending.
+  absl::Time oldest_pending = absl::InfiniteFuture();
+};
+
 struct StoredEvent {
   int64_t sequence = 0;
   musicgw::v1::Operation operation;
@@ -146,6 +174,27 @@ class OperationStore {
   // Size and digest learnt by a complete download of asset `index`.
   virtual absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
                                      absl::string_view sha256) = 0;
+  // Custody. Outputs 0..count-1 become pending (rows that exist are left alone), first
+  // attempted at `next_attempt`; durable, so a restart resumes them.
+  virtual absl::Status AddPendingCustody(absl::string_view id, absl::string_view tenant, int count,
+                                         absl::Time now, absl::Time next_attempt) = 0;
+  // Output `index` is held: its size and digest become the asset's facts (merged into
+  // snapshots with in_custody set) in the same transaction.
+  virtual absl::Status RecordCustody(absl::string_view id, int index, int64_t size_bytes,
+                                     absl::string_view sha256, absl::Time expire_time) = 0;
+  // A pending fetch failed: try again at `next_attempt`.
+  virtual absl::Status DeferCustody(absl::string_view id, int index, int attempts,
+                                    absl::Time next_attempt) = 0;
+  // Every custody row of one operation, by index.
+  virtual absl::StatusOr<std::vector<CustodyRecord>> GetCustody(absl::string_view id) = 0;
+  // Pending rows due at `now`, oldest first, at most `limit`.
+  virtual absl::StatusOr<std::vector<CustodyRecord>> DueCustody(absl::Time now, int limit) = 0;
+  // Held rows whose retention ended before `now` become expired (in_custody cleared); returns
+  // them, at most `limit`.
+  virtual absl::StatusOr<std::vector<CustodyRecord>> ExpireCustody(absl::Time now, int limit) = 0;
+  // Held rows that still reference the object `sha256` (its bytes may only go at zero).
+  virtual absl::StatusOr<int64_t> CountHeldDigest(absl::string_view sha256) = 0;
+  virtual absl::StatusOr<CustodySummary> ReadCustodySummary() = 0;
   // Deletes change events of operations done before `done_before`; returns how many.
   virtual absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) = 0;
   virtual absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant,

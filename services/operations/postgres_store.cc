@@ -113,10 +113,36 @@ CREATE TABLE provider_quota (
   PRIMARY KEY (provider, account)
 );
 )sql",
+    // 3: asset custody. `asset_custody` follows each output from pending (fetch due at
+    // next_attempt_us) to held (bytes in the asset store under sha256 until expire_time_us) to
+    // expired; `assets.in_custody` is what snapshots show.
+    R"sql(
+CREATE TABLE asset_custody (
+  operation_id TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  tenant TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  sha256 TEXT NOT NULL DEFAULT '',
+  size_bytes BIGINT NOT NULL DEFAULT 0,
+  pending_since_us BIGINT NOT NULL,
+  next_attempt_us BIGINT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  expire_time_us BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (operation_id, idx)
+);
+CREATE INDEX asset_custody_due ON asset_custody (next_attempt_us) WHERE state = 1;
+CREATE INDEX asset_custody_expiry ON asset_custody (expire_time_us) WHERE state = 2;
+CREATE INDEX asset_custody_by_digest ON asset_custody (sha256) WHERE state = 2;
+ALTER TABLE assets ADD COLUMN in_custody BOOLEAN NOT NULL DEFAULT FALSE;
+)sql",
 };
 
 // Any constant shared by every replica: serializes migrations.
 constexpr int64_t kMigrationLock = 0x6d75736963677701;
+
+constexpr absl::string_view kCustodyColumns =
+    "operation_id, idx, tenant, state, sha256, size_bytes, pending_since_us, next_attempt_us, "
+    "attempts, expire_time_us";
 
 constexpr absl::string_view kRecordColumns =
     "id, tenant, request_id, request_hash, charged, owner, snapshot, upstream_outputs";
@@ -178,7 +204,42 @@ const pg::Statements& LedgerStatements() {
        "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES ($1, $2, $3, $4) "
        "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, "
        "sha256 = EXCLUDED.sha256"},
-      {"assets", "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = $1"},
+      {"assets", "SELECT idx, size_bytes, sha256, in_custody FROM assets WHERE operation_id = $1"},
+      {"custody_pending",
+       "INSERT INTO asset_custody (operation_id, idx, tenant, state, pending_since_us, "
+       "next_attempt_us) SELECT $1::text, i, $2::text, 1, $4::bigint, $5::bigint FROM "
+       "generate_series(0, $3::int - 1) AS i "
+       "ON CONFLICT DO NOTHING"},
+      {"custody_held",
+       "UPDATE asset_custody SET state = 2, sha256 = $3, size_bytes = $4, expire_time_us = $5 "
+       "WHERE operation_id = $1 AND idx = $2"},
+      {"custody_facts",
+       "INSERT INTO assets (operation_id, idx, size_bytes, sha256, in_custody) VALUES ($1, $2, "
+       "$3, $4, TRUE) ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = "
+       "EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256, in_custody = TRUE"},
+      {"custody_defer",
+       "UPDATE asset_custody SET attempts = $3, next_attempt_us = $4 WHERE operation_id = $1 "
+       "AND idx = $2 AND state = 1"},
+      {"custody_get", absl::StrCat("SELECT ", kCustodyColumns,
+                                   " FROM asset_custody WHERE operation_id = $1 ORDER BY idx")},
+      {"custody_due",
+       absl::StrCat("SELECT ", kCustodyColumns,
+                    " FROM asset_custody WHERE state = 1 AND next_attempt_us <= $1 ORDER BY "
+                    "next_attempt_us LIMIT $2")},
+      // SKIP LOCKED: two replicas sweeping at once expire disjoint rows.
+      {"custody_expire",
+       absl::StrCat("UPDATE asset_custody SET state = 3 WHERE (operation_id, idx) IN (SELECT "
+                    "operation_id, idx FROM asset_custody WHERE state = 2 AND expire_time_us < "
+                    "$1 ORDER BY expire_time_us LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ",
+                    kCustodyColumns)},
+      {"custody_unflag",
+       "UPDATE assets SET in_custody = FALSE WHERE operation_id = $1 AND idx = $2"},
+      {"custody_digest_refs", "SELECT COUNT(*) FROM asset_custody WHERE sha256 = $1 AND state = 2"},
+      {"custody_held_bytes",
+       "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT sha256, size_bytes FROM "
+       "asset_custody WHERE state = 2) AS held"},
+      {"custody_pending_summary",
+       "SELECT COUNT(*), COALESCE(MIN(pending_since_us), 0) FROM asset_custody WHERE state = 1"},
       {"prune",
        "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations WHERE "
        "done AND done_time_us < $1)"},
@@ -425,6 +486,92 @@ class PostgresOperationStore final : public OperationStore {
         .status();
   }
 
+  absl::Status AddPendingCustody(absl::string_view id, absl::string_view tenant, int count,
+                                 absl::Time now, absl::Time next_attempt) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn
+        ->Run("custody_pending",
+              {Param::Text(id), Param::Text(tenant), Param::Int(count),
+               Param::Int(LedgerMicros(now)), Param::Int(LedgerMicros(next_attempt))})
+        .status();
+  }
+
+  absl::Status RecordCustody(absl::string_view id, int index, int64_t size_bytes,
+                             absl::string_view sha256, absl::Time expire_time) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("custody_held", {Param::Text(id), Param::Int(index), Param::Text(sha256),
+                                   Param::Int(size_bytes), Param::Int(LedgerMicros(expire_time))})
+            .status());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("custody_facts",
+                  {Param::Text(id), Param::Int(index), Param::Int(size_bytes), Param::Text(sha256)})
+            .status());
+    return txn.Commit();
+  }
+
+  absl::Status DeferCustody(absl::string_view id, int index, int attempts,
+                            absl::Time next_attempt) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return conn
+        ->Run("custody_defer", {Param::Text(id), Param::Int(index), Param::Int(attempts),
+                                Param::Int(LedgerMicros(next_attempt))})
+        .status();
+  }
+
+  absl::StatusOr<std::vector<CustodyRecord>> GetCustody(absl::string_view id) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result, conn->Run("custody_get", {Param::Text(id)}));
+    return ReadCustody(result.get());
+  }
+
+  absl::StatusOr<std::vector<CustodyRecord>> DueCustody(absl::Time now, int limit) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result, conn->Run("custody_due", {Param::Int(LedgerMicros(now)),
+                                                                      Param::Int(limit)}));
+    return ReadCustody(result.get());
+  }
+
+  absl::StatusOr<std::vector<CustodyRecord>> ExpireCustody(absl::Time now, int limit) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    MUSICGW_ASSIGN_OR_RETURN(
+        Result result,
+        conn->Run("custody_expire", {Param::Int(LedgerMicros(now)), Param::Int(limit)}));
+    std::vector<CustodyRecord> expired = ReadCustody(result.get());
+    for (const auto& row : expired) {
+      MUSICGW_RETURN_IF_ERROR(
+          conn->Run("custody_unflag", {Param::Text(row.operation_id), Param::Int(row.index)})
+              .status());
+    }
+    MUSICGW_RETURN_IF_ERROR(txn.Commit());
+    return expired;
+  }
+
+  absl::StatusOr<int64_t> CountHeldDigest(absl::string_view sha256) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result,
+                             conn->Run("custody_digest_refs", {Param::Text(sha256)}));
+    return PQntuples(result.get()) > 0 ? IntCell(result.get(), 0, 0) : 0;
+  }
+
+  absl::StatusOr<CustodySummary> ReadCustodySummary() override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    CustodySummary summary;
+    MUSICGW_ASSIGN_OR_RETURN(Result held, conn->Run("custody_held_bytes", {}));
+    if (PQntuples(held.get()) > 0) summary.held_bytes = IntCell(held.get(), 0, 0);
+    MUSICGW_ASSIGN_OR_RETURN(Result pending, conn->Run("custody_pending_summary", {}));
+    if (PQntuples(pending.get()) > 0) {
+      summary.pending = IntCell(pending.get(), 0, 0);
+      if (summary.pending > 0)
+        summary.oldest_pending = FromLedgerMicros(IntCell(pending.get(), 0, 1));
+    }
+    return summary;
+  }
+
   absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     MUSICGW_ASSIGN_OR_RETURN(Result result,
@@ -484,9 +631,29 @@ class PostgresOperationStore final : public OperationStore {
         auto* asset = record.operation.mutable_outputs(static_cast<int>(index));
         asset->set_size_bytes(IntCell(assets.get(), i, 1));
         asset->set_sha256(Cell(assets.get(), i, 2));
+        asset->set_in_custody(BoolCell(assets.get(), i, 3));
       }
     }
     return record;
+  }
+
+  static std::vector<CustodyRecord> ReadCustody(const PGresult* result) {
+    std::vector<CustodyRecord> rows;
+    for (int row = 0; row < PQntuples(result); ++row) {
+      CustodyRecord record;
+      record.operation_id = Cell(result, row, 0);
+      record.index = static_cast<int>(IntCell(result, row, 1));
+      record.tenant = Cell(result, row, 2);
+      record.state = static_cast<CustodyState>(IntCell(result, row, 3));
+      record.sha256 = Cell(result, row, 4);
+      record.size_bytes = IntCell(result, row, 5);
+      record.pending_since = FromLedgerMicros(IntCell(result, row, 6));
+      record.next_attempt = FromLedgerMicros(IntCell(result, row, 7));
+      record.attempts = static_cast<int>(IntCell(result, row, 8));
+      record.expire_time = FromLedgerMicros(IntCell(result, row, 9));
+      rows.push_back(std::move(record));
+    }
+    return rows;
   }
 
   absl::StatusOr<std::vector<OperationRecord>> ReadRecords(Pool::Lease& conn,

@@ -89,7 +89,33 @@ DROP INDEX operations_by_budget;
 CREATE INDEX operations_for_credits ON operations (provider, provider_account, create_time_us, charged, task);
 DROP INDEX operations_by_account;
 )sql",
+    // 4: asset custody. `asset_custody` follows each output from pending (fetch due at
+    // next_attempt_us) to held (bytes in the asset store under sha256 until expire_time_us) to
+    // expired; `assets.in_custody` is what snapshots show.
+    R"sql(
+CREATE TABLE asset_custody (
+  operation_id TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  tenant TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  sha256 TEXT NOT NULL DEFAULT '',
+  size_bytes INTEGER NOT NULL DEFAULT 0,
+  pending_since_us INTEGER NOT NULL,
+  next_attempt_us INTEGER NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  expire_time_us INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (operation_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX asset_custody_due ON asset_custody (state, next_attempt_us);
+CREATE INDEX asset_custody_expiry ON asset_custody (state, expire_time_us);
+CREATE INDEX asset_custody_by_digest ON asset_custody (sha256, state);
+ALTER TABLE assets ADD COLUMN in_custody INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
+
+constexpr absl::string_view kCustodyColumns =
+    "operation_id, idx, tenant, state, sha256, size_bytes, pending_since_us, next_attempt_us, "
+    "attempts, expire_time_us";
 
 constexpr absl::string_view kRecordColumns =
     "id, tenant, request_id, request_hash, charged, owner, snapshot, upstream_outputs";
@@ -344,6 +370,142 @@ class SqliteOperationStore final : public OperationStore {
         .Run();
   }
 
+  absl::Status AddPendingCustody(absl::string_view id, absl::string_view tenant, int count,
+                                 absl::Time now, absl::Time next_attempt) override {
+    absl::MutexLock lock(&mu_);
+    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+    absl::Status status;
+    for (int index = 0; index < count && status.ok(); ++index) {
+      Stmt stmt(statements_,
+                "INSERT INTO asset_custody (operation_id, idx, tenant, state, pending_since_us, "
+                "next_attempt_us) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO NOTHING");
+      status = stmt.Bind(1, id)
+                   .Bind(2, static_cast<int64_t>(index))
+                   .Bind(3, tenant)
+                   .Bind(4, LedgerMicros(now))
+                   .Bind(5, LedgerMicros(next_attempt))
+                   .Run();
+    }
+    return FinishTxn(status);
+  }
+
+  absl::Status RecordCustody(absl::string_view id, int index, int64_t size_bytes,
+                             absl::string_view sha256, absl::Time expire_time) override {
+    absl::MutexLock lock(&mu_);
+    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+    Stmt custody(statements_,
+                 "UPDATE asset_custody SET state = 2, sha256 = ?, size_bytes = ?, "
+                 "expire_time_us = ? WHERE operation_id = ? AND idx = ?");
+    absl::Status status = custody.Bind(1, sha256)
+                              .Bind(2, size_bytes)
+                              .Bind(3, LedgerMicros(expire_time))
+                              .Bind(4, id)
+                              .Bind(5, static_cast<int64_t>(index))
+                              .Run();
+    if (status.ok()) {
+      Stmt facts(statements_,
+                 "INSERT INTO assets (operation_id, idx, size_bytes, sha256, in_custody) VALUES "
+                 "(?, ?, ?, ?, 1) ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = "
+                 "excluded.size_bytes, sha256 = excluded.sha256, in_custody = 1");
+      status = facts.Bind(1, id)
+                   .Bind(2, static_cast<int64_t>(index))
+                   .Bind(3, size_bytes)
+                   .Bind(4, sha256)
+                   .Run();
+    }
+    return FinishTxn(status);
+  }
+
+  absl::Status DeferCustody(absl::string_view id, int index, int attempts,
+                            absl::Time next_attempt) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_,
+              "UPDATE asset_custody SET attempts = ?, next_attempt_us = ? WHERE operation_id = ? "
+              "AND idx = ? AND state = 1");
+    return stmt.Bind(1, static_cast<int64_t>(attempts))
+        .Bind(2, LedgerMicros(next_attempt))
+        .Bind(3, id)
+        .Bind(4, static_cast<int64_t>(index))
+        .Run();
+  }
+
+  absl::StatusOr<std::vector<CustodyRecord>> GetCustody(absl::string_view id) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_, absl::StrCat("SELECT ", kCustodyColumns,
+                                        " FROM asset_custody WHERE operation_id = ? ORDER BY idx"));
+    stmt.Bind(1, id);
+    return ReadCustody(stmt);
+  }
+
+  absl::StatusOr<std::vector<CustodyRecord>> DueCustody(absl::Time now, int limit) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_, absl::StrCat("SELECT ", kCustodyColumns,
+                                        " FROM asset_custody WHERE state = 1 AND "
+                                        "next_attempt_us <= ? ORDER BY next_attempt_us LIMIT ?"));
+    stmt.Bind(1, LedgerMicros(now)).Bind(2, static_cast<int64_t>(limit));
+    return ReadCustody(stmt);
+  }
+
+  absl::StatusOr<std::vector<CustodyRecord>> ExpireCustody(absl::Time now, int limit) override {
+    absl::MutexLock lock(&mu_);
+    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+    std::vector<CustodyRecord> expired;
+    absl::Status status;
+    {
+      Stmt stmt(statements_, absl::StrCat("SELECT ", kCustodyColumns,
+                                          " FROM asset_custody WHERE state = 2 AND "
+                                          "expire_time_us < ? ORDER BY expire_time_us LIMIT ?"));
+      stmt.Bind(1, LedgerMicros(now)).Bind(2, static_cast<int64_t>(limit));
+      auto rows = ReadCustody(stmt);
+      if (rows.ok()) {
+        expired = *std::move(rows);
+      } else {
+        status = rows.status();
+      }
+    }
+    for (auto& row : expired) {
+      if (!status.ok()) break;
+      Stmt custody(statements_,
+                   "UPDATE asset_custody SET state = 3 WHERE operation_id = ? AND idx = ?");
+      status = custody.Bind(1, row.operation_id).Bind(2, static_cast<int64_t>(row.index)).Run();
+      if (!status.ok()) break;
+      Stmt facts(statements_,
+                 "UPDATE assets SET in_custody = 0 WHERE operation_id = ? AND idx = ?");
+      status = facts.Bind(1, row.operation_id).Bind(2, static_cast<int64_t>(row.index)).Run();
+      row.state = CustodyState::kExpired;
+    }
+    MUSICGW_RETURN_IF_ERROR(FinishTxn(status));
+    return expired;
+  }
+
+  absl::StatusOr<int64_t> CountHeldDigest(absl::string_view sha256) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_, "SELECT COUNT(*) FROM asset_custody WHERE sha256 = ? AND state = 2");
+    stmt.Bind(1, sha256);
+    MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    return row ? stmt.Int(0) : 0;
+  }
+
+  absl::StatusOr<CustodySummary> ReadCustodySummary() override {
+    absl::MutexLock lock(&mu_);
+    CustodySummary summary;
+    {
+      Stmt held(statements_,
+                "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT sha256, size_bytes "
+                "FROM asset_custody WHERE state = 2)");
+      MUSICGW_ASSIGN_OR_RETURN(bool row, held.Step());
+      if (row) summary.held_bytes = held.Int(0);
+    }
+    Stmt pending(statements_,
+                 "SELECT COUNT(*), MIN(pending_since_us) FROM asset_custody WHERE state = 1");
+    MUSICGW_ASSIGN_OR_RETURN(bool row, pending.Step());
+    if (row) {
+      summary.pending = pending.Int(0);
+      if (summary.pending > 0) summary.oldest_pending = FromLedgerMicros(pending.Int(1));
+    }
+    return summary;
+  }
+
   absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
     absl::MutexLock lock(&mu_);
     Stmt stmt(statements_,
@@ -435,7 +597,8 @@ class SqliteOperationStore final : public OperationStore {
     }
     record.upstream_outputs = UpstreamOutputsFromJson(stmt.Text(7));
     if (record.operation.outputs_size() > 0) {
-      Stmt assets(statements_, "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = ?");
+      Stmt assets(statements_,
+                  "SELECT idx, size_bytes, sha256, in_custody FROM assets WHERE operation_id = ?");
       assets.Bind(1, id);
       while (true) {
         MUSICGW_ASSIGN_OR_RETURN(bool row, assets.Step());
@@ -445,9 +608,39 @@ class SqliteOperationStore final : public OperationStore {
         auto* asset = record.operation.mutable_outputs(static_cast<int>(index));
         asset->set_size_bytes(assets.Int(1));
         asset->set_sha256(assets.Text(2));
+        asset->set_in_custody(assets.Int(3) != 0);
       }
     }
     return record;
+  }
+
+  // COMMIT when `status` is OK, else ROLLBACK; returns the first failure.
+  absl::Status FinishTxn(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (status.ok()) status = RunCached("COMMIT");
+    if (!status.ok()) RunCached("ROLLBACK").IgnoreError();
+    return status;
+  }
+
+  absl::StatusOr<std::vector<CustodyRecord>> ReadCustody(Stmt& stmt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<CustodyRecord> rows;
+    while (true) {
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      CustodyRecord record;
+      record.operation_id = stmt.Text(0);
+      record.index = static_cast<int>(stmt.Int(1));
+      record.tenant = stmt.Text(2);
+      record.state = static_cast<CustodyState>(stmt.Int(3));
+      record.sha256 = stmt.Text(4);
+      record.size_bytes = stmt.Int(5);
+      record.pending_since = FromLedgerMicros(stmt.Int(6));
+      record.next_attempt = FromLedgerMicros(stmt.Int(7));
+      record.attempts = static_cast<int>(stmt.Int(8));
+      record.expire_time = FromLedgerMicros(stmt.Int(9));
+      rows.push_back(std::move(record));
+    }
+    return rows;
   }
 
   absl::StatusOr<std::vector<OperationRecord>> ReadRecords(Stmt& stmt)

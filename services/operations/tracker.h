@@ -26,6 +26,7 @@
 #include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/change_feed.h"
+#include "services/operations/custody.h"
 #include "services/operations/engine.h"
 #include "services/operations/executor.h"
 #include "services/operations/ledger_health.h"
@@ -56,6 +57,8 @@ struct TrackerEnv {
   const std::shared_ptr<ChangeFeed> feed;
   LedgerHealth ledger;
   LiveTrackers live;
+  // Set once by the engine before any tracker starts; fetches outputs before SUCCEEDED.
+  std::shared_ptr<AssetCustody> custody;
 };
 
 class Tracker final : public std::enable_shared_from_this<Tracker> {
@@ -115,6 +118,8 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyTerminalLocked(const adapters::UpstreamStatus& status, Effects* effects)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StartCustodyLocked(const adapters::UpstreamStatus& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Duration PollDelay(absl::Duration suggested, absl::Duration elapsed) const;
   void SchedulePollLocked(absl::Duration delay) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PollLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -154,6 +159,9 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   // The ledger refused a write as another replica's (fencing): stopped for good here.
   bool lost_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_poll_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Asset custody before SUCCEEDED: the fetch is running; then what it stored, per output.
+  bool custody_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<std::vector<std::optional<StoredObject>>> custody_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Waiter>> waiters_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/errors.h"
+#include "common/log.h"
 #include "common/time_util.h"
 #include "services/operations/ids.h"
 #include "services/operations/tracker.h"
@@ -157,6 +158,11 @@ void Tracker::RejectLocked(int slot, const absl::Status& status, Effects* effect
 }
 
 void Tracker::ApplyTerminalLocked(const UpstreamStatus& status, Effects* effects) {
+  if (status.phase == UpstreamStatus::Phase::kSucceeded && !status.outputs.empty() &&
+      e_->custody != nullptr && e_->custody->enabled() && !custody_.has_value()) {
+    StartCustodyLocked(status);
+    return;
+  }
   v1::Operation next = op_;
   next.set_submission(v1::SUBMISSION_STATE_ACCEPTED);
   if (!status.upstream_id.empty()) next.set_upstream_id(status.upstream_id);
@@ -182,6 +188,12 @@ void Tracker::ApplyTerminalLocked(const UpstreamStatus& status, Effects* effects
       asset->set_content_type(out.content_type);
       asset->set_bpm(out.bpm);
       asset->set_key(out.key);
+      // Custody's facts are in the very first SUCCEEDED snapshot.
+      if (custody_.has_value() && i < custody_->size() && (*custody_)[i].has_value()) {
+        asset->set_size_bytes((*custody_)[i]->size_bytes);
+        asset->set_sha256((*custody_)[i]->sha256);
+        asset->set_in_custody(true);
+      }
       outputs->push_back(UpstreamOutput{out.url, out.url_expire_time});
     }
     charged_ = true;
@@ -207,6 +219,42 @@ void Tracker::ApplyTerminalLocked(const UpstreamStatus& status, Effects* effects
         },
         absl::Seconds(1));
   }
+}
+
+// Fetches every output into the asset store before SUCCEEDED is committed (bounded by
+// custody_fetch_timeout, off the tracker's lock); then applies `status` again with what custody
+// stored. The URLs are stored first so the background retry can use them after a failure.
+void Tracker::StartCustodyLocked(const UpstreamStatus& status) {
+  if (custody_in_flight_) return;
+  custody_in_flight_ = true;
+  std::vector<UpstreamOutput> outputs;
+  outputs.reserve(status.outputs.size());
+  for (const auto& out : status.outputs) {
+    outputs.push_back(UpstreamOutput{out.url, out.url_expire_time});
+  }
+  absl::Status stored = e_->store->SetUpstreamOutputs(id_, outputs);
+  if (!stored.ok()) {
+    log::Warning("could not store asset URLs", {{"operation", id_}, {"error", stored.ToString()}});
+  }
+  std::weak_ptr<Tracker> weak = weak_from_this();
+  e_->custody->FetchBeforeSuccess(id_, tenant_, op_.provider(), outputs,
+                                  [weak, status](std::vector<std::optional<StoredObject>> results) {
+                                    auto self = weak.lock();
+                                    if (self == nullptr) return;
+                                    self->Post(
+                                        [status, results = std::move(results)](Tracker& t) mutable {
+                                          Effects effects;
+                                          {
+                                            absl::MutexLock lock(&t.mu_);
+                                            t.custody_in_flight_ = false;
+                                            if (t.stopped_ || t.op_.done()) return;
+                                            t.custody_ = std::move(results);
+                                            t.ApplyTerminalLocked(status, &effects);
+                                          }
+                                          t.Apply(effects);
+                                        },
+                                        absl::ZeroDuration());
+                                  });
 }
 
 // Start-to-start spacing between polls: what the provider suggests, bounded; an instant answer

@@ -4,6 +4,8 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,12 +18,18 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "adapters/http/curl_http_client.h"
+#include "common/clock.h"
 #include "common/crypto.h"
+#include "common/errors.h"
 #include "gtest/gtest.h"
+#include "services/operations/asset_store.h"
+#include "services/operations/custody.h"
 #include "services/operations/download_stream.h"
 #include "services/operations/engine.h"
+#include "services/operations/ids.h"
 #include "tests/operations/fake_adapter.h"
 #include "tests/operations/test_util.h"
+#include "tests/scratch_dir.h"
 
 namespace musicgw::operations {
 namespace {
@@ -397,6 +405,210 @@ TEST_F(DownloadTest, OnlySucceededOperationsAndKnownAssets) {
   ASSERT_TRUE(running.ok());
   EXPECT_EQ(engine_->Download(kTenant, running->name() + "/assets/0", 0).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Asset custody on its own (AssetCustody over a SQLite ledger, a directory store and real
+// HTTP), time on a fake clock: retention, the sweeper, background retries, stats.
+class CountingObserver final : public EngineObserver {
+ public:
+  void OnCustodyFetch(absl::string_view outcome) override {
+    absl::MutexLock lock(&mu_);
+    ++counts_[std::string(outcome)];
+  }
+  bool Await(const std::string& outcome, int at_least) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return counts_[outcome] >= at_least; };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(30));
+  }
+  int count(const std::string& outcome) {
+    absl::MutexLock lock(&mu_);
+    return counts_[outcome];
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, int> counts_ ABSL_GUARDED_BY(mu_);
+};
+
+class CustodyUnitTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+  void SetUp() override {
+    http_ = http::CurlHttpClient::Create();
+    ASSERT_NE(http_, nullptr);
+    SqliteOptions sqlite;
+    sqlite.synchronous_full = false;
+    sqlite.clock = &clock_;
+    auto store = OpenSqliteOperationStore(testing::TempLedgerPath(), sqlite);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::shared_ptr<OperationStore>(std::move(*store));
+    dir_ = NewTestScratchDir("custody");
+    auto assets = OpenDirectoryAssetStore(dir_);
+    ASSERT_TRUE(assets.ok()) << assets.status();
+    assets_ = std::shared_ptr<AssetStore>(std::move(*assets));
+    executor_ = std::make_shared<Executor>(2, clock_);
+    options_.observer = &observer_;
+    options_.custody_retry_initial = absl::Seconds(10);
+    options_.custody_sweep_interval = absl::Hours(100);  // passes run when the test says
+    options_.asset_retention = [](const std::string& tenant) {
+      return tenant == "short" ? absl::Hours(1) : absl::Hours(2);
+    };
+    custody_ =
+        std::make_shared<AssetCustody>(options_, clock_, store_, executor_, http_.get(), assets_);
+  }
+  void TearDown() override {
+    custody_->Shutdown();
+    executor_->Stop();
+  }
+
+  // A SUCCEEDED operation of `tenant` with one output.
+  std::string Succeeded(const std::string& tenant, const std::string& url) {
+    OperationRecord record;
+    record.tenant = tenant;
+    record.request_id = absl::StrCat("request-", ++requests_);
+    record.request_hash = "h";
+    const std::string id = NewOperationId(clock_.Now());
+    record.operation.set_name(OperationName(id));
+    record.operation.set_state(v1::OPERATION_STATE_RUNNING);
+    record.operation.set_sequence(1);
+    EXPECT_TRUE(store_->Create(record, {}).ok());
+    OperationUpdate update;
+    update.operation = record.operation;
+    update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+    update.operation.set_done(true);
+    update.operation.add_outputs()->set_name(id + "/assets/0");
+    update.operation.set_sequence(2);
+    update.expected_sequence = 1;
+    update.upstream_outputs = std::vector<UpstreamOutput>{{url, absl::InfiniteFuture()}};
+    EXPECT_TRUE(store_->Update(update).ok());
+    return id;
+  }
+
+  std::vector<std::optional<StoredObject>> FetchNow(const std::string& id,
+                                                    const std::string& tenant,
+                                                    const std::string& url) {
+    absl::Notification done;
+    std::vector<std::optional<StoredObject>> results;
+    custody_->FetchBeforeSuccess(id, tenant, v1::PROVIDER_SOUNDPIECE,
+                                 {UpstreamOutput{url, absl::InfiniteFuture()}},
+                                 [&](std::vector<std::optional<StoredObject>> r) {
+                                   results = std::move(r);
+                                   done.Notify();
+                                 });
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+    return results;
+  }
+
+  bool ObjectExists(const std::string& sha256) const {
+    return std::filesystem::exists(std::filesystem::path(dir_) / sha256.substr(0, 2) / sha256);
+  }
+
+  int requests_ = 0;
+  FakeClock clock_;
+  FileHost host_;
+  CountingObserver observer_;
+  std::unique_ptr<http::CurlHttpClient> http_;
+  std::shared_ptr<OperationStore> store_;
+  std::string dir_;
+  std::shared_ptr<AssetStore> assets_;
+  std::shared_ptr<Executor> executor_;
+  EngineOptions options_;
+  std::shared_ptr<AssetCustody> custody_;
+};
+
+TEST_F(CustodyUnitTest, FetchStoresTheBytesUnderTheirDigest) {
+  const std::string url = host_.Url("a", "small");
+  const std::string id = Succeeded("short", url);
+  auto results = FetchNow(id, "short", url);
+  ASSERT_EQ(results.size(), 1u);
+  ASSERT_TRUE(results[0].has_value());
+  const std::string& file = host_.file("small");
+  EXPECT_EQ(results[0]->sha256, Sha256Hex(file));
+  EXPECT_EQ(results[0]->size_bytes, static_cast<int64_t>(file.size()));
+  EXPECT_EQ(observer_.count("stored"), 1);
+  auto held = custody_->OpenHeld(id, 0);
+  ASSERT_TRUE(held.ok()) << held.status();
+  ASSERT_NE(held->reader, nullptr);
+  std::string read;
+  ASSERT_TRUE(held->reader->ReadAt(0, 1 << 30, &read).ok());
+  EXPECT_TRUE(read == file);
+  auto record = store_->Get(id);
+  ASSERT_TRUE(record.ok());
+  EXPECT_TRUE(record->operation.outputs(0).in_custody());
+  EXPECT_EQ(record->operation.outputs(0).sha256(), Sha256Hex(file));
+}
+
+// Two tenants hold the same bytes with different retention: the object stays until the last
+// reference expires; each expired asset reads NOT_FOUND ASSET_EXPIRED.
+TEST_F(CustodyUnitTest, RetentionExpiresPerTenantAndKeepsSharedBytes) {
+  const std::string url = host_.Url("a", "small");
+  const std::string short_id = Succeeded("short", url);
+  const std::string long_id = Succeeded("long", url);
+  ASSERT_TRUE(FetchNow(short_id, "short", url)[0].has_value());
+  ASSERT_TRUE(FetchNow(long_id, "long", url)[0].has_value());
+  const std::string sha = Sha256Hex(host_.file("small"));
+  custody_->RunPass();
+  EXPECT_EQ(custody_->Stats().held_bytes, static_cast<int64_t>(host_.file("small").size()));
+
+  clock_.Advance(absl::Minutes(90));
+  custody_->RunPass();
+  auto expired = custody_->OpenHeld(short_id, 0);
+  ASSERT_FALSE(expired.ok());
+  EXPECT_EQ(expired.status().code(), absl::StatusCode::kNotFound);
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(GetErrorInfo(expired.status(), &info));
+  EXPECT_EQ(info.reason(), "ASSET_EXPIRED");
+  EXPECT_TRUE(ObjectExists(sha)) << "still referenced by the other tenant's asset";
+  auto held = custody_->OpenHeld(long_id, 0);
+  ASSERT_TRUE(held.ok());
+  EXPECT_NE(held->reader, nullptr);
+
+  clock_.Advance(absl::Minutes(31));
+  custody_->RunPass();
+  EXPECT_FALSE(ObjectExists(sha));
+  expired = custody_->OpenHeld(long_id, 0);
+  EXPECT_EQ(expired.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(custody_->Stats().held_bytes, 0);
+}
+
+// A fetch the provider refuses stays pending (counted, aged) and is retried after its backoff
+// with a fresh URL.
+TEST_F(CustodyUnitTest, FailedFetchIsRetriedInTheBackgroundWithAFreshUrl) {
+  const std::string missing = host_.Url("a", "missing");
+  const std::string id = Succeeded("short", missing);
+  auto results = FetchNow(id, "short", missing);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_FALSE(results[0].has_value());
+  EXPECT_EQ(observer_.count("upstream_error"), 1);
+  auto held = custody_->OpenHeld(id, 0);
+  ASSERT_TRUE(held.ok());
+  EXPECT_EQ(held->reader, nullptr);  // Download falls back to the provider
+
+  std::atomic<int> refreshes{0};
+  custody_->SetUrlRefresher([&](const std::string&, int,
+                                absl::AnyInvocable<void(absl::StatusOr<UpstreamOutput>) &&> done) {
+    ++refreshes;
+    std::move(done)(UpstreamOutput{host_.Url("a", "small"), absl::InfiniteFuture()});
+  });
+  clock_.Advance(absl::Seconds(5));
+  custody_->RunPass();  // not due yet (backoff 10 s)
+  EXPECT_EQ(refreshes.load(), 0);
+  CustodyStats stats = custody_->Stats();
+  EXPECT_EQ(stats.pending, 1);
+  EXPECT_EQ(stats.oldest_pending_age, absl::Seconds(5));
+
+  clock_.Advance(absl::Seconds(6));
+  custody_->RunPass();
+  ASSERT_TRUE(observer_.Await("stored", 1));
+  EXPECT_EQ(refreshes.load(), 1);
+  held = custody_->OpenHeld(id, 0);
+  ASSERT_TRUE(held.ok());
+  EXPECT_NE(held->reader, nullptr);
+  custody_->RunPass();
+  stats = custody_->Stats();
+  EXPECT_EQ(stats.pending, 0);
+  EXPECT_EQ(stats.oldest_pending_age, absl::ZeroDuration());
 }
 
 }  // namespace

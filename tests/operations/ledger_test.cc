@@ -110,6 +110,37 @@ class FlakyStore final : public OperationStore {
   absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
     return inner_->PruneEvents(done_before);
   }
+  absl::Status AddPendingCustody(absl::string_view id, absl::string_view tenant, int count,
+                                 absl::Time now, absl::Time next_attempt) override {
+    if (fail_) return Full();
+    return inner_->AddPendingCustody(id, tenant, count, now, next_attempt);
+  }
+  absl::Status RecordCustody(absl::string_view id, int index, int64_t size_bytes,
+                             absl::string_view sha256, absl::Time expire_time) override {
+    if (fail_) return Full();
+    return inner_->RecordCustody(id, index, size_bytes, sha256, expire_time);
+  }
+  absl::Status DeferCustody(absl::string_view id, int index, int attempts,
+                            absl::Time next_attempt) override {
+    if (fail_) return Full();
+    return inner_->DeferCustody(id, index, attempts, next_attempt);
+  }
+  absl::StatusOr<std::vector<CustodyRecord>> GetCustody(absl::string_view id) override {
+    return inner_->GetCustody(id);
+  }
+  absl::StatusOr<std::vector<CustodyRecord>> DueCustody(absl::Time now, int limit) override {
+    return inner_->DueCustody(now, limit);
+  }
+  absl::StatusOr<std::vector<CustodyRecord>> ExpireCustody(absl::Time now, int limit) override {
+    if (fail_) return Full();
+    return inner_->ExpireCustody(now, limit);
+  }
+  absl::StatusOr<int64_t> CountHeldDigest(absl::string_view sha256) override {
+    return inner_->CountHeldDigest(sha256);
+  }
+  absl::StatusOr<CustodySummary> ReadCustodySummary() override {
+    return inner_->ReadCustodySummary();
+  }
   absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,
                                          absl::Time period_start) override {
     return inner_->ReadBudget(tenant, task, period_start);

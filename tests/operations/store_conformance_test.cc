@@ -250,6 +250,114 @@ TEST_P(StoreConformanceTest, AssetFactsAreMergedAndEventsPruned) {
   EXPECT_TRUE(events->empty());
 }
 
+// Asset custody: pending rows are durable and due by time, a held row becomes the asset's facts
+// (in_custody in every snapshot read), a failed fetch is deferred, retention expiry clears
+// in_custody and reports which objects lost a reference.
+TEST_P(StoreConformanceTest, CustodyFollowsPendingHeldExpired) {
+  auto store = OpenStore();
+  const absl::Time t0 = absl::FromUnixSeconds(1'800'000'000);
+  const std::string digest(64, 'a');
+  std::vector<std::string> ids;
+  for (const char* request : {"c1", "c2"}) {
+    auto record = MakeRecord("t", request);
+    auto created = store->Create(record, {});
+    ASSERT_TRUE(created.ok()) << created.status();
+    const std::string id = created->record.id();
+    OperationUpdate update;
+    update.operation = record.operation;
+    update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+    update.operation.set_done(true);
+    update.operation.add_outputs()->set_name(id + "/assets/0");
+    update.operation.add_outputs()->set_name(id + "/assets/1");
+    update.operation.set_sequence(2);
+    update.expected_sequence = 1;
+    ASSERT_TRUE(store->Update(update).ok());
+    ids.push_back(id);
+  }
+  ASSERT_TRUE(store->AddPendingCustody(ids[0], "t", 2, t0, t0 + absl::Seconds(10)).ok());
+  // Adding again leaves existing rows alone (a resumed fetch keeps its history).
+  ASSERT_TRUE(store->AddPendingCustody(ids[0], "t", 2, t0 + absl::Hours(1), t0).ok());
+  ASSERT_TRUE(store->AddPendingCustody(ids[1], "t", 1, t0 + absl::Seconds(5), t0).ok());
+
+  auto summary = store->ReadCustodySummary();
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->pending, 3);
+  EXPECT_EQ(summary->held_bytes, 0);
+  EXPECT_EQ(summary->oldest_pending, t0);
+
+  auto due = store->DueCustody(t0, 10);
+  ASSERT_TRUE(due.ok()) << due.status();
+  ASSERT_EQ(due->size(), 1u);  // only ids[1]: ids[0] is due at t0 + 10 s
+  EXPECT_EQ((*due)[0].operation_id, ids[1]);
+  EXPECT_EQ((*due)[0].tenant, "t");
+  EXPECT_EQ((*due)[0].state, CustodyState::kPending);
+  due = store->DueCustody(t0 + absl::Seconds(10), 10);
+  ASSERT_TRUE(due.ok());
+  EXPECT_EQ(due->size(), 3u);
+  due = store->DueCustody(t0 + absl::Seconds(10), 1);
+  ASSERT_TRUE(due.ok());
+  EXPECT_EQ(due->size(), 1u);
+
+  // A failed fetch waits for its backoff.
+  ASSERT_TRUE(store->DeferCustody(ids[1], 0, 1, t0 + absl::Minutes(1)).ok());
+  due = store->DueCustody(t0 + absl::Seconds(30), 10);
+  ASSERT_TRUE(due.ok());
+  EXPECT_EQ(due->size(), 2u);
+  auto rows = store->GetCustody(ids[1]);
+  ASSERT_TRUE(rows.ok());
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0].attempts, 1);
+  EXPECT_EQ((*rows)[0].next_attempt, t0 + absl::Minutes(1));
+
+  // Held: facts merged into every read, no longer due. Two assets with the same bytes.
+  ASSERT_TRUE(store->RecordCustody(ids[0], 0, 1000, digest, t0 + absl::Hours(1)).ok());
+  ASSERT_TRUE(store->RecordCustody(ids[1], 0, 1000, digest, t0 + absl::Hours(2)).ok());
+  auto read = store->Get(ids[0]);
+  ASSERT_TRUE(read.ok());
+  EXPECT_TRUE(read->operation.outputs(0).in_custody());
+  EXPECT_EQ(read->operation.outputs(0).size_bytes(), 1000);
+  EXPECT_EQ(read->operation.outputs(0).sha256(), digest);
+  EXPECT_FALSE(read->operation.outputs(1).in_custody());
+  summary = store->ReadCustodySummary();
+  ASSERT_TRUE(summary.ok());
+  EXPECT_EQ(summary->pending, 1);
+  EXPECT_EQ(summary->held_bytes, 1000);  // one object, held twice
+  auto refs = store->CountHeldDigest(digest);
+  ASSERT_TRUE(refs.ok());
+  EXPECT_EQ(*refs, 2);
+
+  // Retention: the first expires, the object is still referenced by the second.
+  auto expired = store->ExpireCustody(t0 + absl::Minutes(90), 10);
+  ASSERT_TRUE(expired.ok()) << expired.status();
+  ASSERT_EQ(expired->size(), 1u);
+  EXPECT_EQ((*expired)[0].operation_id, ids[0]);
+  EXPECT_EQ((*expired)[0].sha256, digest);
+  refs = store->CountHeldDigest(digest);
+  ASSERT_TRUE(refs.ok());
+  EXPECT_EQ(*refs, 1);
+  read = store->Get(ids[0]);
+  ASSERT_TRUE(read.ok());
+  EXPECT_FALSE(read->operation.outputs(0).in_custody());
+  rows = store->GetCustody(ids[0]);
+  ASSERT_TRUE(rows.ok());
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_EQ((*rows)[0].state, CustodyState::kExpired);
+  EXPECT_EQ((*rows)[1].state, CustodyState::kPending);
+  // Expiry happens once.
+  expired = store->ExpireCustody(t0 + absl::Minutes(90), 10);
+  ASSERT_TRUE(expired.ok());
+  EXPECT_TRUE(expired->empty());
+  expired = store->ExpireCustody(t0 + absl::Hours(3), 10);
+  ASSERT_TRUE(expired.ok());
+  EXPECT_EQ(expired->size(), 1u);
+  refs = store->CountHeldDigest(digest);
+  ASSERT_TRUE(refs.ok());
+  EXPECT_EQ(*refs, 0);
+  summary = store->ReadCustodySummary();
+  ASSERT_TRUE(summary.ok());
+  EXPECT_EQ(summary->held_bytes, 0);
+}
+
 TEST_P(StoreConformanceTest, BudgetAdmissionCountsInTheSameTransaction) {
   auto store = OpenStore();
   BudgetCheck budget;
