@@ -16,6 +16,16 @@ void AppendJsonString(absl::string_view text, std::string* out) {
   out->push_back('"');
   size_t i = 0;
   while (i < text.size()) {
+    // Plain printable ASCII, the common case, is copied in runs.
+    size_t run = i;
+    while (run < text.size()) {
+      const auto r = static_cast<unsigned char>(text[run]);
+      if (r < 0x20 || r >= 0x80 || r == '"' || r == '\\') break;
+      ++run;
+    }
+    out->append(text.data() + i, run - i);
+    i = run;
+    if (i == text.size()) break;
     const auto c = static_cast<unsigned char>(text[i]);
     if (c < 0x80) {
       if (c == '"' || c == '\\') {
@@ -158,8 +168,22 @@ AccessLog& AccessLog::Default() {
 }
 
 void AccessLog::FormatLine(const AccessRecord& record, std::string* out) {
+  // The date and time to the second change once a second: formatted once per second per thread.
+  thread_local int64_t cached_second = -1;
+  thread_local std::string cached_prefix;
+  const int64_t second = absl::ToUnixSeconds(record.time);
+  const int64_t millis = absl::ToUnixMillis(record.time) - second * 1000;
+  if (second != cached_second) {  // both ToUnix* round down, so 0 <= millis < 1000
+    cached_second = second;
+    cached_prefix =
+        absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::FromUnixSeconds(second), absl::UTCTimeZone());
+  }
   out->append("{\"ts\":\"");
-  out->append(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", record.time, absl::UTCTimeZone()));
+  out->append(cached_prefix);
+  const char digits[] = {'.', static_cast<char>('0' + millis / 100),
+                         static_cast<char>('0' + millis / 10 % 10),
+                         static_cast<char>('0' + millis % 10), 'Z'};
+  out->append(digits, sizeof(digits));
   out->append("\",\"level\":\"info\",\"msg\":\"rpc\"");
   AppendField("method", record.method, out);
   AppendField("tenant", record.tenant, out);
