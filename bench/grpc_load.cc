@@ -19,7 +19,9 @@
 //       [--ops=N] [--task=text|sample] [--wait] [--watchers_per_op=N] [--channels=N]
 //       [--duration_s=S] [--warmup_s=S] [--pid=GATEWAY_PID] [--rss_interval_ms=MS]
 //       [--processing_ms=MS] [--source_seconds=S] [--repeat=N] [--calls=N] [--operation=NAME]
-//       [--save_operation=PATH] [--asset=NAME]
+//       [--save_operation=PATH] [--asset=NAME] [--flood_rate=N]
+//   With --mode=get and --flood_rate=N, another tenant (MUSICGW_FLOOD_API_KEY) sends N Generate
+//   calls a second, open loop, for the whole run: how one tenant's flood affects another's reads.
 //
 // The API key comes from the environment only, never the command line (it would show in ps).
 #include <grpcpp/grpcpp.h>
@@ -78,6 +80,7 @@ struct Flags {
   std::string operation;       // get: the operation to read (skips the setup Generate)
   std::string save_operation;  // get: where to write the Operation's serialized bytes
   std::string asset;           // download: the asset to download (skips the setup Generate)
+  double flood_rate = 0;       // get: Generate/s sent meanwhile as the MUSICGW_FLOOD_API_KEY tenant
 };
 
 Flags Parse(int argc, char** argv) {
@@ -117,6 +120,7 @@ Flags Parse(int argc, char** argv) {
     real("duration_s", &flags.duration_s);
     real("warmup_s", &flags.warmup_s);
     real("source_seconds", &flags.source_seconds);
+    real("flood_rate", &flags.flood_rate);
     if (arg == "--wait") flags.wait = true;
   }
   flags.watchers_per_op = std::max(1, flags.watchers_per_op);
@@ -712,6 +716,82 @@ class GetLoad {
 };
 
 // ---------------------------------------------------------------------------------------------
+// --flood_rate: another tenant's Generate calls at a fixed rate (open loop), counted by code.
+
+class Flooder {
+ public:
+  Flooder(Client* client, double rate) : client_(client), rate_(rate) {}
+  ~Flooder() { Stop(); }
+  Flooder(const Flooder&) = delete;
+  Flooder& operator=(const Flooder&) = delete;
+
+  void Start() {
+    start_ = absl::Now();
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  // Stops sending; returns once every call sent has been answered.
+  Json Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+    client_->live()->WaitForNone();
+    absl::MutexLock lock(&mu_);
+    Json out;
+    out["rate_per_second"] = rate_;
+    out["sent"] = sent_;
+    out["seconds"] = absl::ToDoubleSeconds(stopped_ - start_);
+    out["codes"] = Json(codes_);
+    return out;
+  }
+
+ private:
+  struct Call {
+    explicit Call(LiveCount* live) : token(live) {}
+    LiveCount::Token token;  // first: released after the context
+    grpc::ClientContext context;
+    v1::GenerateRequest request;
+    v1::Operation response;
+  };
+
+  void Run() {
+    const absl::Duration interval = absl::Seconds(1.0 / rate_);
+    absl::Time next = absl::Now();
+    int i = 0;
+    while (!stop_.load()) {
+      auto call = std::make_shared<Call>(client_->live());
+      client_->Authorize(&call->context);
+      call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      call->request = client_->MakeRequest(i++);
+      client_->stub(0)->async()->Generate(
+          &call->context, &call->request, &call->response,
+          [this, call](const grpc::Status& status) {
+            absl::MutexLock lock(&mu_);
+            ++codes_[status.ok() ? std::string("OK") : absl::StrCat(status.error_code())];
+          });
+      {
+        absl::MutexLock lock(&mu_);
+        ++sent_;
+      }
+      // Open loop: the schedule does not wait for answers; behind schedule, no sleep.
+      next += interval;
+      absl::SleepFor(next - absl::Now());
+    }
+    absl::MutexLock lock(&mu_);
+    stopped_ = absl::Now();
+  }
+
+  Client* client_;
+  const double rate_;
+  absl::Time start_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  absl::Mutex mu_;
+  int64_t sent_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int64_t> codes_ ABSL_GUARDED_BY(mu_);
+  absl::Time stopped_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---------------------------------------------------------------------------------------------
 // --mode=watch_fanout: --ops live operations, --watchers_per_op streams on each.
 
 class FanoutLoad {
@@ -1118,9 +1198,22 @@ int main(int argc, char** argv) {
     out = load.Run();
     client.live()->WaitForNone();
   } else if (flags.mode == "get") {
+    std::unique_ptr<Client> flood_client;
+    std::unique_ptr<Flooder> flooder;
+    if (flags.flood_rate > 0) {
+      const char* flood_key = std::getenv("MUSICGW_FLOOD_API_KEY");
+      if (flood_key == nullptr || *flood_key == '\0') {
+        std::fprintf(stderr, "grpc_load: --flood_rate needs MUSICGW_FLOOD_API_KEY\n");
+        return 2;
+      }
+      flood_client = std::make_unique<Client>(flags, flood_key);
+      flooder = std::make_unique<Flooder>(flood_client.get(), flags.flood_rate);
+      flooder->Start();
+    }
     GetLoad load(&client);
     out = load.Run();
     client.live()->WaitForNone();
+    if (flooder != nullptr) out["flood"] = flooder->Stop();
   } else if (flags.mode == "watch_fanout") {
     FanoutLoad load(&client, &rss);
     out = load.Run();

@@ -22,6 +22,7 @@ TARGETS = {
     "floor": "≥ 0.9× the floor's calls/s",
     "callgrind": "≤ 1.2× the floor's instructions per call",
     "direct": "≥ 0.8× a direct read's MB/s",
+    "flood": "flooded p99 < 2× the quiet p99",
 }
 TITLES = {
     "get": "(a) GetOperation, 64 concurrent callers",
@@ -31,8 +32,10 @@ TITLES = {
     "floor": "GetOperation vs the floor, 64 callers, interleaved pairs",
     "callgrind": "GetOperation instructions per call (callgrind) vs the floor",
     "direct": "Download vs curl of the same file from the emulator, interleaved pairs",
+    "flood": "One tenant's GetOperation while another floods Generate at 10× its limit, "
+             "interleaved pairs",
 }
-ORDER = ["get", "generate", "fanout", "download", "floor", "callgrind", "direct"]
+ORDER = ["get", "generate", "fanout", "download", "floor", "callgrind", "direct", "flood"]
 
 
 def fmt(value, digits=1):
@@ -49,7 +52,7 @@ def reached(obj):
     name = obj["scenario"]
     if "error" in r:
         return f"failed: {r['error']}", False
-    if name in ("floor", "direct"):
+    if name in ("floor", "direct", "flood"):
         return reached_pairs(name, r)
     if name == "callgrind":
         g, f = r["gateway"], r["floor"]
@@ -126,6 +129,23 @@ def reached_pairs(name, r):
                 f"{spread([p['gateway_p99_ms'] for p in pairs])} ms, floor p99 "
                 f"{spread([p['reference_p99_ms'] for p in pairs])} ms")
         return text, statistics.median(ratios) >= 0.9
+    if name == "flood":
+        codes = {}
+        for p in pairs:
+            for code, n in p["flood_codes"].items():
+                codes[code] = codes.get(code, 0) + n
+        sent = sum(p["flood_sent"] or 0 for p in pairs)
+        seconds = sum(p["flood_seconds"] or 0 for p in pairs)
+        text = (f"flooded/quiet p99 {spread(ratios)} over {len(pairs)} pairs; quiet p99 "
+                f"{spread([p['quiet_p99_ms'] for p in pairs])} ms, flooded p99 "
+                f"{spread([p['flooded_p99_ms'] for p in pairs])} ms; reads/s quiet "
+                f"{spread([p['quiet_calls_per_second'] for p in pairs], 0)}, flooded "
+                f"{spread([p['flooded_calls_per_second'] for p in pairs], 0)}; reader errors "
+                f"{sum(p['quiet_errors'] + p['flooded_errors'] for p in pairs)}; flood "
+                f"{fmt(sent)} Generate in {fmt(seconds, 1)} s: OK {fmt(codes.get('OK', 0))}, "
+                f"RESOURCE_EXHAUSTED {fmt(codes.get('8', 0))}, other "
+                f"{fmt(sum(n for c, n in codes.items() if c not in ('OK', '8')))}")
+        return text, statistics.median(ratios) < 2
     text = (f"gateway/direct MB/s {spread(ratios)} over {len(pairs)} pairs; gateway "
             f"{spread([p['gateway'] for p in pairs], 0)} MB/s, curl from the emulator "
             f"{spread([p['reference'] for p in pairs], 0)} MB/s; gateway CPU "
@@ -140,7 +160,21 @@ def summarize_pairs(kind, runs):
     pairs = []
     for pair, sides in sorted(by_pair.items()):
         g = sides.get("gateway")
-        if kind == "floor":
+        if kind == "flood":
+            q, f = sides.get("quiet"), sides.get("flooded")
+            if not q or not f or "error" in q or "error" in f:
+                continue
+            flood = f.get("flood", {})
+            pairs.append({
+                "pair": pair, "quiet_p99_ms": q["latency_ms"]["p99"],
+                "flooded_p99_ms": f["latency_ms"]["p99"],
+                "ratio": f["latency_ms"]["p99"] / q["latency_ms"]["p99"],
+                "quiet_calls_per_second": q["calls_per_second"],
+                "flooded_calls_per_second": f["calls_per_second"],
+                "quiet_errors": q["errors"], "flooded_errors": f["errors"],
+                "flood_sent": flood.get("sent"), "flood_codes": flood.get("codes", {}),
+                "flood_seconds": flood.get("seconds")})
+        elif kind == "floor":
             f = sides.get("floor")
             if not g or not f or "error" in g or "error" in f:
                 continue

@@ -10,6 +10,9 @@
 #             callback server answering the same Operation bytes): calls/s and server CPU per call
 #   direct    Download of the same asset vs a direct read of the same bytes (curl of the file
 #             from the Soundpiece emulator, where the gateway fetches it): MB/s
+#   flood     one tenant's GetOperation p99 (--concurrency=$FLOOD_VICTIM_CONCURRENCY) while another
+#             tenant sends Generate at $FLOOD_RATE/s, 10x its rate limit ($FLOOD_LIMIT/s), against the same reads
+#             without the flood: the ratio of the p99s, interleaved (quiet, flood, quiet, ...)
 #   callgrind instructions per GetOperation, gateway and floor each under valgrind's callgrind
 #             (counters zeroed after a warm-up, dumped after $CALLGRIND_CALLS calls, minus an idle
 #             dump of the same length); the gateway's inclusive profile goes to results/
@@ -17,7 +20,7 @@
 # so RSS starts clean); results go to bench/results/<date>.json and bench/RESULTS.md is regenerated.
 #
 # Usage: bench/run_bench.sh [build-dir (build/release)] [scenario...]
-#   scenarios: get generate fanout download floor direct callgrind (default: all; ~6 minutes once
+#   scenarios: get generate fanout download floor direct flood callgrind (default: all; ~8 minutes once
 #   the audio is cached)
 # The build dir needs musicgw loudly-emulator soundpiece-emulator grpc_load floor_server, from a
 # Release build:
@@ -36,7 +39,7 @@ fi
 build="$(cd "$build" && pwd)"
 shift || true
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download floor direct callgrind)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download floor direct flood callgrind)
 
 GET_SECONDS="${GET_SECONDS:-10}"
 GET_RUNS="${GET_RUNS:-3}"
@@ -47,6 +50,9 @@ FANOUT_WATCHERS="${FANOUT_WATCHERS:-10}"
 FANOUT_PROCESSING_MS="${FANOUT_PROCESSING_MS:-30000}"
 DOWNLOAD_SOURCE_SECONDS="${DOWNLOAD_SOURCE_SECONDS:-2840}"
 PAIRS="${PAIRS:-5}"
+FLOOD_LIMIT="${FLOOD_LIMIT:-50}"
+FLOOD_RATE="${FLOOD_RATE:-$((FLOOD_LIMIT * 10))}"
+FLOOD_VICTIM_CONCURRENCY="${FLOOD_VICTIM_CONCURRENCY:-8}"
 CALLGRIND_WARMUP_CALLS="${CALLGRIND_WARMUP_CALLS:-500}"
 CALLGRIND_CALLS="${CALLGRIND_CALLS:-3000}"
 
@@ -342,21 +348,63 @@ print(json.dumps({"side": side, "calls": n, "ir_calls_window": int(calls_ir),
 PY
 }
 
+# restart_gateway [WRAPPER...]: the stack's gateway restarted on the same config, ledger and ports.
+restart_gateway() {
+  kill "$GW_PID"
+  wait_gone "$GW_PID"
+  "$@" "$build/services/gateway/musicgw" --config="$sandbox_dir/musicgw.json" \
+    >"$sandbox_dir/musicgw.out" 2>"$sandbox_dir/musicgw.log" &
+  GW_PID=$!
+  echo "$GW_PID" >"$sandbox_dir/musicgw.pid"
+  wait_line "$sandbox_dir/musicgw.out" "musicgw listening" 300
+}
+
+# Scenario "flood": a second tenant ("flooder", Generate limited to $FLOOD_LIMIT/s) floods at 10x
+# its limit while the sandbox tenant reads; quiet and flooded runs interleaved, $PAIRS pairs.
+run_flood() {
+  start_stack flood 0
+  local op_file="$work/operation.bin" name runs="$work/flood-runs.jsonl" flood_key args out pair
+  name=$(setup_operation "$op_file")
+  flood_key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  python3 - "$sandbox_dir/musicgw.json" "$(printf '%s' "$flood_key" | sha256sum | cut -d' ' -f1)" \
+    "$FLOOD_LIMIT" <<'PY'
+import json, sys
+path, digest, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with open(path) as f:
+    config = json.load(f)
+config["tenants"].append({"name": "flooder", "api_key_sha256": [digest],
+                          "limits": {"generate_per_second": limit, "generate_burst": limit}})
+with open(path, "w") as f:
+    json.dump(config, f, indent=1)
+PY
+  restart_gateway
+  : >"$runs"
+  args=(--target="$TARGET" --mode=get --task=sample --operation="$name"
+    --concurrency="$FLOOD_VICTIM_CONCURRENCY" --duration_s="$GET_SECONDS" --warmup_s=2
+    --pid="$GW_PID")
+  for pair in $(seq 1 "$PAIRS"); do
+    echo "run_bench: flood pair $pair: quiet" >&2
+    out=$(grpc_load "${args[@]}")
+    printf '{"pair": %s, "side": "quiet", "result": %s}\n' "$pair" "$out" >>"$runs"
+    echo "run_bench: flood pair $pair: flooded at $FLOOD_RATE/s" >&2
+    out=$(MUSICGW_FLOOD_API_KEY="$flood_key" grpc_load "${args[@]}" \
+      --flood_rate="$FLOOD_RATE")
+    printf '{"pair": %s, "side": "flooded", "result": %s}\n' "$pair" "$out" >>"$runs"
+    printf '%s\n' "$out" >&2
+  done
+  record flood "grpc_load ${args[*]} [--flood_rate=$FLOOD_RATE, as a tenant limited \
+to $FLOOD_LIMIT Generate/s]" "$(python3 "$here/results_table.py" --pairs flood "$runs")"
+  stop_stack
+}
+
 # Scenario "callgrind": instructions per GetOperation, gateway and floor under callgrind.
 run_callgrind() {
   start_stack callgrind 0
   local op_file="$work/operation.bin" name gw floor
   name=$(setup_operation "$op_file")
   # The same gateway (config, ledger, ports) restarted under callgrind.
-  kill "$GW_PID"
-  wait_gone "$GW_PID"
   rm -f "$work"/cg-gateway.* "$work"/cg-floor.*
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg-gateway" \
-    "$build/services/gateway/musicgw" --config="$sandbox_dir/musicgw.json" \
-    >"$sandbox_dir/musicgw.out" 2>"$sandbox_dir/musicgw.log" &
-  GW_PID=$!
-  echo "$GW_PID" >"$sandbox_dir/musicgw.pid"
-  wait_line "$sandbox_dir/musicgw.out" "musicgw listening" 300
+  restart_gateway valgrind --tool=callgrind --callgrind-out-file="$work/cg-gateway"
   gw=$(callgrind_measure gateway "$GW_PID" "$TARGET" "$name")
   start_floor "$op_file" valgrind --tool=callgrind --callgrind-out-file="$work/cg-floor"
   floor=$(callgrind_measure floor "$floor_pid" "$FLOOR_TARGET" "$name")
@@ -397,10 +445,11 @@ for scenario in "${scenarios[@]}"; do
       ;;
     floor) run_floor ;;
     direct) run_direct ;;
+    flood) run_flood ;;
     callgrind) run_callgrind ;;
     *)
       echo "run_bench: unknown scenario $scenario (get generate fanout download floor direct" \
-        "callgrind)" >&2
+        "flood callgrind)" >&2
       exit 2
       ;;
   esac

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "common/crypto.h"
@@ -17,10 +18,26 @@ absl::Status Unauthenticated(absl::string_view message) {
 }  // namespace
 
 TenantDirectory::TenantDirectory(std::vector<config::TenantConfig> tenants)
-    : tenants_(std::move(tenants)) {}
+    : tenants_(std::move(tenants)), salt_(RandomHex(16)) {}
 
 absl::StatusOr<const config::TenantConfig*> TenantDirectory::Lookup(
     absl::string_view api_key) const {
+  const size_t bucket = absl::HashOf(salt_, api_key);
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = known_.find(bucket);
+    if (it != known_.end() && ConstantTimeEquals(api_key, it->second.api_key)) {
+      return it->second.tenant;
+    }
+  }
+  const config::TenantConfig* found = LookupByDigest(api_key);
+  if (found == nullptr) return Unauthenticated("invalid API key");
+  absl::MutexLock lock(&mu_);
+  known_[bucket] = Known{std::string(api_key), found};
+  return found;
+}
+
+const config::TenantConfig* TenantDirectory::LookupByDigest(absl::string_view api_key) const {
   const std::string digest = Sha256Hex(api_key);
   const config::TenantConfig* found = nullptr;
   // No early exit: every digest is compared so timing does not depend on which one matches.
@@ -29,7 +46,6 @@ absl::StatusOr<const config::TenantConfig*> TenantDirectory::Lookup(
       if (ConstantTimeEquals(digest, hash)) found = &tenant;
     }
   }
-  if (found == nullptr) return Unauthenticated("invalid API key");
   return found;
 }
 

@@ -5,6 +5,7 @@
 #include "absl/time/clock.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "services/gateway/access_log.h"
 
 namespace musicgw::gateway {
 
@@ -19,16 +20,31 @@ void CallLog::Done(const absl::Status& status) {
   const bool server_fault = status.code() == absl::StatusCode::kInternal ||
                             status.code() == absl::StatusCode::kUnknown ||
                             status.code() == absl::StatusCode::kDataLoss;
-  log::Write(server_fault ? log::Level::kError : log::Level::kInfo, "rpc",
-             {{"method", method_},
-              {"tenant", tenant_},
-              {"operation", operation_},
-              {"provider", provider_ == musicgw::v1::PROVIDER_UNSPECIFIED
-                               ? std::string()
-                               : musicgw::v1::Provider_Name(provider_)},
-              {"code", absl::StatusCodeToString(status.code())},
-              {"error", status.ok() ? std::string() : std::string(status.message())},
-              {"latency_ms", absl::ToDoubleMilliseconds(latency)}});
+  const std::string provider = provider_ == musicgw::v1::PROVIDER_UNSPECIFIED
+                                   ? std::string()
+                                   : musicgw::v1::Provider_Name(provider_);
+  if (server_fault) {
+    // Rare and important: written at once, at error level.
+    log::Write(log::Level::kError, "rpc",
+               {{"method", method_},
+                {"tenant", tenant_},
+                {"operation", operation_},
+                {"provider", provider},
+                {"code", absl::StatusCodeToString(status.code())},
+                {"error", std::string(status.message())},
+                {"latency_ms", absl::ToDoubleMilliseconds(latency)}});
+    return;
+  }
+  AccessLog::Default().Append(AccessRecord{
+      .time = start_ + latency,
+      .method = method_,
+      .tenant = std::move(tenant_),
+      .operation = std::move(operation_),
+      .provider = provider,
+      .code = absl::StatusCodeToString(status.code()),
+      .error = status.ok() ? std::string() : std::string(status.message()),
+      .latency_ms = absl::ToDoubleMilliseconds(latency),
+  });
 }
 
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, CallLog& call,

@@ -19,6 +19,7 @@
 #include "common/config.h"
 #include "common/crypto.h"
 #include "common/log.h"
+#include "services/gateway/access_log.h"
 #include "services/gateway/server.h"
 
 ABSL_FLAG(std::string, config, "", "Path of the JSON config file (required).");
@@ -102,6 +103,7 @@ int main(int argc, char** argv) {
   musicgw::log::Info("signal received", {{"signal", received == SIGTERM ? "SIGTERM" : "SIGINT"}});
   (*server)->Drain(drain_deadline);
   server->reset();
+  musicgw::gateway::AccessLog::Default().Flush();
   curl_global_cleanup();
   return 0;
 }

@@ -3,6 +3,7 @@
 //  - Tracker (one per live operation, registered in LiveTrackers): the state machine; commits
 //    each change to the ledger, then publishes it on the ChangeFeed.
 //  - WatchHub: subscribes to the feed and fans changes out to watchers, with heartbeats.
+//  - SnapshotCache: recently read operations for Get, kept current by the feed.
 //  - AssetHost: downloads. page_token: ListOperations paging. LedgerHealth: LedgerStatus().
 // Threads: callers (gRPC threads) run these calls against the ledger; adapter and HTTP
 // callbacks arrive on the HTTP loop thread and only post to the executor, whose workers run
@@ -31,6 +32,7 @@
 #include "services/operations/ids.h"
 #include "services/operations/operation_errors.h"
 #include "services/operations/page_token.h"
+#include "services/operations/snapshot_cache.h"
 #include "services/operations/tracker.h"
 #include "services/operations/watch_hub.h"
 
@@ -61,8 +63,10 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
         hub_(std::make_shared<WatchHub>(
             WatchHubOptions{options_.watch_heartbeat, options_.watch_buffer}, clock_, executor_,
             store_)),
-        assets_(std::make_shared<AssetHost>(options_, clock_, store_, router_, executor_, http)) {
+        assets_(std::make_shared<AssetHost>(options_, clock_, store_, router_, executor_, http)),
+        snapshots_(std::make_shared<SnapshotCache>(SnapshotCacheOptions{}, clock_)) {
     feed_->Subscribe(hub_.get());
+    feed_->Subscribe(snapshots_.get());
     env_->custody = custody_;
     assets_->SetCustody(custody_);
     std::weak_ptr<AssetHost> weak_assets = assets_;
@@ -79,6 +83,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     if (options_.replica_link != nullptr) options_.replica_link->Stop();
     executor_->Stop();
     feed_->Unsubscribe(hub_.get());
+    feed_->Unsubscribe(snapshots_.get());
   }
 
   absl::Status Start() override {
@@ -120,6 +125,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     assets_->Shutdown(status);
     custody_->Shutdown();
     feed_->Unsubscribe(hub_.get());
+    feed_->Unsubscribe(snapshots_.get());
     executor_->Stop();
   }
 
@@ -188,7 +194,13 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   }
 
   absl::StatusOr<v1::Operation> Get(const std::string& tenant, absl::string_view name) override {
+    MUSICGW_ASSIGN_OR_RETURN(std::string id, ParseOperationName(name));
+    const SnapshotCache::Hit hit = snapshots_->Find(id, tenant);
+    if (hit.foreign) return OperationNotFound(name);
+    if (hit.operation != nullptr) return *hit.operation;
+    const uint64_t stamp = snapshots_->BeginRead();
     MUSICGW_ASSIGN_OR_RETURN(OperationRecord record, Lookup(tenant, name));
+    snapshots_->Offer(id, tenant, record.operation, stamp);
     return std::move(record.operation);
   }
 
@@ -534,6 +546,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   const std::shared_ptr<TrackerEnv> env_;
   const std::shared_ptr<WatchHub> hub_;
   const std::shared_ptr<AssetHost> assets_;
+  const std::shared_ptr<SnapshotCache> snapshots_;  // Get's recently read operations
 
   mutable absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;

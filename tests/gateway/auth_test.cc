@@ -46,5 +46,20 @@ TEST(AuthTest, KeysAreStoredOnlyAsDigests) {
   }
 }
 
+TEST(AuthTest, ARememberedKeyStillAuthenticatesOnlyItself) {
+  TenantDirectory directory(Tenants());
+  for (int round = 0; round < 3; ++round) {
+    auto acme = directory.Lookup("acme-key-1");
+    auto globex = directory.Lookup("globex-key");
+    ASSERT_TRUE(acme.ok() && globex.ok());
+    EXPECT_EQ((*acme)->name, "acme");
+    EXPECT_EQ((*globex)->name, "globex");
+    // Near misses of a remembered key are still refused.
+    for (const char* key : {"acme-key-", "acme-key-11", "acme-key-2x", "globex-kez"}) {
+      EXPECT_EQ(directory.Lookup(key).status().code(), absl::StatusCode::kUnauthenticated) << key;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace musicgw::gateway
