@@ -379,5 +379,37 @@ TEST(ConfigTest, TenantLimitsStartFromTheDefaultsAndOverrideKeyByKey) {
   EXPECT_EQ(limits.read.per_second, TenantLimitsConfig().read.per_second);
 }
 
+TEST(ConfigTest, AssetCustodyKeys) {
+  json doc = ValidConfig();
+  auto config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->tenants[0].asset_retention, absl::Hours(24 * 30));
+  EXPECT_EQ(config->assets_path, "");  // the server puts it next to the ledger
+
+  doc["tenant_defaults"] = {{"asset_retention_seconds", 3600}};
+  doc["ledger"] = {{"path", "/data/ledger.db"}, {"assets_path", "/shared/assets"}};
+  doc["operations"] = {{"custody_fetch_timeout_seconds", 5},
+                       {"custody_retry_seconds", 2},
+                       {"custody_sweep_seconds", 1}};
+  config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->tenants[0].asset_retention, absl::Hours(1));
+  EXPECT_EQ(config->assets_path, "/shared/assets");
+  EXPECT_EQ(config->custody_fetch_timeout, absl::Seconds(5));
+  EXPECT_EQ(config->custody_retry, absl::Seconds(2));
+  EXPECT_EQ(config->custody_sweep_interval, absl::Seconds(1));
+
+  doc["tenants"][0]["asset_retention_seconds"] = 60;
+  config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->tenants[0].asset_retention, absl::Minutes(1));
+
+  doc["tenants"][0]["asset_retention_seconds"] = 0;
+  config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("tenants[0].asset_retention_seconds"), std::string::npos)
+      << config.status();
+}
+
 }  // namespace
 }  // namespace musicgw::config

@@ -135,11 +135,10 @@ TEST_F(CustodyTest, DownloadWorksAfterTheProviderUrlAnswers404) {
   const v1::Operation done = WaitDone(*stub_, GenerateOk(*stub_, Sample()).name());
   ASSERT_EQ(done.state(), v1::OPERATION_STATE_SUCCEEDED) << done.error().message();
   ASSERT_TRUE(done.outputs(0).in_custody());
-  // From now on the provider's file host says the file is gone (and its URLs expire at once).
+  // From now on the provider's file host says the file is gone: every GET of it is a 404.
   ASSERT_TRUE(soundpiece_
                   ->SetFaultPlan(R"({"rules":[
-                      {"match":"GET /cdn/*","action":"status","status":404,"body":"gone"},
-                      {"match":"GET /v1/*","action":"expire_url","url_ttl_ms":0}]})")
+                      {"match":"GET /cdn/*","action":"status","status":404,"body":"gone"}]})")
                   .ok());
   const Downloaded file = Download(done.outputs(0).name());
   ASSERT_TRUE(file.status.ok()) << file.status.error_message();

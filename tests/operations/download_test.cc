@@ -468,7 +468,7 @@ class CustodyUnitTest : public ::testing::Test {
     record.tenant = tenant;
     record.request_id = absl::StrCat("request-", ++requests_);
     record.request_hash = "h";
-    const std::string id = NewOperationId(clock_.Now());
+    std::string id = NewOperationId(clock_.Now());
     record.operation.set_name(OperationName(id));
     record.operation.set_state(v1::OPERATION_STATE_RUNNING);
     record.operation.set_sequence(1);

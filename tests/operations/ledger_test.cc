@@ -266,7 +266,7 @@ TEST_F(LedgerTest, AnOperationThatEndsBetweenTheReadAndTheTrackerLookupIsAnswere
   absl::Notification cancelled;
   absl::Status cancel_status;
   engine_->Cancel(kTenant, second->name(), "changed my mind",
-                  [&](absl::StatusOr<v1::Operation> answer) {
+                  [&](const absl::StatusOr<v1::Operation>& answer) {
                     cancel_status = answer.status();
                     cancelled.Notify();
                   });
