@@ -186,7 +186,12 @@ TEST_F(MultiReplicaTest, AWatchOnAnyReplicaSeesEveryChangeInOrder) {
   EXPECT_EQ(waited.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED);
   for (int i = 0; i < kReplicas; ++i) {
     EXPECT_TRUE(seen[i].status.ok()) << "replica " << i << ": " << seen[i].status.error_message();
-    ASSERT_TRUE(seen[i].terminal) << "replica " << i;
+    std::string changes;
+    for (const auto& [sequence, state] : seen[i].changes) {
+      absl::StrAppend(&changes, sequence, "/", state, " ");
+    }
+    ASSERT_TRUE(seen[i].terminal) << "replica " << i << " saw " << changes << "and logged:\n"
+                                  << gateways_[i]->Logs();
     EXPECT_EQ(seen[i].changes.back().second, musicgw::v1::OPERATION_STATE_SUCCEEDED);
     EXPECT_EQ(seen[i].changes.front().first, 2) << "replica " << i;
     for (size_t k = 1; k < seen[i].changes.size(); ++k) {
