@@ -377,7 +377,9 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
         w.done = nullptr;
         closing = std::move(w.stream);
       }
-      if (closing != nullptr) executor->Post([closing] {});
+      // The last reference goes to the executor: destroying the stream waits for a running
+      // wake-up, which may be this very call.
+      if (closing != nullptr) executor->Post([closing = std::move(closing)] {});
       if (callback) std::move(callback)(std::move(result));
     };
     // Reads what the stream has; answers on the done change or the stream's end.
