@@ -408,7 +408,9 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
         w.done = nullptr;
         closing = std::move(w.stream);
       }
-      if (closing != nullptr) executor->Post([closing] {});
+      // The last reference goes to the executor: destroying the stream waits for a running
+      // wake-up, which may be this very call.
+      if (closing != nullptr) executor->Post([closing = std::move(closing)] {});
       if (callback) std::move(callback)(std::move(result));
     };
     // Reads what the stream has; answers on the done change or the stream's end.
@@ -433,15 +435,18 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
       }
       if (result.has_value()) answer(*w, *std::move(result));
     };
+    // The wake-up is set before the lock is taken: it runs under the stream's wake lock and
+    // takes wait->mu itself. It cannot fire before the first Next (in drain, below).
+    std::unique_ptr<EventStream<v1::OperationEvent>> owned = *std::move(stream);
+    std::weak_ptr<RemoteWait> weak = wait;
+    owned->SetWakeup([weak, drain] {
+      if (auto w = weak.lock()) drain(w);
+    });
     {
       absl::MutexLock lock(&wait->mu);
       wait->done = std::move(done);
       wait->latest = std::move(latest);
-      wait->stream = *std::move(stream);
-      std::weak_ptr<RemoteWait> weak = wait;
-      wait->stream->SetWakeup([weak, drain] {
-        if (auto w = weak.lock()) drain(w);
-      });
+      wait->stream = std::move(owned);
     }
     // A change committed between the read and the subscription was announced to nobody here.
     hub_->OnChange(Change{id, 0, nullptr});

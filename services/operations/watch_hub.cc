@@ -126,9 +126,13 @@ void WatchHub::CatchUp(const std::string& operation_id, int64_t sequence) {
   if (from < 0 || (sequence > 0 && sequence <= from)) return;
   auto events = store_->EventsAfter(operation_id, from);
   if (!events.ok()) {
-    // The next change or resync reads again from the same position.
+    // Read again shortly from the same position: the change that announced it may be the last.
     log::Warning("watch: could not read the changes of an operation",
                  {{"operation", operation_id}, {"error", events.status().ToString()}});
+    std::weak_ptr<WatchHub> weak = weak_from_this();
+    executor_->PostAfter(absl::Milliseconds(500), [weak, operation_id] {
+      if (auto self = weak.lock()) self->CatchUp(operation_id, 0);
+    });
     return;
   }
   std::vector<std::shared_ptr<const v1::Operation>> snapshots;

@@ -35,6 +35,7 @@ using musicgw::v1::OperationEvent;
 constexpr int kReplicas = 3;
 // Short, so a killed replica's operations are taken over within seconds.
 constexpr int kLeaseSeconds = 3;
+constexpr char kWebhookSecret[] = "whsec_bXVsdGktcmVwbGljYS13ZWJob29rLXNlY3JldA==";
 
 // What one watch stream saw: the (sequence, state) of each change, in order.
 struct Seen {
@@ -61,6 +62,7 @@ class MultiReplicaTest : public ::testing::Test {
     emulators::soundpiece::Options sp;
     sp.processing_time = processing;
     sp.long_poll = absl::Seconds(1);
+    sp.webhook_secrets = {{"acct", kWebhookSecret}};
     auto soundpiece = emulators::soundpiece::Emulator::Start(sp);
     ASSERT_TRUE(soundpiece.ok()) << soundpiece.status();
     soundpiece_ = std::move(*soundpiece);
@@ -69,10 +71,19 @@ class MultiReplicaTest : public ::testing::Test {
     loudly_ = std::move(*loudly);
   }
 
+  // Soundpiece's webhooks are all sent to the last replica, whichever tracks the operation.
   void StartReplicas(int count = kReplicas) {
+    setenv("MUSICGW_TEST_WEBHOOK_SECRETS", kWebhookSecret, 1);
+    const int webhook_port = FreePort();
     for (int i = 0; i < count; ++i) {
       nlohmann::json config =
           TestConfig({loudly_->base_url(), soundpiece_->base_url()}, dir_ + "/unused.db");
+      config["providers"][1]["webhook_secrets"] = {{"env", "MUSICGW_TEST_WEBHOOK_SECRETS"}};
+      config["providers"][1]["callback_url"] =
+          absl::StrCat("http://127.0.0.1:", webhook_port, "/webhooks/soundpiece");
+      if (i == count - 1) {
+        config["server"]["webhook_listen"] = absl::StrCat("127.0.0.1:", webhook_port);
+      }
       config["ledger"] = {{"postgres", {{"dsn", {{"env", "MUSICGW_TEST_PG_DSN"}}}}},
                           {"replica_id", absl::StrCat("gw-", i)},
                           {"lease_seconds", kLeaseSeconds}};
@@ -175,7 +186,12 @@ TEST_F(MultiReplicaTest, AWatchOnAnyReplicaSeesEveryChangeInOrder) {
   EXPECT_EQ(waited.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED);
   for (int i = 0; i < kReplicas; ++i) {
     EXPECT_TRUE(seen[i].status.ok()) << "replica " << i << ": " << seen[i].status.error_message();
-    ASSERT_TRUE(seen[i].terminal) << "replica " << i;
+    std::string changes;
+    for (const auto& [sequence, state] : seen[i].changes) {
+      absl::StrAppend(&changes, sequence, "/", state, " ");
+    }
+    ASSERT_TRUE(seen[i].terminal) << "replica " << i << " saw " << changes << "and logged:\n"
+                                  << gateways_[i]->Logs();
     EXPECT_EQ(seen[i].changes.back().second, musicgw::v1::OPERATION_STATE_SUCCEEDED);
     EXPECT_EQ(seen[i].changes.front().first, 2) << "replica " << i;
     for (size_t k = 1; k < seen[i].changes.size(); ++k) {
@@ -184,6 +200,10 @@ TEST_F(MultiReplicaTest, AWatchOnAnyReplicaSeesEveryChangeInOrder) {
   }
   EXPECT_EQ(seen[1].changes, seen[0].changes);
   EXPECT_EQ(seen[2].changes, seen[0].changes);
+  // The operation's webhook went to replica 2, which does not track it, and was accepted.
+  EXPECT_TRUE(Eventually([&] { return soundpiece_->stats().webhook_successes >= 1; }))
+      << soundpiece_->StatsJson();
+  EXPECT_EQ(gateways_[2]->Logs().find("could not pass a webhook"), std::string::npos);
 }
 
 TEST_F(MultiReplicaTest, AKilledReplicasOperationsAreTakenOverAndWatchersResume) {
