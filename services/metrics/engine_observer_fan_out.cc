@@ -30,4 +30,8 @@ void EngineObserverFanOut::OnFallback(v1::Provider from, v1::Provider to) {
   for (auto* observer : observers_) observer->OnFallback(from, to);
 }
 
+void EngineObserverFanOut::OnLateChange(v1::Provider provider, v1::TaskKind task) {
+  for (auto* observer : observers_) observer->OnLateChange(provider, task);
+}
+
 }  // namespace musicgw::metrics

@@ -127,6 +127,7 @@ class EngineObserverFanOut final : public operations::EngineObserver {
                           absl::Duration latency) override;
   void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) override;
   void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) override;
+  void OnLateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task) override;
 
  private:
   std::vector<operations::EngineObserver*> observers_;

@@ -40,7 +40,10 @@ absl::StatusOr<std::unique_ptr<EventStream<v1::DownloadChunk>>> AssetHost::Open(
   }
   if (!record.ok()) return FromStore(record.status());
   const v1::Operation& op = record->operation;
-  if (op.state() != v1::OPERATION_STATE_SUCCEEDED) {
+  // A cancelled operation has assets when the provider finished the paid work anyway.
+  const bool has_assets = op.state() == v1::OPERATION_STATE_SUCCEEDED ||
+                          (op.state() == v1::OPERATION_STATE_CANCELLED && op.outputs_size() > 0);
+  if (!has_assets) {
     return WithErrorInfo(absl::FailedPreconditionError(
                              absl::StrCat("operation is ", v1::OperationState_Name(op.state()),
                                           "; only SUCCEEDED operations "

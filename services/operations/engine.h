@@ -50,6 +50,10 @@ class EngineObserver {
   virtual void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) {}
   // A submission was routed to another provider after `from` rejected it.
   virtual void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) {}
+  // A done operation's record changed: the answer to its submission arrived after it was
+  // cancelled, or the provider finished the cancelled work anyway. What it was charged may have
+  // changed (quota and credit figures are stale).
+  virtual void OnLateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task) {}
 };
 
 // A tenant's budgets for one task kind at `now` (from the gateway's configuration).
