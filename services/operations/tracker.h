@@ -139,7 +139,7 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   absl::Duration PollDelay(absl::Duration suggested, absl::Duration elapsed) const;
   void SchedulePollLocked(absl::Duration delay) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PollLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnPolled(int slot, absl::StatusOr<adapters::UpstreamStatus> result);
+  void OnPolled(int slot, const absl::StatusOr<adapters::UpstreamStatus>& result);
   void OnLivePolledLocked(int slot, const absl::StatusOr<adapters::UpstreamStatus>& result,
                           Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<musicgw::v1::Operation> RecordCancel(absl::string_view reason,

@@ -379,13 +379,12 @@ void Tracker::PollLocked() {
   e_->router->adapter(slot)->Poll(std::move(request), [self = shared_from_this(), weak, slot](
                                                           absl::StatusOr<UpstreamStatus> result) {
     if (weak.lock() == nullptr) return;
-    self->Post([slot, result = std::move(result)](
-                   Tracker& t) mutable { t.OnPolled(slot, std::move(result)); },
+    self->Post([slot, result = std::move(result)](Tracker& t) { t.OnPolled(slot, result); },
                absl::ZeroDuration());
   });
 }
 
-void Tracker::OnPolled(int slot, absl::StatusOr<UpstreamStatus> result) {
+void Tracker::OnPolled(int slot, const absl::StatusOr<UpstreamStatus>& result) {
   Effects effects;
   {
     absl::MutexLock lock(&mu_);
