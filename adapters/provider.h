@@ -161,10 +161,14 @@ class ProviderAdapter {
   virtual absl::Status CheckRequest(const musicgw::v1::GenerateRequest& request) const = 0;
 
   // Submits the work. Result: kRunning with upstream_id (asynchronous providers), or terminal
-  // (synchronous ones). Errors: INVALID_ARGUMENT (provider rejected the request),
-  // RESOURCE_EXHAUSTED (+RetryInfo, QuotaFailure), FAILED_PRECONDITION/UNAUTHENTICATED (provider
-  // configuration fault), UNAVAILABLE/DEADLINE_EXCEEDED (retries exhausted; may be retried by the
-  // engine only when idempotent_submit()).
+  // (synchronous ones). Errors say whether the provider may have processed the request
+  // (submit_outcome.h): OutcomeUnknownError() when it may have (a timeout, a reset mid-answer,
+  // an unreadable 2xx, a 5xx), anything else only when it provably did not: INVALID_ARGUMENT
+  // (provider rejected the request), RESOURCE_EXHAUSTED (+RetryInfo, QuotaFailure),
+  // FAILED_PRECONDITION/UNAUTHENTICATED (provider configuration fault), UNAVAILABLE (the
+  // connection was never established). Retries of a call that may create paid work happen here
+  // only where they cannot pay twice (an idempotency key, or a request that never reached
+  // processing).
   virtual void Submit(SubmitRequest request, Callback<UpstreamStatus> done) = 0;
 
   // Reads the work's current state (long-polling where asked and possible). Output URLs in the
@@ -172,6 +176,8 @@ class ProviderAdapter {
   virtual void Poll(PollRequest request, Callback<UpstreamStatus> done) = 0;
 
   // Asks the provider to stop; returns whether it was told (neither provider supports it today).
+  // The engine calls it on cancel once the upstream id is known, including when the submission's
+  // answer arrives after the operation was cancelled.
   virtual void Cancel(PollRequest request, Callback<bool> done) = 0;
 
   // Reads quota figures from the provider.

@@ -57,6 +57,11 @@ struct Response {
 // DEADLINE_EXCEEDED (timeout), CANCELLED. Any HTTP status, 4xx and 5xx included, is a Response.
 using ResponseCallback = absl::AnyInvocable<void(absl::StatusOr<Response>) &&>;
 
+// True when a transport failure happened before the request could reach the server (name
+// resolution, connection refused, TLS handshake), read from the client's error text: the only
+// transport failures after which a call that creates paid work provably did nothing.
+bool FailedBeforeSending(const absl::Status& status);
+
 // Receives a streamed response body with flow control.
 class StreamHandler {
  public:

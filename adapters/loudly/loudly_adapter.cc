@@ -183,7 +183,13 @@ class LoudlyAdapter::Impl : public std::enable_shared_from_this<Impl> {
   absl::StatusOr<UpstreamStatus> OnBundleCreated(absl::StatusOr<http::Response> response) {
     if (!response.ok()) return response.status();
     auto bundle = ParseBundle(response->body);
-    if (!bundle.ok()) return BadResponseError("bundle", bundle.status(), Context());
+    if (!bundle.ok()) {
+      // A 200 means the bundle was created: its id is lost, not the money.
+      return GenerationOutcomeUnknown(
+          absl::StrCat("Loudly answered the bundle request with HTTP ", response->status,
+                       " but an unreadable body (", bundle.status().message(), ")"),
+          Context(), response->status);
+    }
     if (bundle->status.phase == UpstreamStatus::Phase::kRunning) {
       bundle->status.next_poll_after = options_.min_poll_interval;
     }
@@ -194,7 +200,14 @@ class LoudlyAdapter::Impl : public std::enable_shared_from_this<Impl> {
                                                  bool dry_run) {
     if (!response.ok()) return response.status();
     auto song = ParseAiSong(response->body);
-    if (!song.ok()) return BadResponseError("song", song.status(), Context());
+    if (!song.ok()) {
+      if (dry_run) return BadResponseError("song", song.status(), Context());
+      // A 200 means the song was generated and charged: only its description is lost.
+      return GenerationOutcomeUnknown(
+          absl::StrCat("Loudly answered the song request with HTTP ", response->status,
+                       " but an unreadable body (", song.status().message(), ")"),
+          Context(), response->status);
+    }
     if (!dry_run && !song->upstream_id.empty()) Remember(*song);
     return song;
   }

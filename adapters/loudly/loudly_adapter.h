@@ -29,9 +29,12 @@
 // Errors (loudly_wire.h MapHttpError): 400 INVALID_ARGUMENT PROVIDER_REJECTED; 401 (after one
 // token refresh and retry in the web dialect) UNAUTHENTICATED PROVIDER_AUTH_FAILED, a gateway
 // configuration fault; the quota 500 RESOURCE_EXHAUSTED PROVIDER_QUOTA_EXHAUSTED with
-// QuotaFailure and RetryInfo, never retried; other 5xx and transport errors are retried with
-// full-jitter backoff under the HTTP client's retry budget (generation POSTs only where the
-// provider most likely did not start: see loudly_call.h), then UNAVAILABLE/DEADLINE_EXCEEDED.
+// QuotaFailure and RetryInfo, never retried; for reads, other 5xx and transport errors are
+// retried with full-jitter backoff under the HTTP client's retry budget, then
+// UNAVAILABLE/DEADLINE_EXCEEDED. Generation POSTs are re-sent only when the request provably
+// never reached processing; an answer that cannot be read after it may have been processed
+// (timeout, reset, 5xx, a 200 with an unreadable body) is an outcome-unknown error
+// (adapters/submit_outcome.h; see loudly_call.h).
 // Secrets (API key, tokens) never appear in logs or errors.
 //
 // Threading: thread-safe. Every callback runs on the HTTP client's loop thread, never inline.

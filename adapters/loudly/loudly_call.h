@@ -14,26 +14,27 @@ enum class CallKind {
   // Reads (poll, limits, catalog) and the token refresh: retried on transport errors, 429
   // (Retry-After honoured), 500 (unless it is the quota message), 502, 503 and 504.
   kRead,
-  // Generation POSTs. Not idempotent upstream, so a retry could spend credits twice: retried
-  // only when the provider most likely did not start the work (the connection could not be
-  // made, 429, 500 other than quota, 502, 503). Never after the request may have been sent
-  // (a reset or a truncated answer), a timeout or a 504: it may still be working.
+  // Generation POSTs. Not idempotent upstream (no idempotency key), so a retry could spend
+  // credits twice: re-sent only when the request provably never reached processing (the
+  // connection could not be made, or a 429). Never after it may have been processed (a reset, a
+  // timeout, any 5xx).
   kGenerate,
 };
 
 http::Classifier LoudlyClassifier(CallKind kind);
 
-// True when a transport failure happened before the request could reach the provider (name
-// resolution, connection refused, TLS handshake), read from the client's error text.
-bool FailedBeforeSending(const absl::Status& status);
-
 // OK with the response for 2xx; otherwise MapHttpError / MapTransportError. For kGenerate, a
-// transport failure after the request may have been sent becomes DEADLINE_EXCEEDED with reason
-// PROVIDER_OUTCOME_UNKNOWN: the generation may have started (and been charged), so the caller
-// must neither retry it nor report it as rejected (abseil: DEADLINE_EXCEEDED "may be returned
-// even if the operation completed successfully").
+// failure after the request may have been processed (a transport failure other than a
+// connection never made, a timeout, a 5xx other than the quota 500) becomes
+// GenerationOutcomeUnknown: the song may exist and be charged, so the caller must neither
+// retry it nor report it as rejected.
 absl::StatusOr<http::Response> CheckResponse(absl::StatusOr<http::Response> result,
                                              const ErrorContext& context,
                                              CallKind kind = CallKind::kRead);
+
+// An outcome-unknown Submit error (adapters/submit_outcome.h) in Loudly's domain: `what` went
+// wrong with the answer to a generation request; `http_status` when there was one.
+absl::Status GenerationOutcomeUnknown(absl::string_view what, const ErrorContext& context,
+                                      int http_status = 0);
 
 }  // namespace musicgw::adapters::loudly

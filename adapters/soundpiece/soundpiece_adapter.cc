@@ -1,6 +1,8 @@
 #include "adapters/soundpiece/soundpiece_adapter.h"
 
 #include <algorithm>
+#include <map>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -13,6 +15,7 @@
 #include "adapters/http/retry.h"
 #include "adapters/soundpiece/soundpiece_wire.h"
 #include "adapters/soundpiece/webhook.h"
+#include "adapters/submit_outcome.h"
 #include "common/errors.h"
 #include "nlohmann/json.hpp"
 
@@ -62,6 +65,24 @@ http::Classifier SoundpieceClassifier() {
     }
     return base(result);
   };
+}
+
+// A transport failure after which the PUT may have reached Soundpiece (not a connection that
+// was never made, not a request refused before it was sent).
+bool MayHaveBeenProcessed(const absl::Status& status) {
+  return !http::FailedBeforeSending(status) && status.code() != absl::StatusCode::kInvalidArgument;
+}
+
+// Retries (same idempotency key) are spent and the answer still cannot be read: the operation
+// may exist and be charged. Re-submitting with the same key later is safe, but the engine does
+// not do it blindly.
+absl::Status SubmitOutcomeUnknown(absl::string_view what, const ErrorContext& context,
+                                  int http_status) {
+  std::map<std::string, std::string> metadata = {{"account", context.account},
+                                                 {"route", context.route}};
+  if (http_status > 0) metadata["http_status"] = absl::StrCat(http_status);
+  return OutcomeUnknownError(absl::StrCat(what, "; the operation may exist and be charged"),
+                             kDomain, metadata);
 }
 
 }  // namespace
@@ -189,7 +210,23 @@ class SoundpieceAdapter::Impl : public std::enable_shared_from_this<Impl> {
   absl::StatusOr<UpstreamStatus> Interpret(absl::StatusOr<http::Response> result,
                                            const ErrorContext& context, bool quick_read,
                                            const Route& route) {
-    if (!result.ok()) return MapTransportError(result.status(), context);
+    if (!result.ok()) {
+      if (context.is_submit && MayHaveBeenProcessed(result.status())) {
+        return SubmitOutcomeUnknown(
+            absl::StrCat(result.status().code() == absl::StatusCode::kDeadlineExceeded
+                             ? "Soundpiece did not answer the submission in time"
+                             : "the connection to Soundpiece broke after the submission was sent",
+                         " (", result.status().message(), ")"),
+            context, 0);
+      }
+      return MapTransportError(result.status(), context);
+    }
+    if (context.is_submit && result->status >= 500) {
+      const absl::Status mapped = MapHttpError(result->status, result->body, std::nullopt, context);
+      return SubmitOutcomeUnknown(absl::StrCat("Soundpiece answered the submission with HTTP ",
+                                               result->status, " (", mapped.message(), ")"),
+                                  context, result->status);
+    }
     if (result->status < 200 || result->status >= 300) {
       if (result->status == 402) {
         absl::MutexLock lock(&mu_);
@@ -202,7 +239,15 @@ class SoundpieceAdapter::Impl : public std::enable_shared_from_this<Impl> {
       return MapHttpError(result->status, result->body, retry_after, context);
     }
     auto status = ParseOperation(result->body, route);
-    if (!status.ok()) return BadResponseError(status.status(), context);
+    if (!status.ok()) {
+      if (context.is_submit) {
+        return SubmitOutcomeUnknown(
+            absl::StrCat("Soundpiece answered the submission with HTTP ", result->status,
+                         " but an unreadable body (", status.status().message(), ")"),
+            context, result->status);
+      }
+      return BadResponseError(status.status(), context);
+    }
     if (context.is_submit) {
       absl::MutexLock lock(&mu_);
       last_402_ = absl::InfinitePast();  // the account has credits again

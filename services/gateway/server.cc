@@ -49,12 +49,16 @@ constexpr int kMaxRequestBytes = 1 << 20;
 
 using operations::QuotaMonitor;
 
-// Refreshes the provider's quota figures after each generation ends.
+// Refreshes the provider's quota figures after each generation ends, and after a late change
+// to what a done one was charged.
 class QuotaRefreshObserver final : public operations::EngineObserver {
  public:
   void set_monitor(QuotaMonitor* monitor) { monitor_ = monitor; }
   void OnCompleted(musicgw::v1::Provider provider, musicgw::v1::TaskKind task,
                    musicgw::v1::OperationState outcome, absl::StatusCode code) override {
+    if (monitor_ != nullptr) monitor_->RefreshSoon(provider);
+  }
+  void OnLateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task) override {
     if (monitor_ != nullptr) monitor_->RefreshSoon(provider);
   }
 

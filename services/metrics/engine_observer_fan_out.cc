@@ -33,4 +33,8 @@ void EngineObserverFanOut::OnCustodyFetch(absl::string_view outcome) {
   for (auto* observer : observers_) observer->OnCustodyFetch(outcome);
 }
 
+void EngineObserverFanOut::OnLateChange(v1::Provider provider, v1::TaskKind task) {
+  for (auto* observer : observers_) observer->OnLateChange(provider, task);
+}
+
 }  // namespace musicgw::metrics

@@ -129,6 +129,7 @@ class EngineObserverFanOut final : public operations::EngineObserver {
   void OnDownloadBytes(musicgw::v1::Provider provider, int64_t bytes) override;
   void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) override;
   void OnCustodyFetch(absl::string_view outcome) override;
+  void OnLateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task) override;
 
  private:
   std::vector<operations::EngineObserver*> observers_;

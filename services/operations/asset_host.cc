@@ -41,7 +41,10 @@ absl::StatusOr<std::unique_ptr<EventStream<v1::DownloadChunk>>> AssetHost::Open(
   }
   if (!record.ok()) return FromStore(record.status());
   const v1::Operation& op = record->operation;
-  if (op.state() != v1::OPERATION_STATE_SUCCEEDED) {
+  // A cancelled operation has assets when the provider finished the paid work anyway.
+  const bool has_assets = op.state() == v1::OPERATION_STATE_SUCCEEDED ||
+                          (op.state() == v1::OPERATION_STATE_CANCELLED && op.outputs_size() > 0);
+  if (!has_assets) {
     return WithErrorInfo(absl::FailedPreconditionError(
                              absl::StrCat("operation is ", v1::OperationState_Name(op.state()),
                                           "; only SUCCEEDED operations "
@@ -196,6 +199,7 @@ void AssetHost::RecordAssetFacts(const std::string& operation_id, int index, int
     auto self = weak.lock();
     if (self == nullptr) return;
     absl::Status status = self->store_->SetAssetFacts(operation_id, index, size, sha256);
+    if (status.ok() && self->on_assets_changed_) self->on_assets_changed_(operation_id);
     if (!status.ok()) {
       log::Warning("could not store asset digest",
                    {{"operation", operation_id}, {"error", status.ToString()}});

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,10 @@ class AssetHost final : public DownloadHost, public std::enable_shared_from_this
       const std::string& tenant, absl::string_view asset, int64_t offset);
   // Custody to serve held copies from (set once before serving; may stay unset).
   void SetCustody(std::shared_ptr<AssetCustody> custody) { custody_ = std::move(custody); }
+  // Told when a download records an asset's facts in the ledger.
+  void SetOnAssetsChanged(std::function<void(const std::string& operation_id)> changed) {
+    on_assets_changed_ = std::move(changed);
+  }
   // Ends every open download with `status`; later Opens fail with it.
   void Shutdown(const absl::Status& status);
   int64_t open_downloads() const { return open_->load(); }
@@ -67,6 +72,7 @@ class AssetHost final : public DownloadHost, public std::enable_shared_from_this
   http::Client* const http_;
   const std::shared_ptr<std::atomic<int64_t>> open_;
   std::shared_ptr<AssetCustody> custody_;
+  std::function<void(const std::string& operation_id)> on_assets_changed_;
 
   absl::Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;

@@ -193,6 +193,7 @@ bool AssetCustody::Outcome(const std::string& operation_id, int index, const std
                                                   result->sha256, RetentionEnd(tenant));
     if (recorded.ok()) {
       held = true;
+      if (on_assets_changed_) on_assets_changed_(operation_id);
     } else {
       log::Warning("could not record asset custody",
                    {{"operation", operation_id}, {"error", recorded.ToString()}});
@@ -339,6 +340,7 @@ void AssetCustody::Sweep() {
     return;
   }
   for (const CustodyRecord& row : *expired) {
+    if (on_assets_changed_) on_assets_changed_(row.operation_id);
     // Another asset with the same bytes, still within its retention, keeps the object.
     auto refs = store_->CountHeldDigest(row.sha256);
     if (!refs.ok() || *refs > 0) continue;

@@ -60,6 +60,10 @@ class AssetCustody final : public std::enable_shared_from_this<AssetCustody> {
   bool enabled() const { return assets_ != nullptr && http_ != nullptr; }
   // Background retries need fresh provider URLs; set once before Start.
   void SetUrlRefresher(UrlRefresher refresher) { refresher_ = std::move(refresher); }
+  // Told when the background pass changes an operation's asset facts in the ledger.
+  void SetOnAssetsChanged(std::function<void(const std::string& operation_id)> changed) {
+    on_assets_changed_ = std::move(changed);
+  }
   // Schedules the retry-and-sweep pass every custody_sweep_interval (first one at once).
   void Start();
   // No more fetches or passes; fetches in flight are abandoned (their rows stay pending).
@@ -113,6 +117,7 @@ class AssetCustody final : public std::enable_shared_from_this<AssetCustody> {
   http::Client* const http_;
   const std::shared_ptr<AssetStore> assets_;
   UrlRefresher refresher_;
+  std::function<void(const std::string& operation_id)> on_assets_changed_;
 
   mutable absl::Mutex mu_;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;

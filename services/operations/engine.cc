@@ -67,6 +67,13 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
         snapshots_(std::make_shared<SnapshotCache>(SnapshotCacheOptions{}, clock_)) {
     feed_->Subscribe(hub_.get());
     feed_->Subscribe(snapshots_.get());
+    // Asset facts change in the ledger outside the feed: the cached snapshot goes stale.
+    std::weak_ptr<SnapshotCache> weak_snapshots = snapshots_;
+    auto forget = [weak_snapshots](const std::string& id) {
+      if (auto snapshots = weak_snapshots.lock()) snapshots->Forget(id);
+    };
+    custody_->SetOnAssetsChanged(forget);
+    assets_->SetOnAssetsChanged(forget);
     env_->custody = custody_;
     assets_->SetCustody(custody_);
     std::weak_ptr<AssetHost> weak_assets = assets_;

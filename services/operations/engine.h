@@ -55,6 +55,10 @@ class EngineObserver {
   // One asset custody fetch ended: `outcome` is "stored", "upstream_error", "timeout" or
   // "store_error" (custody.h).
   virtual void OnCustodyFetch(absl::string_view outcome) {}
+  // A done operation's record changed: the answer to its submission arrived after it was
+  // cancelled, or the provider finished the cancelled work anyway. What it was charged may have
+  // changed (quota and credit figures are stale).
+  virtual void OnLateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task) {}
 };
 
 // A tenant's budgets for one task kind at `now` (from the gateway's configuration).

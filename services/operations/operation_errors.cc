@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/errors.h"
+#include "common/provider_names.h"
 
 namespace musicgw::operations {
 
@@ -45,6 +46,26 @@ absl::Status LedgerUnavailable(const absl::Status& cause) {
                    absl::StatusCodeToString(cause.code()), "); nothing was changed, retry later"));
   status = WithErrorInfo(std::move(status), "LEDGER_UNAVAILABLE", kGatewayDomain);
   return WithRetryInfo(std::move(status), absl::Seconds(5));
+}
+
+absl::Status ProviderOutcomeUnknown(musicgw::v1::Provider provider, absl::string_view account,
+                                    const absl::Status& cause) {
+  const std::string name = ProviderSlug(provider);
+  google::rpc::ErrorInfo cause_info;
+  GetErrorInfo(cause, &cause_info);
+  absl::Status status = absl::UnknownError(absl::StrCat(
+      name,
+      " may have created, and charged for, this work, but its answer to the submission "
+      "could not be read: ",
+      cause.message(),
+      ". The gateway does not send it again. Before retrying with a new request_id (which "
+      "would pay a second time), check the ",
+      name, " account ", account, " for a generation started at this operation's create_time."));
+  return WithErrorInfo(std::move(status), "PROVIDER_OUTCOME_UNKNOWN", kGatewayDomain,
+                       {{"provider", ProviderEnumName(provider)},
+                        {"account", std::string(account)},
+                        {"provider_reason", cause_info.reason()},
+                        {"provider_domain", cause_info.domain()}});
 }
 
 bool IsLedgerFailure(const absl::Status& status) {

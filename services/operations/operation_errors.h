@@ -23,6 +23,13 @@ absl::Status NotTrackedHere();
 // UNAVAILABLE LEDGER_UNAVAILABLE with RetryInfo, for a ledger read or write that failed for a
 // reason of the ledger's own (disk full, I/O error, locked), not of the request.
 absl::Status LedgerUnavailable(const absl::Status& cause);
+// UNKNOWN PROVIDER_OUTCOME_UNKNOWN, deliberately without RetryInfo: the provider may have
+// created (and charged for) the work but its answer to the submission could not be read
+// (`cause`, the adapter's error). UNKNOWN rather than UNAVAILABLE because a client that retries
+// an UNAVAILABLE Generate with a new request_id pays a second time; the message says what to
+// check first. Metadata: provider, account, and the adapter's reason and domain.
+absl::Status ProviderOutcomeUnknown(musicgw::v1::Provider provider, absl::string_view account,
+                                    const absl::Status& cause);
 // True for a store failure of the ledger itself (INTERNAL, UNAVAILABLE, UNKNOWN, DATA_LOSS
 // without ErrorInfo, or with LEDGER_UNAVAILABLE), as opposed to an answer about the data
 // (NOT_FOUND, ABORTED, budgets).

@@ -34,6 +34,7 @@ void SnapshotCache::Offer(absl::string_view id, absl::string_view tenant,
   auto snapshot = std::make_shared<const v1::Operation>(operation);
   const absl::Time now = clock_.Now();
   absl::MutexLock lock(&mu_);
+  if (resync_stamp_ > read_stamp) return;  // the read may predate a change the feed missed
   auto it = index_.find(id);
   if (it == index_.end()) {
     // A change announced after the read began may have been evicted with its entry.
@@ -47,6 +48,7 @@ void SnapshotCache::Offer(absl::string_view id, absl::string_view tenant,
   }
   Entry& entry = TouchLocked(it->second);
   if (operation.sequence() < entry.sequence) return;  // a newer state was announced
+  if (entry.forgotten_at > read_stamp) return;        // changed outside the feed since
   entry.tenant = std::string(tenant);
   entry.operation = std::move(snapshot);
   entry.sequence = operation.sequence();
@@ -66,6 +68,29 @@ void SnapshotCache::OnChange(const Change& change) {
   entry.sequence = change.sequence;
   entry.operation = change.snapshot;  // null (stale) when the feed carries none
   entry.loaded_at = now;
+}
+
+void SnapshotCache::OnResync() {
+  absl::MutexLock lock(&mu_);
+  const uint64_t stamp = ++stamp_;
+  for (Entry& entry : lru_) {
+    entry.operation = nullptr;
+    entry.changed_at = stamp;
+  }
+  resync_stamp_ = stamp;
+}
+
+void SnapshotCache::Forget(absl::string_view id) {
+  absl::MutexLock lock(&mu_);
+  const uint64_t stamp = ++stamp_;
+  auto it = index_.find(id);
+  if (it == index_.end()) {
+    evicted_stamp_ = std::max(evicted_stamp_, stamp);
+    return;
+  }
+  it->second->operation = nullptr;
+  it->second->changed_at = stamp;
+  it->second->forgotten_at = stamp;
 }
 
 size_t SnapshotCache::size() const {

@@ -49,6 +49,10 @@ class SnapshotCache final : public ChangeSubscriber {
              const musicgw::v1::Operation& operation, uint64_t read_stamp);
 
   void OnChange(const Change& change) override;
+  // Changes may have been missed: nothing cached is served, nor any ledger read begun before.
+  void OnResync() override;
+  // The ledger's view of `id` changed outside the feed (asset custody facts): read it again.
+  void Forget(absl::string_view id);
 
   size_t size() const;
 
@@ -57,8 +61,9 @@ class SnapshotCache final : public ChangeSubscriber {
     std::string id;
     std::string tenant;                                       // empty until a ledger read names it
     std::shared_ptr<const musicgw::v1::Operation> operation;  // null: stale, read the ledger
-    int64_t sequence = 0;     // the newest sequence known, cached or not
-    uint64_t changed_at = 0;  // stamp of the last change announced for it
+    int64_t sequence = 0;       // the newest sequence known, cached or not
+    uint64_t changed_at = 0;    // stamp of the last change announced for it
+    uint64_t forgotten_at = 0;  // stamp of the last Forget
     absl::Time loaded_at;
   };
   using Lru = std::list<Entry>;
@@ -74,6 +79,7 @@ class SnapshotCache final : public ChangeSubscriber {
   absl::flat_hash_map<absl::string_view, Lru::iterator> index_ ABSL_GUARDED_BY(mu_);
   uint64_t stamp_ ABSL_GUARDED_BY(mu_) = 0;          // counts announced changes
   uint64_t evicted_stamp_ ABSL_GUARDED_BY(mu_) = 0;  // newest change forgotten by eviction
+  uint64_t resync_stamp_ ABSL_GUARDED_BY(mu_) = 0;   // the last OnResync
 };
 
 }  // namespace musicgw::operations

@@ -176,6 +176,9 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
     return status;
   }
   const v1::OperationState from = op_.state();
+  // A done operation may still change (a late submission answer, outputs attached after a
+  // cancel); it is announced as done only once.
+  const bool was_done = op_.done();
   if (op_.provider() != next.provider() || from != next.state()) {
     if (!op_.done()) e_->live.Count(op_.provider(), from, -1);
     if (!next.done()) e_->live.Count(next.provider(), next.state(), +1);
@@ -183,7 +186,7 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   op_ = std::move(next);
   if (EngineObserver* observer = e_->options.observer) {
     if (from != op_.state()) observer->OnStateChange(op_.provider(), op_.task(), from, op_.state());
-    if (op_.done()) {
+    if (op_.done() && !was_done) {
       observer->OnCompleted(op_.provider(), op_.task(), op_.state(),
                             static_cast<absl::StatusCode>(op_.error().code()));
       if (op_.state() == v1::OPERATION_STATE_SUCCEEDED) {
@@ -192,8 +195,11 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
       }
     }
   }
+  if (was_done && e_->options.observer != nullptr) {
+    e_->options.observer->OnLateChange(op_.provider(), op_.task());
+  }
   outbox_.push_back(std::make_shared<const v1::Operation>(op_));
-  if (op_.done()) {
+  if (op_.done() && !was_done) {
     stopped_ = true;
     ++generation_;
     for (auto& waiter : waiters_) effects->waiters.push_back(std::move(waiter));
@@ -264,7 +270,14 @@ void Tracker::FailOutcomeUnknownLocked(absl::string_view why, Effects* effects) 
       "retrying with a new request_id."));
   error = WithErrorInfo(std::move(error), "SUBMISSION_OUTCOME_UNKNOWN", kGatewayDomain,
                         {{"provider", provider}});
+  charged_ = true;  // budgets and credits assume the provider charged
   FailLocked(error, v1::SUBMISSION_STATE_POSSIBLY_SUBMITTED, effects, "outcome unknown");
+}
+
+void Tracker::FailPossiblySubmittedLocked(const absl::Status& cause, Effects* effects) {
+  charged_ = true;  // budgets and credits assume the provider charged
+  FailLocked(ProviderOutcomeUnknown(op_.provider(), op_.provider_account(), cause),
+             v1::SUBMISSION_STATE_POSSIBLY_SUBMITTED, effects, "outcome unknown");
 }
 
 void Tracker::ScheduleDeadline(absl::Time deadline) {
@@ -353,6 +366,7 @@ void Tracker::Stop(const absl::Status& status) {
     absl::MutexLock lock(&mu_);
     // The operation stays live in the ledger: the next Start() resumes it.
     stopped_ = true;
+    following_up_ = false;
     ++generation_;
     waiters.swap(waiters_);
   }
@@ -428,6 +442,10 @@ absl::StatusOr<v1::Operation> Tracker::RecordCancel(absl::string_view reason,
     absl::Status status = Commit(std::move(next), &effects);
     if (status.ok()) {
       result = op_;
+      // The provider runs accepted work on (neither can stop it): the user paid for it.
+      if (op_.submission() == v1::SUBMISSION_STATE_ACCEPTED && op_.outputs_size() == 0) {
+        FollowUpLocked();
+      }
     } else {
       result = lost_ ? NotTrackedHere() : status;
       if (!lost_) {

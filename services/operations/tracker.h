@@ -108,6 +108,30 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   void FailDeadlineLocked(Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailOutcomeUnknownLocked(absl::string_view why, Effects* effects)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The provider may have created (and charged for) the work: POSSIBLY_SUBMITTED, charged,
+  // FAILED with ProviderOutcomeUnknown(cause). No fallback, no re-submission.
+  void FailPossiblySubmittedLocked(const absl::Status& cause, Effects* effects)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True when a Submit error means the provider may have processed the request.
+  bool OutcomeUnknownLocked(int slot, const absl::Status& status) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The answer to a submission that arrived after the operation ended (cancelled, or past its
+  // deadline): recorded all the same (upstream id, submission state, charged, outputs).
+  void LateSubmitAnswerLocked(int slot, const absl::StatusOr<adapters::UpstreamStatus>& result,
+                              Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds `status`'s outputs to `next` as assets; returns where their bytes are.
+  std::vector<UpstreamOutput> AddOutputs(const adapters::UpstreamStatus& status,
+                                         musicgw::v1::Operation* next) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A cancelled operation whose work the provider accepted and runs on: polls until it
+  // finishes, so the paid outputs are attached.
+  void FollowUpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnFollowUpPolled(const absl::StatusOr<adapters::UpstreamStatus>& result, Effects* effects)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Polls may run: the operation is live, or done and followed up.
+  bool PollingAllowedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return following_up_ || (!stopped_ && !op_.done());
+  }
   void ScheduleDeadline(absl::Time deadline);
   void OnDeadline();
   void SubmitLocked(bool resubmit, Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -123,7 +147,9 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   absl::Duration PollDelay(absl::Duration suggested, absl::Duration elapsed) const;
   void SchedulePollLocked(absl::Duration delay) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PollLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnPolled(int slot, absl::StatusOr<adapters::UpstreamStatus> result);
+  void OnPolled(int slot, const absl::StatusOr<adapters::UpstreamStatus>& result);
+  void OnLivePolledLocked(int slot, const absl::StatusOr<adapters::UpstreamStatus>& result,
+                          Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<musicgw::v1::Operation> RecordCancel(absl::string_view reason,
                                                       bool provider_notified);
   // Runs `step` on the executor while the engine lives.
@@ -158,6 +184,8 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   bool cancelling_ ABSL_GUARDED_BY(mu_) = false;
   // The ledger refused a write as another replica's (fencing): stopped for good here.
   bool lost_ ABSL_GUARDED_BY(mu_) = false;
+  // Done (cancelled), but the provider runs the paid work on: polled until it finishes.
+  bool following_up_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_poll_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // Asset custody before SUCCEEDED: the fetch is running; then what it stored, per output.
   bool custody_in_flight_ ABSL_GUARDED_BY(mu_) = false;

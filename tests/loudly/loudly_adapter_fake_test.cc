@@ -365,7 +365,11 @@ TEST_F(LoudlyAdapterFakeTest, FormUrlencodedBodiesOnRequest) {
   EXPECT_EQ(request.body, "genre=Deep+House&instruments%5B%5D=SYNTH");
 }
 
-TEST_F(LoudlyAdapterFakeTest, QuotaFiveHundredIsNotRetriedButOther5xxAre) {
+// A generation POST is re-sent only when it provably never reached processing (a 429, a
+// connection never made); a 5xx, a reset or a timeout leaves the outcome unknown (the song may
+// exist and be charged) and is sent once. (Until Loudly's 5xx were retried: each re-POST could
+// be charged again.)
+TEST_F(LoudlyAdapterFakeTest, GenerationIsResentOnlyWhenItNeverReachedProcessing) {
   auto adapter = Make(B2BOptions());
   server_.AddFault(Json(500,
                         "{\"error\":\"External service calling limit exceeded: (service: "
@@ -381,10 +385,19 @@ TEST_F(LoudlyAdapterFakeTest, QuotaFiveHundredIsNotRetriedButOther5xxAre) {
   EXPECT_EQ(client_->Count("/api/ai/songs"), 1);
 
   server_.AddFault(Json(503, "busy"));
-  Waiter<UpstreamStatus> retried;
-  adapter->Submit(Parametric("House"), retried.callback());
-  ASSERT_TRUE(retried.Get().ok()) << retried.Get().status();
-  EXPECT_EQ(client_->Count("/api/ai/songs"), 3);
+  Waiter<UpstreamStatus> busy;
+  adapter->Submit(Parametric("House"), busy.callback());
+  EXPECT_EQ(busy.Get().status().code(), absl::StatusCode::kUnknown) << busy.Get().status();
+  EXPECT_EQ(Reason(busy.Get().status()), "PROVIDER_OUTCOME_UNKNOWN");
+  EXPECT_FALSE(GetRetryInfo(busy.Get().status(), &retry));
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 2);
+
+  // A 429 is answered before processing: sent again.
+  server_.AddFault(Json(429, "{\"error\":\"too_many_requests\"}"));
+  Waiter<UpstreamStatus> throttled;
+  adapter->Submit(Parametric("House"), throttled.callback());
+  ASSERT_TRUE(throttled.Get().ok()) << throttled.Get().status();
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 4);
 
   // A connection that could not be made is retried: the request never left.
   server_.AddFault(absl::UnavailableError(
@@ -393,23 +406,24 @@ TEST_F(LoudlyAdapterFakeTest, QuotaFiveHundredIsNotRetriedButOther5xxAre) {
   Waiter<UpstreamStatus> reconnected;
   adapter->Submit(Parametric("House"), reconnected.callback());
   ASSERT_TRUE(reconnected.Get().ok()) << reconnected.Get().status();
-  EXPECT_EQ(client_->Count("/api/ai/songs"), 5);
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 6);
 
   // A connection broken after sending is not: the song may exist (and be charged) already.
   server_.AddFault(absl::UnavailableError(
       "HTTP transport error (loudly x: Recv failure: Connection reset by peer)"));
   Waiter<UpstreamStatus> broken;
   adapter->Submit(Parametric("House"), broken.callback());
-  EXPECT_EQ(broken.Get().status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(broken.Get().status().code(), absl::StatusCode::kUnknown);
   EXPECT_EQ(Reason(broken.Get().status()), "PROVIDER_OUTCOME_UNKNOWN");
-  EXPECT_EQ(client_->Count("/api/ai/songs"), 6);
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 7);
 
   // A timeout is not retried for a generation: the provider may still be producing the song.
   server_.AddFault(absl::DeadlineExceededError("timed out"));
   Waiter<UpstreamStatus> timed_out;
   adapter->Submit(Parametric("House"), timed_out.callback());
-  EXPECT_EQ(timed_out.Get().status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(client_->Count("/api/ai/songs"), 7);
+  EXPECT_EQ(timed_out.Get().status().code(), absl::StatusCode::kUnknown);
+  EXPECT_EQ(Reason(timed_out.Get().status()), "PROVIDER_OUTCOME_UNKNOWN");
+  EXPECT_EQ(client_->Count("/api/ai/songs"), 8);
 
   // Reads are retried after a reset.
   server_.AddFault(absl::UnavailableError("HTTP transport error (Connection reset by peer)"));

@@ -473,6 +473,43 @@ TEST_F(EngineTest, CancelStopsTrackingAndRecordsReason) {
   EXPECT_EQ(twice.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// A cancel while the submission is in flight is recorded at once; the submission's answer is
+// still recorded when it comes (upstream id, ACCEPTED), and the job the provider runs on is
+// followed until its outputs can be attached to the cancelled operation.
+TEST_F(EngineTest, CancelDuringSubmissionRecordsTheLateAnswerAndAttachesOutputs) {
+  FakeAdapter provider;
+  provider.SetSubmitMode(FakeAdapter::SubmitMode::kHold);
+  provider.SetPollsToFinish(1);
+  auto engine = Open({&provider});
+  auto op = engine->Generate(kTenant, TextRequest("cancelled in flight"));
+  ASSERT_TRUE(op.ok());
+  ASSERT_TRUE(provider.WaitForSubmitCalls(1, absl::Seconds(10)));
+
+  auto cancelled = engine->CancelAndWait(kTenant, op->name(), "changed my mind");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::OPERATION_STATE_CANCELLED);
+  EXPECT_EQ(cancelled->submission(), v1::SUBMISSION_STATE_SUBMITTING);
+  EXPECT_EQ(cancelled->cancellation().reason(), "changed my mind");
+
+  provider.ReleaseHeld();
+  // Observed on the ledger: the late answer, then the outputs the provider finished anyway.
+  ASSERT_TRUE(testing::WaitUntil([&] {
+    auto now = engine->Get(kTenant, op->name());
+    return now.ok() && now->outputs_size() > 0;
+  }));
+  auto done = engine->Get(kTenant, op->name());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::OPERATION_STATE_CANCELLED);
+  EXPECT_EQ(done->submission(), v1::SUBMISSION_STATE_ACCEPTED);
+  EXPECT_EQ(done->upstream_id(), "up-fake-1");
+  EXPECT_EQ(done->attempts(0).upstream_id(), "up-fake-1");
+  EXPECT_EQ(done->outputs_size(), 1);
+  EXPECT_EQ(provider.upstream_jobs(), 1);
+  EXPECT_EQ(provider.submit_calls(), 1);
+  EXPECT_EQ(provider.cancel_calls(), 1);  // told to stop once the id was known
+  EXPECT_EQ(engine->Stats().live_operations, 0);
+}
+
 TEST_F(EngineTest, CancelNeverWaitsOnTheCallerForAProviderThatDoesNotAnswer) {
   FakeAdapter provider;
   provider.SetPollsToFinish(0);

@@ -41,6 +41,7 @@ class FakeAdapter final : public adapters::ProviderAdapter {
     kAnswer,      // create (or find) the job and answer
     kHang,        // create the job, never answer (the gateway dies waiting)
     kDropBefore,  // record the call, create nothing, never answer (dies before sending)
+    kHold,        // create the job, keep the answer until ReleaseHeld() (a slow provider)
   };
 
   explicit FakeAdapter(Options options) : options_(std::move(options)), executor_(1) {}
@@ -51,6 +52,15 @@ class FakeAdapter final : public adapters::ProviderAdapter {
   void SetSubmitMode(SubmitMode mode) {
     absl::MutexLock lock(&mu_);
     submit_mode_ = mode;
+  }
+  // Delivers the answers SubmitMode::kHold kept, in order.
+  void ReleaseHeld() {
+    std::vector<std::pair<adapters::Callback<UpstreamStatus>, absl::StatusOr<UpstreamStatus>>> held;
+    {
+      absl::MutexLock lock(&mu_);
+      held.swap(held_);
+    }
+    for (auto& [done, result] : held) Deliver(std::move(done), std::move(result));
   }
   // Results for the next Submit calls, in order (before the mode applies).
   void PushSubmitResult(absl::StatusOr<UpstreamStatus> result) {
@@ -171,6 +181,10 @@ class FakeAdapter final : public adapters::ProviderAdapter {
           result = status;
         }
       }
+      if (submit_mode_ == SubmitMode::kHold) {
+        held_.emplace_back(std::move(done), std::move(result));
+        return;
+      }
     }
     Deliver(std::move(done), std::move(result));
   }
@@ -259,6 +273,8 @@ class FakeAdapter final : public adapters::ProviderAdapter {
   const Options options_;
   mutable absl::Mutex mu_;
   SubmitMode submit_mode_ ABSL_GUARDED_BY(mu_) = SubmitMode::kAnswer;
+  std::vector<std::pair<adapters::Callback<UpstreamStatus>, absl::StatusOr<UpstreamStatus>>> held_
+      ABSL_GUARDED_BY(mu_);
   std::deque<absl::StatusOr<UpstreamStatus>> submit_results_ ABSL_GUARDED_BY(mu_);
   std::deque<absl::StatusOr<UpstreamStatus>> poll_results_ ABSL_GUARDED_BY(mu_);
   int polls_to_finish_ ABSL_GUARDED_BY(mu_) = 2;

@@ -137,5 +137,29 @@ TEST_F(SnapshotCacheTest, ChangesOfAnUnreadOperationAreNotServedWithoutItsTenant
   EXPECT_TRUE(cache_.Find("op1", "t1").foreign);
 }
 
+TEST_F(SnapshotCacheTest, AForgottenOperationIsReadAgainAndAnEarlierReadIsNotCached) {
+  Read("op1", 4);
+  const uint64_t before = cache_.BeginRead();
+  cache_.Forget("op1");  // e.g. its assets were taken into custody: same sequence, new facts
+  EXPECT_EQ(cache_.Find("op1", "t1").operation, nullptr);
+  cache_.Offer("op1", "t1", At(4), before);  // read before the change: stale facts
+  EXPECT_EQ(cache_.Find("op1", "t1").operation, nullptr);
+  Read("op1", 4);
+  EXPECT_NE(cache_.Find("op1", "t1").operation, nullptr);
+}
+
+TEST_F(SnapshotCacheTest, AResyncDropsEverythingAndReadsBegunBeforeIt) {
+  Read("op1", 1);
+  Read("op2", 1);
+  const uint64_t before = cache_.BeginRead();
+  cache_.OnResync();
+  EXPECT_EQ(cache_.Find("op1", "t1").operation, nullptr);
+  EXPECT_EQ(cache_.Find("op2", "t1").operation, nullptr);
+  cache_.Offer("op3", "t1", At(1), before);
+  EXPECT_EQ(cache_.Find("op3", "t1").operation, nullptr);
+  Read("op1", 1);
+  EXPECT_NE(cache_.Find("op1", "t1").operation, nullptr);
+}
+
 }  // namespace
 }  // namespace musicgw::operations

@@ -372,14 +372,17 @@ TEST_F(SoundpieceAdapterTest, RateLimitHonoursRetryAfterThenSurfaces) {
   EXPECT_EQ(retry.retry_delay().seconds(), 30);
 }
 
-TEST_F(SoundpieceAdapterTest, PersistentServerErrorsBecomeUnavailable) {
+// A submission answered only with 5xx may have been processed (the body was sent): retried with
+// the same key, then outcome unknown rather than UNAVAILABLE (which would invite a retry that
+// pays twice).
+TEST_F(SoundpieceAdapterTest, PersistentServerErrorsLeaveTheSubmissionOutcomeUnknown) {
   ASSERT_TRUE(emulator_
                   ->SetFaultPlan(R"({"rules":[
         {"match":"PUT /v1/create.new_sample","action":"status","status":502}]})")
                   .ok());
   auto status = Submit(Sample());
-  EXPECT_EQ(status.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(Reason(status.status()), "PROVIDER_UNAVAILABLE");
+  EXPECT_EQ(status.status().code(), absl::StatusCode::kUnknown);
+  EXPECT_EQ(Reason(status.status()), "PROVIDER_OUTCOME_UNKNOWN");
   EXPECT_EQ(emulator_->stats().faults_injected, 5);  // max_attempts
   EXPECT_EQ(emulator_->stats().operations_created, 0);
 }

@@ -637,14 +637,20 @@ const (
 	SubmissionState_SUBMISSION_STATE_NOT_SUBMITTED SubmissionState = 1
 	// A submission is in flight.
 	SubmissionState_SUBMISSION_STATE_SUBMITTING SubmissionState = 2
-	// The provider accepted the submission (upstream_id is set).
+	// The provider accepted the submission (upstream_id is set); it is charged. Also recorded
+	// when the answer arrives after the operation was cancelled.
 	SubmissionState_SUBMISSION_STATE_ACCEPTED SubmissionState = 3
-	// The gateway stopped while a submission to a provider without idempotency keys was in
-	// flight: the provider may have started (and charged for) it. The gateway does not re-submit;
-	// it reconciles where the provider allows and otherwise fails the operation with reason
-	// SUBMISSION_OUTCOME_UNKNOWN.
+	// The provider may have created (and charged for) the work, and the gateway cannot tell: its
+	// answer could not be read (a timeout, a connection reset mid-answer, a 2xx with a truncated
+	// or non-JSON body, a 5xx after the request was sent), or the gateway stopped while a
+	// submission to a provider without idempotency keys was in flight. Counted as charged in
+	// budgets and credit estimates. The gateway never re-sends it; the operation fails with
+	// UNKNOWN, reason PROVIDER_OUTCOME_UNKNOWN and no RetryInfo (after a restart:
+	// FAILED_PRECONDITION, reason SUBMISSION_OUTCOME_UNKNOWN), and the message says what to check
+	// at the provider before retrying with a new request_id.
 	SubmissionState_SUBMISSION_STATE_POSSIBLY_SUBMITTED SubmissionState = 4
-	// The provider rejected the submission.
+	// The provider provably did not create the work (a validation 4xx, 401, 402, or a 429
+	// answered before processing, or a connection that was never established); not charged.
 	SubmissionState_SUBMISSION_STATE_REJECTED SubmissionState = 5
 )
 
@@ -2045,7 +2051,10 @@ type Cancellation struct {
 	// The reason given by the client.
 	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Whether the provider was told to stop (neither provider offers cancellation today, so a
-	// cancelled operation may still be charged by the provider).
+	// cancelled operation may still be charged by the provider). A cancellation is recorded at
+	// once, even while the submission is in flight; its answer is recorded when it arrives
+	// (upstream_id, submission ACCEPTED, charged), and if the provider finishes the work anyway its
+	// outputs are attached to the cancelled operation and can be downloaded.
 	ProviderNotified bool `protobuf:"varint,2,opt,name=provider_notified,json=providerNotified,proto3" json:"provider_notified,omitempty"`
 	// When the operation was cancelled.
 	CancelTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=cancel_time,json=cancelTime,proto3" json:"cancel_time,omitempty"`
