@@ -250,10 +250,11 @@ TEST_F(LedgerTest, AnOperationThatEndsBetweenTheReadAndTheTrackerLookupIsAnswere
   store_->AfterNextGet(finish);
   absl::Notification waited;
   absl::StatusOr<v1::Operation> result;
-  engine_->Wait(kTenant, op->name(), absl::Hours(1), [&](absl::StatusOr<v1::Operation> answer) {
-    result = std::move(answer);
-    waited.Notify();
-  });
+  engine_->Wait(kTenant, op->name(), absl::Hours(1),
+                [&](const absl::StatusOr<v1::Operation>& answer) {
+                  result = answer;
+                  waited.Notify();
+                });
   waited.WaitForNotification();
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_TRUE(result->done());
