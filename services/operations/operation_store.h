@@ -143,6 +143,14 @@ class OperationStore {
   // by task.
   virtual absl::StatusOr<std::map<musicgw::v1::TaskKind, int64_t>> CountCharged(
       musicgw::v1::Provider provider, absl::string_view account, absl::Time since) = 0;
+  // How long the most recent successful operations of one provider account and task took,
+  // create to done, newest (by done time) first, at most `limit` of them: the history behind
+  // Operation.estimated_done_time. A store without history answers an empty list.
+  virtual absl::StatusOr<std::vector<absl::Duration>> RecentDurations(
+      musicgw::v1::Provider provider, absl::string_view account, musicgw::v1::TaskKind task,
+      int limit) {
+    return std::vector<absl::Duration>{};
+  }
 };
 
 }  // namespace musicgw::operations

@@ -87,6 +87,11 @@ CREATE TABLE assets (
   PRIMARY KEY (operation_id, idx)
 );
 )sql",
+    // 2: recent successful durations per provider account and task (the ETA's history).
+    R"sql(
+CREATE INDEX operations_for_durations ON operations (provider, provider_account, task, done_time_us)
+  INCLUDE (create_time_us) WHERE state = 3;
+)sql",
 };
 
 // Any constant shared by every replica: serializes migrations.
@@ -160,6 +165,10 @@ const pg::Statements& LedgerStatements() {
       {"charged",
        "SELECT task, COUNT(*) FROM operations WHERE provider = $1 AND provider_account = $2 AND "
        "create_time_us >= $3 AND charged GROUP BY task"},
+      {"durations",
+       "SELECT done_time_us - create_time_us FROM operations WHERE provider = $1 AND "
+       "provider_account = $2 AND task = $3 AND state = 3 AND done_time_us IS NOT NULL "
+       "ORDER BY done_time_us DESC LIMIT $4"},
   };
   return *statements;
 }
@@ -417,6 +426,21 @@ class PostgresOperationStore final : public OperationStore {
           IntCell(result.get(), row, 1);
     }
     return counts;
+  }
+
+  absl::StatusOr<std::vector<absl::Duration>> RecentDurations(v1::Provider provider,
+                                                              absl::string_view account,
+                                                              v1::TaskKind task,
+                                                              int limit) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result,
+                             conn->Run("durations", {Param::Int(provider), Param::Text(account),
+                                                     Param::Int(task), Param::Int(limit)}));
+    std::vector<absl::Duration> durations;
+    for (int row = 0; row < PQntuples(result.get()); ++row) {
+      durations.push_back(absl::Microseconds(IntCell(result.get(), row, 0)));
+    }
+    return durations;
   }
 
  private:

@@ -89,6 +89,10 @@ DROP INDEX operations_by_budget;
 CREATE INDEX operations_for_credits ON operations (provider, provider_account, create_time_us, charged, task);
 DROP INDEX operations_by_account;
 )sql",
+    // 4: recent successful durations per provider account and task (the ETA's history).
+    R"sql(
+CREATE INDEX operations_for_durations ON operations (provider, provider_account, task, state, done_time_us, create_time_us);
+)sql",
 };
 
 constexpr absl::string_view kRecordColumns =
@@ -380,6 +384,28 @@ class SqliteOperationStore final : public OperationStore {
       counts[static_cast<v1::TaskKind>(stmt.Int(0))] = stmt.Int(1);
     }
     return counts;
+  }
+
+  absl::StatusOr<std::vector<absl::Duration>> RecentDurations(v1::Provider provider,
+                                                              absl::string_view account,
+                                                              v1::TaskKind task,
+                                                              int limit) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_,
+              "SELECT done_time_us - create_time_us FROM operations WHERE provider = ? AND "
+              "provider_account = ? AND task = ? AND state = 3 AND done_time_us IS NOT NULL "
+              "ORDER BY done_time_us DESC LIMIT ?");
+    stmt.Bind(1, static_cast<int64_t>(provider))
+        .Bind(2, account)
+        .Bind(3, static_cast<int64_t>(task))
+        .Bind(4, static_cast<int64_t>(limit));
+    std::vector<absl::Duration> durations;
+    while (true) {
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      durations.push_back(absl::Microseconds(stmt.Int(0)));
+    }
+    return durations;
   }
 
  private:

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/errors.h"
+#include "common/time_util.h"
 #include "gtest/gtest.h"
 #include "services/operations/ids.h"
 #include "services/operations/operation_store.h"
@@ -132,6 +133,50 @@ TEST_P(StoreConformanceTest, CountsChargedOperationsPerProviderAccountAndTask) {
   ASSERT_TRUE(counts.ok());
   EXPECT_EQ((*counts)[v1::TASK_KIND_SONG], 1);
   EXPECT_EQ((*counts)[v1::TASK_KIND_SAMPLE], 1);
+}
+
+TEST_P(StoreConformanceTest, RecentDurationsAreSuccessesOfOneAccountAndTaskNewestFirst) {
+  auto store = OpenStore();
+  const absl::Time start = absl::FromUnixSeconds(1'800'000'000);
+  // Finishes operation `request_id` created at `created` after `took`, in `state`.
+  auto add = [&](const std::string& request_id, const std::string& account, v1::TaskKind task,
+                 absl::Time created, absl::Duration took, v1::OperationState state) {
+    OperationRecord record = MakeRecord("t", request_id, created);
+    record.operation.set_provider_account(account);
+    record.operation.set_task(task);
+    auto made = store->Create(record, {});
+    ASSERT_TRUE(made.ok()) << made.status();
+    OperationUpdate update;
+    update.operation = made->record.operation;
+    update.operation.set_state(state);
+    update.operation.set_done(true);
+    *update.operation.mutable_done_time() = ToProtoTimestamp(created + took);
+    update.operation.set_sequence(2);
+    update.expected_sequence = 1;
+    ASSERT_TRUE(store->Update(update).ok());
+  };
+  add("a", "sp-main", v1::TASK_KIND_SONG, start, absl::Seconds(40), v1::OPERATION_STATE_SUCCEEDED);
+  add("b", "sp-main", v1::TASK_KIND_SONG, start + absl::Seconds(1), absl::Seconds(50),
+      v1::OPERATION_STATE_SUCCEEDED);
+  add("c", "sp-main", v1::TASK_KIND_SONG, start + absl::Seconds(2), absl::Seconds(60),
+      v1::OPERATION_STATE_SUCCEEDED);
+  add("d", "sp-main", v1::TASK_KIND_SONG, start, absl::Seconds(5), v1::OPERATION_STATE_FAILED);
+  add("e", "sp-other", v1::TASK_KIND_SONG, start, absl::Seconds(7), v1::OPERATION_STATE_SUCCEEDED);
+  add("f", "sp-main", v1::TASK_KIND_SAMPLE, start, absl::Seconds(9), v1::OPERATION_STATE_SUCCEEDED);
+  // Live operations have no duration yet.
+  ASSERT_TRUE(store->Create(MakeRecord("t", "live", start), {}).ok());
+
+  auto durations =
+      store->RecentDurations(v1::PROVIDER_SOUNDPIECE, "sp-main", v1::TASK_KIND_SONG, 10);
+  ASSERT_TRUE(durations.ok()) << durations.status();
+  EXPECT_EQ(*durations,
+            (std::vector<absl::Duration>{absl::Seconds(60), absl::Seconds(50), absl::Seconds(40)}));
+  durations = store->RecentDurations(v1::PROVIDER_SOUNDPIECE, "sp-main", v1::TASK_KIND_SONG, 2);
+  ASSERT_TRUE(durations.ok());
+  EXPECT_EQ(*durations, (std::vector<absl::Duration>{absl::Seconds(60), absl::Seconds(50)}));
+  durations = store->RecentDurations(v1::PROVIDER_LOUDLY, "sp-main", v1::TASK_KIND_SONG, 10);
+  ASSERT_TRUE(durations.ok());
+  EXPECT_TRUE(durations->empty());
 }
 
 TEST_P(StoreConformanceTest, CreateIsIdempotentPerTenantAndRequestId) {
