@@ -105,6 +105,13 @@ struct EngineOptions {
   absl::Duration download_timeout = absl::Minutes(30);
   // Tenant budgets checked atomically at Generate; none when empty.
   BudgetResolver budgets;
+  // The webhook messages a state change announces (services/notify), written to the ledger's
+  // outbox in the same transaction as the change; none when unset. Gets the tenant, the stored
+  // snapshot and the new one; must not block.
+  std::function<std::vector<OutboxMessage>(const std::string& tenant,
+                                           const musicgw::v1::Operation& from,
+                                           const musicgw::v1::Operation& to)>
+      outbox;
   // Metrics hooks (not owned, may be null).
   EngineObserver* observer = nullptr;
   // The time source of routing, trackers, watches and timers (not owned; null: Clock::Real()).

@@ -27,6 +27,7 @@
 #include "services/operations/budget_errors.h"
 #include "services/operations/ledger_codec.h"
 #include "services/operations/postgres_connection.h"
+#include "services/operations/postgres_outbox.h"
 
 namespace musicgw::operations {
 namespace {
@@ -92,6 +93,8 @@ CREATE TABLE assets (
 CREATE INDEX operations_for_durations ON operations (provider, provider_account, task, done_time_us)
   INCLUDE (create_time_us) WHERE state = 3;
 )sql",
+    // 3: the webhook outbox and its delivery attempts (postgres_outbox.cc).
+    pg::kOutboxMigration,
 };
 
 // Any constant shared by every replica: serializes migrations.
@@ -105,71 +108,75 @@ constexpr absl::string_view kCounted = "(state NOT IN (4, 5) OR charged)";
 
 // Every statement, prepared once per connection by name.
 const pg::Statements& LedgerStatements() {
-  static const auto* const statements = new pg::Statements{
-      {"get", absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = $1")},
-      {"find", absl::StrCat("SELECT ", kRecordColumns,
-                            " FROM operations WHERE tenant = $1 AND request_id = $2")},
-      {"tenant_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"},
-      {"live_count", "SELECT COUNT(*) FROM operations WHERE tenant = $1 AND NOT done"},
-      {"budget_count",
-       absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = $1 AND task = $2 AND "
-                    "create_time_us >= $3 AND ",
-                    kCounted)},
-      {"insert",
-       "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, provider, "
-       "task, create_time_us, done_time_us, sequence, charged, owner, lease_until_us, snapshot, "
-       "upstream_outputs, provider_account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, "
-       "$10, $11, $12, $13, $14, $15, $16)"},
-      {"insert_event",
-       "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES ($1, $2, $3)"},
-      {"update",
-       "UPDATE operations SET state = $1, done = $2, provider = $3, done_time_us = $4, "
-       "sequence = $5, charged = $6, snapshot = $7, provider_account = $8, "
-       "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11"},
-      {"sequence", "SELECT sequence FROM operations WHERE id = $1"},
-      // Delivered to every listening replica when (and only if) the transaction commits.
-      {"notify", "SELECT pg_notify('musicgw_changes', $1::text || ':' || $2::text)"},
-      {"list",
-       absl::StrCat("SELECT ", kRecordColumns,
-                    " FROM operations WHERE tenant = $1 AND (cardinality($2::int[]) = 0 OR "
-                    "state = ANY($2::int[])) AND ($3 = 0 OR provider = $3) AND ($4 = 0 OR task = "
-                    "$4) AND ($5 = '' OR id < $5) ORDER BY id DESC LIMIT $6")},
-      {"events_after",
-       "SELECT sequence, snapshot FROM operation_events WHERE operation_id = $1 AND sequence > "
-       "$2 ORDER BY sequence"},
-      // SKIP LOCKED: a row another replica is updating right now is left to the next claim.
-      {"claim",
-       "UPDATE operations SET owner = $1, lease_until_us = $2 WHERE id IN (SELECT id FROM "
-       "operations WHERE NOT done AND (owner = '' OR owner = $1 OR lease_until_us < $3) FOR "
-       "UPDATE SKIP LOCKED)"},
-      {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
-                                  " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
-      {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
-      // One row rewritten in place: a real write (WAL record, commit) that changes nothing.
-      {"probe",
-       "UPDATE schema_migrations SET applied_time_us = applied_time_us WHERE version = (SELECT "
-       "MAX(version) FROM schema_migrations)"},
-      {"set_outputs", "UPDATE operations SET upstream_outputs = $1 WHERE id = $2"},
-      {"set_asset",
-       "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES ($1, $2, $3, $4) "
-       "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, "
-       "sha256 = EXCLUDED.sha256"},
-      {"assets", "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = $1"},
-      {"prune",
-       "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations WHERE "
-       "done AND done_time_us < $1)"},
-      {"budget_usage",
-       absl::StrCat("SELECT COUNT(*) FILTER (WHERE NOT done), COUNT(*) FILTER (WHERE done) FROM "
-                    "operations WHERE tenant = $1 AND task = $2 AND create_time_us >= $3 AND ",
-                    kCounted)},
-      {"charged",
-       "SELECT task, COUNT(*) FROM operations WHERE provider = $1 AND provider_account = $2 AND "
-       "create_time_us >= $3 AND charged GROUP BY task"},
-      {"durations",
-       "SELECT done_time_us - create_time_us FROM operations WHERE provider = $1 AND "
-       "provider_account = $2 AND task = $3 AND state = 3 AND done_time_us IS NOT NULL "
-       "ORDER BY done_time_us DESC LIMIT $4"},
-  };
+  static const auto* const statements = [] {
+    auto* all = new pg::Statements{
+        {"get", absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = $1")},
+        {"find", absl::StrCat("SELECT ", kRecordColumns,
+                              " FROM operations WHERE tenant = $1 AND request_id = $2")},
+        {"tenant_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"},
+        {"live_count", "SELECT COUNT(*) FROM operations WHERE tenant = $1 AND NOT done"},
+        {"budget_count",
+         absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = $1 AND task = $2 AND "
+                      "create_time_us >= $3 AND ",
+                      kCounted)},
+        {"insert",
+         "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, provider, "
+         "task, create_time_us, done_time_us, sequence, charged, owner, lease_until_us, snapshot, "
+         "upstream_outputs, provider_account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, "
+         "$10, $11, $12, $13, $14, $15, $16)"},
+        {"insert_event",
+         "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES ($1, $2, $3)"},
+        {"update",
+         "UPDATE operations SET state = $1, done = $2, provider = $3, done_time_us = $4, "
+         "sequence = $5, charged = $6, snapshot = $7, provider_account = $8, "
+         "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11"},
+        {"sequence", "SELECT sequence FROM operations WHERE id = $1"},
+        // Delivered to every listening replica when (and only if) the transaction commits.
+        {"notify", "SELECT pg_notify('musicgw_changes', $1::text || ':' || $2::text)"},
+        {"list",
+         absl::StrCat("SELECT ", kRecordColumns,
+                      " FROM operations WHERE tenant = $1 AND (cardinality($2::int[]) = 0 OR "
+                      "state = ANY($2::int[])) AND ($3 = 0 OR provider = $3) AND ($4 = 0 OR task = "
+                      "$4) AND ($5 = '' OR id < $5) ORDER BY id DESC LIMIT $6")},
+        {"events_after",
+         "SELECT sequence, snapshot FROM operation_events WHERE operation_id = $1 AND sequence > "
+         "$2 ORDER BY sequence"},
+        // SKIP LOCKED: a row another replica is updating right now is left to the next claim.
+        {"claim",
+         "UPDATE operations SET owner = $1, lease_until_us = $2 WHERE id IN (SELECT id FROM "
+         "operations WHERE NOT done AND (owner = '' OR owner = $1 OR lease_until_us < $3) FOR "
+         "UPDATE SKIP LOCKED)"},
+        {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
+                                    " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
+        {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
+        // One row rewritten in place: a real write (WAL record, commit) that changes nothing.
+        {"probe",
+         "UPDATE schema_migrations SET applied_time_us = applied_time_us WHERE version = (SELECT "
+         "MAX(version) FROM schema_migrations)"},
+        {"set_outputs", "UPDATE operations SET upstream_outputs = $1 WHERE id = $2"},
+        {"set_asset",
+         "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES ($1, $2, $3, $4) "
+         "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, "
+         "sha256 = EXCLUDED.sha256"},
+        {"assets", "SELECT idx, size_bytes, sha256 FROM assets WHERE operation_id = $1"},
+        {"prune",
+         "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations WHERE "
+         "done AND done_time_us < $1)"},
+        {"budget_usage",
+         absl::StrCat("SELECT COUNT(*) FILTER (WHERE NOT done), COUNT(*) FILTER (WHERE done) FROM "
+                      "operations WHERE tenant = $1 AND task = $2 AND create_time_us >= $3 AND ",
+                      kCounted)},
+        {"charged",
+         "SELECT task, COUNT(*) FROM operations WHERE provider = $1 AND provider_account = $2 AND "
+         "create_time_us >= $3 AND charged GROUP BY task"},
+        {"durations",
+         "SELECT done_time_us - create_time_us FROM operations WHERE provider = $1 AND "
+         "provider_account = $2 AND task = $3 AND state = 3 AND done_time_us IS NOT NULL "
+         "ORDER BY done_time_us DESC LIMIT $4"},
+    };
+    pg::AddOutboxStatements(all);
+    return all;
+  }();
   return *statements;
 }
 
@@ -298,6 +305,9 @@ class PostgresOperationStore final : public OperationStore {
     MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
                                                        Param::Bytes(snapshot)})
                                 .status());
+    for (const OutboxMessage& message : update.outbox) {
+      MUSICGW_RETURN_IF_ERROR(pg::InsertOutbox(conn, message, message.create_time));
+    }
     MUSICGW_RETURN_IF_ERROR(
         conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
     return txn.Commit();
@@ -441,6 +451,36 @@ class PostgresOperationStore final : public OperationStore {
       durations.push_back(absl::Microseconds(IntCell(result.get(), row, 0)));
     }
     return durations;
+  }
+
+  absl::Status EnqueueOutbox(const OutboxMessage& message) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::InsertOutbox(conn, message, message.create_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ClaimDueDeliveries(absl::Time now,
+                                                                 absl::Time claim_until,
+                                                                 int limit) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::ClaimDueDeliveries(conn, now, claim_until, limit);
+  }
+  absl::Status RecordDeliveryAttempt(const DeliveryAttempt& attempt, DeliveryStatus status,
+                                     absl::Time next_attempt_time) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::RecordDeliveryAttempt(conn, attempt, status, next_attempt_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(const DeliveryQuery& query) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::ListDeliveries(conn, query);
+  }
+  absl::StatusOr<std::vector<DeliveryAttempt>> ListDeliveryAttempts(
+      absl::string_view delivery_id) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::ListDeliveryAttempts(conn, delivery_id);
+  }
+  absl::Status Redeliver(absl::string_view tenant, absl::string_view delivery_id,
+                         absl::Time now) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::Redeliver(conn, tenant, delivery_id, now);
   }
 
  private:

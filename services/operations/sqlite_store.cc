@@ -18,6 +18,7 @@
 #include "common/time_util.h"
 #include "services/operations/budget_errors.h"
 #include "services/operations/ledger_codec.h"
+#include "services/operations/sqlite_outbox.h"
 #include "services/operations/sqlite_statement.h"
 
 namespace musicgw::operations {
@@ -93,6 +94,8 @@ DROP INDEX operations_by_account;
     R"sql(
 CREATE INDEX operations_for_durations ON operations (provider, provider_account, task, state, done_time_us, create_time_us);
 )sql",
+    // 5: the webhook outbox and its delivery attempts (sqlite_outbox.cc).
+    sqlite::kOutboxMigration,
 };
 
 constexpr absl::string_view kRecordColumns =
@@ -207,7 +210,11 @@ class SqliteOperationStore final : public OperationStore {
         return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
                                                exists.Int(0), ", not ", update.expected_sequence));
       }
-      return InsertEvent(id, op.sequence(), snapshot);
+      MUSICGW_RETURN_IF_ERROR(InsertEvent(id, op.sequence(), snapshot));
+      for (const OutboxMessage& message : update.outbox) {
+        MUSICGW_RETURN_IF_ERROR(sqlite::InsertOutbox(statements_, message, message.create_time));
+      }
+      return absl::OkStatus();
     }();
     if (!status.ok()) {
       RunCached("ROLLBACK").IgnoreError();
@@ -406,6 +413,36 @@ class SqliteOperationStore final : public OperationStore {
       durations.push_back(absl::Microseconds(stmt.Int(0)));
     }
     return durations;
+  }
+
+  absl::Status EnqueueOutbox(const OutboxMessage& message) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::InsertOutbox(statements_, message, message.create_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ClaimDueDeliveries(absl::Time now,
+                                                                 absl::Time claim_until,
+                                                                 int limit) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::ClaimDueDeliveries(statements_, now, claim_until, limit);
+  }
+  absl::Status RecordDeliveryAttempt(const DeliveryAttempt& attempt, DeliveryStatus status,
+                                     absl::Time next_attempt_time) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::RecordDeliveryAttempt(statements_, attempt, status, next_attempt_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(const DeliveryQuery& query) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::ListDeliveries(statements_, query);
+  }
+  absl::StatusOr<std::vector<DeliveryAttempt>> ListDeliveryAttempts(
+      absl::string_view delivery_id) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::ListDeliveryAttempts(statements_, delivery_id);
+  }
+  absl::Status Redeliver(absl::string_view tenant, absl::string_view delivery_id,
+                         absl::Time now) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::Redeliver(statements_, tenant, delivery_id, now);
   }
 
  private:

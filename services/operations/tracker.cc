@@ -155,6 +155,7 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   update.expected_sequence = op_.sequence();
   update.charged = charged_;
   update.upstream_outputs = std::move(outputs);
+  if (e_->options.outbox) update.outbox = e_->options.outbox(tenant_, op_, next);
   absl::Status status = e_->ledger.NoteWrite(e_->store->Update(update));
   if (!status.ok()) {
     log::Error("ledger update failed",
