@@ -65,7 +65,7 @@ TEST(PostgresStoreTest, ReplicasStartingTogetherMigrateOnce) {
   }
   for (auto& replica : replicas) replica.join();
   for (const auto& result : results) EXPECT_TRUE(result.ok()) << result;
-  EXPECT_EQ(CountRows(*dsn, "SELECT COUNT(*) FROM schema_migrations"), 1);
+  EXPECT_EQ(CountRows(*dsn, "SELECT COUNT(*) FROM schema_migrations"), 3);
 }
 
 TEST(PostgresStoreTest, ANewerSchemaIsRefused) {
