@@ -446,8 +446,10 @@ class PostgresOperationStore final : public OperationStore {
     MUSICGW_ASSIGN_OR_RETURN(Result result,
                              conn->Run("durations", {Param::Int(provider), Param::Text(account),
                                                      Param::Int(task), Param::Int(limit)}));
+    const int rows = PQntuples(result.get());
     std::vector<absl::Duration> durations;
-    for (int row = 0; row < PQntuples(result.get()); ++row) {
+    durations.reserve(rows);
+    for (int row = 0; row < rows; ++row) {
       durations.push_back(absl::Microseconds(IntCell(result.get(), row, 0)));
     }
     return durations;
