@@ -282,6 +282,29 @@ func (c *Client) Generate(ctx context.Context, task proto.Message, opts ...Gener
 	})
 }
 
+// EstimatedDoneTime is when the gateway estimates a live operation will be done, from recent
+// successful runs of the same provider account and task: an estimate, not a promise. ok is
+// false when the operation is done or the gateway has no history for it.
+func EstimatedDoneTime(op *v1.Operation) (eta time.Time, ok bool) {
+	if op.GetDone() || op.GetEstimatedDoneTime() == nil {
+		return time.Time{}, false
+	}
+	return op.GetEstimatedDoneTime().AsTime(), true
+}
+
+// FormatETA renders the estimate for a status line ("eta ~42s"), or "" without one.
+func FormatETA(op *v1.Operation, now time.Time) string {
+	eta, ok := EstimatedDoneTime(op)
+	if !ok {
+		return ""
+	}
+	left := eta.Sub(now).Round(time.Second)
+	if left < 0 {
+		left = 0
+	}
+	return fmt.Sprintf("eta ~%s", left)
+}
+
 // Get returns an operation's latest snapshot.
 func (c *Client) Get(ctx context.Context, name string) (*v1.Operation, error) {
 	return unary(ctx, c, 3, func(ctx context.Context) (*v1.Operation, error) {

@@ -28,6 +28,7 @@
 #include "services/operations/asset_host.h"
 #include "services/operations/change_feed.h"
 #include "services/operations/custody.h"
+#include "services/operations/eta_estimator.h"
 #include "services/operations/executor.h"
 #include "services/operations/ids.h"
 #include "services/operations/operation_errors.h"
@@ -572,25 +573,31 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
 // references to the implementation.
 class EngineHandle final : public OperationsEngine {
  public:
-  explicit EngineHandle(std::shared_ptr<EngineImpl> impl) : impl_(std::move(impl)) {}
+  // Snapshots leave through here, so this is where they get their estimates (`eta`).
+  EngineHandle(std::shared_ptr<EngineImpl> impl, std::shared_ptr<EtaEstimator> eta)
+      : impl_(std::move(impl)), eta_(std::move(eta)) {}
   ~EngineHandle() override { impl_->Shutdown(); }
 
   absl::Status Start() override { return impl_->Start(); }
   void Shutdown() override { impl_->Shutdown(); }
   absl::StatusOr<v1::Operation> Generate(const std::string& tenant,
                                          const v1::GenerateRequest& request) override {
-    return impl_->Generate(tenant, request);
+    return Estimated(impl_->Generate(tenant, request));
   }
   void ValidateOnly(const std::string& tenant, const v1::GenerateRequest& request,
                     OperationCallback done) override {
     impl_->ValidateOnly(tenant, request, std::move(done));
   }
   absl::StatusOr<v1::Operation> Get(const std::string& tenant, absl::string_view name) override {
-    return impl_->Get(tenant, name);
+    return Estimated(impl_->Get(tenant, name));
   }
   absl::StatusOr<v1::ListOperationsResponse> List(
       const std::string& tenant, const v1::ListOperationsRequest& request) override {
-    return impl_->List(tenant, request);
+    auto response = impl_->List(tenant, request);
+    if (response.ok()) {
+      for (auto& operation : *response->mutable_operations()) eta_->Annotate(&operation);
+    }
+    return response;
   }
   void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
               OperationCallback done) override {
@@ -598,11 +605,18 @@ class EngineHandle final : public OperationsEngine {
   }
   void Wait(const std::string& tenant, absl::string_view name, absl::Duration timeout,
             OperationCallback done) override {
-    impl_->Wait(tenant, name, timeout, std::move(done));
+    impl_->Wait(
+        tenant, name, timeout,
+        [eta = eta_, done = std::move(done)](absl::StatusOr<v1::Operation> operation) mutable {
+          if (operation.ok()) eta->Annotate(&*operation);
+          std::move(done)(std::move(operation));
+        });
   }
   absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> Watch(
       const std::string& tenant, absl::string_view name, int64_t after_sequence) override {
-    return impl_->Watch(tenant, name, after_sequence);
+    auto stream = impl_->Watch(tenant, name, after_sequence);
+    if (!stream.ok()) return stream;
+    return WithEstimates(*std::move(stream), *eta_);
   }
   absl::StatusOr<std::unique_ptr<EventStream<v1::DownloadChunk>>> Download(
       const std::string& tenant, absl::string_view asset, int64_t offset) override {
@@ -629,7 +643,13 @@ class EngineHandle final : public OperationsEngine {
   }
 
  private:
+  absl::StatusOr<v1::Operation> Estimated(absl::StatusOr<v1::Operation> operation) {
+    if (operation.ok()) eta_->Annotate(&*operation);
+    return operation;
+  }
+
   std::shared_ptr<EngineImpl> impl_;
+  std::shared_ptr<EtaEstimator> eta_;  // reads the store impl_ owns
 };
 
 }  // namespace
@@ -659,8 +679,11 @@ absl::StatusOr<std::unique_ptr<OperationsEngine>> CreateOperationsEngine(
       options.download_buffer_bytes < 1 || options.worker_threads < 1) {
     return absl::InvalidArgumentError("engine buffer sizes and worker threads must be positive");
   }
+  auto eta = std::make_shared<EtaEstimator>(
+      *store, options.clock != nullptr ? *options.clock : Clock::Real());
   auto impl = std::make_shared<EngineImpl>(std::move(options), std::move(store), adapters, http);
-  return std::unique_ptr<OperationsEngine>(std::make_unique<EngineHandle>(std::move(impl)));
+  return std::unique_ptr<OperationsEngine>(
+      std::make_unique<EngineHandle>(std::move(impl), std::move(eta)));
 }
 
 }  // namespace musicgw::operations

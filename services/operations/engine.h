@@ -134,6 +134,13 @@ struct EngineOptions {
   // Replicas sharing the ledger: other replicas' changes reach this one's watchers, and a
   // webhook for an operation another replica tracks is passed on. Null on a single node.
   std::shared_ptr<ReplicaLink> replica_link;
+  // The webhook messages a state change announces (services/notify), written to the ledger's
+  // outbox in the same transaction as the change; none when unset. Gets the tenant, the stored
+  // snapshot and the new one; must not block.
+  std::function<std::vector<OutboxMessage>(const std::string& tenant,
+                                           const musicgw::v1::Operation& from,
+                                           const musicgw::v1::Operation& to)>
+      outbox;
   // Metrics hooks (not owned, may be null).
   EngineObserver* observer = nullptr;
   // The time source of routing, trackers, watches and timers (not owned; null: Clock::Real()).

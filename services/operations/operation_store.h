@@ -22,6 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "musicgw/v1/musicgw.pb.h"
+#include "services/operations/outbox.h"
 
 namespace musicgw::operations {
 
@@ -86,6 +87,9 @@ struct OperationUpdate {
   // Fencing: when set, the update applies only while this replica owns the operation (ABORTED
   // otherwise), so a replica whose lease was taken over cannot write.
   std::string owner;
+  // Webhook messages announcing this change, written to the outbox in the same transaction
+  // (outbox.h), due at once.
+  std::vector<OutboxMessage> outbox;
 };
 
 struct ListQuery {
@@ -204,6 +208,51 @@ class OperationStore {
   // by task.
   virtual absl::StatusOr<std::map<musicgw::v1::TaskKind, int64_t>> CountCharged(
       musicgw::v1::Provider provider, absl::string_view account, absl::Time since) = 0;
+  // How long the most recent successful operations of one provider account and task took,
+  // create to done, newest (by done time) first, at most `limit` of them: the history behind
+  // Operation.estimated_done_time. A store without history answers an empty list.
+  virtual absl::StatusOr<std::vector<absl::Duration>> RecentDurations(
+      musicgw::v1::Provider provider, absl::string_view account, musicgw::v1::TaskKind task,
+      int limit) {
+    return std::vector<absl::Duration>{};
+  }
+
+  // The webhook outbox (outbox.h); stores without one answer UNIMPLEMENTED.
+  // Adds one message outside any state change (a test ping), due at once.
+  virtual absl::Status EnqueueOutbox(const OutboxMessage& message) { return NoOutbox(); }
+  // Reserves up to `limit` pending deliveries due at `now` until `claim_until` (no other
+  // deliverer takes them before) and returns them, the longest due first.
+  virtual absl::StatusOr<std::vector<OutboxDelivery>> ClaimDueDeliveries(absl::Time now,
+                                                                         absl::Time claim_until,
+                                                                         int limit) {
+    return NoOutbox();
+  }
+  // Records one attempt and the delivery's new status (`next_attempt_time`: when a pending one
+  // is due again). NOT_FOUND for an unknown delivery.
+  virtual absl::Status RecordDeliveryAttempt(const DeliveryAttempt& attempt, DeliveryStatus status,
+                                             absl::Time next_attempt_time) {
+    return NoOutbox();
+  }
+  // One tenant's deliveries of one operation and/or endpoint, oldest first.
+  virtual absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(const DeliveryQuery& query) {
+    return NoOutbox();
+  }
+  // Every attempt of one delivery, in order.
+  virtual absl::StatusOr<std::vector<DeliveryAttempt>> ListDeliveryAttempts(
+      absl::string_view delivery_id) {
+    return NoOutbox();
+  }
+  // Makes a delivery pending again, due at `now`, with its webhook-id unchanged. NOT_FOUND
+  // unless it exists and belongs to `tenant`.
+  virtual absl::Status Redeliver(absl::string_view tenant, absl::string_view delivery_id,
+                                 absl::Time now) {
+    return NoOutbox();
+  }
+
+ private:
+  static absl::Status NoOutbox() {
+    return absl::UnimplementedError("this ledger has no webhook outbox");
+  }
 };
 
 }  // namespace musicgw::operations

@@ -27,6 +27,7 @@
 #include "services/operations/budget_errors.h"
 #include "services/operations/ledger_codec.h"
 #include "services/operations/postgres_connection.h"
+#include "services/operations/postgres_outbox.h"
 
 namespace musicgw::operations {
 namespace {
@@ -135,6 +136,13 @@ CREATE INDEX asset_custody_expiry ON asset_custody (expire_time_us) WHERE state 
 CREATE INDEX asset_custody_by_digest ON asset_custody (sha256) WHERE state = 2;
 ALTER TABLE assets ADD COLUMN in_custody BOOLEAN NOT NULL DEFAULT FALSE;
 )sql",
+    // 4: recent successful durations per provider account and task (the ETA's history).
+    R"sql(
+CREATE INDEX operations_for_durations ON operations (provider, provider_account, task, done_time_us)
+  INCLUDE (create_time_us) WHERE state = 3;
+)sql",
+    // 5: the webhook outbox and its delivery attempts (postgres_outbox.cc).
+    pg::kOutboxMigration,
 };
 
 // Any constant shared by every replica: serializes migrations.
@@ -152,105 +160,116 @@ constexpr absl::string_view kCounted = "(state NOT IN (4, 5) OR charged)";
 
 // Every statement, prepared once per connection by name.
 const pg::Statements& LedgerStatements() {
-  static const auto* const statements = new pg::Statements{
-      {"get", absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = $1")},
-      {"find", absl::StrCat("SELECT ", kRecordColumns,
-                            " FROM operations WHERE tenant = $1 AND request_id = $2")},
-      {"tenant_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"},
-      {"live_count", "SELECT COUNT(*) FROM operations WHERE tenant = $1 AND NOT done"},
-      {"budget_count",
-       absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = $1 AND task = $2 AND "
-                    "create_time_us >= $3 AND ",
-                    kCounted)},
-      {"insert",
-       "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, provider, "
-       "task, create_time_us, done_time_us, sequence, charged, owner, lease_until_us, snapshot, "
-       "upstream_outputs, provider_account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, "
-       "$10, $11, $12, $13, $14, $15, $16)"},
-      {"insert_event",
-       "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES ($1, $2, $3)"},
-      {"update",
-       "UPDATE operations SET state = $1, done = $2, provider = $3, done_time_us = $4, "
-       "sequence = $5, charged = $6, snapshot = $7, provider_account = $8, "
-       "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11 AND "
-       "($12 = '' OR owner = $12)"},
-      {"sequence", "SELECT sequence FROM operations WHERE id = $1"},
-      // Delivered to every listening replica when (and only if) the transaction commits.
-      {"notify", "SELECT pg_notify('musicgw_changes', $1::text || ':' || $2::text)"},
-      {"nudge", "SELECT pg_notify('musicgw_nudges', $1::text || ':' || $2::text)"},
-      {"list",
-       absl::StrCat("SELECT ", kRecordColumns,
-                    " FROM operations WHERE tenant = $1 AND (cardinality($2::int[]) = 0 OR "
-                    "state = ANY($2::int[])) AND ($3 = 0 OR provider = $3) AND ($4 = 0 OR task = "
-                    "$4) AND ($5 = '' OR id < $5) ORDER BY id DESC LIMIT $6")},
-      {"events_after",
-       "SELECT sequence, snapshot FROM operation_events WHERE operation_id = $1 AND sequence > "
-       "$2 ORDER BY sequence"},
-      // A bounded batch, so a dead replica's operations spread over the survivors; SKIP LOCKED:
-      // a row another replica is claiming or updating right now is left to the next claim.
-      {"claim",
-       "UPDATE operations SET owner = $1, lease_until_us = $2 WHERE id IN (SELECT id FROM "
-       "operations WHERE NOT done AND (owner = '' OR lease_until_us < $3) ORDER BY "
-       "lease_until_us LIMIT $4 FOR UPDATE SKIP LOCKED)"},
-      {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
-                                  " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
-      {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
-      // One row rewritten in place: a real write (WAL record, commit) that changes nothing.
-      {"probe",
-       "UPDATE schema_migrations SET applied_time_us = applied_time_us WHERE version = (SELECT "
-       "MAX(version) FROM schema_migrations)"},
-      {"set_outputs", "UPDATE operations SET upstream_outputs = $1 WHERE id = $2"},
-      {"set_asset",
-       "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES ($1, $2, $3, $4) "
-       "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, "
-       "sha256 = EXCLUDED.sha256"},
-      {"assets", "SELECT idx, size_bytes, sha256, in_custody FROM assets WHERE operation_id = $1"},
-      {"custody_pending",
-       "INSERT INTO asset_custody (operation_id, idx, tenant, state, pending_since_us, "
-       "next_attempt_us) SELECT $1::text, i, $2::text, 1, $4::bigint, $5::bigint FROM "
-       "generate_series(0, $3::int - 1) AS i "
-       "ON CONFLICT DO NOTHING"},
-      {"custody_held",
-       "UPDATE asset_custody SET state = 2, sha256 = $3, size_bytes = $4, expire_time_us = $5 "
-       "WHERE operation_id = $1 AND idx = $2"},
-      {"custody_facts",
-       "INSERT INTO assets (operation_id, idx, size_bytes, sha256, in_custody) VALUES ($1, $2, "
-       "$3, $4, TRUE) ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = "
-       "EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256, in_custody = TRUE"},
-      {"custody_defer",
-       "UPDATE asset_custody SET attempts = $3, next_attempt_us = $4 WHERE operation_id = $1 "
-       "AND idx = $2 AND state = 1"},
-      {"custody_get", absl::StrCat("SELECT ", kCustodyColumns,
-                                   " FROM asset_custody WHERE operation_id = $1 ORDER BY idx")},
-      {"custody_due",
-       absl::StrCat("SELECT ", kCustodyColumns,
-                    " FROM asset_custody WHERE state = 1 AND next_attempt_us <= $1 ORDER BY "
-                    "next_attempt_us LIMIT $2")},
-      // SKIP LOCKED: two replicas sweeping at once expire disjoint rows.
-      {"custody_expire",
-       absl::StrCat("UPDATE asset_custody SET state = 3 WHERE (operation_id, idx) IN (SELECT "
-                    "operation_id, idx FROM asset_custody WHERE state = 2 AND expire_time_us < "
-                    "$1 ORDER BY expire_time_us LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ",
-                    kCustodyColumns)},
-      {"custody_unflag",
-       "UPDATE assets SET in_custody = FALSE WHERE operation_id = $1 AND idx = $2"},
-      {"custody_digest_refs", "SELECT COUNT(*) FROM asset_custody WHERE sha256 = $1 AND state = 2"},
-      {"custody_held_bytes",
-       "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT sha256, size_bytes FROM "
-       "asset_custody WHERE state = 2) AS held"},
-      {"custody_pending_summary",
-       "SELECT COUNT(*), COALESCE(MIN(pending_since_us), 0) FROM asset_custody WHERE state = 1"},
-      {"prune",
-       "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations WHERE "
-       "done AND done_time_us < $1)"},
-      {"budget_usage",
-       absl::StrCat("SELECT COUNT(*) FILTER (WHERE NOT done), COUNT(*) FILTER (WHERE done) FROM "
-                    "operations WHERE tenant = $1 AND task = $2 AND create_time_us >= $3 AND ",
-                    kCounted)},
-      {"charged",
-       "SELECT task, COUNT(*) FROM operations WHERE provider = $1 AND provider_account = $2 AND "
-       "create_time_us >= $3 AND charged GROUP BY task"},
-  };
+  static const auto* const statements = [] {
+    auto* all = new pg::Statements{
+        {"get", absl::StrCat("SELECT ", kRecordColumns, " FROM operations WHERE id = $1")},
+        {"find", absl::StrCat("SELECT ", kRecordColumns,
+                              " FROM operations WHERE tenant = $1 AND request_id = $2")},
+        {"tenant_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"},
+        {"live_count", "SELECT COUNT(*) FROM operations WHERE tenant = $1 AND NOT done"},
+        {"budget_count",
+         absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = $1 AND task = $2 AND "
+                      "create_time_us >= $3 AND ",
+                      kCounted)},
+        {"insert",
+         "INSERT INTO operations (id, tenant, request_id, request_hash, state, done, provider, "
+         "task, create_time_us, done_time_us, sequence, charged, owner, lease_until_us, snapshot, "
+         "upstream_outputs, provider_account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, "
+         "$10, $11, $12, $13, $14, $15, $16)"},
+        {"insert_event",
+         "INSERT INTO operation_events (operation_id, sequence, snapshot) VALUES ($1, $2, $3)"},
+        {"update",
+         "UPDATE operations SET state = $1, done = $2, provider = $3, done_time_us = $4, "
+         "sequence = $5, charged = $6, snapshot = $7, provider_account = $8, "
+         "upstream_outputs = COALESCE($9, upstream_outputs) WHERE id = $10 AND sequence = $11 AND "
+         "($12 = '' OR owner = $12)"},
+        {"sequence", "SELECT sequence FROM operations WHERE id = $1"},
+        // Delivered to every listening replica when (and only if) the transaction commits.
+        {"notify", "SELECT pg_notify('musicgw_changes', $1::text || ':' || $2::text)"},
+        {"nudge", "SELECT pg_notify('musicgw_nudges', $1::text || ':' || $2::text)"},
+        {"list",
+         absl::StrCat("SELECT ", kRecordColumns,
+                      " FROM operations WHERE tenant = $1 AND (cardinality($2::int[]) = 0 OR "
+                      "state = ANY($2::int[])) AND ($3 = 0 OR provider = $3) AND ($4 = 0 OR task = "
+                      "$4) AND ($5 = '' OR id < $5) ORDER BY id DESC LIMIT $6")},
+        {"events_after",
+         "SELECT sequence, snapshot FROM operation_events WHERE operation_id = $1 AND sequence > "
+         "$2 ORDER BY sequence"},
+        // A bounded batch, so a dead replica's operations spread over the survivors; SKIP LOCKED:
+        // a row another replica is claiming or updating right now is left to the next claim.
+        {"claim",
+         "UPDATE operations SET owner = $1, lease_until_us = $2 WHERE id IN (SELECT id FROM "
+         "operations WHERE NOT done AND (owner = '' OR lease_until_us < $3) ORDER BY "
+         "lease_until_us LIMIT $4 FOR UPDATE SKIP LOCKED)"},
+        {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
+                                    " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
+        {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
+        // One row rewritten in place: a real write (WAL record, commit) that changes nothing.
+        {"probe",
+         "UPDATE schema_migrations SET applied_time_us = applied_time_us WHERE version = (SELECT "
+         "MAX(version) FROM schema_migrations)"},
+        {"set_outputs", "UPDATE operations SET upstream_outputs = $1 WHERE id = $2"},
+        {"set_asset",
+         "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES ($1, $2, $3, $4) "
+         "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, "
+         "sha256 = EXCLUDED.sha256"},
+        {"assets",
+         "SELECT idx, size_bytes, sha256, in_custody FROM assets WHERE operation_id = $1"},
+        {"custody_pending",
+         "INSERT INTO asset_custody (operation_id, idx, tenant, state, pending_since_us, "
+         "next_attempt_us) SELECT $1::text, i, $2::text, 1, $4::bigint, $5::bigint FROM "
+         "generate_series(0, $3::int - 1) AS i "
+         "ON CONFLICT DO NOTHING"},
+        {"custody_held",
+         "UPDATE asset_custody SET state = 2, sha256 = $3, size_bytes = $4, expire_time_us = $5 "
+         "WHERE operation_id = $1 AND idx = $2"},
+        {"custody_facts",
+         "INSERT INTO assets (operation_id, idx, size_bytes, sha256, in_custody) VALUES ($1, $2, "
+         "$3, $4, TRUE) ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = "
+         "EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256, in_custody = TRUE"},
+        {"custody_defer",
+         "UPDATE asset_custody SET attempts = $3, next_attempt_us = $4 WHERE operation_id = $1 "
+         "AND idx = $2 AND state = 1"},
+        {"custody_get", absl::StrCat("SELECT ", kCustodyColumns,
+                                     " FROM asset_custody WHERE operation_id = $1 ORDER BY idx")},
+        {"custody_due",
+         absl::StrCat("SELECT ", kCustodyColumns,
+                      " FROM asset_custody WHERE state = 1 AND next_attempt_us <= $1 ORDER BY "
+                      "next_attempt_us LIMIT $2")},
+        // SKIP LOCKED: two replicas sweeping at once expire disjoint rows.
+        {"custody_expire",
+         absl::StrCat("UPDATE asset_custody SET state = 3 WHERE (operation_id, idx) IN (SELECT "
+                      "operation_id, idx FROM asset_custody WHERE state = 2 AND expire_time_us < "
+                      "$1 ORDER BY expire_time_us LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ",
+                      kCustodyColumns)},
+        {"custody_unflag",
+         "UPDATE assets SET in_custody = FALSE WHERE operation_id = $1 AND idx = $2"},
+        {"custody_digest_refs",
+         "SELECT COUNT(*) FROM asset_custody WHERE sha256 = $1 AND state = 2"},
+        {"custody_held_bytes",
+         "SELECT COALESCE(SUM(size_bytes), 0) FROM (SELECT DISTINCT sha256, size_bytes FROM "
+         "asset_custody WHERE state = 2) AS held"},
+        {"custody_pending_summary",
+         "SELECT COUNT(*), COALESCE(MIN(pending_since_us), 0) FROM asset_custody WHERE state = 1"},
+        {"prune",
+         "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations WHERE "
+         "done AND done_time_us < $1)"},
+        {"budget_usage",
+         absl::StrCat("SELECT COUNT(*) FILTER (WHERE NOT done), COUNT(*) FILTER (WHERE done) FROM "
+                      "operations WHERE tenant = $1 AND task = $2 AND create_time_us >= $3 AND ",
+                      kCounted)},
+        {"charged",
+         "SELECT task, COUNT(*) FROM operations WHERE provider = $1 AND provider_account = $2 AND "
+         "create_time_us >= $3 AND charged GROUP BY task"},
+
+        {"durations",
+         "SELECT done_time_us - create_time_us FROM operations WHERE provider = $1 AND "
+         "provider_account = $2 AND task = $3 AND state = 3 AND done_time_us IS NOT NULL "
+         "ORDER BY done_time_us DESC LIMIT $4"},
+    };
+    pg::AddOutboxStatements(all);
+    return all;
+  }();
   return *statements;
 }
 
@@ -386,6 +405,9 @@ class PostgresOperationStore final : public OperationStore {
     MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
                                                        Param::Bytes(snapshot)})
                                 .status());
+    for (const OutboxMessage& message : update.outbox) {
+      MUSICGW_RETURN_IF_ERROR(pg::InsertOutbox(conn, message, message.create_time));
+    }
     MUSICGW_RETURN_IF_ERROR(
         conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
     return txn.Commit();
@@ -608,6 +630,53 @@ class PostgresOperationStore final : public OperationStore {
           IntCell(result.get(), row, 1);
     }
     return counts;
+  }
+
+  absl::StatusOr<std::vector<absl::Duration>> RecentDurations(v1::Provider provider,
+                                                              absl::string_view account,
+                                                              v1::TaskKind task,
+                                                              int limit) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result,
+                             conn->Run("durations", {Param::Int(provider), Param::Text(account),
+                                                     Param::Int(task), Param::Int(limit)}));
+    const int rows = PQntuples(result.get());
+    std::vector<absl::Duration> durations;
+    durations.reserve(rows);
+    for (int row = 0; row < rows; ++row) {
+      durations.push_back(absl::Microseconds(IntCell(result.get(), row, 0)));
+    }
+    return durations;
+  }
+
+  absl::Status EnqueueOutbox(const OutboxMessage& message) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::InsertOutbox(conn, message, message.create_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ClaimDueDeliveries(absl::Time now,
+                                                                 absl::Time claim_until,
+                                                                 int limit) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::ClaimDueDeliveries(conn, now, claim_until, limit);
+  }
+  absl::Status RecordDeliveryAttempt(const DeliveryAttempt& attempt, DeliveryStatus status,
+                                     absl::Time next_attempt_time) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::RecordDeliveryAttempt(conn, attempt, status, next_attempt_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(const DeliveryQuery& query) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::ListDeliveries(conn, query);
+  }
+  absl::StatusOr<std::vector<DeliveryAttempt>> ListDeliveryAttempts(
+      absl::string_view delivery_id) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::ListDeliveryAttempts(conn, delivery_id);
+  }
+  absl::Status Redeliver(absl::string_view tenant, absl::string_view delivery_id,
+                         absl::Time now) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    return pg::Redeliver(conn, tenant, delivery_id, now);
   }
 
  private:

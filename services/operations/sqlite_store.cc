@@ -18,6 +18,7 @@
 #include "common/time_util.h"
 #include "services/operations/budget_errors.h"
 #include "services/operations/ledger_codec.h"
+#include "services/operations/sqlite_outbox.h"
 #include "services/operations/sqlite_statement.h"
 
 namespace musicgw::operations {
@@ -111,6 +112,12 @@ CREATE INDEX asset_custody_expiry ON asset_custody (state, expire_time_us);
 CREATE INDEX asset_custody_by_digest ON asset_custody (sha256, state);
 ALTER TABLE assets ADD COLUMN in_custody INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // 5: recent successful durations per provider account and task (the ETA's history).
+    R"sql(
+CREATE INDEX operations_for_durations ON operations (provider, provider_account, task, state, done_time_us, create_time_us);
+)sql",
+    // 6: the webhook outbox and its delivery attempts (sqlite_outbox.cc).
+    sqlite::kOutboxMigration,
 };
 
 constexpr absl::string_view kCustodyColumns =
@@ -235,7 +242,11 @@ class SqliteOperationStore final : public OperationStore {
         return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
                                                exists.Int(0), ", not ", update.expected_sequence));
       }
-      return InsertEvent(id, op.sequence(), snapshot);
+      MUSICGW_RETURN_IF_ERROR(InsertEvent(id, op.sequence(), snapshot));
+      for (const OutboxMessage& message : update.outbox) {
+        MUSICGW_RETURN_IF_ERROR(sqlite::InsertOutbox(statements_, message, message.create_time));
+      }
+      return absl::OkStatus();
     }();
     if (!status.ok()) {
       RunCached("ROLLBACK").IgnoreError();
@@ -548,6 +559,58 @@ class SqliteOperationStore final : public OperationStore {
       counts[static_cast<v1::TaskKind>(stmt.Int(0))] = stmt.Int(1);
     }
     return counts;
+  }
+
+  absl::StatusOr<std::vector<absl::Duration>> RecentDurations(v1::Provider provider,
+                                                              absl::string_view account,
+                                                              v1::TaskKind task,
+                                                              int limit) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_,
+              "SELECT done_time_us - create_time_us FROM operations WHERE provider = ? AND "
+              "provider_account = ? AND task = ? AND state = 3 AND done_time_us IS NOT NULL "
+              "ORDER BY done_time_us DESC LIMIT ?");
+    stmt.Bind(1, static_cast<int64_t>(provider))
+        .Bind(2, account)
+        .Bind(3, static_cast<int64_t>(task))
+        .Bind(4, static_cast<int64_t>(limit));
+    std::vector<absl::Duration> durations;
+    while (true) {
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      durations.push_back(absl::Microseconds(stmt.Int(0)));
+    }
+    return durations;
+  }
+
+  absl::Status EnqueueOutbox(const OutboxMessage& message) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::InsertOutbox(statements_, message, message.create_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ClaimDueDeliveries(absl::Time now,
+                                                                 absl::Time claim_until,
+                                                                 int limit) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::ClaimDueDeliveries(statements_, now, claim_until, limit);
+  }
+  absl::Status RecordDeliveryAttempt(const DeliveryAttempt& attempt, DeliveryStatus status,
+                                     absl::Time next_attempt_time) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::RecordDeliveryAttempt(statements_, attempt, status, next_attempt_time);
+  }
+  absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(const DeliveryQuery& query) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::ListDeliveries(statements_, query);
+  }
+  absl::StatusOr<std::vector<DeliveryAttempt>> ListDeliveryAttempts(
+      absl::string_view delivery_id) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::ListDeliveryAttempts(statements_, delivery_id);
+  }
+  absl::Status Redeliver(absl::string_view tenant, absl::string_view delivery_id,
+                         absl::Time now) override {
+    absl::MutexLock lock(&mu_);
+    return sqlite::Redeliver(statements_, tenant, delivery_id, now);
   }
 
  private:

@@ -156,6 +156,7 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   update.charged = charged_;
   update.upstream_outputs = std::move(outputs);
   update.owner = e_->options.replica_id;
+  if (e_->options.outbox) update.outbox = e_->options.outbox(tenant_, op_, next);
   absl::Status status = e_->ledger.NoteWrite(e_->store->Update(update));
   if (absl::IsAborted(status)) {
     // Another replica took the operation over after our lease ran out (or wrote it): this

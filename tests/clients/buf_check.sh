@@ -48,7 +48,7 @@ case "$mode" in
     }
     mkdir -p "$work"
     expect_breaking "renumbering Operation.sequence" 'field "14" with name "sequence"' \
-      's/  int64 sequence = 14;/  int64 sequence = 20;/'
+      's/  int64 sequence = 14;/  int64 sequence = 1014;/'
     expect_breaking "changing DownloadRequest.offset to int32" 'offset' \
       's/  int64 offset = 2;/  int32 offset = 2;/'
     expect_breaking "renaming the Generate method" 'Generate' \

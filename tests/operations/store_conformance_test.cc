@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/errors.h"
+#include "common/time_util.h"
 #include "gtest/gtest.h"
 #include "services/operations/ids.h"
 #include "services/operations/operation_store.h"
@@ -132,6 +133,166 @@ TEST_P(StoreConformanceTest, CountsChargedOperationsPerProviderAccountAndTask) {
   ASSERT_TRUE(counts.ok());
   EXPECT_EQ((*counts)[v1::TASK_KIND_SONG], 1);
   EXPECT_EQ((*counts)[v1::TASK_KIND_SAMPLE], 1);
+}
+
+TEST_P(StoreConformanceTest, RecentDurationsAreSuccessesOfOneAccountAndTaskNewestFirst) {
+  auto store = OpenStore();
+  const absl::Time start = absl::FromUnixSeconds(1'800'000'000);
+  // Finishes operation `request_id` created at `created` after `took`, in `state`.
+  auto add = [&](const std::string& request_id, const std::string& account, v1::TaskKind task,
+                 absl::Time created, absl::Duration took, v1::OperationState state) {
+    OperationRecord record = MakeRecord("t", request_id, created);
+    record.operation.set_provider_account(account);
+    record.operation.set_task(task);
+    auto made = store->Create(record, {});
+    ASSERT_TRUE(made.ok()) << made.status();
+    OperationUpdate update;
+    update.operation = made->record.operation;
+    update.operation.set_state(state);
+    update.operation.set_done(true);
+    *update.operation.mutable_done_time() = ToProtoTimestamp(created + took);
+    update.operation.set_sequence(2);
+    update.expected_sequence = 1;
+    ASSERT_TRUE(store->Update(update).ok());
+  };
+  add("a", "sp-main", v1::TASK_KIND_SONG, start, absl::Seconds(40), v1::OPERATION_STATE_SUCCEEDED);
+  add("b", "sp-main", v1::TASK_KIND_SONG, start + absl::Seconds(1), absl::Seconds(50),
+      v1::OPERATION_STATE_SUCCEEDED);
+  add("c", "sp-main", v1::TASK_KIND_SONG, start + absl::Seconds(2), absl::Seconds(60),
+      v1::OPERATION_STATE_SUCCEEDED);
+  add("d", "sp-main", v1::TASK_KIND_SONG, start, absl::Seconds(5), v1::OPERATION_STATE_FAILED);
+  add("e", "sp-other", v1::TASK_KIND_SONG, start, absl::Seconds(7), v1::OPERATION_STATE_SUCCEEDED);
+  add("f", "sp-main", v1::TASK_KIND_SAMPLE, start, absl::Seconds(9), v1::OPERATION_STATE_SUCCEEDED);
+  // Live operations have no duration yet.
+  ASSERT_TRUE(store->Create(MakeRecord("t", "live", start), {}).ok());
+
+  auto durations =
+      store->RecentDurations(v1::PROVIDER_SOUNDPIECE, "sp-main", v1::TASK_KIND_SONG, 10);
+  ASSERT_TRUE(durations.ok()) << durations.status();
+  EXPECT_EQ(*durations,
+            (std::vector<absl::Duration>{absl::Seconds(60), absl::Seconds(50), absl::Seconds(40)}));
+  durations = store->RecentDurations(v1::PROVIDER_SOUNDPIECE, "sp-main", v1::TASK_KIND_SONG, 2);
+  ASSERT_TRUE(durations.ok());
+  EXPECT_EQ(*durations, (std::vector<absl::Duration>{absl::Seconds(60), absl::Seconds(50)}));
+  durations = store->RecentDurations(v1::PROVIDER_LOUDLY, "sp-main", v1::TASK_KIND_SONG, 10);
+  ASSERT_TRUE(durations.ok());
+  EXPECT_TRUE(durations->empty());
+}
+
+TEST_P(StoreConformanceTest, OutboxIsWrittenWithTheStateChangeAndClaimedOnce) {
+  auto store = OpenStore();
+  const absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  auto created = store->Create(MakeRecord("t", "r", now), {});
+  ASSERT_TRUE(created.ok());
+  const std::string id = created->record.id();
+  auto message = [&](const std::string& endpoint) {
+    OutboxMessage m;
+    m.delivery_id = absl::StrCat("whd_", id, "_2_", endpoint);
+    m.event_id = absl::StrCat("msg_", id, "_2");
+    m.tenant = "t";
+    m.endpoint = endpoint;
+    m.url = "http://127.0.0.1:9/" + endpoint;
+    m.operation_id = id;
+    m.event_type = "operation.running";
+    m.body = R"({"type":"operation.running"})";
+    m.create_time = now;
+    return m;
+  };
+  OperationUpdate update;
+  update.operation = created->record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_RUNNING);
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.outbox = {message("a"), message("b")};
+  ASSERT_TRUE(store->Update(update).ok());
+  // A losing compare-and-set writes no messages either.
+  update.outbox = {message("c")};
+  EXPECT_EQ(store->Update(update).code(), absl::StatusCode::kAborted);
+
+  DeliveryQuery query;
+  query.tenant = "t";
+  query.operation_id = id;
+  auto listed = store->ListDeliveries(query);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ((*listed)[0].message.event_id, absl::StrCat("msg_", id, "_2"));
+  EXPECT_EQ((*listed)[0].message.body, R"({"type":"operation.running"})");
+  EXPECT_EQ((*listed)[0].status, DeliveryStatus::kPending);
+  query.operation_id.clear();
+  query.endpoint = "b";
+  listed = store->ListDeliveries(query);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  query.tenant = "other";
+  listed = store->ListDeliveries(query);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_TRUE(listed->empty());
+
+  // Claimed once; again only after the claim lapses.
+  auto claimed = store->ClaimDueDeliveries(now, now + absl::Minutes(2), 10);
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  EXPECT_EQ(claimed->size(), 2u);
+  claimed = store->ClaimDueDeliveries(now + absl::Minutes(1), now + absl::Minutes(3), 10);
+  ASSERT_TRUE(claimed.ok());
+  EXPECT_TRUE(claimed->empty());
+  claimed = store->ClaimDueDeliveries(now + absl::Minutes(2), now + absl::Minutes(4), 1);
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+
+  // Attempts are recorded; a delivered one is not claimed again.
+  const std::string delivery = (*claimed)[0].message.delivery_id;
+  DeliveryAttempt attempt;
+  attempt.delivery_id = delivery;
+  attempt.attempt = 1;
+  attempt.time = now + absl::Minutes(2);
+  attempt.status_code = 503;
+  attempt.latency = absl::Milliseconds(12);
+  attempt.error = "HTTP 503";
+  ASSERT_TRUE(
+      store->RecordDeliveryAttempt(attempt, DeliveryStatus::kPending, now + absl::Minutes(5)).ok());
+  attempt.attempt = 2;
+  attempt.status_code = 204;
+  attempt.error.clear();
+  ASSERT_TRUE(store->RecordDeliveryAttempt(attempt, DeliveryStatus::kDelivered, now).ok());
+  auto attempts = store->ListDeliveryAttempts(delivery);
+  ASSERT_TRUE(attempts.ok()) << attempts.status();
+  ASSERT_EQ(attempts->size(), 2u);
+  EXPECT_EQ((*attempts)[0].status_code, 503);
+  EXPECT_EQ((*attempts)[0].latency, absl::Milliseconds(12));
+  EXPECT_EQ((*attempts)[1].status_code, 204);
+  query = DeliveryQuery{"t", id, "", 100};
+  listed = store->ListDeliveries(query);
+  ASSERT_TRUE(listed.ok());
+  for (const auto& d : *listed) {
+    if (d.message.delivery_id != delivery) continue;
+    EXPECT_EQ(d.status, DeliveryStatus::kDelivered);
+    EXPECT_EQ(d.attempts, 2);
+    EXPECT_EQ(d.last_status_code, 204);
+  }
+  claimed = store->ClaimDueDeliveries(now + absl::Hours(1), now + absl::Hours(10), 10);
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  EXPECT_NE((*claimed)[0].message.delivery_id, delivery);
+
+  // Redelivery makes it due again with the same event id; only for its tenant.
+  EXPECT_EQ(store->Redeliver("other", delivery, now).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store->Redeliver("t", delivery, now + absl::Hours(3)).ok());
+  claimed = store->ClaimDueDeliveries(now + absl::Hours(3), now + absl::Hours(4), 10);
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  EXPECT_EQ((*claimed)[0].message.delivery_id, delivery);
+  EXPECT_EQ((*claimed)[0].message.event_id, absl::StrCat("msg_", id, "_2"));
+  EXPECT_EQ((*claimed)[0].attempts, 2);
+
+  // A message outside any state change (a test ping).
+  OutboxMessage ping = message("ping");
+  ping.delivery_id = "whd_ping";
+  ping.operation_id.clear();
+  ASSERT_TRUE(store->EnqueueOutbox(ping).ok());
+  query = DeliveryQuery{"t", "", "ping", 100};
+  listed = store->ListDeliveries(query);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->size(), 1u);
 }
 
 TEST_P(StoreConformanceTest, CreateIsIdempotentPerTenantAndRequestId) {

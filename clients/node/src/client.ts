@@ -3,7 +3,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { createReadStream, existsSync, promises as fs, statSync } from "node:fs";
 import { clone, create, type MessageInitShape } from "@bufbuild/protobuf";
-import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import { DurationSchema, timestampDate } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client as ConnectClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
@@ -439,6 +439,22 @@ export class Client {
   providers(signal?: AbortSignal): Promise<ListProvidersResponse> {
     return this.unary((o) => this.stub.listProviders({}, o), signal);
   }
+}
+
+/**
+ * When the gateway estimates a live operation will be done (Operation.estimatedDoneTime), or
+ * undefined: done, or no history for its provider account and task. The gateway derives it from
+ * recent successful runs; an estimate, not a promise.
+ */
+export function estimatedDoneTime(op: Operation): Date | undefined {
+  if (op.done || op.estimatedDoneTime === undefined) return undefined;
+  return timestampDate(op.estimatedDoneTime);
+}
+
+/** Whole seconds left by the gateway's estimate (never negative), or undefined without one. */
+export function etaSeconds(op: Operation, now: number = Date.now()): number | undefined {
+  const eta = estimatedDoneTime(op);
+  return eta === undefined ? undefined : Math.max(0, Math.round((eta.getTime() - now) / 1000));
 }
 
 /** Lower-case hex SHA-256 of a file. */

@@ -73,6 +73,11 @@ func main() {
 	done, err := c.Wait(ctx, op.Name)
 	must(err, "wait")
 	check(done.State == v1.OperationState_OPERATION_STATE_SUCCEEDED && len(done.Outputs) > 0, "wait -> %s", done.State)
+	// With one success of this account and task in the ledger, a new operation has an estimate.
+	next, err := c.Generate(ctx, sample, musicgw.WithProvider(v1.Provider_PROVIDER_SOUNDPIECE))
+	must(err, "generate with history")
+	eta := musicgw.FormatETA(next, time.Now())
+	check(eta != "" || next.Done, "a live operation with history shows an estimate: %q", eta)
 	path := filepath.Join(*outDir, "sample.flac")
 	os.Remove(path)
 	res, err := c.Download(ctx, done.Outputs[0].Name, path, &musicgw.DownloadOptions{StopAfterChunks: 1})

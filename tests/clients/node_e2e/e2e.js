@@ -50,6 +50,9 @@ async function main() {
 
   const done = await client.wait(op.name, { timeoutMs: 60000 });
   check(done.state === musicgw.OperationState.SUCCEEDED && done.outputs.length > 0, `wait -> ${musicgw.OperationState[done.state]}`);
+  // With one success of this account and task in the ledger, a new operation has an estimate.
+  const next = await client.generate({ sample: { prompt: 'dusty vinyl drum loop', durationSeconds: 6 } }, { provider: 'soundpiece' });
+  check(next.done || musicgw.etaSeconds(next) !== undefined, `a live operation with history shows an estimate: eta ~${musicgw.etaSeconds(next)}s`);
   let file = path.join(outDir, 'sample.flac');
   fs.rmSync(file, { force: true });
   check(await client.download(done.outputs[0].name, file, { chunkLimit: 1 }) === undefined && fs.statSync(file).size > 0,

@@ -130,9 +130,24 @@ def status_fields(op: pb.Operation, started: float) -> List[str]:
     if op.provider:
         fields.append(short_enum(pb.Provider, op.provider, "PROVIDER_").lower())
     fields.append(f"{time.monotonic() - started:.0f}s")
+    if op.stage and not op.done:
+        fields.append(op.stage)
+    eta = eta_text(op)
+    if eta:
+        fields.append(eta)
     if op.state == pb.OPERATION_STATE_FAILED and op.error.message:
         fields.append(op.error.message)
     return fields
+
+
+def eta_text(op: pb.Operation) -> str:
+    """"eta ~42s" for a live operation the gateway gave an estimate; "" otherwise. The gateway's
+    estimate comes from recent runs of the same provider account and task: a guess, not a
+    promise."""
+    if op.done or not op.HasField("estimated_done_time"):
+        return ""
+    left = op.estimated_done_time.ToMicroseconds() / 1e6 - time.time()
+    return f"eta ~{max(left, 0):.0f}s"
 
 
 def human_bytes(n: float) -> str:
@@ -407,6 +422,11 @@ def print_operation(op: pb.Operation, as_json: bool) -> None:
           f"{short_enum(pb.Provider, op.provider, 'PROVIDER_').lower()}")
     if op.state == pb.OPERATION_STATE_FAILED:
         print(f"  error: {op.error.message}")
+    if op.stage and not op.done:
+        print(f"  stage: {op.stage}")
+    eta = eta_text(op)
+    if eta:
+        print(f"  {eta} (estimated done {op.estimated_done_time.ToJsonString()})")
     for asset in op.outputs:
         print(f"  {asset.name}  {asset.content_type}  {asset.duration_seconds:.1f}s")
 
