@@ -108,10 +108,15 @@ function codeName(code: Code): string {
 const NETWORK_ERROR =
   /^(ECONNRESET|ECONNREFUSED|ECONNABORTED|EPIPE|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|ERR_HTTP2_.*|ERR_TLS_.*|ERR_SSL_.*|.*_CERT.*|UNABLE_TO_.*)$/;
 
+// The same failures when a layer kept only the message ("read ECONNRESET") and not the code.
+const NETWORK_ERROR_MESSAGE = /\b(ECONNRESET|ECONNABORTED|EPIPE|ETIMEDOUT)\b/;
+
 function isNetworkError(err: unknown): boolean {
   for (let e = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
     const code = (e as { code?: unknown }).code;
     if (typeof code === "string" && NETWORK_ERROR.test(code)) return true;
+    const message = (e as { message?: unknown }).message;
+    if (typeof message === "string" && NETWORK_ERROR_MESSAGE.test(message)) return true;
   }
   return false;
 }
@@ -120,7 +125,10 @@ function isNetworkError(err: unknown): boolean {
 export function toMusicgwError(err: unknown): MusicgwError {
   if (err instanceof MusicgwError) return err;
   const ce = ConnectError.from(err);
-  if ((ce.code === Code.Unknown || ce.code === Code.Internal) && (isNetworkError(err) || isNetworkError(ce.cause))) {
+  // connect-node reports a connection reset mid-stream as UNKNOWN, INTERNAL or (an HTTP/2 stream
+  // reset) ABORTED, depending on where the read was.
+  const transport = ce.code === Code.Unknown || ce.code === Code.Internal || ce.code === Code.Aborted;
+  if (transport && (isNetworkError(err) || isNetworkError(ce.cause))) {
     // A dropped connection is UNAVAILABLE in gRPC's terms: safe to retry.
     return new UnavailableError(ce.rawMessage, Code.Unavailable, {}, err);
   }

@@ -99,6 +99,6 @@ async function main() {
 }
 
 main().then(() => process.exit(0), (err) => {
-  console.error(`FAILED: ${err && err.stack ? err.stack : err}`);
+  console.error(`FAILED: ${err && err.stack ? err.stack : err}${err && err.code !== undefined ? ` (code ${err.code})` : ""}`);
   process.exit(1);
 });
