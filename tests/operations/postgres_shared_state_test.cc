@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/clock.h"
 #include "gtest/gtest.h"
@@ -117,25 +118,37 @@ TEST_F(PostgresSharedStateTest, PublishedFiguresAreWhatOtherReplicasLoad) {
 }
 
 // Two replicas update one credential concurrently, each update reading the stored value and
-// storing it plus one after a delay (as a token exchange takes time): under the row lock no
-// update is lost, which is what keeps a rotated refresh token from being spent twice.
+// storing it plus one, answered later from another thread (as a token exchange is) and only once
+// the other replica is itself asking or has finished: every update is made while the other
+// contends for the row lock. Under the lock no update is lost, which is what keeps a rotated
+// refresh token from being spent twice.
 TEST_F(PostgresSharedStateTest, CredentialUpdatesOfReplicasNeverInterleave) {
   constexpr int kUpdates = 10;
   std::vector<std::unique_ptr<PostgresCredentialStore>> replicas;
   replicas.push_back(PostgresCredentialStore::Create(options_));
   replicas.push_back(PostgresCredentialStore::Create(options_));
+  absl::Mutex mu;
+  bool asking[2] = {false, false};
+  bool finished[2] = {false, false};
   std::vector<std::thread> threads;
   threads.reserve(replicas.size());
-  for (auto& replica : replicas) {
-    threads.emplace_back([&replica] {
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      PostgresCredentialStore& replica = *replicas[r];
+      const int other = 1 - r;
       for (int i = 0; i < kUpdates; ++i) {
         adapters::SharedCredential seed;
         seed.refresh_token = "0";
+        {
+          absl::MutexLock lock(&mu);
+          asking[r] = true;
+        }
         auto result = Await<adapters::SharedCredential>([&](auto done) {
-          replica->UpdateLocked(
+          replica.UpdateLocked(
               "loudly/acct/1_client", seed,
-              [](const adapters::SharedCredential& current,
-                 adapters::Callback<adapters::SharedCredential> answer) {
+              [&mu, &asking, &finished, other](
+                  const adapters::SharedCredential& current,
+                  adapters::Callback<adapters::SharedCredential> answer) {
                 int n = 0;
                 EXPECT_TRUE(absl::SimpleAtoi(current.refresh_token, &n));
                 adapters::SharedCredential next = current;
@@ -143,15 +156,28 @@ TEST_F(PostgresSharedStateTest, CredentialUpdatesOfReplicasNeverInterleave) {
                 next.access_token = absl::StrCat("access-", n + 1);
                 next.access_expiry = absl::FromUnixSeconds(1'800'000'000 + n);
                 // Answered from another thread, later: the lock is held meanwhile.
-                std::thread([next, answer = std::move(answer)]() mutable {
-                  absl::SleepFor(absl::Milliseconds(5));  // an exchange's latency
+                std::thread([&mu, &asking, &finished, other, next,
+                             answer = std::move(answer)]() mutable {
+                  {
+                    auto other_contends = [&asking, &finished, other] {
+                      return asking[other] || finished[other];
+                    };
+                    absl::MutexLock lock(&mu);
+                    mu.Await(absl::Condition(&other_contends));
+                  }
                   std::move(answer)(next);
                 }).detach();
               },
               std::move(done));
         });
+        {
+          absl::MutexLock lock(&mu);
+          asking[r] = false;
+        }
         EXPECT_TRUE(result.ok()) << result.status();
       }
+      absl::MutexLock lock(&mu);
+      finished[r] = true;
     });
   }
   for (auto& thread : threads) thread.join();
