@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "common/crypto.h"
 #include "gtest/gtest.h"
+#include "tests/pg/pg_cluster.h"
 
 namespace musicgw::testing {
 
@@ -47,6 +48,10 @@ nlohmann::json TestConfig(const ProviderUrls& urls, const std::string& ledger_pa
         {"budgets", {{{"task", "SOUND_EFFECT"}, {"limit", 10}, {"period", "day"}}}}},
        {{"name", "globex"}, {"api_key_sha256", {Sha256Hex(kGlobexKey)}}}});
   return config;
+}
+
+nlohmann::json PostgresLedgerConfig(const std::string& replica_id) {
+  return {{"postgres", {{"dsn", {{"env", kLedgerDsnEnv}}}}}, {"replica_id", replica_id}};
 }
 
 void SetTestSecrets() {

@@ -33,6 +33,9 @@ struct ProviderUrls {
 nlohmann::json TestConfig(const ProviderUrls& urls, const std::string& ledger_path);
 // Sets the environment variables TestConfig's secret references name.
 void SetTestSecrets();
+// The `ledger` section of a replica on the PostgreSQL database whose DSN is in the environment
+// variable kLedgerDsnEnv names (tests/pg: StartLedgerCluster).
+nlohmann::json PostgresLedgerConfig(const std::string& replica_id);
 
 // A context carrying `authorization: Bearer <key>` and a deadline.
 std::unique_ptr<grpc::ClientContext> Context(const std::string& key,

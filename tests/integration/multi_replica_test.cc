@@ -49,12 +49,10 @@ class MultiReplicaTest : public ::testing::Test {
   void SetUp() override {
     SetTestSecrets();
     dir_ = NewTestScratchDir("replicas");
-    auto cluster = PgCluster::Start();
+    // The DSN reaches the gateway as a secret reference, like every other secret.
+    auto cluster = StartLedgerCluster();
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = std::move(*cluster);
-    auto dsn = cluster_->CreateDatabase("gateway");
-    ASSERT_TRUE(dsn.ok()) << dsn.status();
-    setenv("MUSICGW_TEST_PG_DSN", dsn->c_str(), 1);
   }
 
   // The emulators; `processing` is how long Soundpiece takes per operation.
@@ -84,9 +82,8 @@ class MultiReplicaTest : public ::testing::Test {
       if (i == count - 1) {
         config["server"]["webhook_listen"] = absl::StrCat("127.0.0.1:", webhook_port);
       }
-      config["ledger"] = {{"postgres", {{"dsn", {{"env", "MUSICGW_TEST_PG_DSN"}}}}},
-                          {"replica_id", absl::StrCat("gw-", i)},
-                          {"lease_seconds", kLeaseSeconds}};
+      config["ledger"] = PostgresLedgerConfig(absl::StrCat("gw-", i));
+      config["ledger"]["lease_seconds"] = kLeaseSeconds;
       const std::string work = absl::StrCat(dir_, "/gw-", i);
       std::filesystem::create_directories(work);
       auto process = GatewayProcess::Start(config, work);

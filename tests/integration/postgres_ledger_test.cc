@@ -25,13 +25,10 @@ class PostgresLedgerTest : public ::testing::Test {
   void SetUp() override {
     SetTestSecrets();
     dir_ = NewTestScratchDir("pg-ledger");
-    auto cluster = PgCluster::Start();
+    // The DSN reaches the gateway as a secret reference, like every other secret.
+    auto cluster = StartLedgerCluster();
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = std::move(*cluster);
-    auto dsn = cluster_->CreateDatabase("gateway");
-    ASSERT_TRUE(dsn.ok()) << dsn.status();
-    // The DSN reaches the gateway as a secret reference, like every other secret.
-    setenv("MUSICGW_TEST_PG_DSN", dsn->c_str(), 1);
     emulators::soundpiece::Options sp;
     sp.processing_time = absl::Milliseconds(800);
     sp.long_poll = absl::Seconds(2);
@@ -42,8 +39,7 @@ class PostgresLedgerTest : public ::testing::Test {
     ASSERT_TRUE(loudly.ok()) << loudly.status();
     loudly_ = std::move(*loudly);
     config_ = TestConfig({loudly_->base_url(), soundpiece_->base_url()}, dir_ + "/unused.db");
-    config_["ledger"] = {{"postgres", {{"dsn", {{"env", "MUSICGW_TEST_PG_DSN"}}}}},
-                         {"replica_id", "gw-a"}};
+    config_["ledger"] = PostgresLedgerConfig("gw-a");
     StartGateway();
   }
 
@@ -111,8 +107,7 @@ TEST_F(PostgresLedgerTest, OperationsCompleteAndSurviveAKill) {
 // The gateway refuses to start on a PostgreSQL it cannot reach, and says so without the DSN.
 TEST_F(PostgresLedgerTest, AnUnreachableLedgerFailsStartupWithoutLeakingTheDsn) {
   gateway_.reset();
-  setenv("MUSICGW_TEST_PG_DSN", "host=127.0.0.1 port=1 user=gw password=hunter2 connect_timeout=1",
-         1);
+  setenv(kLedgerDsnEnv, "host=127.0.0.1 port=1 user=gw password=hunter2 connect_timeout=1", 1);
   auto process = GatewayProcess::Start(config_, dir_);
   ASSERT_FALSE(process.ok());
   EXPECT_EQ(process.status().message().find("hunter2"), absl::string_view::npos)

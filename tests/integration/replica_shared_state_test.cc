@@ -31,12 +31,10 @@ class ReplicaSharedStateTest : public ::testing::Test {
   void SetUp() override {
     SetTestSecrets();
     dir_ = NewTestScratchDir("pg-replicas");
-    auto cluster = PgCluster::Start();
+    // The DSN reaches the gateway as a secret reference, like every other secret.
+    auto cluster = StartLedgerCluster();
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = std::move(*cluster);
-    auto dsn = cluster_->CreateDatabase("gateway");
-    ASSERT_TRUE(dsn.ok()) << dsn.status();
-    setenv("MUSICGW_TEST_PG_DSN", dsn->c_str(), 1);
     setenv("MUSICGW_TEST_LOUDLY_REFRESH", kInitialRefreshToken, 1);
 
     auto soundpiece = emulators::soundpiece::Emulator::Start({});
@@ -60,8 +58,7 @@ class ReplicaSharedStateTest : public ::testing::Test {
           {"dialect", "web"},          {"base_url", loudly_->base_url()},
           {"client_id", "1_replicas"}, {"refresh_token", {{"env", "MUSICGW_TEST_LOUDLY_REFRESH"}}}};
       config["operations"]["quota_refresh_seconds"] = 3600;
-      config["ledger"] = {{"postgres", {{"dsn", {{"env", "MUSICGW_TEST_PG_DSN"}}}}},
-                          {"replica_id", absl::StrCat("gw-", i)}};
+      config["ledger"] = PostgresLedgerConfig(absl::StrCat("gw-", i));
       const std::string work_dir = absl::StrCat(dir_, "/gw-", i);
       std::filesystem::create_directories(work_dir);
       auto process = GatewayProcess::Start(config, work_dir);

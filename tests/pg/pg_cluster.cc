@@ -184,4 +184,13 @@ PgCluster::~PgCluster() {
   std::filesystem::remove_all(root_, ignored);
 }
 
+absl::StatusOr<std::unique_ptr<PgCluster>> StartLedgerCluster() {
+  absl::StatusOr<std::unique_ptr<PgCluster>> cluster = PgCluster::Start();
+  if (!cluster.ok()) return cluster.status();
+  absl::StatusOr<std::string> dsn = (*cluster)->CreateDatabase("gateway");
+  if (!dsn.ok()) return dsn.status();
+  setenv(kLedgerDsnEnv, dsn->c_str(), 1);
+  return cluster;
+}
+
 }  // namespace musicgw::testing

@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -44,5 +45,12 @@ class PgCluster {
   gid_t gid_ = 0;
   pid_t pid_ = -1;
 };
+
+// The environment variable a gateway's config names for its PostgreSQL ledger's DSN (a secret
+// reference, so the DSN is never written into a config file).
+inline constexpr char kLedgerDsnEnv[] = "MUSICGW_TEST_PG_DSN";
+
+// A private cluster with an empty "gateway" database whose DSN is in kLedgerDsnEnv.
+absl::StatusOr<std::unique_ptr<PgCluster>> StartLedgerCluster();
 
 }  // namespace musicgw::testing
