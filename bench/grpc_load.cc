@@ -19,7 +19,10 @@
 //       [--ops=N] [--task=text|sample] [--wait] [--watchers_per_op=N] [--channels=N]
 //       [--duration_s=S] [--warmup_s=S] [--pid=GATEWAY_PID] [--rss_interval_ms=MS]
 //       [--processing_ms=MS] [--source_seconds=S] [--repeat=N] [--calls=N] [--operation=NAME]
-//       [--save_operation=PATH] [--asset=NAME] [--flood_rate=N]
+//       [--save_operation=PATH] [--asset=NAME] [--flood_rate=N] [--no_verify]
+//   --target and --pid take comma-separated lists (replicas of one gateway on a shared ledger):
+//   channel i connects to target i % N (--channels is raised to N at least), and CPU time and
+//   RSS are summed over the pids.
 //   With --mode=get and --flood_rate=N, another tenant (MUSICGW_FLOOD_API_KEY) sends N Generate
 //   calls a second, open loop, for the whole run: how one tenant's flood affects another's reads.
 //
@@ -71,7 +74,8 @@ struct Flags {
   int channels = 1;
   double duration_s = 10;
   double warmup_s = 1;
-  int pid = 0;
+  std::vector<std::string> targets;  // --target split at commas
+  std::vector<int> pids;             // --pid split at commas
   int rss_interval_ms = 50;
   int processing_ms = 0;
   double source_seconds = 2700;
@@ -81,6 +85,7 @@ struct Flags {
   std::string save_operation;  // get: where to write the Operation's serialized bytes
   std::string asset;           // download: the asset to download (skips the setup Generate)
   double flood_rate = 0;       // get: Generate/s sent meanwhile as the MUSICGW_FLOOD_API_KEY tenant
+  bool no_verify = false;      // download: no client-side SHA-256 at all (side-by-side timing)
 };
 
 Flags Parse(int argc, char** argv) {
@@ -104,6 +109,17 @@ Flags Parse(int argc, char** argv) {
     };
     if (auto v = value("mode")) flags.mode = *v;
     if (auto v = value("target")) flags.target = *v;
+    if (auto v = value("pid")) {
+      flags.pids.clear();
+      for (absl::string_view part : absl::StrSplit(*v, ',', absl::SkipEmpty())) {
+        int pid = 0;
+        if (absl::SimpleAtoi(part, &pid) && pid > 0) {
+          flags.pids.push_back(pid);
+        } else {
+          std::fprintf(stderr, "grpc_load: bad --pid\n");
+        }
+      }
+    }
     if (auto v = value("task")) flags.task = *v;
     if (auto v = value("operation")) flags.operation = *v;
     if (auto v = value("save_operation")) flags.save_operation = *v;
@@ -113,7 +129,6 @@ Flags Parse(int argc, char** argv) {
     number("concurrency", &flags.concurrency);
     number("watchers_per_op", &flags.watchers_per_op);
     number("channels", &flags.channels);
-    number("pid", &flags.pid);
     number("rss_interval_ms", &flags.rss_interval_ms);
     number("processing_ms", &flags.processing_ms);
     number("repeat", &flags.repeat);
@@ -122,9 +137,12 @@ Flags Parse(int argc, char** argv) {
     real("source_seconds", &flags.source_seconds);
     real("flood_rate", &flags.flood_rate);
     if (arg == "--wait") flags.wait = true;
+    if (arg == "--no_verify") flags.no_verify = true;
   }
   flags.watchers_per_op = std::max(1, flags.watchers_per_op);
-  flags.channels = std::max(1, flags.channels);
+  flags.targets = absl::StrSplit(flags.target, ',', absl::SkipEmpty());
+  if (flags.targets.empty()) flags.targets.push_back(flags.target);
+  flags.channels = std::max({1, flags.channels, static_cast<int>(flags.targets.size())});
   flags.concurrency = std::max(1, flags.concurrency);
   flags.repeat = std::max(1, flags.repeat);
   return flags;
@@ -146,7 +164,7 @@ Json Distribution(const std::vector<double>& values) {
 }
 
 // CPU time (user + system) of process `pid` so far, from /proc/<pid>/stat; -1 when unreadable.
-double CpuSeconds(int pid) {
+double ProcessCpuSeconds(int pid) {
   if (pid <= 0) return -1;
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
   std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -163,6 +181,18 @@ double CpuSeconds(int pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// The CPU time of all `pids` so far; -1 when there are none or one is unreadable.
+double CpuSeconds(const std::vector<int>& pids) {
+  if (pids.empty()) return -1;
+  double total = 0;
+  for (const int pid : pids) {
+    const double seconds = ProcessCpuSeconds(pid);
+    if (seconds < 0) return -1;
+    total += seconds;
+  }
+  return total;
+}
+
 // This process's own CPU time so far (user + system).
 double OwnCpuSeconds() {
   rusage usage{};
@@ -175,21 +205,33 @@ absl::Time FromProto(const google::protobuf::Timestamp& ts) {
   return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
 }
 
-// Samples VmRSS (and reads VmHWM) of another process from /proc/<pid>/status on its own thread,
-// so the peak of a short burst is seen; one thread for the whole run, not one per call.
+// Samples VmRSS (and reads VmHWM) of other processes from /proc/<pid>/status on its own thread,
+// so the peak of a short burst is seen; one thread for the whole run, not one per call. With
+// several pids (replicas), the figures are their sums.
 class RssSampler {
  public:
-  RssSampler(int pid, absl::Duration interval) : pid_(pid), interval_(interval) {}
+  RssSampler(std::vector<int> pids, absl::Duration interval)
+      : pids_(std::move(pids)), interval_(interval) {}
   ~RssSampler() { Stop(); }
   RssSampler(const RssSampler&) = delete;
   RssSampler& operator=(const RssSampler&) = delete;
 
-  bool enabled() const { return pid_ > 0; }
+  bool enabled() const { return !pids_.empty(); }
 
-  // Both values in KiB; 0 when unreadable.
+  // Both values in KiB, summed over the pids; 0 when unreadable.
   std::pair<int64_t, int64_t> Read() const {
-    if (pid_ <= 0) return {0, 0};
-    std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
+    int64_t rss = 0;
+    int64_t hwm = 0;
+    for (const int pid : pids_) {
+      const auto [one_rss, one_hwm] = ReadOne(pid);
+      rss += one_rss;
+      hwm += one_hwm;
+    }
+    return {rss, hwm};
+  }
+
+  static std::pair<int64_t, int64_t> ReadOne(int pid) {
+    std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
     std::string line;
     int64_t rss = 0;
     int64_t hwm = 0;
@@ -210,7 +252,7 @@ class RssSampler {
   // Starts sampling afresh: the peak restarts from the current RSS.
   void Start() {
     Stop();
-    if (pid_ <= 0) return;
+    if (pids_.empty()) return;
     start_kib_ = Read().first;
     peak_kib_.store(start_kib_);
     stop_.store(false);
@@ -233,7 +275,7 @@ class RssSampler {
   Json Report() const {
     const auto [rss, hwm] = Read();
     Json out;
-    out["pid"] = pid_;
+    out["pid"] = pids_.size() == 1 ? Json(pids_[0]) : Json(pids_);
     out["rss_start_mb"] = start_kib_ / 1024.0;
     out["rss_peak_mb"] = peak_kib_.load() / 1024.0;
     out["rss_end_mb"] = rss / 1024.0;
@@ -244,7 +286,7 @@ class RssSampler {
   }
 
  private:
-  const int pid_;
+  const std::vector<int> pids_;
   const absl::Duration interval_;
   int64_t start_kib_ = 0;
   std::atomic<int64_t> peak_kib_{0};
@@ -297,7 +339,8 @@ class Client {
       // A distinct argument per channel keeps gRPC from sharing one connection between them.
       args.SetInt("musicgw.bench_channel", i);
       stubs_.push_back(v1::MusicGateway::NewStub(
-          grpc::CreateCustomChannel(flags.target, grpc::InsecureChannelCredentials(), args)));
+          grpc::CreateCustomChannel(flags.targets[static_cast<size_t>(i) % flags.targets.size()],
+                                    grpc::InsecureChannelCredentials(), args)));
     }
   }
 
@@ -612,7 +655,7 @@ class GetLoad {
     // Server CPU over the measured window: sampled at its start and once every caller stopped
     // (the calls still in flight at the end add at most --concurrency calls' worth).
     if (!counted) absl::SleepFor(measure_from_ - absl::Now());
-    const double server_cpu_start = CpuSeconds(flags_.pid);
+    const double server_cpu_start = CpuSeconds(flags_.pids);
     const double own_cpu_start = OwnCpuSeconds();
     {
       absl::MutexLock lock(&mu_);
@@ -621,7 +664,7 @@ class GetLoad {
       };
       mu_.Await(absl::Condition(&all_done));
     }
-    const double server_cpu = CpuSeconds(flags_.pid) - server_cpu_start;
+    const double server_cpu = CpuSeconds(flags_.pids) - server_cpu_start;
     const double own_cpu = OwnCpuSeconds() - own_cpu_start;
     std::vector<double> latencies;
     int64_t errors = 0;
@@ -643,7 +686,7 @@ class GetLoad {
     out["latency_ms"] = latency;
     out["errors"] = errors;
     out["error_codes"] = Json(codes);
-    if (flags_.pid > 0 && server_cpu_start >= 0) {
+    if (!flags_.pids.empty() && server_cpu_start >= 0) {
       out["server_cpu_s"] = server_cpu;
       out["server_cpu_us_per_call"] =
           server_cpu * 1e6 / static_cast<double>(std::max<int64_t>(1, calls));
@@ -1093,6 +1136,8 @@ class DownloadRun final : public grpc::ClientReadReactor<v1::DownloadChunk> {
     out["mb_per_s"] = static_cast<double>(bytes_) / 1e6 / std::max(1e-9, seconds);
     out["first_message_ms"] = absl::ToDoubleMilliseconds(first_byte_ - start_);
     out["size_bytes_announced"] = info_.size_bytes();
+    out["sha256"] = info_.sha256();  // as announced
+    out["in_custody"] = info_.in_custody();
     if (sha_ != nullptr) {
       unsigned char md[EVP_MAX_MD_SIZE];
       unsigned int md_len = 0;
@@ -1152,13 +1197,13 @@ Json RunDownload(Client* client, RssSampler* rss) {
     rss->Start();
     // The last run checks the sha256 the gateway announces (learnt on the first full download);
     // the others only count bytes, so the client's hashing does not compete for the CPU.
-    const double cpu_start = CpuSeconds(flags.pid);
-    DownloadRun run(client, asset, /*verify=*/i == flags.repeat - 1);
+    const double cpu_start = CpuSeconds(flags.pids);
+    DownloadRun run(client, asset, /*verify=*/!flags.no_verify && i == flags.repeat - 1);
     Json result = run.Wait();
-    const double cpu_end = CpuSeconds(flags.pid);
+    const double cpu_end = CpuSeconds(flags.pids);
     rss->Stop();
     if (cpu_start >= 0 && cpu_end >= 0) result["server_cpu_s"] = cpu_end - cpu_start;
-    result["verified"] = i == flags.repeat - 1;
+    result["verified"] = !flags.no_verify && i == flags.repeat - 1;
     if (rss->enabled()) result["rss"] = rss->Report();
     // The first run also renders and caches the file in the emulator unless --data_dir has it
     // (with --asset, the caller warmed it already).
@@ -1190,7 +1235,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   Client client(flags, key);
-  RssSampler rss(flags.pid, absl::Milliseconds(std::max(1, flags.rss_interval_ms)));
+  RssSampler rss(flags.pids, absl::Milliseconds(std::max(1, flags.rss_interval_ms)));
   Json out;
   // Each load waits, before it is destroyed, until its calls have unwound on gRPC's threads.
   if (flags.mode == "generate") {

@@ -23,6 +23,9 @@ TARGETS = {
     "callgrind": "≤ 1.2× the floor's instructions per call",
     "direct": "≥ 0.8× a direct read's MB/s",
     "flood": "flooded p99 < 2× the quiet p99",
+    "replicas_get": "(recorded beside SQLite)",
+    "replicas_generate": "(recorded beside SQLite)",
+    "replicas_fanout": "every terminal event delivered, fan-out p99 < 250 ms",
 }
 TITLES = {
     "get": "(a) GetOperation, 64 concurrent callers",
@@ -31,11 +34,25 @@ TITLES = {
     "download": "(d) Download of a ~200 MB asset",
     "floor": "GetOperation vs the floor, 64 callers, interleaved pairs",
     "callgrind": "GetOperation instructions per call (callgrind) vs the floor",
-    "direct": "Download vs curl of the same file from the emulator, interleaved pairs",
+    "direct": "Download (from custody) vs curl of the same file from the emulator, interleaved "
+              "pairs",
     "flood": "One tenant's GetOperation while another floods Generate at 10× its limit, "
              "interleaved pairs",
+    "replicas_get": "(a) GetOperation, 64 callers: 2 replicas on PostgreSQL vs SQLite, "
+                    "interleaved pairs",
+    "replicas_generate": "(b) Generate → SUCCEEDED ×1,000: 2 replicas on PostgreSQL vs SQLite, "
+                         "interleaved pairs",
+    "replicas_fanout": "(c) 10,000 watchers on 1,000 live operations: 2 replicas on PostgreSQL "
+                       "vs SQLite",
 }
-ORDER = ["get", "generate", "fanout", "download", "floor", "callgrind", "direct", "flood"]
+ORDER = ["get", "generate", "fanout", "download", "floor", "callgrind", "direct", "flood",
+         "replicas_get", "replicas_generate", "replicas_fanout"]
+# Per replicas kind: the metric compared (postgres / sqlite) and how it reads.
+REPLICA_METRIC = {
+    "replicas_get": ("calls_per_second", "calls/s"),
+    "replicas_generate": ("completed_per_second", "operations/s"),
+    "replicas_fanout": ("fanout_p99_ms", "fan-out p99 ms from done_time"),
+}
 
 
 def fmt(value, digits=1):
@@ -54,6 +71,8 @@ def reached(obj):
         return f"failed: {r['error']}", False
     if name in ("floor", "direct", "flood"):
         return reached_pairs(name, r)
+    if name in REPLICA_METRIC:
+        return reached_replicas(name, r)
     if name == "callgrind":
         g, f = r["gateway"], r["floor"]
         text = (f"gateway {fmt(g['ir_per_call'], 0)} instructions per GetOperation, floor "
@@ -150,7 +169,55 @@ def reached_pairs(name, r):
             f"{spread([p['gateway'] for p in pairs], 0)} MB/s, curl from the emulator "
             f"{spread([p['reference'] for p in pairs], 0)} MB/s; gateway CPU "
             f"{spread([p['gateway_cpu_s_per_gb'] for p in pairs], 2)} s per GB")
+    files = [p["file_read"] for p in pairs if p.get("file_read")]
+    if files:
+        text += f"; local read of the custody file {spread(files, 0)} MB/s"
+    if any(p.get("in_custody") for p in pairs):
+        text += "; served from custody"
     return text, statistics.median(ratios) >= 0.8
+
+
+def reached_replicas(name, r):
+    pairs = r["pairs"]
+    if not pairs:
+        return "failed: no complete pair", False
+    metric, unit = REPLICA_METRIC[name]
+    ratios = [p["ratio"] for p in pairs]
+
+    def both(key, digits=0):
+        return (f"SQLite {spread([p['sqlite'][key] for p in pairs], digits)}, PostgreSQL "
+                f"{spread([p['postgres'][key] for p in pairs], digits)}")
+    text = (f"PostgreSQL/SQLite {unit} {spread(ratios)} over {len(pairs)} pair(s); "
+            f"{unit}: {both(metric, 0 if metric != 'fanout_p99_ms' else 1)}")
+    met = None
+    if name == "replicas_get":
+        text += (f"; p99 ms {both('p99_ms', 2)}; server CPU per call µs (summed over the "
+                 f"replicas) {both('cpu_us_per_call', 1)}; errors {both('errors')}")
+    elif name == "replicas_generate":
+        text += (f"; Generate→SUCCEEDED p50 ms {both('to_done_p50_ms')}, p99 ms "
+                 f"{both('to_done_p99_ms')}; errors {both('errors')}")
+    else:
+        text += (f"; terminal events {both('terminal')} of {both('watchers')}; peak RSS MB "
+                 f"(summed) {both('rss_peak_mb')}")
+        met = all(p["postgres"]["terminal"] == p["postgres"]["watchers"] and
+                  p["postgres"]["fanout_p99_ms"] < 250 for p in pairs)
+    return text, met
+
+
+def replica_figures(kind, r):
+    """The figures of one replicas run compared between the sides."""
+    errors = sum(r.get("errors", {}).values()) if isinstance(r.get("errors"), dict) else \
+        r.get("errors", 0)
+    if kind == "replicas_get":
+        return {"calls_per_second": r["calls_per_second"], "p99_ms": r["latency_ms"]["p99"],
+                "cpu_us_per_call": r.get("server_cpu_us_per_call"), "errors": errors}
+    if kind == "replicas_generate":
+        return {"completed_per_second": r["completed_per_second"],
+                "to_done_p50_ms": r["to_done_ms"]["p50"], "to_done_p99_ms": r["to_done_ms"]["p99"],
+                "errors": errors}
+    return {"fanout_p99_ms": r["fanout_from_done_time_ms"]["p99"],
+            "terminal": r["watchers_terminal"], "watchers": r["watchers"],
+            "rss_peak_mb": r.get("rss", {}).get("rss_peak_mb")}
 
 
 def summarize_pairs(kind, runs):
@@ -160,7 +227,15 @@ def summarize_pairs(kind, runs):
     pairs = []
     for pair, sides in sorted(by_pair.items()):
         g = sides.get("gateway")
-        if kind == "flood":
+        if kind in REPLICA_METRIC:
+            sq, pg = sides.get("sqlite"), sides.get("postgres")
+            if not sq or not pg or "error" in sq or "error" in pg:
+                continue
+            a, b = replica_figures(kind, sq), replica_figures(kind, pg)
+            metric = REPLICA_METRIC[kind][0]
+            pairs.append({"pair": pair, "sqlite": a, "postgres": b,
+                          "ratio": b[metric] / a[metric] if a[metric] else None})
+        elif kind == "flood":
             q, f = sides.get("quiet"), sides.get("flooded")
             if not q or not f or "error" in q or "error" in f:
                 continue
@@ -193,7 +268,10 @@ def summarize_pairs(kind, runs):
                 continue
             run = g["runs"][0]
             direct = d["bytes"] / 1e6 / d["seconds"]
+            f = sides.get("file")
             pairs.append({
+                "file_read": f["bytes"] / 1e6 / f["seconds"] if f else None,
+                "in_custody": run.get("in_custody"),
                 "pair": pair, "gateway": run["mb_per_s"], "reference": direct,
                 "ratio": run["mb_per_s"] / direct, "bytes": run["bytes"],
                 "direct_bytes": d["bytes"],

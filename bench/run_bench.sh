@@ -8,20 +8,25 @@
 # ratios per pair, their median and range):
 #   floor     GetOperation, 64 callers, gateway vs the floor (bench/floor_server.cc: a minimal
 #             callback server answering the same Operation bytes): calls/s and server CPU per call
-#   direct    Download of the same asset vs a direct read of the same bytes (curl of the file
-#             from the Soundpiece emulator, where the gateway fetches it): MB/s
+#   direct    Download of the same asset, served from custody, vs a direct read of the same bytes
+#             (curl of the file from the Soundpiece emulator, where the gateway fetched it; a
+#             local read of the custody file is recorded beside them): MB/s
 #   flood     one tenant's GetOperation p99 (--concurrency=$FLOOD_VICTIM_CONCURRENCY) while another
 #             tenant sends Generate at $FLOOD_RATE/s, 10x its rate limit ($FLOOD_LIMIT/s), against the same reads
 #             without the flood: the ratio of the p99s, interleaved (quiet, flood, quiet, ...)
 #   callgrind instructions per GetOperation, gateway and floor each under valgrind's callgrind
 #             (counters zeroed after a warm-up, dumped after $CALLGRIND_CALLS calls, minus an idle
 #             dump of the same length); the gateway's inclusive profile goes to results/
+#   replicas  (a), (b) and (c) on the single-node SQLite stack and on 2 gateway replicas sharing a
+#             private PostgreSQL cluster (scripts/sandbox.sh start --postgres), interleaved:
+#             per pair the ratio postgres/sqlite ($PAIRS pairs of (a), $REPLICA_GENERATE_PAIRS of
+#             (b), $REPLICA_FANOUT_PAIRS of (c))
 # Each scenario gets a fresh scripts/sandbox.sh (gateway and emulators on free loopback ports,
 # so RSS starts clean); results go to bench/results/<date>.json and bench/RESULTS.md is regenerated.
 #
 # Usage: bench/run_bench.sh [build-dir (build/release)] [scenario...]
-#   scenarios: get generate fanout download floor direct flood callgrind (default: all; ~8 minutes once
-#   the audio is cached)
+#   scenarios: get generate fanout download floor direct flood callgrind replicas (default: all;
+#   ~12 minutes once the audio is cached)
 # The build dir needs musicgw loudly-emulator soundpiece-emulator grpc_load floor_server, from a
 # Release build:
 #   cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUSICGW_BUILD_BENCH=ON
@@ -39,7 +44,7 @@ fi
 build="$(cd "$build" && pwd)"
 shift || true
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download floor direct flood callgrind)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download floor direct flood callgrind replicas)
 
 GET_SECONDS="${GET_SECONDS:-10}"
 GET_RUNS="${GET_RUNS:-3}"
@@ -55,6 +60,8 @@ FLOOD_RATE="${FLOOD_RATE:-$((FLOOD_LIMIT * 10))}"
 FLOOD_VICTIM_CONCURRENCY="${FLOOD_VICTIM_CONCURRENCY:-8}"
 CALLGRIND_WARMUP_CALLS="${CALLGRIND_WARMUP_CALLS:-500}"
 CALLGRIND_CALLS="${CALLGRIND_CALLS:-3000}"
+REPLICA_GENERATE_PAIRS="${REPLICA_GENERATE_PAIRS:-3}"
+REPLICA_FANOUT_PAIRS="${REPLICA_FANOUT_PAIRS:-1}"
 
 for bin in services/gateway/musicgw emulators/loudly-emulator emulators/soundpiece-emulator \
   bench/grpc_load bench/floor_server; do
@@ -71,6 +78,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/musicgw-bench.XXXXXX")"
 audio_cache="$build/bench-audio"  # the 200 MB render survives between runs
 mkdir -p "$audio_cache" "$here/results"
 sandbox_dir=""
+pg_sandbox_dir=""  # the 2-replica PostgreSQL stack of the "replicas" scenario
 floor_pid=""
 # wait_gone PID...: until the processes have exited (at most 10 s), so the next run starts quiet.
 wait_gone() {
@@ -101,16 +109,24 @@ stop_floor() {
     floor_pid=""
   fi
 }
+# stop_sandbox DIR: one scripts/sandbox.sh stack down (emulators, gateways, PostgreSQL), waited for.
+stop_sandbox() {
+  local pids
+  pids=$(cat "$1"/*.pid 2>/dev/null || true)
+  MUSICGW_SANDBOX_DIR="$1" "$repo/scripts/sandbox.sh" stop
+  # The next scenario starts on a quiet machine.
+  # shellcheck disable=SC2086
+  wait_gone $pids
+}
 stop_stack() {
   stop_floor
   if [[ -n "$sandbox_dir" ]]; then
-    local pids
-    pids=$(cat "$sandbox_dir"/*.pid 2>/dev/null || true)
-    MUSICGW_SANDBOX_DIR="$sandbox_dir" "$repo/scripts/sandbox.sh" stop
+    stop_sandbox "$sandbox_dir"
     sandbox_dir=""
-    # The next scenario starts on a quiet machine.
-    # shellcheck disable=SC2086
-    wait_gone $pids
+  fi
+  if [[ -n "$pg_sandbox_dir" ]]; then
+    stop_sandbox "$pg_sandbox_dir"
+    pg_sandbox_dir=""
   fi
 }
 trap 'stop_stack; rm -rf "$work"' EXIT
@@ -122,13 +138,7 @@ trap 'stop_stack; rm -rf "$work"' EXIT
 start_stack() {
   stop_stack
   sandbox_dir="$work/$1"
-  MUSICGW_BUILD_DIR="$build" MUSICGW_SANDBOX_DIR="$sandbox_dir" \
-    MUSICGW_SANDBOX_CREDITS=100000000 MUSICGW_SANDBOX_SAMPLE_BUDGET=100000000 \
-    MUSICGW_SANDBOX_LOUDLY_FLAGS="--song_delay_ms=0 --sync_latency_ms=0 --threads=512" \
-    MUSICGW_SANDBOX_SOUNDPIECE_FLAGS="--processing_ms=$2 --rate_limit_per_second=1000000
-      --rate_limit_burst=1000000 --threads=2500 --max_source_seconds=3600
-      --data_dir=$audio_cache/soundpiece" \
-    "$repo/scripts/sandbox.sh" start >&2
+  launch_sandbox "$sandbox_dir" "$2"
   # shellcheck disable=SC1091
   source "$sandbox_dir/sandbox.env"
   export MUSICGW_API_KEY
@@ -136,6 +146,21 @@ start_stack() {
   SP_URL="$SOUNDPIECE_EMULATOR_URL"
   METRICS_URL="$MUSICGW_METRICS_URL"
   TARGET="$MUSICGW_TARGET"
+}
+
+# launch_sandbox DIR SOUNDPIECE_PROCESSING_MS [--postgres]: one scripts/sandbox.sh stack in DIR,
+# tuned for the benchmarks (see start_stack); with --postgres, two gateway replicas on a private
+# PostgreSQL cluster.
+launch_sandbox() {
+  local dir="$1" processing_ms="$2"
+  shift 2
+  MUSICGW_BUILD_DIR="$build" MUSICGW_SANDBOX_DIR="$dir" \
+    MUSICGW_SANDBOX_CREDITS=100000000 MUSICGW_SANDBOX_SAMPLE_BUDGET=100000000 \
+    MUSICGW_SANDBOX_LOUDLY_FLAGS="--song_delay_ms=0 --sync_latency_ms=0 --threads=512" \
+    MUSICGW_SANDBOX_SOUNDPIECE_FLAGS="--processing_ms=$processing_ms --rate_limit_per_second=1000000
+      --rate_limit_burst=1000000 --threads=2500 --max_source_seconds=3600
+      --data_dir=$audio_cache/${SOUNDPIECE_DATA:-soundpiece}" \
+    "$repo/scripts/sandbox.sh" start "$@" >&2
 }
 
 # Upstream request counters: the Soundpiece emulator's own stats and the gateway's metrics.
@@ -275,10 +300,23 @@ print(urls[-1] if urls else "")
 PY
 }
 
-# Scenario "direct": Download through the gateway vs curl of the same file from the emulator.
+# Scenario "direct": Download served from custody (the gateway's own copy, ledger.assets_path)
+# vs curl of the same file from the emulator (a direct read over one loopback HTTP connection,
+# the reference); a local read of the custody file (`cat`, page cache) is recorded beside them.
 run_direct() {
   start_stack direct 0
-  local out asset url runs="$work/direct-runs.jsonl" args
+  local out asset url runs="$work/direct-runs.jsonl" args held sha
+  # Custody on: the asset is copied into $sandbox_dir/assets when the operation succeeds.
+  python3 - "$sandbox_dir/musicgw.json" "$sandbox_dir/assets" <<'PY'
+import json, sys
+path, assets = sys.argv[1], sys.argv[2]
+with open(path) as f:
+    config = json.load(f)
+config["ledger"]["assets_path"] = assets
+with open(path, "w") as f:
+    json.dump(config, f, indent=1)
+PY
+  restart_gateway
   # The first download renders the file in the emulator (cached in $audio_cache) and warms both.
   out=$(grpc_load --target="$TARGET" --mode=download --source_seconds="$DOWNLOAD_SOURCE_SECONDS" \
     --repeat=1 --pid="$GW_PID")
@@ -289,9 +327,17 @@ run_direct() {
     echo "run_bench: direct: no download URL of the asset in the ledger" >&2
     return 1
   fi
+  sha=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["runs"][-1].get("sha256", ""))' "$out")
+  held="$sandbox_dir/assets/${sha:0:2}/$sha"
+  if [[ -z "$sha" || ! -f "$held" ]]; then
+    echo "run_bench: direct: the asset is not in custody ($held)" >&2
+    return 1
+  fi
   curl -sS -o /dev/null "$url"
+  cat "$held" >/dev/null
   : >"$runs"
-  args=(--mode=download --asset="$asset" --repeat=1 --pid="$GW_PID")
+  # No client-side hashing in the timed runs (curl does none either); the warm-up verified it.
+  args=(--mode=download --asset="$asset" --repeat=1 --no_verify --pid="$GW_PID")
   for pair in $(seq 1 "$PAIRS"); do
     out=$(grpc_load --target="$TARGET" "${args[@]}")
     printf 'run_bench: direct pair %s gateway: %s\n' "$pair" "$out" >&2
@@ -300,8 +346,18 @@ run_direct() {
       '{"status": %{http_code}, "bytes": %{size_download}, "seconds": %{time_total}}' "$url")
     printf 'run_bench: direct pair %s curl: %s\n' "$pair" "$out" >&2
     printf '{"pair": %s, "side": "direct", "result": %s}\n' "$pair" "$out" >>"$runs"
+    out=$(python3 - "$held" <<'PY'
+import os, subprocess, sys, time
+start = time.monotonic()
+subprocess.run(["cat", sys.argv[1]], stdout=subprocess.DEVNULL, check=True)
+print('{"bytes": %d, "seconds": %f}' % (os.path.getsize(sys.argv[1]), time.monotonic() - start))
+PY
+)
+    printf 'run_bench: direct pair %s file: %s\n' "$pair" "$out" >&2
+    printf '{"pair": %s, "side": "file", "result": %s}\n' "$pair" "$out" >>"$runs"
   done
-  record direct "grpc_load --target=$TARGET ${args[*]}; curl -o /dev/null <the asset's emulator URL>" \
+  record direct "grpc_load --target=$TARGET ${args[*]} (custody on); curl -o /dev/null <the \
+asset's emulator URL>; cat <the custody file> >/dev/null" \
     "$(python3 "$here/results_table.py" --pairs direct "$runs")"
   stop_stack
 }
@@ -421,6 +477,67 @@ g=json.loads(sys.argv[1]); f=json.loads(sys.argv[2]); print(g['ir_per_call']/f['
   stop_stack
 }
 
+# Scenario "replicas": (a) GetOperation, (b) Generate->SUCCEEDED x$GENERATE_OPS and (c) watch
+# fan-out, each on the single-node SQLite stack and on 2 gateway replicas sharing a private
+# PostgreSQL cluster (scripts/sandbox.sh start --postgres), interleaved (sqlite, postgres, ...).
+# Both stacks run side by side for (a) and (b) (emulators with zero latency) and again for (c)
+# (Soundpiece jobs of $FANOUT_PROCESSING_MS); the load generator spreads its channels over the
+# replicas (--target=A,B: a Generate on one replica is watched on both), and CPU and RSS are
+# summed over the replicas.
+env_of() { sed -n "s/^$2=//p" "$1/sandbox.env"; }
+start_replica_stacks() {
+  stop_stack
+  sandbox_dir="$work/replicas-sqlite-$1"
+  pg_sandbox_dir="$work/replicas-postgres-$1"
+  launch_sandbox "$sandbox_dir" "$1"
+  # Each emulator its own data directory: the two stacks run at the same time.
+  SOUNDPIECE_DATA=soundpiece-replicas launch_sandbox "$pg_sandbox_dir" "$1" --postgres
+  SQ_TARGET=$(env_of "$sandbox_dir" MUSICGW_TARGET)
+  SQ_KEY=$(env_of "$sandbox_dir" MUSICGW_API_KEY)
+  SQ_PIDS=$(cat "$sandbox_dir/musicgw.pid")
+  PG_TARGETS=$(env_of "$pg_sandbox_dir" MUSICGW_TARGETS)
+  PG_KEY=$(env_of "$pg_sandbox_dir" MUSICGW_API_KEY)
+  PG_PIDS="$(cat "$pg_sandbox_dir/musicgw.pid"),$(cat "$pg_sandbox_dir/musicgw-2.pid")"
+}
+# replica_load SIDE ARGS...: grpc_load against one side (sqlite|postgres).
+replica_load() {
+  local side="$1"
+  shift
+  if [[ $side == sqlite ]]; then
+    MUSICGW_API_KEY="$SQ_KEY" grpc_load --target="$SQ_TARGET" --pid="$SQ_PIDS" "$@"
+  else
+    MUSICGW_API_KEY="$PG_KEY" grpc_load --target="$PG_TARGETS" --pid="$PG_PIDS" "$@"
+  fi
+}
+# replica_pairs KIND PAIRS ARGS...: interleaved runs of both sides, recorded as "replicas_KIND".
+replica_pairs() {
+  local kind="$1" pairs="$2" runs="$work/replicas-$1-runs.jsonl" out pair side
+  shift 2
+  : >"$runs"
+  for pair in $(seq 1 "$pairs"); do
+    for side in sqlite postgres; do
+      out=$(replica_load "$side" "$@") || true
+      [[ -n "$out" ]] || out='{"error": "grpc_load printed nothing"}'
+      printf 'run_bench: replicas %s pair %s %s: %s\n' "$kind" "$pair" "$side" "$out" >&2
+      printf '{"pair": %s, "side": "%s", "result": %s}\n' "$pair" "$side" "$out" >>"$runs"
+    done
+  done
+  record "replicas_$kind" "grpc_load --target=<sqlite gateway|replica A,replica B> $* \
+--pid=<its pid(s)>" "$(python3 "$here/results_table.py" --pairs "replicas_$kind" "$runs")"
+}
+run_replicas() {
+  start_replica_stacks 0
+  replica_pairs get "$PAIRS" --mode=get --task=sample --concurrency=64 --channels=2 \
+    --duration_s="$GET_SECONDS" --warmup_s=2
+  replica_pairs generate "$REPLICA_GENERATE_PAIRS" --mode=generate --task=sample \
+    --ops="$GENERATE_OPS" --concurrency="$GENERATE_CONCURRENCY" --channels=2
+  start_replica_stacks "$FANOUT_PROCESSING_MS"
+  replica_pairs fanout "$REPLICA_FANOUT_PAIRS" --mode=watch_fanout --task=sample \
+    --ops="$FANOUT_OPS" --watchers_per_op="$FANOUT_WATCHERS" --concurrency=64 --channels=10 \
+    --processing_ms="$FANOUT_PROCESSING_MS" --rss_interval_ms=50
+  stop_stack
+}
+
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
     get)
@@ -447,9 +564,10 @@ for scenario in "${scenarios[@]}"; do
     direct) run_direct ;;
     flood) run_flood ;;
     callgrind) run_callgrind ;;
+    replicas) run_replicas ;;
     *)
       echo "run_bench: unknown scenario $scenario (get generate fanout download floor direct" \
-        "flood callgrind)" >&2
+        "flood callgrind replicas)" >&2
       exit 2
       ;;
   esac
