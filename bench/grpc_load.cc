@@ -1198,9 +1198,12 @@ Json RunDownload(Client* client, RssSampler* rss) {
     // The last run checks the sha256 the gateway announces (learnt on the first full download);
     // the others only count bytes, so the client's hashing does not compete for the CPU.
     const double cpu_start = CpuSeconds(flags.pids);
+    const double own_cpu_start = OwnCpuSeconds();
     DownloadRun run(client, asset, /*verify=*/!flags.no_verify && i == flags.repeat - 1);
     Json result = run.Wait();
     const double cpu_end = CpuSeconds(flags.pids);
+    // The receiving side's own cost: on a shared machine it bounds the rate as much as the server.
+    result["client_cpu_s"] = OwnCpuSeconds() - own_cpu_start;
     rss->Stop();
     if (cpu_start >= 0 && cpu_end >= 0) result["server_cpu_s"] = cpu_end - cpu_start;
     result["verified"] = !flags.no_verify && i == flags.repeat - 1;
