@@ -169,6 +169,12 @@ def reached_pairs(name, r):
             f"{spread([p['gateway'] for p in pairs], 0)} MB/s, curl from the emulator "
             f"{spread([p['reference'] for p in pairs], 0)} MB/s; gateway CPU "
             f"{spread([p['gateway_cpu_s_per_gb'] for p in pairs], 2)} s per GB")
+    if all(p.get("direct_client_cpu_s_per_gb") for p in pairs):
+        text += (f"; CPU s per GB, server + client: gateway "
+                 f"{spread([p['gateway_cpu_s_per_gb'] for p in pairs], 2)} + grpc_load "
+                 f"{spread([p['gateway_client_cpu_s_per_gb'] for p in pairs], 2)}, emulator "
+                 f"{spread([p['direct_server_cpu_s_per_gb'] for p in pairs], 2)} + curl "
+                 f"{spread([p['direct_client_cpu_s_per_gb'] for p in pairs], 2)}")
     files = [p["file_read"] for p in pairs if p.get("file_read")]
     if files:
         text += f"; local read of the custody file {spread(files, 0)} MB/s"
@@ -275,7 +281,11 @@ def summarize_pairs(kind, runs):
                 "pair": pair, "gateway": run["mb_per_s"], "reference": direct,
                 "ratio": run["mb_per_s"] / direct, "bytes": run["bytes"],
                 "direct_bytes": d["bytes"],
-                "gateway_cpu_s_per_gb": run.get("server_cpu_s", 0) / (run["bytes"] / 1e9)})
+                "gateway_cpu_s_per_gb": run.get("server_cpu_s", 0) / (run["bytes"] / 1e9),
+                # Both ends' CPU per GB: gateway + grpc_load against emulator + curl.
+                "gateway_client_cpu_s_per_gb": run.get("client_cpu_s", 0) / (run["bytes"] / 1e9),
+                "direct_server_cpu_s_per_gb": d.get("server_cpu_s", 0) / (d["bytes"] / 1e9),
+                "direct_client_cpu_s_per_gb": d.get("client_cpu_s", 0) / (d["bytes"] / 1e9)})
     ratios = [p["ratio"] for p in pairs]
     out = {"kind": kind, "pairs": pairs, "runs": runs}
     if ratios:

@@ -164,15 +164,17 @@ launch_sandbox() {
   # The sandbox tenant's rate limits out of the way too: the defaults (e.g. 1,000 new streams/s,
   # bursts of 5,000, per replica) would refuse part of (c)'s 10,000 streams opened within a
   # second, and a 2-replica stack would get twice the allowance of a single node.
-  python3 - "$dir"/musicgw*.json <<'PY'
-import json, sys
+  # Custody (on by default) keeps its copies inside the stack's directory, shared by replicas.
+  python3 - "$dir" "$dir"/musicgw*.json <<'PY'
+import json, os, sys
 big = 10000000
 limits = {f"{kind}_{what}": big for kind in ("generate", "read", "list", "cancel", "stream")
           for what in ("per_second", "burst")}
 limits.update(max_open_streams=big, max_live_operations=big)
-for path in sys.argv[1:]:
+for path in sys.argv[2:]:
     with open(path) as f:
         config = json.load(f)
+    config["ledger"]["assets_path"] = os.path.join(sys.argv[1], "assets")
     for tenant in config["tenants"]:
         tenant["limits"] = dict(limits)
     with open(path, "w") as f:
@@ -334,23 +336,14 @@ print(urls[-1] if urls else "")
 PY
 }
 
-# Scenario "direct": Download served from custody (the gateway's own copy, ledger.assets_path)
+# Scenario "direct": Download served from custody (the gateway's own copy, in $sandbox_dir/assets)
 # vs curl of the same file from the emulator (a direct read over one loopback HTTP connection,
 # the reference); a local read of the custody file (`cat`, page cache) is recorded beside them.
 run_direct() {
   start_stack direct 0
   local out asset url runs="$work/direct-runs.jsonl" args held sha
-  # Custody on: the asset is copied into $sandbox_dir/assets when the operation succeeds.
-  python3 - "$sandbox_dir/musicgw.json" "$sandbox_dir/assets" <<'PY'
-import json, sys
-path, assets = sys.argv[1], sys.argv[2]
-with open(path) as f:
-    config = json.load(f)
-config["ledger"]["assets_path"] = assets
-with open(path, "w") as f:
-    json.dump(config, f, indent=1)
-PY
-  restart_gateway
+  # Custody is on (every stack keeps its copies in $sandbox_dir/assets): the asset is copied
+  # there when the operation succeeds, and every Download below is served from it.
   # The first download renders the file in the emulator (cached in $audio_cache) and warms both.
   out=$(grpc_load --target="$TARGET" --mode=download --source_seconds="$DOWNLOAD_SOURCE_SECONDS" \
     --repeat=1 --pid="$GW_PID")
@@ -376,8 +369,25 @@ PY
     out=$(grpc_load --target="$TARGET" "${args[@]}")
     printf 'run_bench: direct pair %s gateway: %s\n' "$pair" "$out" >&2
     printf '{"pair": %s, "side": "gateway", "result": %s}\n' "$pair" "$out" >>"$runs"
-    out=$(curl -sS -o /dev/null -w \
-      '{"status": %{http_code}, "bytes": %{size_download}, "seconds": %{time_total}}' "$url")
+    # curl's figures, with its own CPU and the emulator's (the server side of the reference).
+    out=$(python3 - "$url" "$(cat "$sandbox_dir/soundpiece.pid")" <<'PY'
+import json, os, resource, subprocess, sys
+url, pid = sys.argv[1], sys.argv[2]
+def server_cpu():
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def own():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+s0, c0 = server_cpu(), own()
+w = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w",
+                    '{"status": %{http_code}, "bytes": %{size_download}, "seconds": %{time_total}}',
+                    url], capture_output=True, text=True, check=True).stdout
+out = json.loads(w)
+out["server_cpu_s"], out["client_cpu_s"] = server_cpu() - s0, own() - c0
+print(json.dumps(out))
+PY
+)
     printf 'run_bench: direct pair %s curl: %s\n' "$pair" "$out" >&2
     printf '{"pair": %s, "side": "direct", "result": %s}\n' "$pair" "$out" >>"$runs"
     out=$(python3 - "$held" <<'PY'

@@ -52,9 +52,9 @@ int main(int argc, char** argv) {
 #endif
 #ifdef __GLIBC__
   // A Download allocates two 1 MiB buffers per message (the chunk, its serialized copy). With
-  // glibc's defaults they come from fresh mmaps or are trimmed back to the kernel once freed, so
-  // every MiB sent paid ~500 page faults: ~40 % of a download's CPU (bench/analysis.md). Freed
-  // memory up to the trim threshold stays in the heap for the next message instead.
+  // glibc's defaults they could come from fresh mmaps or be trimmed back to the kernel once
+  // freed, so a MiB sent could pay ~500 page faults (~20 % of a download's profile,
+  // bench/analysis.md). Freed memory up to the trim threshold stays in the heap instead.
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   mallopt(M_TRIM_THRESHOLD, 16 << 20);
 #endif
