@@ -202,10 +202,18 @@ def reached_replicas(name, r):
     elif name == "replicas_generate":
         text += (f"; Generate→SUCCEEDED p50 ms {both('to_done_p50_ms')}, p99 ms "
                  f"{both('to_done_p99_ms')}; errors {both('errors')}")
+        if all(p["postgres"].get("postgres_cpu_ms_per_op") is not None for p in pairs):
+            text += (f"; gateway CPU ms per operation (summed over the replicas) "
+                     f"{both('gateways_cpu_ms_per_op', 2)}; the PostgreSQL server's CPU ms per "
+                     f"operation "
+                     f"{spread([p['postgres']['postgres_cpu_ms_per_op'] for p in pairs], 2)}")
     else:
-        text += (f"; terminal events {both('terminal')} of {both('watchers')}; peak RSS MB "
-                 f"(summed) {both('rss_peak_mb')}")
-        met = all(p["postgres"]["terminal"] == p["postgres"]["watchers"] and
+        text += (f"; terminal events {both('terminal')} of {both('watchers')} (opened after "
+                 f"the operation was done, so not timed: {both('opened_after_done')}; streams "
+                 f"ended with an error: {both('errors')}); peak RSS MB (summed) "
+                 f"{both('rss_peak_mb')}")
+        met = all(p["postgres"]["terminal"] + p["postgres"]["opened_after_done"] ==
+                  p["postgres"]["watchers"] and p["postgres"]["errors"] == 0 and
                   p["postgres"]["fanout_p99_ms"] < 250 for p in pairs)
     return text, met
 
@@ -214,16 +222,24 @@ def replica_figures(kind, r):
     """The figures of one replicas run compared between the sides."""
     errors = sum(r.get("errors", {}).values()) if isinstance(r.get("errors"), dict) else \
         r.get("errors", 0)
+    # CPU of the gateway processes and of PostgreSQL (server and backends) over the run.
+    cpu = {"gateways_cpu_s": r.get("gateways_cpu_s"), "postgres_cpu_s": r.get("postgres_cpu_s")}
     if kind == "replicas_get":
         return {"calls_per_second": r["calls_per_second"], "p99_ms": r["latency_ms"]["p99"],
-                "cpu_us_per_call": r.get("server_cpu_us_per_call"), "errors": errors}
+                "cpu_us_per_call": r.get("server_cpu_us_per_call"), "errors": errors, **cpu}
     if kind == "replicas_generate":
+        per_op = {k.replace("_cpu_s", "_cpu_ms_per_op"): (v * 1000 / r["ops"] if v is not None
+                                                          else None) for k, v in cpu.items()}
         return {"completed_per_second": r["completed_per_second"],
                 "to_done_p50_ms": r["to_done_ms"]["p50"], "to_done_p99_ms": r["to_done_ms"]["p99"],
-                "errors": errors}
+                "errors": errors, **cpu, **per_op}
     return {"fanout_p99_ms": r["fanout_from_done_time_ms"]["p99"],
             "terminal": r["watchers_terminal"], "watchers": r["watchers"],
-            "rss_peak_mb": r.get("rss", {}).get("rss_peak_mb")}
+            # Streams opened after their operation was done (excluded from the latency; their
+            # stream still ends OK with the state) and streams that ended with an error.
+            "opened_after_done": r.get("watchers_opened_after_done", 0),
+            "errors": sum(n for code, n in r.get("stream_end_codes", {}).items() if code != "0"),
+            "rss_peak_mb": r.get("rss", {}).get("rss_peak_mb"), **cpu}
 
 
 def summarize_pairs(kind, runs):
@@ -342,6 +358,17 @@ def load_note(objs):
             f"{fmt(max(loads), 1)} on {objs[0]['machine'].get('nproc')} vCPUs.")
 
 
+def commits(by_name):
+    """The commit each scenario was measured at: one, or each with its scenarios."""
+    at = {}
+    for name in ORDER:
+        if name in by_name:
+            at.setdefault(by_name[name]["machine"].get("git_commit"), []).append(name)
+    if len(at) <= 1:
+        return next(iter(at), "?")
+    return ", ".join(f"{commit} ({', '.join(names)})" for commit, names in at.items())
+
+
 def render(objs, path, analysis_path):
     medians = median_runs(objs)
     by_name = {name: median for name, (median, _) in medians.items()}
@@ -354,7 +381,7 @@ def render(objs, path, analysis_path):
         "",
         f"Machine: {machine.get('nproc')} vCPUs ({machine.get('cpu_model')}), "
         f"{fmt(machine.get('mem_total_mb'))} MB RAM, kernel {machine.get('kernel')}; "
-        f"{machine.get('build_type')} build at {machine.get('git_commit')}. "
+        f"{machine.get('build_type')} build at {commits(by_name)}. "
         "Load generator, gateway and emulators share the same cores." + load_note(objs),
         "",
         "| scenario | target | reached | met |",
@@ -368,8 +395,8 @@ def render(objs, path, analysis_path):
         mark = "–" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {TITLES[name]} | {TARGETS[name]} | {text} | {mark} |")
     script = next(iter(by_name.values())).get("script", "") if by_name else ""
-    lines += ["", f"Run with `{script}`; grpc_load commands (each against a fresh "
-              "`scripts/sandbox.sh` stack):", ""]
+    lines += ["", f"Run with `{script}` (and the other scenarios by name); grpc_load commands "
+              "(each against a fresh `scripts/sandbox.sh` stack):", ""]
     for name in ORDER:
         if name in by_name:
             lines.append(f"- {name}: `{by_name[name]['command']}`")

@@ -20,7 +20,7 @@
 #   replicas  (a), (b) and (c) on the single-node SQLite stack and on 2 gateway replicas sharing a
 #             private PostgreSQL cluster (scripts/sandbox.sh start --postgres), interleaved:
 #             per pair the ratio postgres/sqlite ($PAIRS pairs of (a), $REPLICA_GENERATE_PAIRS of
-#             (b), $REPLICA_FANOUT_PAIRS of (c))
+#             (b), $REPLICA_FANOUT_PAIRS of (c); $REPLICA_PARTS picks some of "get generate fanout")
 # Each scenario gets a fresh scripts/sandbox.sh (gateway and emulators on free loopback ports,
 # so RSS starts clean); results go to bench/results/<date>.json and bench/RESULTS.md is regenerated.
 #
@@ -553,6 +553,32 @@ replica_load() {
     MUSICGW_API_KEY="$PG_KEY" grpc_load --target="$PG_TARGETS" --pid="$PG_PIDS" "$@"
   fi
 }
+# cpu_of PID...: CPU seconds (user + system, with reaped children) of the processes and all their
+# descendants so far (PostgreSQL: the postmaster under its launcher, backends, walwriter, ...).
+cpu_of() {
+  python3 - "$@" <<'PY'
+import os, sys
+stats = {}
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            stats[entry] = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            pass
+children = {}
+for pid, fields in stats.items():
+    children.setdefault(fields[1], []).append(pid)
+total, todo, seen = 0.0, list(sys.argv[1:]), set()
+while todo:
+    pid = todo.pop()
+    if pid in seen or pid not in stats:
+        continue
+    seen.add(pid)
+    total += sum(int(f) for f in stats[pid][11:15]) / os.sysconf("SC_CLK_TCK")
+    todo += children.get(pid, [])
+print(total)
+PY
+}
 # replica_pairs KIND PAIRS ARGS...: interleaved runs of both sides, recorded as "replicas_KIND".
 replica_pairs() {
   local kind="$1" pairs="$2" runs="$work/replicas-$1-runs.jsonl" out pair side
@@ -560,8 +586,22 @@ replica_pairs() {
   : >"$runs"
   for pair in $(seq 1 "$pairs"); do
     for side in sqlite postgres; do
+      local pids="$SQ_PIDS" pg=""
+      if [[ $side == postgres ]]; then
+        pids="$PG_PIDS"
+        pg=$(cat "$pg_sandbox_dir/postgres.pid")
+      fi
+      local gw0 pg0 gw1 pg1
+      # shellcheck disable=SC2086
+      gw0=$(cpu_of ${pids//,/ })
+      pg0=$([[ -z $pg ]] && echo 0 || cpu_of "$pg")
       out=$(replica_load "$side" "$@") || true
+      # shellcheck disable=SC2086
+      gw1=$(cpu_of ${pids//,/ })
+      pg1=$([[ -z $pg ]] && echo 0 || cpu_of "$pg")
       [[ -n "$out" ]] || out='{"error": "grpc_load printed nothing"}'
+      out=$(python3 -c 'import json,sys; o=json.loads(sys.argv[1]); o["gateways_cpu_s"]=float(sys.argv[3])-float(sys.argv[2]); o["postgres_cpu_s"]=float(sys.argv[5])-float(sys.argv[4]); print(json.dumps(o))' \
+        "$out" "$gw0" "$gw1" "$pg0" "$pg1")
       printf 'run_bench: replicas %s pair %s %s: %s\n' "$kind" "$pair" "$side" "$out" >&2
       printf '{"pair": %s, "side": "%s", "result": %s}\n' "$pair" "$side" "$out" >>"$runs"
     done
@@ -570,11 +610,19 @@ replica_pairs() {
 --pid=<its pid(s)>" "$(python3 "$here/results_table.py" --pairs "replicas_$kind" "$runs")"
 }
 run_replicas() {
-  start_replica_stacks 0
-  replica_pairs get "$PAIRS" --mode=get --task=sample --concurrency=64 --channels=2 \
-    --duration_s="$GET_SECONDS" --warmup_s=2
-  replica_pairs generate "$REPLICA_GENERATE_PAIRS" --mode=generate --task=sample \
-    --ops="$GENERATE_OPS" --concurrency="$GENERATE_CONCURRENCY" --channels=2
+  local parts=" ${REPLICA_PARTS:-get generate fanout} "
+  if [[ $parts == *" get "* || $parts == *" generate "* ]]; then
+    start_replica_stacks 0
+  fi
+  if [[ $parts == *" get "* ]]; then
+    replica_pairs get "$PAIRS" --mode=get --task=sample --concurrency=64 --channels=2 \
+      --duration_s="$GET_SECONDS" --warmup_s=2
+  fi
+  if [[ $parts == *" generate "* ]]; then
+    replica_pairs generate "$REPLICA_GENERATE_PAIRS" --mode=generate --task=sample \
+      --ops="$GENERATE_OPS" --concurrency="$GENERATE_CONCURRENCY" --channels=2
+  fi
+  [[ $parts == *" fanout "* ]] || return 0
   start_replica_stacks "$FANOUT_PROCESSING_MS"
   replica_pairs fanout "$REPLICA_FANOUT_PAIRS" --mode=watch_fanout --task=sample \
     --ops="$FANOUT_OPS" --watchers_per_op="$FANOUT_WATCHERS" --concurrency=64 --channels=10 \
