@@ -44,7 +44,8 @@ fi
 build="$(cd "$build" && pwd)"
 shift || true
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(get generate fanout download floor direct flood callgrind replicas)
+[[ ${#scenarios[@]} -gt 0 ]] ||
+  scenarios=(get generate fanout download floor direct flood callgrind replicas)
 
 GET_SECONDS="${GET_SECONDS:-10}"
 GET_RUNS="${GET_RUNS:-3}"
@@ -354,7 +355,8 @@ run_direct() {
     echo "run_bench: direct: no download URL of the asset in the ledger" >&2
     return 1
   fi
-  sha=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["runs"][-1].get("sha256", ""))' "$out")
+  sha=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["runs"][-1]["sha256"])' \
+    "$out")
   held="$sandbox_dir/assets/${sha:0:2}/$sha"
   if [[ -z "$sha" || ! -f "$held" ]]; then
     echo "run_bench: direct: the asset is not in custody ($held)" >&2
@@ -594,14 +596,22 @@ replica_pairs() {
       local gw0 pg0 gw1 pg1
       # shellcheck disable=SC2086
       gw0=$(cpu_of ${pids//,/ })
-      pg0=$([[ -z $pg ]] && echo 0 || cpu_of "$pg")
+      pg0=0
+      [[ -z $pg ]] || pg0=$(cpu_of "$pg")
       out=$(replica_load "$side" "$@") || true
       # shellcheck disable=SC2086
       gw1=$(cpu_of ${pids//,/ })
-      pg1=$([[ -z $pg ]] && echo 0 || cpu_of "$pg")
+      pg1=0
+      [[ -z $pg ]] || pg1=$(cpu_of "$pg")
       [[ -n "$out" ]] || out='{"error": "grpc_load printed nothing"}'
-      out=$(python3 -c 'import json,sys; o=json.loads(sys.argv[1]); o["gateways_cpu_s"]=float(sys.argv[3])-float(sys.argv[2]); o["postgres_cpu_s"]=float(sys.argv[5])-float(sys.argv[4]); print(json.dumps(o))' \
-        "$out" "$gw0" "$gw1" "$pg0" "$pg1")
+      out=$(python3 - "$out" "$gw0" "$gw1" "$pg0" "$pg1" <<'PY'
+import json, sys
+out = json.loads(sys.argv[1])
+out["gateways_cpu_s"] = float(sys.argv[3]) - float(sys.argv[2])
+out["postgres_cpu_s"] = float(sys.argv[5]) - float(sys.argv[4])
+print(json.dumps(out))
+PY
+)
       printf 'run_bench: replicas %s pair %s %s: %s\n' "$kind" "$pair" "$side" "$out" >&2
       printf '{"pair": %s, "side": "%s", "result": %s}\n' "$pair" "$side" "$out" >>"$runs"
     done
