@@ -183,6 +183,8 @@ std::shared_ptr<const Material> ServerFiles::Current() {
   return material_;
 }
 
+std::string ServerFiles::NextCertificatePem() { return Current()->cert_pem; }
+
 // OpenSSL's certificate callback: runs in each handshake before the server's certificate and
 // its certificate request are sent, so both come from the current files.
 int ServerFiles::OnHandshake(SSL* ssl, void* self) {

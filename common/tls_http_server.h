@@ -37,6 +37,8 @@ class ServerFiles {
   // a client certificate from the client CA, when one is configured). This object must outlive
   // every connection made with `ctx`.
   bool SetUp(SSL_CTX& ctx);
+  // The certificate (PEM, as read) the next handshake presents: re-reads the files if due.
+  std::string NextCertificatePem();
 
   struct Material;
 
