@@ -77,8 +77,8 @@ struct TenantLimitsConfig {
 };
 
 // TLS on a port (server.tls for gRPC; server.metrics_tls, server.webhook_tls). The files are
-// watched and re-read every reload_interval, so a renewed certificate takes effect without a
-// restart.
+// re-read every reload_interval (gRPC's file watcher; on the HTTP ports, at the first handshake
+// after it), so a renewed certificate takes effect without a restart.
 struct TlsConfig {
   std::string cert_file;  // PEM chain; empty: plaintext
   std::string key_file;
