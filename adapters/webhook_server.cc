@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/tls_http_server.h"
 
 namespace musicgw::adapters {
 
@@ -20,14 +21,18 @@ class WebhookServer::Impl {
   ~Impl() { Stop(); }
 
   absl::Status Listen() {
+    auto http = tls::HttpServer::Create(options_.tls, "server.webhook_tls");
+    if (!http.ok()) return http.status();
+    http_ = *std::move(http);
+    httplib::Server& server = http_->server();
     const int threads = std::max(1, options_.threads);
-    server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    server_.set_tcp_nodelay(true);
-    server_.set_payload_max_length(options_.max_body_bytes);
+    server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    server.set_tcp_nodelay(true);
+    server.set_payload_max_length(options_.max_body_bytes);
     // A body over the limit is refused with 413 by cpp-httplib itself, before any route runs
     // (the body is not even read); the logger still sees that answer, so the route's handler
     // counts and logs it there. An empty body tells it from a handler's own 413.
-    server_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    server.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       if (res.status != 413 || !req.body.empty()) return;
       WebhookDelivery delivery;
       delivery.header = [&req](const std::string& name) { return req.get_header_value(name); };
@@ -37,11 +42,11 @@ class WebhookServer::Impl {
       }
       Handle(req.path, delivery);
     });
-    server_.set_read_timeout(5, 0);
-    server_.set_write_timeout(5, 0);
+    server.set_read_timeout(5, 0);
+    server.set_write_timeout(5, 0);
     for (const auto& route : routes_) {
       const std::string path = route.first;
-      server_.Post(path, [this, path](const httplib::Request& req, httplib::Response& res) {
+      server.Post(path, [this, path](const httplib::Request& req, httplib::Response& res) {
         WebhookDelivery delivery;
         delivery.header = [&req](const std::string& name) { return req.get_header_value(name); };
         delivery.body = req.body;
@@ -49,8 +54,8 @@ class WebhookServer::Impl {
       });
     }
     if (options_.port == 0) {
-      port_ = server_.bind_to_any_port(options_.host);
-    } else if (server_.bind_to_port(options_.host, options_.port)) {
+      port_ = server.bind_to_any_port(options_.host);
+    } else if (server.bind_to_port(options_.host, options_.port)) {
       port_ = options_.port;
     } else {
       port_ = -1;
@@ -59,9 +64,9 @@ class WebhookServer::Impl {
       return absl::UnavailableError(
           absl::StrCat("cannot listen for webhooks on ", options_.host, ":", options_.port));
     }
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    thread_ = std::thread([this] { http_->server().listen_after_bind(); });
     // stop() is a no-op until the server runs; the socket already accepts connections.
-    for (int i = 0; i < 5000 && !server_.is_running(); ++i) {
+    for (int i = 0; i < 5000 && !server.is_running(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     return absl::OkStatus();
@@ -94,7 +99,7 @@ class WebhookServer::Impl {
       stopped_ = true;
     }
     if (thread_.joinable()) {
-      server_.stop();
+      http_->server().stop();
       thread_.join();
     }
   }
@@ -104,7 +109,7 @@ class WebhookServer::Impl {
  private:
   const WebhookServerOptions options_;
   const Routes routes_;
-  httplib::Server server_;
+  std::unique_ptr<tls::HttpServer> http_;  // plaintext or TLS (options_.tls)
   std::thread thread_;
   int port_ = 0;
   absl::Mutex sink_mu_;

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "adapters/provider.h"
+#include "common/config.h"
 
 namespace musicgw::adapters {
 
@@ -25,6 +26,8 @@ struct WebhookServerOptions {
   int port = 0;  // 0 = any free port
   size_t max_body_bytes = 1 << 20;
   int threads = 8;
+  // TLS from files, reloaded when they change; not enabled: plaintext.
+  config::TlsConfig tls;
 };
 
 class WebhookServer {

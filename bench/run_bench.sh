@@ -14,6 +14,7 @@
 #   flood     one tenant's GetOperation p99 (--concurrency=$FLOOD_VICTIM_CONCURRENCY) while another
 #             tenant sends Generate at $FLOOD_RATE/s, 10x its rate limit ($FLOOD_LIMIT/s), against the same reads
 #             without the flood: the ratio of the p99s, interleaved (quiet, flood, quiet, ...)
+#             (FLOOD_PROVIDER_NICE=19: the emulators reniced, their CPU taken as a remote provider's)
 #   callgrind instructions per GetOperation, gateway and floor each under valgrind's callgrind
 #             (counters zeroed after a warm-up, dumped after $CALLGRIND_CALLS calls, minus an idle
 #             dump of the same length); the gateway's inclusive profile goes to results/
@@ -59,6 +60,7 @@ PAIRS="${PAIRS:-5}"
 FLOOD_LIMIT="${FLOOD_LIMIT:-50}"
 FLOOD_RATE="${FLOOD_RATE:-$((FLOOD_LIMIT * 10))}"
 FLOOD_VICTIM_CONCURRENCY="${FLOOD_VICTIM_CONCURRENCY:-8}"
+FLOOD_PROVIDER_NICE="${FLOOD_PROVIDER_NICE:-0}"
 CALLGRIND_WARMUP_CALLS="${CALLGRIND_WARMUP_CALLS:-500}"
 CALLGRIND_CALLS="${CALLGRIND_CALLS:-3000}"
 REPLICA_GENERATE_PAIRS="${REPLICA_GENERATE_PAIRS:-3}"
@@ -480,6 +482,13 @@ with open(path, "w") as f:
     json.dump(config, f, indent=1)
 PY
   restart_gateway
+  if [[ "$FLOOD_PROVIDER_NICE" != 0 ]]; then
+    # The providers are remote in production: with FLOOD_PROVIDER_NICE=19 the emulators' work
+    # for the admitted operations runs only when the gateway and the load generator leave a
+    # core idle, as if it ran elsewhere.
+    renice -n "$FLOOD_PROVIDER_NICE" -p "$(cat "$sandbox_dir/soundpiece.pid")" \
+      "$(cat "$sandbox_dir/loudly.pid")" >&2
+  fi
   : >"$runs"
   args=(--target="$TARGET" --mode=get --task=sample --operation="$name"
     --concurrency="$FLOOD_VICTIM_CONCURRENCY" --duration_s="$GET_SECONDS" --warmup_s=2
@@ -495,7 +504,7 @@ PY
     printf '%s\n' "$out" >&2
   done
   record flood "grpc_load ${args[*]} [--flood_rate=$FLOOD_RATE, as a tenant limited \
-to $FLOOD_LIMIT Generate/s]" "$(python3 "$here/results_table.py" --pairs flood "$runs")"
+to $FLOOD_LIMIT Generate/s; emulators at nice $FLOOD_PROVIDER_NICE]" "$(python3 "$here/results_table.py" --pairs flood "$runs")"
   stop_stack
 }
 

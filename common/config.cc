@@ -108,6 +108,26 @@ absl::Status CheckUrl(const std::string& path, const std::string& url) {
   return absl::OkStatus();
 }
 
+// One port's TLS block (server.tls, server.metrics_tls, server.webhook_tls): files that must be
+// readable now (they are re-read on change while running).
+absl::Status ParseTls(const json& doc, const std::string& path, TlsConfig& tls) {
+  if (!doc.is_object()) return Problem(path, "must be an object");
+  ObjectReader t(doc, path);
+  MUSICGW_RETURN_IF_ERROR(t.String("cert_file", &tls.cert_file, true));
+  MUSICGW_RETURN_IF_ERROR(t.String("key_file", &tls.key_file, true));
+  MUSICGW_RETURN_IF_ERROR(t.String("client_ca_file", &tls.client_ca_file));
+  MUSICGW_RETURN_IF_ERROR(t.Seconds("reload_interval_seconds", &tls.reload_interval, 1, 86400));
+  MUSICGW_RETURN_IF_ERROR(t.CheckNoUnknownKeys());
+  for (const auto& [key, file] : {std::pair<const char*, std::string>{"cert_file", tls.cert_file},
+                                  {"key_file", tls.key_file},
+                                  {"client_ca_file", tls.client_ca_file}}) {
+    if (!file.empty() && access(file.c_str(), R_OK) != 0) {
+      return Problem(t.Path(key), absl::StrCat("cannot read ", file));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Resolves {"env": NAME} or {"file": PATH} to the secret's value.
 absl::StatusOr<std::string> ResolveSecret(const json& ref, const std::string& path,
                                           const EnvLookup& env) {
@@ -471,22 +491,11 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
     MUSICGW_RETURN_IF_ERROR(s.Seconds("drain_deadline_seconds", &config.drain_deadline, 0, 600));
     MUSICGW_RETURN_IF_ERROR(s.Seconds("keepalive_min_ping_interval_seconds",
                                       &config.keepalive_min_ping_interval, 1, 3600));
-    if (const json* tls = s.Find("tls"); tls != nullptr) {
-      if (!tls->is_object()) return Problem("server.tls", "must be an object");
-      ObjectReader t(*tls, "server.tls");
-      MUSICGW_RETURN_IF_ERROR(t.String("cert_file", &config.tls.cert_file, true));
-      MUSICGW_RETURN_IF_ERROR(t.String("key_file", &config.tls.key_file, true));
-      MUSICGW_RETURN_IF_ERROR(t.String("client_ca_file", &config.tls.client_ca_file));
-      MUSICGW_RETURN_IF_ERROR(
-          t.Seconds("reload_interval_seconds", &config.tls.reload_interval, 1, 86400));
-      MUSICGW_RETURN_IF_ERROR(t.CheckNoUnknownKeys());
-      for (const auto& [key, file] :
-           {std::pair<const char*, std::string>{"cert_file", config.tls.cert_file},
-            {"key_file", config.tls.key_file},
-            {"client_ca_file", config.tls.client_ca_file}}) {
-        if (!file.empty() && access(file.c_str(), R_OK) != 0) {
-          return Problem(t.Path(key), absl::StrCat("cannot read ", file));
-        }
+    for (const auto& [key, tls] : {std::pair<const char*, TlsConfig*>{"tls", &config.tls},
+                                   {"metrics_tls", &config.metrics_tls},
+                                   {"webhook_tls", &config.webhook_tls}}) {
+      if (const json* doc = s.Find(key); doc != nullptr) {
+        MUSICGW_RETURN_IF_ERROR(ParseTls(*doc, s.Path(key), *tls));
       }
     }
     MUSICGW_RETURN_IF_ERROR(s.CheckNoUnknownKeys());

@@ -76,8 +76,9 @@ struct TenantLimitsConfig {
   int64_t max_live_operations = 50000;
 };
 
-// TLS on the gRPC port (server.tls). The files are watched and re-read every reload_interval,
-// so a renewed certificate takes effect without a restart.
+// TLS on a port (server.tls for gRPC; server.metrics_tls, server.webhook_tls). The files are
+// re-read every reload_interval (gRPC's file watcher; on the HTTP ports, at the first handshake
+// after it), so a renewed certificate takes effect without a restart.
 struct TlsConfig {
   std::string cert_file;  // PEM chain; empty: plaintext
   std::string key_file;
@@ -113,6 +114,10 @@ struct Config {
   // The server's keepalive enforcement: clients must not ping more often than this.
   absl::Duration keepalive_min_ping_interval = absl::Seconds(10);
   TlsConfig tls;
+  // Optional TLS on the metrics and webhook ports (server.metrics_tls, server.webhook_tls),
+  // the same shape and reload as server.tls; absent: plaintext.
+  TlsConfig metrics_tls;
+  TlsConfig webhook_tls;
   std::string ledger_path = "musicgw-ledger.db";
   // The shared PostgreSQL ledger (ledger.postgres.dsn, a secret reference) for many replicas;
   // empty: the embedded SQLite ledger at ledger_path. Never logged.

@@ -1,7 +1,11 @@
 // musicgw-health: exits 0 when the server at --addr reports SERVING on grpc.health.v1, 1
-// otherwise. For container HEALTHCHECKs and scripts (Debian ships no grpc_health_probe).
+// otherwise. For container HEALTHCHECKs and scripts (Debian ships no grpc_health_probe), and
+// for Kubernetes probes when the gRPC port speaks TLS (the kubelet's own gRPC probe cannot).
 #include <chrono>
+#include <fstream>
 #include <iostream>
+#include <memory>
+#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -12,10 +16,47 @@
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "server address");
 ABSL_FLAG(std::string, service, "", "service name; empty for the whole server");
 ABSL_FLAG(int, timeout_ms, 2000, "deadline of the check");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA bundle to verify the server with; empty: plaintext");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "name the server certificate must carry, when --addr is not it (e.g. 127.0.0.1)");
+ABSL_FLAG(std::string, tls_cert_file, "", "client certificate (PEM), when the server wants mTLS");
+ABSL_FLAG(std::string, tls_key_file, "", "client private key (PEM)");
+
+namespace {
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path);
+  if (!in) {
+    std::cerr << "cannot read " << path << "\n";
+    return false;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  *out = text.str();
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments args;
+  if (!absl::GetFlag(FLAGS_tls_ca_file).empty()) {
+    grpc::SslCredentialsOptions tls;
+    if (!ReadFile(absl::GetFlag(FLAGS_tls_ca_file), &tls.pem_root_certs)) return 1;
+    if (!absl::GetFlag(FLAGS_tls_cert_file).empty() &&
+        (!ReadFile(absl::GetFlag(FLAGS_tls_cert_file), &tls.pem_cert_chain) ||
+         !ReadFile(absl::GetFlag(FLAGS_tls_key_file), &tls.pem_private_key))) {
+      return 1;
+    }
+    credentials = grpc::SslCredentials(tls);
+    if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
+      args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
+    }
+  }
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_addr), credentials, args);
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

@@ -361,7 +361,7 @@ class GatewayServerImpl final : public GatewayServer {
       metrics_->AddWebhookSource(adapter->provider(), adapter->account(),
                                  [handler = handler.get()] { return handler->counters(); });
     }
-    return metrics_->StartExposer(config_.metrics_listen);
+    return metrics_->StartExposer(config_.metrics_listen, config_.metrics_tls);
   }
 
   // Provider callbacks: every account whose adapter asks for webhooks gets its routes on the
@@ -398,6 +398,7 @@ class GatewayServerImpl final : public GatewayServer {
       return absl::OkStatus();
     }
     adapters::WebhookServerOptions options;
+    options.tls = config_.webhook_tls;
     const size_t colon = config_.webhook_listen.rfind(':');
     options.host = config_.webhook_listen.substr(0, colon);
     if (!absl::SimpleAtoi(config_.webhook_listen.substr(colon + 1), &options.port)) {

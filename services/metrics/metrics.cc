@@ -2,21 +2,25 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <exception>
 #include <initializer_list>
 #include <limits>
 #include <map>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "common/tls_http_server.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
@@ -287,10 +291,11 @@ class Metrics::Impl {
   }
 
   // --- exposition ---
-  absl::Status StartExposer(const std::string& listen_address) {
+  absl::Status StartExposer(const std::string& listen_address, const config::TlsConfig& tls) {
     absl::MutexLock lock(&exposer_mu_);
-    if (exposer_ != nullptr)
+    if (exposer_ != nullptr || https_ != nullptr)
       return absl::FailedPreconditionError("metrics exposer already started");
+    if (tls.enabled()) return StartHttps(listen_address, tls);
     try {
       auto exposer = std::make_unique<prometheus::Exposer>(listen_address, 2);
       const std::vector<int> ports = exposer->GetListeningPorts();
@@ -309,12 +314,19 @@ class Metrics::Impl {
   }
   void StopExposer() {
     std::unique_ptr<prometheus::Exposer> exposer;
+    std::unique_ptr<tls::HttpServer> https;
+    std::thread https_thread;
     {
       absl::MutexLock lock(&exposer_mu_);
       exposer = std::move(exposer_);
+      https = std::move(https_);
+      https_thread = std::move(https_thread_);
       port_ = 0;
     }
-    exposer.reset();  // joins the server threads outside the lock
+    // Joins the server threads outside the lock.
+    exposer.reset();
+    if (https != nullptr) https->server().stop();
+    if (https_thread.joinable()) https_thread.join();
   }
   int port() const {
     absl::MutexLock lock(&exposer_mu_);
@@ -329,6 +341,41 @@ class Metrics::Impl {
   }
 
  private:
+  // /metrics over TLS. prometheus-cpp's exposer cannot change its certificate without
+  // rebinding, so a TLS port is served by cpp-httplib with certificates reloaded from files.
+  absl::Status StartHttps(const std::string& listen_address, const config::TlsConfig& tls)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(exposer_mu_) {
+    const size_t colon = listen_address.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos || !absl::SimpleAtoi(listen_address.substr(colon + 1), &port)) {
+      return absl::InvalidArgumentError(absl::StrCat("metrics: bad address ", listen_address));
+    }
+    const std::string host = listen_address.substr(0, colon);
+    auto http = tls::HttpServer::Create(tls, "server.metrics_tls");
+    if (!http.ok()) return http.status();
+    httplib::Server& server = (*http)->server();
+    server.new_task_queue = [] { return new httplib::ThreadPool(2); };
+    server.set_read_timeout(5, 0);
+    server.set_write_timeout(5, 0);
+    server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(prometheus::TextSerializer().Serialize(Collect()),
+                      "text/plain; version=0.0.4");
+    });
+    const int bound =
+        port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
+    if (bound <= 0) {
+      return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", listen_address));
+    }
+    https_ = *std::move(http);
+    port_ = bound;
+    https_thread_ = std::thread([&server] { server.listen_after_bind(); });
+    // stop() is a no-op until the server runs; the socket already accepts connections.
+    for (int i = 0; i < 5000 && !server.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return absl::OkStatus();
+  }
+
   class Collector final : public prometheus::Collectable {
    public:
     explicit Collector(Impl* impl) : impl_(impl) {}
@@ -388,6 +435,8 @@ class Metrics::Impl {
   std::shared_ptr<Collector> collector_;
   mutable absl::Mutex exposer_mu_;
   std::unique_ptr<prometheus::Exposer> exposer_ ABSL_GUARDED_BY(exposer_mu_);
+  std::unique_ptr<tls::HttpServer> https_ ABSL_GUARDED_BY(exposer_mu_);
+  std::thread https_thread_ ABSL_GUARDED_BY(exposer_mu_);
   int port_ ABSL_GUARDED_BY(exposer_mu_) = 0;
 };
 
@@ -606,8 +655,9 @@ void Metrics::AddWebhookSource(v1::Provider provider, std::string account,
 }
 void Metrics::ClearSources() { impl_->ClearSources(); }
 
-absl::Status Metrics::StartExposer(const std::string& listen_address) {
-  return impl_->StartExposer(listen_address);
+absl::Status Metrics::StartExposer(const std::string& listen_address,
+                                   const config::TlsConfig& tls) {
+  return impl_->StartExposer(listen_address, tls);
 }
 void Metrics::StopExposer() { impl_->StopExposer(); }
 int Metrics::port() const { return impl_->port(); }

@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "adapters/http/observer.h"
 #include "adapters/provider.h"
+#include "common/config.h"
 #include "prometheus/metric_family.h"
 #include "services/gateway/gateway_service.h"
 #include "services/operations/engine.h"
@@ -69,9 +70,12 @@ class Metrics final : public gateway::RpcObserver,
   // Forgets every source; waits for a scrape in progress to finish with them.
   void ClearSources();
 
-  // Serves /metrics on `listen_address` ("0.0.0.0:9464", "127.0.0.1:0" for any free port).
-  // UNAVAILABLE when it cannot bind; FAILED_PRECONDITION when already started.
-  absl::Status StartExposer(const std::string& listen_address);
+  // Serves /metrics on `listen_address` ("0.0.0.0:9464", "127.0.0.1:0" for any free port),
+  // over TLS when `tls` is enabled (its files reloaded when they change).
+  // UNAVAILABLE when it cannot bind; INVALID_ARGUMENT for unusable TLS files;
+  // FAILED_PRECONDITION when already started.
+  absl::Status StartExposer(const std::string& listen_address,
+                            const config::TlsConfig& tls = config::TlsConfig());
   // Stops serving (idempotent); the destructor does it too.
   void StopExposer();
   // The bound port, 0 before StartExposer.

@@ -149,6 +149,16 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
          d["server"]["tls"] = {{"cert_file", "/nonexistent/c.pem"}, {"key_file", "/nonexistent/k"}};
        },
        "server.tls.cert_file: cannot read /nonexistent/c.pem"},
+      {[](json& d) { d["server"]["metrics_tls"] = "on"; }, "server.metrics_tls: must be an object"},
+      {[](json& d) {
+         d["server"]["webhook_tls"] = {{"cert_file", "/nonexistent/c.pem"},
+                                       {"key_file", "/nonexistent/k"}};
+       },
+       "server.webhook_tls.cert_file: cannot read /nonexistent/c.pem"},
+      {[](json& d) {
+         d["server"]["metrics_tls"] = {{"cert", "x"}};
+       },
+       "server.metrics_tls.cert_file: required"},
       {[](json& d) { d["tenants"][0]["client_sans"] = {""}; },
        "tenants[0].client_sans: must be a list of non-empty strings"},
       {[](json& d) {

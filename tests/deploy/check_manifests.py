@@ -7,7 +7,9 @@ mounts, secret files named in the config are mounted, the ledger is on the persi
 (SQLite, one replica) or shared (PostgreSQL: several replicas with a PodDisruptionBudget,
 topology spread, an autoscaler, surge-only rolling updates, the DSN from a Secret),
 the grace period covers preStop plus the drain deadline, the Ingress host is the webhook
-callback host. With --musicgw, the rendered config also goes through `musicgw --check_config`.
+callback host, TLS files named in the config come from a mounted Secret (a cert-manager
+Certificate's, checked against its schema and the Services it must name), and a TLS port gets
+probes and a scrape that speak TLS. With --musicgw, the rendered config also goes through `musicgw --check_config`.
 
   check_manifests.py --kubectl kubectl --deploy-dir deploy/kubernetes [--musicgw path] [--self-test]
 """
@@ -39,6 +41,7 @@ KNOWN_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "PodDisruptionBudget": "policy/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
+    "Certificate": "cert-manager.io/v1",
 }
 # The example PostgreSQL (deploy/kubernetes/postgres-example), checked on its own.
 POSTGRES_KINDS = {"Cluster": "postgresql.cnpg.io/v1"}
@@ -65,7 +68,23 @@ KNOWN_FIELDS = {
     "service": {"type", "selector", "ports", "clusterIP", "clusterIPs", "sessionAffinity",
                 "publishNotReadyAddresses", "internalTrafficPolicy", "ipFamilyPolicy"},
     "service_port": {"name", "port", "targetPort", "protocol", "appProtocol", "nodePort"},
+    # cert-manager.io/v1 Certificate (cert-manager 1.15 CRD schema).
+    "certificate": {"secretName", "issuerRef", "commonName", "dnsNames", "ipAddresses", "uris",
+                    "emailAddresses", "otherNames", "subject", "literalSubject", "duration",
+                    "renewBefore", "renewBeforePercentage", "privateKey", "usages", "isCA",
+                    "keystores", "secretTemplate", "revisionHistoryLimit",
+                    "additionalOutputFormats", "encodeUsagesInRequest", "nameConstraints"},
+    "certificate_issuer_ref": {"name", "kind", "group"},
+    "certificate_private_key": {"algorithm", "size", "encoding", "rotationPolicy"},
 }
+CERTIFICATE_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
+# The config's TLS blocks: the port each secures.
+TLS_BLOCKS = {"tls": "grpc", "metrics_tls": "metrics", "webhook_tls": "webhook"}
+TLS_FILE_KEYS = ("cert_file", "key_file", "client_ca_file")
 
 
 def known_fields(c, what, obj, kind):
@@ -162,14 +181,6 @@ def check_docs(docs, c):
     for port_name in ("grpc", "metrics", "webhook"):
         c.check(port_name in ports, f"{wl_name}: no container port named {port_name}")
 
-    for probe_name in ("readinessProbe", "livenessProbe"):
-        probe = ct.get(probe_name)
-        if c.check(probe and "grpc" in probe, f"{wl_name}: {probe_name} must be a gRPC probe"):
-            c.check(
-                probe["grpc"].get("port") == ports.get("grpc"),
-                f"{wl_name}: {probe_name} port {probe['grpc'].get('port')} is not the grpc port",
-            )
-
     # Volumes and mounts.
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     claims = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
@@ -255,15 +266,16 @@ def check_docs(docs, c):
                 f"{wl_name}: replicas on the shared ledger keep no volume of their own")
 
     # Every secret file the config names is a key of a mounted Secret.
-    mounted_files = set()
+    mounted_files = {}  # path -> the Secret it comes from
     for m in mounts.values():
         volume = volumes.get(m["name"], {})
         sources = volume.get("projected", {}).get("sources", [])
         if "secret" in volume:
-            sources = [{"secret": volume["secret"]}]
+            sources = [{"secret": {"name": volume["secret"].get("secretName"),
+                                   "items": volume["secret"].get("items", [])}}]
         for source in sources:
             for item in source.get("secret", {}).get("items", []):
-                mounted_files.add(posixpath.join(m["mountPath"], item["path"]))
+                mounted_files[posixpath.join(m["mountPath"], item["path"])] = source["secret"]["name"]
     files = secret_files(config.get("providers", []), [])
     ledger_files = secret_files(config.get("ledger", {}), [])
     for f in ledger_files:
@@ -274,6 +286,8 @@ def check_docs(docs, c):
 
     # Services.
     services = {d["metadata"]["name"]: d for d in find(docs, "Service")}
+    certificates = check_certificates(c, docs, services, mounted_files)
+    check_tls(c, wl_name, ct, ports, server, mounted_files, certificates)
     for name, svc in services.items():
         s = svc.get("spec", {})
         known_fields(c, f"Service/{name}", s, "service")
@@ -303,6 +317,7 @@ def check_docs(docs, c):
             for ep in sm["spec"].get("endpoints", []):
                 c.check(ep.get("port") in names,
                         f"ServiceMonitor endpoint port {ep.get('port')} not on the Service")
+                check_scrape_tls(c, ep, server.get("metrics_tls"), mounted_files, certificates)
                 c.check(targets[0]["spec"]["ports"][0].get("targetPort") in ("metrics", ports["metrics"]),
                         "ServiceMonitor does not reach the metrics port")
 
@@ -357,6 +372,121 @@ def check_docs(docs, c):
         if config.get("ledger", {}).get("postgres") is not None:
             c.check((5432, "TCP") in egress_ports, "NetworkPolicy egress: no PostgreSQL")
     return config
+
+
+def check_certificates(c, docs, services, mounted_files):
+    """cert-manager Certificates: the CRD's fields, an issuer, a Secret the pod mounts (never a
+    Secret in the repository), and names that are this namespace's Services. Returns
+    {secretName: Certificate spec}."""
+    by_secret = {}
+    mounted_secrets = set(mounted_files.values())
+    for cert in find(docs, "Certificate"):
+        name = f"Certificate/{cert['metadata']['name']}"
+        namespace = cert["metadata"].get("namespace")
+        spec = cert.get("spec", {})
+        known_fields(c, name, spec, "certificate")
+        ref = spec.get("issuerRef", {})
+        known_fields(c, f"{name} issuerRef", ref, "certificate_issuer_ref")
+        c.check(bool(ref.get("name")), f"{name}: issuerRef.name not set")
+        c.check(ref.get("kind") in ("Issuer", "ClusterIssuer"),
+                f"{name}: issuerRef.kind {ref.get('kind')} is not Issuer or ClusterIssuer")
+        c.check(ref.get("group", "cert-manager.io") == "cert-manager.io",
+                f"{name}: issuerRef.group {ref.get('group')} is not cert-manager.io")
+        known_fields(c, f"{name} privateKey", spec.get("privateKey", {}), "certificate_private_key")
+        unknown_usages = set(spec.get("usages", [])) - CERTIFICATE_USAGES
+        c.check(not unknown_usages, f"{name}: unknown usages {sorted(unknown_usages)}")
+        c.check("server auth" in spec.get("usages", ["server auth"]),
+                f"{name}: usages lack server auth")
+        secret = spec.get("secretName")
+        if c.check(bool(secret), f"{name}: no secretName"):
+            by_secret[secret] = spec
+            c.check(secret in mounted_secrets, f"{name}: Secret {secret} is not mounted")
+            files = {posixpath.basename(f) for f, s in mounted_files.items() if s == secret}
+            c.check({"tls.crt", "tls.key"} <= files,
+                    f"{name}: Secret {secret} is mounted without tls.crt and tls.key")
+        dns_names = spec.get("dnsNames", [])
+        c.check(bool(dns_names), f"{name}: no dnsNames")
+        in_cluster = [n for n in dns_names if ".svc" in n]
+        for n in in_cluster:
+            parts = n.split(".")
+            c.check(parts[0] in services and len(parts) >= 3 and parts[1] == namespace
+                    and n.endswith((".svc", ".svc.cluster.local")),
+                    f"{name}: dnsName {n} is not a Service of namespace {namespace}")
+        c.check(bool(in_cluster), f"{name}: names no Service of namespace {namespace}")
+    return by_secret
+
+
+def tls_secret(server_tls, mounted_files):
+    """The Secret a TLS block's certificate is mounted from, or None."""
+    return mounted_files.get((server_tls or {}).get("cert_file"))
+
+
+def check_tls(c, wl_name, ct, ports, server, mounted_files, certificates):
+    """TLS files come from mounted Secrets; probes of a TLS gRPC port speak TLS."""
+    for block in TLS_BLOCKS:
+        tls = server.get(block)
+        if tls is None:
+            continue
+        for key in TLS_FILE_KEYS:
+            if tls.get(key):
+                c.check(tls[key] in mounted_files,
+                        f"config server.{block}.{key} {tls[key]} is not mounted from a Secret")
+    grpc_tls = server.get("tls")
+    cert = certificates.get(tls_secret(grpc_tls, mounted_files))
+    for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = ct.get(probe_name)
+        if probe is None:
+            c.check(probe_name == "startupProbe", f"{wl_name}: no {probe_name}")
+            continue
+        if grpc_tls is None:
+            if c.check("grpc" in probe, f"{wl_name}: {probe_name} must be a gRPC probe"):
+                c.check(probe["grpc"].get("port") == ports.get("grpc"),
+                        f"{wl_name}: {probe_name} port {probe['grpc'].get('port')} is not the "
+                        "grpc port")
+            continue
+        # The kubelet's gRPC probe has no TLS: the image's musicgw-health does it.
+        command = probe.get("exec", {}).get("command", [])
+        if not c.check("grpc" not in probe and command and command[0].endswith("/musicgw-health"),
+                       f"{wl_name}: {probe_name} of a TLS gRPC port must exec musicgw-health"):
+            continue
+        flags = dict(a[2:].split("=", 1) for a in command[1:] if a.startswith("--") and "=" in a)
+        c.check(listen_port(flags.get("addr", ":0")) == ports.get("grpc"),
+                f"{wl_name}: {probe_name} --addr {flags.get('addr')} is not the grpc port")
+        c.check(flags.get("tls_ca_file") in mounted_files,
+                f"{wl_name}: {probe_name} --tls_ca_file {flags.get('tls_ca_file')} is not mounted "
+                "from a Secret")
+        if grpc_tls.get("client_ca_file"):
+            c.check(flags.get("tls_cert_file") in mounted_files,
+                    f"{wl_name}: {probe_name} needs a client certificate (mTLS)")
+        if cert is not None:
+            c.check(flags.get("tls_server_name") in cert.get("dnsNames", []),
+                    f"{wl_name}: {probe_name} --tls_server_name {flags.get('tls_server_name')} "
+                    "is not a dnsName of the gRPC certificate")
+        c.check(probe.get("timeoutSeconds", 1) * 1000 > int(flags.get("timeout_ms", 2000)),
+                f"{wl_name}: {probe_name} timeoutSeconds is below musicgw-health --timeout_ms")
+
+
+def check_scrape_tls(c, endpoint, metrics_tls, mounted_files, certificates):
+    """A ServiceMonitor endpoint scrapes a TLS metrics port with https and a CA."""
+    scheme = endpoint.get("scheme", "http")
+    if metrics_tls is None:
+        c.check(scheme == "http", f"ServiceMonitor scheme {scheme} on a plaintext metrics port")
+        return
+    c.check(scheme == "https", f"ServiceMonitor scheme {scheme} on a TLS metrics port")
+    tls_config = endpoint.get("tlsConfig", {})
+    ca = tls_config.get("ca", {})
+    c.check(bool(ca.get("secret") or ca.get("configMap")) or "caFile" in tls_config,
+            "ServiceMonitor tlsConfig has no CA for the TLS metrics port")
+    c.check(not tls_config.get("insecureSkipVerify", False),
+            "ServiceMonitor skips verifying the metrics port's certificate")
+    cert = certificates.get(tls_secret(metrics_tls, mounted_files))
+    if cert is not None:
+        c.check(tls_config.get("serverName") in cert.get("dnsNames", []),
+                f"ServiceMonitor tlsConfig.serverName {tls_config.get('serverName')} is not a "
+                "dnsName of the metrics certificate")
+    if metrics_tls.get("client_ca_file"):
+        c.check(bool(tls_config.get("cert")) and bool(tls_config.get("keySecret")),
+                "ServiceMonitor presents no client certificate to the mTLS metrics port")
 
 
 def check_single_replica(c, wl, wl_name):
@@ -447,6 +577,14 @@ def check_config_with_binary(musicgw, config, c):
                 for v in node:
                     replace(v)
         replace(config)
+        # TLS files (mounted from a Secret in the cluster) only need to be readable here.
+        for block in TLS_BLOCKS:
+            for key in TLS_FILE_KEYS:
+                tls = config.get("server", {}).get(block, {})
+                if tls.get(key):
+                    tls[key] = os.path.join(tmp, f"{block}-{key}")
+                    with open(tls[key], "w") as f:
+                        f.write("placeholder")
         path = os.path.join(tmp, CONFIG_FILE)
         with open(path, "w") as f:
             json.dump(config, f)
@@ -501,6 +639,54 @@ def self_test_ha(docs):
         check_docs(mutated, c)
         if not c.failures:
             failures.append(f"self-test (ha): '{name}' was not detected")
+    return len(mutations) - len(failures), failures
+
+
+def self_test_production(docs):
+    """The TLS checks of the production overlay must catch what they claim to."""
+    def one(ds, kind):
+        return [d for d in ds if d["kind"] == kind][0]
+
+    def pod(ds):
+        return one(ds, "StatefulSet")["spec"]["template"]["spec"]
+
+    def unmount_tls(ds):
+        pod(ds)["volumes"] = [v for v in pod(ds)["volumes"] if v["name"] != "grpc-tls"]
+        ct = pod(ds)["containers"][0]
+        ct["volumeMounts"] = [m for m in ct["volumeMounts"] if m["name"] != "grpc-tls"]
+
+    def probe_flag(ds, flag, value):
+        command = pod(ds)["containers"][0]["readinessProbe"]["exec"]["command"]
+        command[:] = [a for a in command if not a.startswith(f"--{flag}=")] + [f"--{flag}={value}"]
+
+    mutations = {
+        "Certificate field typo": lambda ds: one(ds, "Certificate")["spec"].update(
+            dnsName=["musicgw"]),
+        "Certificate issuer without kind": lambda ds: one(ds, "Certificate")["spec"]["issuerRef"]
+        .pop("kind"),
+        "Certificate for a Service that does not exist": lambda ds: one(ds, "Certificate")
+        ["spec"].update(dnsNames=["musicgw-typo.musicgw.svc"]),
+        "Certificate usage typo": lambda ds: one(ds, "Certificate")["spec"].update(
+            usages=["server-auth"]),
+        "TLS Secret not mounted": unmount_tls,
+        "kubelet gRPC probe on the TLS port": lambda ds: pod(ds)["containers"][0].update(
+            readinessProbe={"grpc": {"port": 50051}}),
+        "probe trusts an unmounted CA": lambda ds: probe_flag(ds, "tls_ca_file", "/etc/ca.crt"),
+        "probe verifies a name the certificate lacks": lambda ds: probe_flag(
+            ds, "tls_server_name", "localhost"),
+        "plaintext scrape of the TLS metrics port": lambda ds: one(ds, "ServiceMonitor")["spec"]
+        ["endpoints"][0].update(scheme="http"),
+        "scrape without a CA": lambda ds: one(ds, "ServiceMonitor")["spec"]["endpoints"][0]
+        .pop("tlsConfig"),
+    }
+    failures = []
+    for name, mutate in mutations.items():
+        mutated = copy.deepcopy(docs)
+        mutate(mutated)
+        c = Checker(name)
+        check_docs(mutated, c)
+        if not c.failures:
+            failures.append(f"self-test (production): '{name}' was not detected")
     return len(mutations) - len(failures), failures
 
 
@@ -561,8 +747,9 @@ def main():
             print(f"  FAIL {f}")
         passed += c.passed
         failed += len(c.failures)
-        if args.self_test and overlay in ("base", "overlays/ha"):
-            ok, problems = self_test(docs) if overlay == "base" else self_test_ha(docs)
+        if args.self_test:
+            ok, problems = {"base": self_test, "overlays/production": self_test_production,
+                            "overlays/ha": self_test_ha}[overlay](docs)
             print(f"self-test: {ok} mutations detected, {len(problems)} missed")
             for p in problems:
                 print(f"  FAIL {p}")
