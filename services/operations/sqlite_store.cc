@@ -223,7 +223,7 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   absl::Status Update(const OperationUpdate& update) override {
-    return Durably([&]() -> absl::Status {
+    auto write = [&]() -> absl::Status {
       const v1::Operation& op = update.operation;
       if (op.sequence() != update.expected_sequence + 1) {
         return absl::InvalidArgumentError("ledger: sequence must advance by one");
@@ -287,7 +287,11 @@ class SqliteOperationStore final : public OperationStore {
       status = RunCached("COMMIT");
       if (!status.ok()) RunCached("ROLLBACK").IgnoreError();
       return status;
-    });
+    };
+    if (update.wait_durable) return Durably(write);
+    // In the log and visible at once; on disk with the next sync anyone runs.
+    MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    return write();
   }
 
   absl::StatusOr<OperationRecord> Get(absl::string_view id) override {

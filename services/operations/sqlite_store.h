@@ -1,5 +1,18 @@
 // File: sqlite_store.h
 // The embedded ledger: an OperationStore in one SQLite file (WAL, schema migrations on open).
+//
+// What it guarantees with synchronous_full (the default):
+//  - kill -9 of the process loses nothing that was committed: the WAL is in the OS page cache.
+//  - Power loss loses nothing a write returned for: each write commits, then waits for an
+//    fdatasync of the WAL that started after its commit (one sync covers every writer queued
+//    behind it). So an accepted Generate, every done state, every step at a provider without
+//    idempotency keys, and custody, outbox and lease writes are on disk before anyone is told.
+//  - The exception is an OperationUpdate with wait_durable=false (the tracker's SUBMITTING and
+//    RUNNING at a provider that dedupes submissions): it is on disk with the next sync anyone
+//    runs. A power loss before that takes it back, and every commit after it: the WAL's
+//    chained checksums make the recovered log a prefix of the commits. The operation then
+//    restarts from its last durable state and the tracker re-submits with the same idempotency
+//    key, which the provider answers with the same job.
 #pragma once
 
 #include <functional>

@@ -118,6 +118,41 @@ TEST(SqliteStoreTest, ConcurrentWritesShareOneFsync) {
   EXPECT_LE(stats.syncs.load(), stats.durable_writes.load());
 }
 
+// An update that need not wait returns without a sync of its own; the next durable write's
+// sync covers it.
+TEST(SqliteStoreTest, AnUpdateThatNeedNotWaitSharesTheNextSync) {
+  LedgerSyncStats stats;
+  SqliteOptions options;
+  options.sync_stats = &stats;
+  auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  OperationStore& store = **opened;
+  auto created = store.Create(QueuedRecord("t", "r"), {});
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(stats.syncs.load(), 1);
+  OperationUpdate update;
+  update.operation = created->record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_RUNNING);
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.wait_durable = false;
+  ASSERT_TRUE(store.Update(update).ok());
+  EXPECT_EQ(stats.syncs.load(), 1);
+  EXPECT_EQ(stats.durable_writes.load(), 1);
+  // Visible at once, and still compare-and-set.
+  auto read = store.Get(created->record.id());
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(read->operation.sequence(), 2);
+  EXPECT_EQ(store.Update(update).code(), absl::StatusCode::kAborted);
+  update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+  update.operation.set_sequence(3);
+  update.expected_sequence = 2;
+  update.wait_durable = true;
+  ASSERT_TRUE(store.Update(update).ok());
+  EXPECT_EQ(stats.syncs.load(), 2);
+  EXPECT_EQ(stats.durable_writes.load(), 2);
+}
+
 TEST(IdsTest, OperationIdsAreSortableAndWellFormed) {
   const absl::Time now = absl::Now();
   std::string previous;
