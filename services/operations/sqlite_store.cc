@@ -692,13 +692,23 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   // Runs `write` (which takes the connection's lock) and returns its result once on disk.
+  // A write that changed no row (a claim or expiry that found nothing due) wrote nothing to
+  // the log and waits for no sync.
   template <typename Write>
   auto Durably(Write write) -> decltype(write()) {
     MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    // Another writer's change in between only costs a sync this write did not need.
+    const int64_t changes_before = TotalChanges();
     auto result = write();
     if (!result.ok()) return result;
+    if (TotalChanges() == changes_before) return result;
     MUSICGW_RETURN_IF_ERROR(Sync());
     return result;
+  }
+
+  int64_t TotalChanges() {
+    absl::MutexLock lock(&mu_);
+    return sqlite3_total_changes64(db_);
   }
 
   std::string JournalMode() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
