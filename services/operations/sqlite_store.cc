@@ -305,8 +305,15 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<OperationRecord> FindByRequestId(absl::string_view tenant,
                                                   absl::string_view request_id) override {
-    absl::MutexLock lock(&mu_);
-    return FindLocked(tenant, request_id);
+    absl::StatusOr<OperationRecord> found;
+    {
+      absl::MutexLock lock(&mu_);
+      found = FindLocked(tenant, request_id);
+    }
+    // A retried Generate is answered with what it finds: that must be on disk too, even while
+    // the first attempt's Create still waits for its sync.
+    if (found.ok()) MUSICGW_RETURN_IF_ERROR(Sync());
+    return found;
   }
 
   absl::StatusOr<std::vector<OperationRecord>> List(const ListQuery& query) override {
@@ -512,8 +519,13 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   absl::StatusOr<std::vector<CustodyRecord>> ExpireCustody(absl::Time now, int limit) override {
-    return Durably([&]() -> absl::StatusOr<std::vector<CustodyRecord>> {
+    // Its commit is on disk when it returns (below): no group sync after it.
+    MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    return [&]() -> absl::StatusOr<std::vector<CustodyRecord>> {
       absl::MutexLock lock(&mu_);
+      // Once a reader sees an asset expired its bytes may go: this commit syncs before it is
+      // visible (synchronous=FULL, under the lock), rather than being seen while its sync runs.
+      MUSICGW_RETURN_IF_ERROR(SetSynchronous(/*full=*/true));
       MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
       std::vector<CustodyRecord> expired;
       absl::Status status;
@@ -540,9 +552,11 @@ class SqliteOperationStore final : public OperationStore {
         status = facts.Bind(1, row.operation_id).Bind(2, static_cast<int64_t>(row.index)).Run();
         row.state = CustodyState::kExpired;
       }
-      MUSICGW_RETURN_IF_ERROR(FinishTxn(status));
+      status = FinishTxn(status);
+      MUSICGW_RETURN_IF_ERROR(SetSynchronous(/*full=*/false));
+      MUSICGW_RETURN_IF_ERROR(status);
       return expired;
-    });
+    }();
   }
 
   absl::StatusOr<int64_t> CountHeldDigest(absl::string_view sha256) override {
@@ -709,6 +723,13 @@ class SqliteOperationStore final : public OperationStore {
   int64_t TotalChanges() {
     absl::MutexLock lock(&mu_);
     return sqlite3_total_changes64(db_);
+  }
+
+  // Switches between the group sync (NORMAL, then WalSyncer) and a commit that syncs before it
+  // is visible (FULL); a no-op without a synced log.
+  absl::Status SetSynchronous(bool full) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (syncer_ == nullptr) return absl::OkStatus();
+    return Exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
   }
 
   std::string JournalMode() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

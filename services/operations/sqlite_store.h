@@ -7,6 +7,9 @@
 //    fdatasync of the WAL that started after its commit (one sync covers every writer queued
 //    behind it). So an accepted Generate, every done state, every step at a provider without
 //    idempotency keys, and custody, outbox and lease writes are on disk before anyone is told.
+//  - A reader can see a write while that write's sync runs (one fsync early). Where that would
+//    be told on as settled it waits: a retried Generate's answer waits for the sync, and an
+//    asset's expiry syncs before it is visible (its bytes are deleted after).
 //  - The exception is an OperationUpdate with wait_durable=false (the tracker's SUBMITTING and
 //    RUNNING at a provider that dedupes submissions): it is on disk with the next sync anyone
 //    runs. A power loss before that takes it back, and every commit after it: the WAL's
