@@ -2,6 +2,7 @@
 # Gateway benchmarks over gRPC against the provider emulators:
 #   (a) GetOperation throughput and latency, 64 callers           zero-latency emulators
 #   (b) Generate-to-SUCCEEDED for 1,000 operations                 zero-latency emulators
+#       (with the gateway's fsync/fdatasync calls and CPU time over the run, from perf stat)
 #   (c) 10,000 WatchOperation streams on 1,000 live operations     Soundpiece jobs of $FANOUT_PROCESSING_MS
 #   (d) Download of a ~200 MB asset                                 cached render in $build/bench-audio
 # and, side by side with the limits the gateway can approach (interleaved A B A B ..., $PAIRS pairs,
@@ -271,14 +272,55 @@ run_scenario() {
   local args=(--target="$TARGET" "$@" --pid="$GW_PID") before after out
   echo "run_bench: $name: grpc_load ${args[*]}" >&2
   before=$(upstream_snapshot)
+  start_syscall_count "$name"
   # Shown on stderr by a plain write: `tee /dev/stderr` reopened (and truncated) a stderr that
   # was redirected to a file, so each scenario overwrote the log of the last.
   out=$("$build/bench/grpc_load" "${args[@]}")
   printf '%s\n' "$out" >&2
   after=$(upstream_snapshot)
+  stop_syscall_count
   record "$name" "grpc_load ${args[*]}" "$out" \
-    "{\"upstream_before\": $before, \"upstream_after\": $after}"
+    "{\"upstream_before\": $before, \"upstream_after\": $after, \"gateway\": $count_json}"
   stop_stack
+}
+
+# For Generate: the gateway's fsyncs and CPU time over the run (perf stat on its threads; {}
+# without perf or its permission). Load on the machine changes the throughput, not these.
+count_pid=""
+count_out=""
+count_json="{}"
+start_syscall_count() {
+  count_pid=""
+  [[ $1 == generate ]] && command -v perf >/dev/null || return 0
+  count_out="$work/perf-$1.$RANDOM.csv"
+  perf stat -x, -o "$count_out" -e task-clock,syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync \
+    -p "$GW_PID" 2>/dev/null &
+  count_pid=$!
+  sleep 0.5  # perf attaches to the gateway's threads before the load starts
+}
+# Sets count_json (not a command substitution: perf must be waited for by this shell).
+stop_syscall_count() {
+  count_json="{}"
+  [[ -n $count_pid ]] || return 0
+  kill -INT "$count_pid" 2>/dev/null || true
+  wait "$count_pid" 2>/dev/null || true
+  count_json=$(python3 - "$count_out" <<'PY'
+import json, sys
+out = {}
+try:
+    for line in open(sys.argv[1]):
+        fields = line.strip().split(",")
+        if len(fields) < 3 or not fields[0].replace(".", "").isdigit():
+            continue
+        name = {"task-clock": "cpu_ms", "syscalls:sys_enter_fdatasync": "fdatasyncs",
+                "syscalls:sys_enter_fsync": "fsyncs"}.get(fields[2])
+        if name:
+            out[name] = float(fields[0])
+except OSError:
+    pass
+print(json.dumps(out))
+PY
+)
 }
 
 grpc_load() { "$build/bench/grpc_load" "$@"; }

@@ -90,6 +90,10 @@ struct OperationUpdate {
   // Webhook messages announcing this change, written to the outbox in the same transaction
   // (outbox.h), due at once.
   std::vector<OutboxMessage> outbox;
+  // False: Update may return once the change is committed (visible, and safe from a crash of
+  // the process) but before it is on disk; a power loss may then take it back, with the
+  // changes after it. For progress the writer can redo without cost. A store may ignore it.
+  bool wait_durable = true;
 };
 
 struct ListQuery {

@@ -1,10 +1,12 @@
 // The embedded SQLite ledger. One connection guarded by a mutex: SQLite serializes writers
-// anyway, and every statement here is short.
+// anyway, and every statement here is short. The fsync that makes a write durable runs outside
+// that mutex and is shared by the writers waiting for it (wal_syncer.h).
 #include "services/operations/sqlite_store.h"
 
 #include <sqlite3.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "services/operations/ledger_codec.h"
 #include "services/operations/sqlite_outbox.h"
 #include "services/operations/sqlite_statement.h"
+#include "services/operations/wal_syncer.h"
 
 namespace musicgw::operations {
 
@@ -137,9 +140,29 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   absl::Status Init(const SqliteOptions& options) {
+    MUSICGW_RETURN_IF_ERROR(Migrate(options));
+    // A file ledger in WAL mode commits with synchronous=NORMAL (no fsync in the commit, so the
+    // connection is free for the next writer at once) and each writer then waits for a group
+    // fsync of the log (wal_syncer.h). SQLite's own checkpoints sync the log before copying it
+    // into the database and the database after.
+    absl::MutexLock lock(&mu_);
+    const char* file = sqlite3_db_filename(db_, "main");
+    const bool wal = file != nullptr && file[0] != '\0' && JournalMode() == "wal";
+    if (options.synchronous_full && wal) {
+      MUSICGW_ASSIGN_OR_RETURN(syncer_, WalSyncer::Open(absl::StrCat(file, "-wal"),
+                                                        options.sync_stats, options.before_sync));
+    }
+    if (syncer_ != nullptr || !options.synchronous_full) {
+      MUSICGW_RETURN_IF_ERROR(Exec("PRAGMA synchronous=NORMAL"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Migrate(const SqliteOptions& options) {
     absl::MutexLock lock(&mu_);
     sqlite3_busy_timeout(db_, static_cast<int>(absl::ToInt64Milliseconds(options.busy_timeout)));
     MUSICGW_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
+    // Migrations commit with fsync (the log may not exist before the first of them).
     MUSICGW_RETURN_IF_ERROR(
         Exec(options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
     MUSICGW_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys=ON"));
@@ -177,84 +200,98 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<CreateResult> Create(const OperationRecord& record,
                                       const std::vector<BudgetCheck>& budgets) override {
-    absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
-    auto result = CreateLocked(record, budgets);
-    if (!result.ok() || !result->created) {
-      RunCached("ROLLBACK").IgnoreError();
-      return result;
+    MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    absl::StatusOr<CreateResult> result;
+    {
+      absl::MutexLock lock(&mu_);
+      MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+      result = CreateLocked(record, budgets);
+      if (!result.ok() || !result->created) {
+        RunCached("ROLLBACK").IgnoreError();
+        // The existing operation was durable before its own Create returned.
+        return result;
+      }
+      absl::Status commit = RunCached("COMMIT");
+      if (!commit.ok()) {
+        RunCached("ROLLBACK").IgnoreError();
+        return commit;
+      }
     }
-    absl::Status commit = RunCached("COMMIT");
-    if (!commit.ok()) {
-      RunCached("ROLLBACK").IgnoreError();
-      return commit;
-    }
+    // Accepted only once on disk; concurrent Generates share the sync.
+    MUSICGW_RETURN_IF_ERROR(Sync());
     return result;
   }
 
   absl::Status Update(const OperationUpdate& update) override {
-    const v1::Operation& op = update.operation;
-    if (op.sequence() != update.expected_sequence + 1) {
-      return absl::InvalidArgumentError("ledger: sequence must advance by one");
-    }
-    const std::string id = IdOf(op);
-    const std::string snapshot = op.SerializeAsString();
-    absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
-    absl::Status status = [&]() -> absl::Status {
-      std::string sql =
-          "UPDATE operations SET state = ?, done = ?, provider = ?, done_time_us = ?, "
-          "sequence = ?, charged = ?, snapshot = ?, provider_account = ?";
-      if (update.upstream_outputs.has_value()) sql += ", upstream_outputs = ?";
-      sql += " WHERE id = ? AND sequence = ? AND (? = '' OR owner = ?)";
-      Stmt stmt(statements_, sql);
-      MUSICGW_RETURN_IF_ERROR(stmt.status());
-      stmt.Bind(1, static_cast<int64_t>(op.state()));
-      stmt.Bind(2, static_cast<int64_t>(op.done() ? 1 : 0));
-      stmt.Bind(3, static_cast<int64_t>(op.provider()));
-      if (op.has_done_time()) {
-        stmt.Bind(4, LedgerMicros(FromProtoTimestamp(op.done_time())));
-      } else {
-        stmt.BindNull(4);
+    auto write = [&]() -> absl::Status {
+      const v1::Operation& op = update.operation;
+      if (op.sequence() != update.expected_sequence + 1) {
+        return absl::InvalidArgumentError("ledger: sequence must advance by one");
       }
-      stmt.Bind(5, op.sequence());
-      stmt.Bind(6, static_cast<int64_t>(update.charged ? 1 : 0));
-      stmt.BindBlob(7, snapshot);
-      stmt.Bind(8, op.provider_account());
-      int i = 9;
-      if (update.upstream_outputs.has_value()) {
-        stmt.Bind(i++, UpstreamOutputsToJson(*update.upstream_outputs));
-      }
-      stmt.Bind(i, id);
-      stmt.Bind(i + 1, update.expected_sequence);
-      stmt.Bind(i + 2, update.owner);
-      stmt.Bind(i + 3, update.owner);
-      MUSICGW_RETURN_IF_ERROR(stmt.Run());
-      if (sqlite3_changes(db_) != 1) {
-        Stmt exists(statements_, "SELECT sequence, owner FROM operations WHERE id = ?");
-        exists.Bind(1, id);
-        MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
-        if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
-        if (exists.Int(0) == update.expected_sequence) {
-          return absl::AbortedError(
-              absl::StrCat("ledger: operation ", id, " is owned by another replica"));
+      const std::string id = IdOf(op);
+      const std::string snapshot = op.SerializeAsString();
+      absl::MutexLock lock(&mu_);
+      MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+      absl::Status status = [&]() -> absl::Status {
+        std::string sql =
+            "UPDATE operations SET state = ?, done = ?, provider = ?, done_time_us = ?, "
+            "sequence = ?, charged = ?, snapshot = ?, provider_account = ?";
+        if (update.upstream_outputs.has_value()) sql += ", upstream_outputs = ?";
+        sql += " WHERE id = ? AND sequence = ? AND (? = '' OR owner = ?)";
+        Stmt stmt(statements_, sql);
+        MUSICGW_RETURN_IF_ERROR(stmt.status());
+        stmt.Bind(1, static_cast<int64_t>(op.state()));
+        stmt.Bind(2, static_cast<int64_t>(op.done() ? 1 : 0));
+        stmt.Bind(3, static_cast<int64_t>(op.provider()));
+        if (op.has_done_time()) {
+          stmt.Bind(4, LedgerMicros(FromProtoTimestamp(op.done_time())));
+        } else {
+          stmt.BindNull(4);
         }
-        return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
-                                               exists.Int(0), ", not ", update.expected_sequence));
+        stmt.Bind(5, op.sequence());
+        stmt.Bind(6, static_cast<int64_t>(update.charged ? 1 : 0));
+        stmt.BindBlob(7, snapshot);
+        stmt.Bind(8, op.provider_account());
+        int i = 9;
+        if (update.upstream_outputs.has_value()) {
+          stmt.Bind(i++, UpstreamOutputsToJson(*update.upstream_outputs));
+        }
+        stmt.Bind(i, id);
+        stmt.Bind(i + 1, update.expected_sequence);
+        stmt.Bind(i + 2, update.owner);
+        stmt.Bind(i + 3, update.owner);
+        MUSICGW_RETURN_IF_ERROR(stmt.Run());
+        if (sqlite3_changes(db_) != 1) {
+          Stmt exists(statements_, "SELECT sequence, owner FROM operations WHERE id = ?");
+          exists.Bind(1, id);
+          MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
+          if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+          if (exists.Int(0) == update.expected_sequence) {
+            return absl::AbortedError(
+                absl::StrCat("ledger: operation ", id, " is owned by another replica"));
+          }
+          return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
+                                                 exists.Int(0), ", not ",
+                                                 update.expected_sequence));
+        }
+        MUSICGW_RETURN_IF_ERROR(InsertEvent(id, op.sequence(), snapshot));
+        for (const OutboxMessage& message : update.outbox) {
+          MUSICGW_RETURN_IF_ERROR(sqlite::InsertOutbox(statements_, message, message.create_time));
+        }
+        return absl::OkStatus();
+      }();
+      if (!status.ok()) {
+        RunCached("ROLLBACK").IgnoreError();
+        return status;
       }
-      MUSICGW_RETURN_IF_ERROR(InsertEvent(id, op.sequence(), snapshot));
-      for (const OutboxMessage& message : update.outbox) {
-        MUSICGW_RETURN_IF_ERROR(sqlite::InsertOutbox(statements_, message, message.create_time));
-      }
-      return absl::OkStatus();
-    }();
-    if (!status.ok()) {
-      RunCached("ROLLBACK").IgnoreError();
+      status = RunCached("COMMIT");
+      if (!status.ok()) RunCached("ROLLBACK").IgnoreError();
       return status;
-    }
-    status = RunCached("COMMIT");
-    if (!status.ok()) RunCached("ROLLBACK").IgnoreError();
-    return status;
+    };
+    if (update.wait_durable) return Durably(write);
+    // In the log and visible at once; on disk with the next sync anyone runs.
+    MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    return write();
   }
 
   absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
@@ -268,8 +305,15 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<OperationRecord> FindByRequestId(absl::string_view tenant,
                                                   absl::string_view request_id) override {
-    absl::MutexLock lock(&mu_);
-    return FindLocked(tenant, request_id);
+    absl::StatusOr<OperationRecord> found;
+    {
+      absl::MutexLock lock(&mu_);
+      found = FindLocked(tenant, request_id);
+    }
+    // A retried Generate is answered with what it finds: that must be on disk too, even while
+    // the first attempt's Create still waits for its sync.
+    if (found.ok()) MUSICGW_RETURN_IF_ERROR(Sync());
+    return found;
   }
 
   absl::StatusOr<std::vector<OperationRecord>> List(const ListQuery& query) override {
@@ -320,124 +364,141 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::StatusOr<std::vector<OperationRecord>> ClaimLive(absl::string_view owner,
                                                          absl::Time lease_until) override {
-    absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
-    auto result = [&]() -> absl::StatusOr<std::vector<OperationRecord>> {
-      Stmt claim(statements_,
-                 "UPDATE operations SET owner = ?, lease_until_us = ? WHERE done = 0 AND "
-                 "(owner = '' OR owner = ? OR lease_until_us < ?)");
-      claim.Bind(1, owner)
-          .Bind(2, LedgerMicros(lease_until))
-          .Bind(3, owner)
-          .Bind(4, LedgerMicros(clock_.Now()));
-      MUSICGW_RETURN_IF_ERROR(claim.Run());
-      Stmt stmt(statements_,
-                absl::StrCat("SELECT ", kRecordColumns,
-                             " FROM operations WHERE done = 0 AND owner = ? ORDER BY id"));
-      stmt.Bind(1, owner);
-      return ReadRecords(stmt);
-    }();
-    if (!result.ok()) {
-      RunCached("ROLLBACK").IgnoreError();
+    return Durably([&]() -> absl::StatusOr<std::vector<OperationRecord>> {
+      absl::MutexLock lock(&mu_);
+      MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+      auto result = [&]() -> absl::StatusOr<std::vector<OperationRecord>> {
+        Stmt claim(statements_,
+                   "UPDATE operations SET owner = ?, lease_until_us = ? WHERE done = 0 AND "
+                   "(owner = '' OR owner = ? OR lease_until_us < ?)");
+        claim.Bind(1, owner)
+            .Bind(2, LedgerMicros(lease_until))
+            .Bind(3, owner)
+            .Bind(4, LedgerMicros(clock_.Now()));
+        MUSICGW_RETURN_IF_ERROR(claim.Run());
+        Stmt stmt(statements_,
+                  absl::StrCat("SELECT ", kRecordColumns,
+                               " FROM operations WHERE done = 0 AND owner = ? ORDER BY id"));
+        stmt.Bind(1, owner);
+        return ReadRecords(stmt);
+      }();
+      if (!result.ok()) {
+        RunCached("ROLLBACK").IgnoreError();
+        return result;
+      }
+      MUSICGW_RETURN_IF_ERROR(RunCached("COMMIT"));
       return result;
-    }
-    MUSICGW_RETURN_IF_ERROR(RunCached("COMMIT"));
-    return result;
+    });
   }
 
   absl::Status RenewLeases(absl::string_view owner, absl::Time lease_until) override {
-    absl::MutexLock lock(&mu_);
-    Stmt stmt(statements_, "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
-    return stmt.Bind(1, LedgerMicros(lease_until)).Bind(2, owner).Run();
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      Stmt stmt(statements_,
+                "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
+      return stmt.Bind(1, LedgerMicros(lease_until)).Bind(2, owner).Run();
+    });
   }
 
   absl::Status ProbeWrite() override {
-    absl::MutexLock lock(&mu_);
-    // Rewrites one row in place: a real page write (to the WAL), however small.
-    Stmt stmt(statements_,
-              "UPDATE schema_migrations SET applied_time_us = applied_time_us "
-              "WHERE version = (SELECT MAX(version) FROM schema_migrations)");
-    return stmt.Run();
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      // Rewrites one row in place: a real page write (to the WAL), however small.
+      Stmt stmt(statements_,
+                "UPDATE schema_migrations SET applied_time_us = applied_time_us "
+                "WHERE version = (SELECT MAX(version) FROM schema_migrations)");
+      return stmt.Run();
+    });
   }
 
   absl::Status SetUpstreamOutputs(absl::string_view id,
                                   const std::vector<UpstreamOutput>& outputs) override {
-    absl::MutexLock lock(&mu_);
-    Stmt stmt(statements_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
-    return stmt.Bind(1, UpstreamOutputsToJson(outputs)).Bind(2, id).Run();
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      Stmt stmt(statements_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
+      return stmt.Bind(1, UpstreamOutputsToJson(outputs)).Bind(2, id).Run();
+    });
   }
 
   absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
                              absl::string_view sha256) override {
-    absl::MutexLock lock(&mu_);
-    Stmt stmt(statements_,
-              "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES (?, ?, ?, ?) "
-              "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = excluded.size_bytes, "
-              "sha256 = excluded.sha256");
-    return stmt.Bind(1, id)
-        .Bind(2, static_cast<int64_t>(index))
-        .Bind(3, size_bytes)
-        .Bind(4, sha256)
-        .Run();
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      Stmt stmt(statements_,
+                "INSERT INTO assets (operation_id, idx, size_bytes, sha256) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = excluded.size_bytes, "
+                "sha256 = excluded.sha256");
+      return stmt.Bind(1, id)
+          .Bind(2, static_cast<int64_t>(index))
+          .Bind(3, size_bytes)
+          .Bind(4, sha256)
+          .Run();
+    });
   }
 
   absl::Status AddPendingCustody(absl::string_view id, absl::string_view tenant, int count,
                                  absl::Time now, absl::Time next_attempt) override {
-    absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
-    absl::Status status;
-    for (int index = 0; index < count && status.ok(); ++index) {
-      Stmt stmt(statements_,
-                "INSERT INTO asset_custody (operation_id, idx, tenant, state, pending_since_us, "
-                "next_attempt_us) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO NOTHING");
-      status = stmt.Bind(1, id)
-                   .Bind(2, static_cast<int64_t>(index))
-                   .Bind(3, tenant)
-                   .Bind(4, LedgerMicros(now))
-                   .Bind(5, LedgerMicros(next_attempt))
-                   .Run();
-    }
-    return FinishTxn(status);
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+      absl::Status status;
+      for (int index = 0; index < count && status.ok(); ++index) {
+        Stmt stmt(statements_,
+                  "INSERT INTO asset_custody (operation_id, idx, tenant, state, pending_since_us, "
+                  "next_attempt_us) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT DO NOTHING");
+        status = stmt.Bind(1, id)
+                     .Bind(2, static_cast<int64_t>(index))
+                     .Bind(3, tenant)
+                     .Bind(4, LedgerMicros(now))
+                     .Bind(5, LedgerMicros(next_attempt))
+                     .Run();
+      }
+      return FinishTxn(status);
+    });
   }
 
   absl::Status RecordCustody(absl::string_view id, int index, int64_t size_bytes,
                              absl::string_view sha256, absl::Time expire_time) override {
-    absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
-    Stmt custody(statements_,
-                 "UPDATE asset_custody SET state = 2, sha256 = ?, size_bytes = ?, "
-                 "expire_time_us = ? WHERE operation_id = ? AND idx = ?");
-    absl::Status status = custody.Bind(1, sha256)
-                              .Bind(2, size_bytes)
-                              .Bind(3, LedgerMicros(expire_time))
-                              .Bind(4, id)
-                              .Bind(5, static_cast<int64_t>(index))
-                              .Run();
-    if (status.ok()) {
-      Stmt facts(statements_,
-                 "INSERT INTO assets (operation_id, idx, size_bytes, sha256, in_custody) VALUES "
-                 "(?, ?, ?, ?, 1) ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = "
-                 "excluded.size_bytes, sha256 = excluded.sha256, in_custody = 1");
-      status = facts.Bind(1, id)
-                   .Bind(2, static_cast<int64_t>(index))
-                   .Bind(3, size_bytes)
-                   .Bind(4, sha256)
-                   .Run();
-    }
-    return FinishTxn(status);
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+      Stmt custody(statements_,
+                   "UPDATE asset_custody SET state = 2, sha256 = ?, size_bytes = ?, "
+                   "expire_time_us = ? WHERE operation_id = ? AND idx = ?");
+      absl::Status status = custody.Bind(1, sha256)
+                                .Bind(2, size_bytes)
+                                .Bind(3, LedgerMicros(expire_time))
+                                .Bind(4, id)
+                                .Bind(5, static_cast<int64_t>(index))
+                                .Run();
+      if (status.ok()) {
+        Stmt facts(statements_,
+                   "INSERT INTO assets (operation_id, idx, size_bytes, sha256, in_custody) VALUES "
+                   "(?, ?, ?, ?, 1) ON CONFLICT (operation_id, idx) DO UPDATE SET size_bytes = "
+                   "excluded.size_bytes, sha256 = excluded.sha256, in_custody = 1");
+        status = facts.Bind(1, id)
+                     .Bind(2, static_cast<int64_t>(index))
+                     .Bind(3, size_bytes)
+                     .Bind(4, sha256)
+                     .Run();
+      }
+      return FinishTxn(status);
+    });
   }
 
   absl::Status DeferCustody(absl::string_view id, int index, int attempts,
                             absl::Time next_attempt) override {
-    absl::MutexLock lock(&mu_);
-    Stmt stmt(statements_,
-              "UPDATE asset_custody SET attempts = ?, next_attempt_us = ? WHERE operation_id = ? "
-              "AND idx = ? AND state = 1");
-    return stmt.Bind(1, static_cast<int64_t>(attempts))
-        .Bind(2, LedgerMicros(next_attempt))
-        .Bind(3, id)
-        .Bind(4, static_cast<int64_t>(index))
-        .Run();
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      Stmt stmt(statements_,
+                "UPDATE asset_custody SET attempts = ?, next_attempt_us = ? WHERE operation_id = ? "
+                "AND idx = ? AND state = 1");
+      return stmt.Bind(1, static_cast<int64_t>(attempts))
+          .Bind(2, LedgerMicros(next_attempt))
+          .Bind(3, id)
+          .Bind(4, static_cast<int64_t>(index))
+          .Run();
+    });
   }
 
   absl::StatusOr<std::vector<CustodyRecord>> GetCustody(absl::string_view id) override {
@@ -458,35 +519,44 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   absl::StatusOr<std::vector<CustodyRecord>> ExpireCustody(absl::Time now, int limit) override {
-    absl::MutexLock lock(&mu_);
-    MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
-    std::vector<CustodyRecord> expired;
-    absl::Status status;
-    {
-      Stmt stmt(statements_, absl::StrCat("SELECT ", kCustodyColumns,
-                                          " FROM asset_custody WHERE state = 2 AND "
-                                          "expire_time_us < ? ORDER BY expire_time_us LIMIT ?"));
-      stmt.Bind(1, LedgerMicros(now)).Bind(2, static_cast<int64_t>(limit));
-      auto rows = ReadCustody(stmt);
-      if (rows.ok()) {
-        expired = *std::move(rows);
-      } else {
-        status = rows.status();
+    // Its commit is on disk when it returns (below): no group sync after it.
+    MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    return [&]() -> absl::StatusOr<std::vector<CustodyRecord>> {
+      absl::MutexLock lock(&mu_);
+      // Once a reader sees an asset expired its bytes may go: this commit syncs before it is
+      // visible (synchronous=FULL, under the lock), rather than being seen while its sync runs.
+      MUSICGW_RETURN_IF_ERROR(SetSynchronous(/*full=*/true));
+      MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
+      std::vector<CustodyRecord> expired;
+      absl::Status status;
+      {
+        Stmt stmt(statements_, absl::StrCat("SELECT ", kCustodyColumns,
+                                            " FROM asset_custody WHERE state = 2 AND "
+                                            "expire_time_us < ? ORDER BY expire_time_us LIMIT ?"));
+        stmt.Bind(1, LedgerMicros(now)).Bind(2, static_cast<int64_t>(limit));
+        auto rows = ReadCustody(stmt);
+        if (rows.ok()) {
+          expired = *std::move(rows);
+        } else {
+          status = rows.status();
+        }
       }
-    }
-    for (auto& row : expired) {
-      if (!status.ok()) break;
-      Stmt custody(statements_,
-                   "UPDATE asset_custody SET state = 3 WHERE operation_id = ? AND idx = ?");
-      status = custody.Bind(1, row.operation_id).Bind(2, static_cast<int64_t>(row.index)).Run();
-      if (!status.ok()) break;
-      Stmt facts(statements_,
-                 "UPDATE assets SET in_custody = 0 WHERE operation_id = ? AND idx = ?");
-      status = facts.Bind(1, row.operation_id).Bind(2, static_cast<int64_t>(row.index)).Run();
-      row.state = CustodyState::kExpired;
-    }
-    MUSICGW_RETURN_IF_ERROR(FinishTxn(status));
-    return expired;
+      for (auto& row : expired) {
+        if (!status.ok()) break;
+        Stmt custody(statements_,
+                     "UPDATE asset_custody SET state = 3 WHERE operation_id = ? AND idx = ?");
+        status = custody.Bind(1, row.operation_id).Bind(2, static_cast<int64_t>(row.index)).Run();
+        if (!status.ok()) break;
+        Stmt facts(statements_,
+                   "UPDATE assets SET in_custody = 0 WHERE operation_id = ? AND idx = ?");
+        status = facts.Bind(1, row.operation_id).Bind(2, static_cast<int64_t>(row.index)).Run();
+        row.state = CustodyState::kExpired;
+      }
+      status = FinishTxn(status);
+      MUSICGW_RETURN_IF_ERROR(SetSynchronous(/*full=*/false));
+      MUSICGW_RETURN_IF_ERROR(status);
+      return expired;
+    }();
   }
 
   absl::StatusOr<int64_t> CountHeldDigest(absl::string_view sha256) override {
@@ -518,12 +588,14 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
-    absl::MutexLock lock(&mu_);
-    Stmt stmt(statements_,
-              "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations "
-              "WHERE done = 1 AND done_time_us < ?)");
-    MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, LedgerMicros(done_before)).Run());
-    return static_cast<int64_t>(sqlite3_changes(db_));
+    return Durably([&]() -> absl::StatusOr<int64_t> {
+      absl::MutexLock lock(&mu_);
+      Stmt stmt(statements_,
+                "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations "
+                "WHERE done = 1 AND done_time_us < ?)");
+      MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, LedgerMicros(done_before)).Run());
+      return static_cast<int64_t>(sqlite3_changes(db_));
+    });
   }
 
   absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,
@@ -584,19 +656,25 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   absl::Status EnqueueOutbox(const OutboxMessage& message) override {
-    absl::MutexLock lock(&mu_);
-    return sqlite::InsertOutbox(statements_, message, message.create_time);
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      return sqlite::InsertOutbox(statements_, message, message.create_time);
+    });
   }
   absl::StatusOr<std::vector<OutboxDelivery>> ClaimDueDeliveries(absl::Time now,
                                                                  absl::Time claim_until,
                                                                  int limit) override {
-    absl::MutexLock lock(&mu_);
-    return sqlite::ClaimDueDeliveries(statements_, now, claim_until, limit);
+    return Durably([&]() -> absl::StatusOr<std::vector<OutboxDelivery>> {
+      absl::MutexLock lock(&mu_);
+      return sqlite::ClaimDueDeliveries(statements_, now, claim_until, limit);
+    });
   }
   absl::Status RecordDeliveryAttempt(const DeliveryAttempt& attempt, DeliveryStatus status,
                                      absl::Time next_attempt_time) override {
-    absl::MutexLock lock(&mu_);
-    return sqlite::RecordDeliveryAttempt(statements_, attempt, status, next_attempt_time);
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      return sqlite::RecordDeliveryAttempt(statements_, attempt, status, next_attempt_time);
+    });
   }
   absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(const DeliveryQuery& query) override {
     absl::MutexLock lock(&mu_);
@@ -609,14 +687,56 @@ class SqliteOperationStore final : public OperationStore {
   }
   absl::Status Redeliver(absl::string_view tenant, absl::string_view delivery_id,
                          absl::Time now) override {
-    absl::MutexLock lock(&mu_);
-    return sqlite::Redeliver(statements_, tenant, delivery_id, now);
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      return sqlite::Redeliver(statements_, tenant, delivery_id, now);
+    });
   }
 
  private:
   // Operations that count against a budget: all but the failed or cancelled ones the provider
   // did not charge for.
   static constexpr absl::string_view kCountedClause = "(state NOT IN (4, 5) OR charged = 1)";
+
+  // A write's commit is in the log; returns once it is on disk (no-op for a ledger without a
+  // synced log: in memory, or synchronous_full off).
+  absl::Status Sync() { return syncer_ != nullptr ? syncer_->SyncCommitted() : absl::OkStatus(); }
+  absl::Status SyncFailure() const {
+    return syncer_ != nullptr ? syncer_->failure() : absl::OkStatus();
+  }
+
+  // Runs `write` (which takes the connection's lock) and returns its result once on disk.
+  // A write that changed no row (a claim or expiry that found nothing due) wrote nothing to
+  // the log and waits for no sync.
+  template <typename Write>
+  auto Durably(Write write) -> decltype(write()) {
+    MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    // Another writer's change in between only costs a sync this write did not need.
+    const int64_t changes_before = TotalChanges();
+    auto result = write();
+    if (!result.ok()) return result;
+    if (TotalChanges() == changes_before) return result;
+    MUSICGW_RETURN_IF_ERROR(Sync());
+    return result;
+  }
+
+  int64_t TotalChanges() {
+    absl::MutexLock lock(&mu_);
+    return sqlite3_total_changes64(db_);
+  }
+
+  // Switches between the group sync (NORMAL, then WalSyncer) and a commit that syncs before it
+  // is visible (FULL); a no-op without a synced log.
+  absl::Status SetSynchronous(bool full) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (syncer_ == nullptr) return absl::OkStatus();
+    return Exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+  }
+
+  std::string JournalMode() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Stmt stmt(statements_, "PRAGMA journal_mode");
+    auto row = stmt.Step();
+    return row.ok() && *row ? stmt.Text(0) : std::string();
+  }
 
   static std::string IdOf(const v1::Operation& op) {
     OperationRecord record;
@@ -782,6 +902,8 @@ class SqliteOperationStore final : public OperationStore {
   }
 
   const Clock& clock_;
+  // Set by Init, then only read.
+  std::unique_ptr<WalSyncer> syncer_;
   absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
   StatementCache statements_ ABSL_GUARDED_BY(mu_);
@@ -791,8 +913,8 @@ class SqliteOperationStore final : public OperationStore {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<OperationStore>> OpenSqliteOperationStore(const std::string& path,
-                                                                         SqliteOptions options) {
+absl::StatusOr<std::unique_ptr<OperationStore>> OpenSqliteOperationStore(
+    const std::string& path, const SqliteOptions& options) {
   sqlite3* db = nullptr;
   const int rc =
       sqlite3_open_v2(path.c_str(), &db,

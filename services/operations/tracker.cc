@@ -156,6 +156,12 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   update.charged = charged_;
   update.upstream_outputs = std::move(outputs);
   update.owner = e_->options.replica_id;
+  // Progress at a provider that dedupes submissions needs no fsync of its own: if a power loss
+  // takes it back, the tracker re-submits with the same idempotency key (or polls again) and
+  // gets the same job. A done state, and every step at a provider without idempotency keys,
+  // is on disk before it is published.
+  update.wait_durable =
+      next.done() || slot_ < 0 || !e_->router->adapter(slot_)->idempotent_submit();
   if (e_->options.outbox) update.outbox = e_->options.outbox(tenant_, op_, next);
   absl::Status status = e_->ledger.NoteWrite(e_->store->Update(update));
   if (absl::IsAborted(status)) {

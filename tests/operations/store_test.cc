@@ -1,9 +1,13 @@
 // SQLite ledger: schema, compare-and-set updates, events, leases, pruning, budgets.
 #include <sqlite3.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/errors.h"
 #include "gtest/gtest.h"
@@ -58,6 +62,95 @@ TEST(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
   sqlite3_close(db);
   auto newer = OpenSqliteOperationStore(path);
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+OperationRecord QueuedRecord(const std::string& tenant, const std::string& request_id) {
+  OperationRecord record;
+  record.tenant = tenant;
+  record.request_id = request_id;
+  record.request_hash = "hash-" + request_id;
+  record.operation.set_name(OperationName(NewOperationId(absl::Now())));
+  record.operation.set_state(v1::OPERATION_STATE_QUEUED);
+  record.operation.set_sequence(1);
+  return record;
+}
+
+// Writers that commit while one fsync runs share the next: eight concurrent Creates, the first
+// sync held until the other seven are waiting, are on disk after two fsyncs, not eight.
+TEST(SqliteStoreTest, ConcurrentWritesShareOneFsync) {
+  constexpr int kWriters = 8;
+  LedgerSyncStats stats;
+  std::atomic<bool> held{false};
+  SqliteOptions options;
+  options.sync_stats = &stats;
+  options.before_sync = [&] {
+    if (held.exchange(true)) return;
+    EXPECT_TRUE(testing::WaitUntil([&] { return stats.durable_writes.load() == kWriters; }));
+  };
+  auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  OperationStore& store = **opened;
+  std::vector<std::string> names(kWriters);
+  {
+    std::vector<std::thread> writers;
+    writers.reserve(kWriters);
+    for (int i = 0; i < kWriters; ++i) {
+      writers.emplace_back([&store, &names, i] {
+        OperationRecord record = QueuedRecord("t", absl::StrCat("r", i));
+        auto created = store.Create(record, {});
+        ASSERT_TRUE(created.ok()) << created.status();
+        EXPECT_TRUE(created->created);
+        names[i] = record.operation.name();
+      });
+    }
+    for (auto& writer : writers) writer.join();
+  }
+  EXPECT_EQ(stats.durable_writes.load(), kWriters);
+  EXPECT_EQ(stats.syncs.load(), 2);
+  for (const std::string& name : names) {
+    auto record = store.Get(name.substr(name.find('/') + 1));
+    ASSERT_TRUE(record.ok()) << record.status();
+    EXPECT_EQ(record->operation.name(), name);
+  }
+  // A lone write waits for a sync of its own: never fewer writes than syncs.
+  ASSERT_TRUE(store.Create(QueuedRecord("t", "lone"), {}).ok());
+  EXPECT_EQ(stats.syncs.load(), 3);
+  EXPECT_LE(stats.syncs.load(), stats.durable_writes.load());
+}
+
+// An update that need not wait returns without a sync of its own; the next durable write's
+// sync covers it.
+TEST(SqliteStoreTest, AnUpdateThatNeedNotWaitSharesTheNextSync) {
+  LedgerSyncStats stats;
+  SqliteOptions options;
+  options.sync_stats = &stats;
+  auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  OperationStore& store = **opened;
+  auto created = store.Create(QueuedRecord("t", "r"), {});
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(stats.syncs.load(), 1);
+  OperationUpdate update;
+  update.operation = created->record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_RUNNING);
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.wait_durable = false;
+  ASSERT_TRUE(store.Update(update).ok());
+  EXPECT_EQ(stats.syncs.load(), 1);
+  EXPECT_EQ(stats.durable_writes.load(), 1);
+  // Visible at once, and still compare-and-set.
+  auto read = store.Get(created->record.id());
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(read->operation.sequence(), 2);
+  EXPECT_EQ(store.Update(update).code(), absl::StatusCode::kAborted);
+  update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+  update.operation.set_sequence(3);
+  update.expected_sequence = 2;
+  update.wait_durable = true;
+  ASSERT_TRUE(store.Update(update).ok());
+  EXPECT_EQ(stats.syncs.load(), 2);
+  EXPECT_EQ(stats.durable_writes.load(), 2);
 }
 
 TEST(IdsTest, OperationIdsAreSortableAndWellFormed) {
