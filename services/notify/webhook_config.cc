@@ -1,0 +1,58 @@
+#include "services/notify/webhook_config.h"
+
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+
+namespace musicgw::notify {
+
+absl::StatusOr<std::unique_ptr<OutboxPlanner>> PlannerFromConfig(const config::Config& config,
+                                                                 const Clock& clock) {
+  absl::flat_hash_map<std::string, TenantWebhooks> tenants;
+  for (size_t i = 0; i < config.tenants.size(); ++i) {
+    const config::TenantConfig& tenant = config.tenants[i];
+    TenantWebhooks webhooks;
+    webhooks.secrets = tenant.webhooks.secrets;
+    for (const config::WebhookEndpointConfig& endpoint : tenant.webhooks.endpoints) {
+      webhooks.endpoints.push_back({endpoint.name, endpoint.url, endpoint.events});
+    }
+    absl::Status valid =
+        ValidateTenantWebhooks(webhooks, config.webhook_delivery.allow_private_targets);
+    if (!valid.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tenants[", i, "].webhooks: ", valid.message()));
+    }
+    tenants.emplace(tenant.name, std::move(webhooks));
+  }
+  return std::make_unique<OutboxPlanner>(std::move(tenants), clock);
+}
+
+DeliveryOptions DeliveryOptionsFromConfig(const config::WebhookDeliveryConfig& config) {
+  DeliveryOptions options;
+  options.timeout = config.timeout;
+  options.per_endpoint_concurrency = config.per_endpoint_concurrency;
+  options.first_retry = config.first_retry;
+  options.max_retry = config.max_retry;
+  options.retry_for = config.retry_for;
+  // A claim outlives any one attempt, so a live deliverer never loses its claim mid-send.
+  options.claim = std::max(options.claim, 2 * config.timeout);
+  return options;
+}
+
+std::function<std::vector<operations::OutboxMessage>(
+    const std::string&, const musicgw::v1::Operation&, const musicgw::v1::Operation&)>
+OutboxHook(const OutboxPlanner& planner) {
+  return [&planner](const std::string& tenant, const musicgw::v1::Operation& from,
+                    const musicgw::v1::Operation& to) {
+    const musicgw::v1::WebhookTarget& notify = to.request().notify();
+    if (notify.url().empty()) return planner.Plan(tenant, from, to, nullptr);
+    WebhookEndpoint target;
+    target.name = "request";
+    target.url = notify.url();
+    target.events.assign(notify.events().begin(), notify.events().end());
+    return planner.Plan(tenant, from, to, &target);
+  };
+}
+
+}  // namespace musicgw::notify
