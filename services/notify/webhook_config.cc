@@ -1,5 +1,6 @@
 #include "services/notify/webhook_config.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -35,8 +36,12 @@ DeliveryOptions DeliveryOptionsFromConfig(const config::WebhookDeliveryConfig& c
   options.first_retry = config.first_retry;
   options.max_retry = config.max_retry;
   options.retry_for = config.retry_for;
-  // A claim outlives any one attempt, so a live deliverer never loses its claim mid-send.
-  options.claim = std::max(options.claim, 2 * config.timeout);
+  // A claim must outlast the batch it is in (sends run a few at a time, each within the
+  // timeout), so a live deliverer keeps its claims; after a crash, the claims it held lapse
+  // this long after they were taken and the deliveries are sent again, with the same id.
+  const int parallel = std::max(1, std::min(options.threads, options.per_endpoint_concurrency));
+  const int rounds = (options.batch + parallel - 1) / parallel;
+  options.claim = config.timeout * (rounds + 1) + absl::Seconds(5);
   return options;
 }
 
