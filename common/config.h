@@ -115,7 +115,6 @@ struct WebhookDeliveryConfig {
 
 struct TenantConfig {
   std::string name;
-  TenantWebhooksConfig webhooks;
   // Lower-case hex SHA-256 of each API key the tenant may use.
   std::vector<std::string> api_key_sha256;
   std::vector<BudgetConfig> budgets;
@@ -128,6 +127,8 @@ struct TenantConfig {
   // default tenant_defaults.asset_retention_seconds, else 30 days). A Download after that is
   // NOT_FOUND ASSET_EXPIRED.
   absl::Duration asset_retention = absl::Hours(24 * 30);
+  // Outgoing webhooks (tenants[].webhooks): endpoints and signing secrets; none by default.
+  TenantWebhooksConfig webhooks;
 };
 
 struct Config {

@@ -58,8 +58,8 @@ struct DeliveryQuery {
   std::string tenant;
   std::string operation_id;  // empty: any
   std::string endpoint;      // empty: any
-  std::string delivery_id;   // empty: any
   int limit = 100;
+  std::string delivery_id;  // empty: any
 };
 
 }  // namespace musicgw::operations
