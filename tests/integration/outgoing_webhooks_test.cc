@@ -5,8 +5,10 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -162,10 +164,13 @@ TEST_F(OutgoingWebhooksTest, EveryEventIsSignedWithBothSecretsAndListed) {
       {"/hook", "operation.cancelled", cancelled.name()},
       {"/notify", "operation.succeeded", ok.name()}};
   for (size_t i = 0; i < wanted.size(); ++i) {
-    const auto& [path, type, name] = wanted[i];
+    const auto& want = wanted[i];
     ASSERT_TRUE(receiver.Await(
-        [&](const ReceivedWebhook& r) { return IsEvent(r, path, type, name); }, kWait, &seen[i]))
-        << path << " " << type << " " << name;
+        [&want](const ReceivedWebhook& r) {
+          return IsEvent(r, std::get<0>(want), std::get<1>(want), std::get<2>(want));
+        },
+        kWait, &seen[i]))
+        << std::get<0>(want) << " " << std::get<1>(want) << " " << std::get<2>(want);
   }
   const std::map<std::string, std::string> states = {
       {"operation.running", "OPERATION_STATE_RUNNING"},
