@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/webhook_receiver.h"
+#include "tests/pg/pg_cluster.h"
 #include "tests/scratch_dir.h"
 
 namespace musicgw::testing {
@@ -69,6 +70,7 @@ class OutgoingWebhooksTest : public ::testing::Test {
       webhooks["endpoints"] = nlohmann::json::array({{{"name", "main"}, {"url", endpoint_url}}});
     }
     config["tenants"][0]["webhooks"] = webhooks;
+    if (!ledger_.is_null()) config["ledger"] = ledger_;
     return config;
   }
 
@@ -128,6 +130,7 @@ class OutgoingWebhooksTest : public ::testing::Test {
   }
 
   std::string dir_;
+  nlohmann::json ledger_;  // null: SQLite in dir_
   std::unique_ptr<emulators::soundpiece::Emulator> soundpiece_;
   std::unique_ptr<emulators::loudly::Emulator> loudly_;
   std::unique_ptr<GatewayProcess> gateway_;
@@ -413,6 +416,67 @@ TEST_F(OutgoingWebhooksTest, RedeliveryKeepsTheIdAndTestPingsAreSigned) {
   ping.set_endpoint("nope");
   EXPECT_EQ(stub_->SendTestWebhook(Context(kAcmeKey).get(), ping, &queued).error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+// The same outbox on the shared PostgreSQL ledger: written with the state change, delivered
+// after a SIGKILL with the same webhook-id, and sent again by RedeliverWebhook.
+class OutgoingWebhooksPostgresTest : public OutgoingWebhooksTest {
+ protected:
+  void SetUp() override {
+    OutgoingWebhooksTest::SetUp();
+    auto cluster = StartLedgerCluster();
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = std::move(*cluster);
+    ledger_ = PostgresLedgerConfig("gw-a");
+  }
+  void TearDown() override {
+    gateway_.reset();  // before its database
+  }
+
+  std::unique_ptr<PgCluster> cluster_;
+};
+
+TEST_F(OutgoingWebhooksPostgresTest, KilledBeforeDeliveryIsDeliveredAndRedelivered) {
+  WebhookReceiver receiver({kOldKey, kNewKey});
+  ASSERT_TRUE(receiver.ok());
+  receiver.set_status(503);
+  const nlohmann::json config = Config(receiver.url("/hook"));
+  StartGateway(config);
+  const v1::Operation op = GenerateOk(*stub_, Sample());
+  ReceivedWebhook refused;
+  ASSERT_TRUE(receiver.Await(
+      [&](const ReceivedWebhook& r) {
+        return IsEvent(r, "/hook", "operation.succeeded", op.name()) && r.answered == 503;
+      },
+      kWait, &refused));
+  Kill();
+  receiver.set_status(200);
+  StartGateway(config);
+  const auto delivered = [&](const ReceivedWebhook& r) {
+    return IsEvent(r, "/hook", "operation.succeeded", op.name()) && r.answered == 200;
+  };
+  ReceivedWebhook first;
+  ASSERT_TRUE(receiver.Await(delivered, kWait, &first));
+  EXPECT_EQ(first.id, refused.id);
+  EXPECT_EQ(first.verified, (std::vector<bool>{true, true}));
+  const v1::WebhookDelivery logged = AwaitDelivery(op.name(), "operation.succeeded", [](auto& d) {
+    return d.status() == v1::WEBHOOK_DELIVERY_STATUS_DELIVERED;
+  });
+  EXPECT_EQ(logged.webhook_id(), refused.id);
+
+  v1::RedeliverWebhookRequest redeliver;
+  redeliver.set_delivery_id(logged.delivery_id());
+  v1::WebhookDelivery answer;
+  ASSERT_TRUE(stub_->RedeliverWebhook(Context(kAcmeKey).get(), redeliver, &answer).ok());
+  ASSERT_TRUE(receiver.Await(delivered, kWait, nullptr, /*times=*/2));
+  const int before = logged.attempt_count();
+  const v1::WebhookDelivery again =
+      AwaitDelivery(op.name(), "operation.succeeded", [before](auto& d) {
+        return d.attempt_count() == before + 1 &&
+               d.status() == v1::WEBHOOK_DELIVERY_STATUS_DELIVERED;
+      });
+  EXPECT_EQ(again.attempts_size(), again.attempt_count());
+  EXPECT_EQ(again.webhook_id(), refused.id);
 }
 
 }  // namespace
