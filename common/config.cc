@@ -389,9 +389,75 @@ absl::Status ParseLimits(const json& object, const std::string& path, TenantLimi
   return reader.CheckNoUnknownKeys();
 }
 
+// tenants[].webhooks: {"secrets": <secret reference>, "endpoints": [{name, url, events}]}.
+// Targets are checked against the SSRF guard when the server starts (ValidateTenantWebhooks).
+absl::Status ParseTenantWebhooks(const json& object, const std::string& path, const EnvLookup& env,
+                                 TenantWebhooksConfig* webhooks) {
+  if (!object.is_object()) return Problem(path, "must be an object");
+  ObjectReader reader(object, path);
+  if (const json* secrets = reader.Find("secrets"); secrets != nullptr) {
+    MUSICGW_ASSIGN_OR_RETURN(webhooks->secrets,
+                             ResolveSecretList(*secrets, reader.Path("secrets"), env));
+    for (const auto& secret : webhooks->secrets) {
+      if (!absl::StartsWith(secret, "whsec_")) {
+        return Problem(reader.Path("secrets"), "each secret must start with whsec_");
+      }
+    }
+  }
+  if (const json* endpoints = reader.Find("endpoints"); endpoints != nullptr) {
+    if (!endpoints->is_array()) return Problem(reader.Path("endpoints"), "must be a list");
+    for (size_t i = 0; i < endpoints->size(); ++i) {
+      const std::string item_path = absl::StrCat(reader.Path("endpoints"), "[", i, "]");
+      if (!(*endpoints)[i].is_object()) return Problem(item_path, "must be {name, url, events}");
+      ObjectReader item((*endpoints)[i], item_path);
+      WebhookEndpointConfig endpoint;
+      MUSICGW_RETURN_IF_ERROR(item.String("name", &endpoint.name, true));
+      MUSICGW_RETURN_IF_ERROR(item.String("url", &endpoint.url, true));
+      MUSICGW_RETURN_IF_ERROR(CheckUrl(item.Path("url"), endpoint.url));
+      if (const json* events = item.Find("events"); events != nullptr) {
+        if (!events->is_array()) return Problem(item.Path("events"), "must be a list of names");
+        for (const json& event : *events) {
+          if (!event.is_string()) return Problem(item.Path("events"), "must be a list of names");
+          endpoint.events.push_back(event.get<std::string>());
+        }
+      }
+      MUSICGW_RETURN_IF_ERROR(item.CheckNoUnknownKeys());
+      webhooks->endpoints.push_back(std::move(endpoint));
+    }
+  }
+  if (!webhooks->endpoints.empty() && webhooks->secrets.empty()) {
+    return Problem(reader.Path("secrets"), "required when endpoints are set");
+  }
+  return reader.CheckNoUnknownKeys();
+}
+
+// The top-level `webhooks` section: how outgoing webhooks are delivered.
+absl::Status ParseWebhookDelivery(const json& object, WebhookDeliveryConfig* delivery) {
+  if (!object.is_object()) return Problem("webhooks", "must be an object");
+  ObjectReader reader(object, "webhooks");
+  if (const json* allow = reader.Find("allow_private_targets"); allow != nullptr) {
+    if (!allow->is_boolean())
+      return Problem(reader.Path("allow_private_targets"), "must be true or false");
+    delivery->allow_private_targets = allow->get<bool>();
+  }
+  int64_t concurrency = delivery->per_endpoint_concurrency;
+  MUSICGW_RETURN_IF_ERROR(reader.Int("per_endpoint_concurrency", &concurrency, 1, 64));
+  delivery->per_endpoint_concurrency = static_cast<int>(concurrency);
+  MUSICGW_RETURN_IF_ERROR(reader.Seconds("timeout_seconds", &delivery->timeout, 0.1, 300));
+  MUSICGW_RETURN_IF_ERROR(
+      reader.Seconds("first_retry_seconds", &delivery->first_retry, 0.01, 86400));
+  MUSICGW_RETURN_IF_ERROR(reader.Seconds("max_retry_seconds", &delivery->max_retry, 0.01, 86400));
+  MUSICGW_RETURN_IF_ERROR(
+      reader.Seconds("retry_for_seconds", &delivery->retry_for, 1, 30.0 * 86400));
+  if (delivery->max_retry < delivery->first_retry) {
+    return Problem(reader.Path("max_retry_seconds"), "must not be below first_retry_seconds");
+  }
+  return reader.CheckNoUnknownKeys();
+}
+
 absl::StatusOr<TenantConfig> ParseTenant(const json& object, const std::string& path,
                                          const TenantLimitsConfig& default_limits,
-                                         absl::Duration default_retention) {
+                                         absl::Duration default_retention, const EnvLookup& env) {
   if (!object.is_object()) return Problem(path, "must be an object");
   ObjectReader reader(object, path);
   TenantConfig tenant;
@@ -412,6 +478,10 @@ absl::StatusOr<TenantConfig> ParseTenant(const json& object, const std::string& 
     }
   }
   MUSICGW_RETURN_IF_ERROR(reader.String("name", &tenant.name, true));
+  if (const json* webhooks = reader.Find("webhooks"); webhooks != nullptr) {
+    MUSICGW_RETURN_IF_ERROR(
+        ParseTenantWebhooks(*webhooks, reader.Path("webhooks"), env, &tenant.webhooks));
+  }
   const json* hashes = reader.Find("api_key_sha256");
   // A tenant known by its client certificate (mTLS) needs no API key.
   if ((hashes == nullptr && tenant.client_sans.empty()) ||
@@ -590,8 +660,8 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
   std::set<std::string> tenant_names, key_hashes;
   for (size_t i = 0; i < tenants->size(); ++i) {
     const std::string path = absl::StrCat("tenants[", i, "]");
-    MUSICGW_ASSIGN_OR_RETURN(TenantConfig tenant,
-                             ParseTenant((*tenants)[i], path, default_limits, default_retention));
+    MUSICGW_ASSIGN_OR_RETURN(TenantConfig tenant, ParseTenant((*tenants)[i], path, default_limits,
+                                                              default_retention, env));
     if (!tenant_names.insert(tenant.name).second) {
       return Problem(path + ".name", absl::StrCat("duplicate tenant \"", tenant.name, "\""));
     }
@@ -601,6 +671,9 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
       }
     }
     config.tenants.push_back(std::move(tenant));
+  }
+  if (const json* webhooks = reader.Find("webhooks"); webhooks != nullptr) {
+    MUSICGW_RETURN_IF_ERROR(ParseWebhookDelivery(*webhooks, &config.webhook_delivery));
   }
   MUSICGW_RETURN_IF_ERROR(reader.CheckNoUnknownKeys());
   return config;

@@ -88,6 +88,32 @@ struct TlsConfig {
   bool enabled() const { return !cert_file.empty(); }
 };
 
+// Outgoing webhooks (tenants[].webhooks): where the tenant's operation events go.
+struct WebhookEndpointConfig {
+  std::string name;  // unique per tenant; "request" is reserved for GenerateRequest.notify
+  std::string url;
+  std::vector<std::string> events;  // empty: every operation.* event
+};
+
+struct TenantWebhooksConfig {
+  // Resolved active "whsec_" secrets (several while one is rotated out); never log them.
+  std::vector<std::string> secrets;
+  std::vector<WebhookEndpointConfig> endpoints;
+};
+
+// How outgoing webhooks are delivered (the top-level `webhooks` section), for every tenant.
+struct WebhookDeliveryConfig {
+  // Loopback, private, link-local and metadata targets are refused unless this is set
+  // (sandboxes and tests).
+  bool allow_private_targets = false;
+  absl::Duration timeout = absl::Seconds(10);
+  int per_endpoint_concurrency = 4;
+  // Backoff: first_retry doubling up to max_retry, with jitter, until retry_for after the event.
+  absl::Duration first_retry = absl::Seconds(5);
+  absl::Duration max_retry = absl::Hours(1);
+  absl::Duration retry_for = absl::Hours(25);
+};
+
 struct TenantConfig {
   std::string name;
   // Lower-case hex SHA-256 of each API key the tenant may use.
@@ -102,6 +128,8 @@ struct TenantConfig {
   // default tenant_defaults.asset_retention_seconds, else 30 days). A Download after that is
   // NOT_FOUND ASSET_EXPIRED.
   absl::Duration asset_retention = absl::Hours(24 * 30);
+  // Outgoing webhooks (tenants[].webhooks): endpoints and signing secrets; none by default.
+  TenantWebhooksConfig webhooks;
 };
 
 struct Config {
@@ -146,6 +174,7 @@ struct Config {
   absl::Duration webhook_tolerance = absl::Minutes(5);
   std::vector<ProviderConfig> providers;
   std::vector<TenantConfig> tenants;
+  WebhookDeliveryConfig webhook_delivery;
 };
 
 // Looks up an environment variable; injectable for tests.

@@ -13,6 +13,8 @@ namespace {
 
 using musicgw::v1::Operation;
 
+absl::Status NoWebhooks() { return absl::UnimplementedError("this gateway sends no webhooks"); }
+
 }  // namespace
 
 GatewayService::GatewayService(GatewayDeps deps) : deps_(std::move(deps)) {}
@@ -25,6 +27,7 @@ grpc::ServerUnaryReactor* GatewayService::Generate(grpc::CallbackServerContext* 
   if (!tenant.ok()) return FinishUnary(context, *call, tenant.status());
   call->set_tenant((*tenant)->name);
   absl::Status valid = ValidateGenerate(*request);
+  if (valid.ok()) valid = CheckNotify((*tenant)->name, *request);
   if (!valid.ok()) return FinishUnary(context, *call, valid);
   call->set_provider(request->provider());
   if (request->validate_only()) {
@@ -187,6 +190,57 @@ grpc::ServerUnaryReactor* GatewayService::ListProviders(
     *response->add_providers() = std::move(provider);
   }
   return FinishUnary(context, call, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* GatewayService::ListWebhookDeliveries(
+    grpc::CallbackServerContext* context, const musicgw::v1::ListWebhookDeliveriesRequest* request,
+    musicgw::v1::ListWebhookDeliveriesResponse* response) {
+  CallLog call("ListWebhookDeliveries", deps_.observer);
+  auto tenant = Admit(*context, MethodClass::kList);
+  if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
+  call.set_tenant((*tenant)->name);
+  if (deps_.webhooks == nullptr) return FinishUnary(context, call, NoWebhooks());
+  auto page = deps_.webhooks->List((*tenant)->name, *request);
+  if (!page.ok()) return FinishUnary(context, call, page.status());
+  *response = std::move(*page);
+  return FinishUnary(context, call, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* GatewayService::RedeliverWebhook(
+    grpc::CallbackServerContext* context, const musicgw::v1::RedeliverWebhookRequest* request,
+    musicgw::v1::WebhookDelivery* response) {
+  CallLog call("RedeliverWebhook", deps_.observer);
+  auto tenant = Admit(*context, MethodClass::kCancel);
+  if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
+  call.set_tenant((*tenant)->name);
+  if (deps_.webhooks == nullptr) return FinishUnary(context, call, NoWebhooks());
+  auto delivery = deps_.webhooks->Redeliver((*tenant)->name, *request);
+  if (!delivery.ok()) return FinishUnary(context, call, delivery.status());
+  *response = std::move(*delivery);
+  return FinishUnary(context, call, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* GatewayService::SendTestWebhook(
+    grpc::CallbackServerContext* context, const musicgw::v1::SendTestWebhookRequest* request,
+    musicgw::v1::WebhookDelivery* response) {
+  CallLog call("SendTestWebhook", deps_.observer);
+  auto tenant = Admit(*context, MethodClass::kCancel);
+  if (!tenant.ok()) return FinishUnary(context, call, tenant.status());
+  call.set_tenant((*tenant)->name);
+  if (deps_.webhooks == nullptr) return FinishUnary(context, call, NoWebhooks());
+  auto delivery = deps_.webhooks->SendTest((*tenant)->name, *request);
+  if (!delivery.ok()) return FinishUnary(context, call, delivery.status());
+  *response = std::move(*delivery);
+  return FinishUnary(context, call, absl::OkStatus());
+}
+
+absl::Status GatewayService::CheckNotify(const std::string& tenant,
+                                         const musicgw::v1::GenerateRequest& request) const {
+  if (!request.has_notify()) return absl::OkStatus();
+  if (deps_.webhooks == nullptr) {
+    return InvalidFieldError("notify", "this gateway sends no webhooks");
+  }
+  return deps_.webhooks->CheckNotify(tenant, request.notify());
 }
 
 absl::StatusOr<const config::TenantConfig*> GatewayService::Admit(

@@ -15,6 +15,7 @@
 #include "services/gateway/auth.h"
 #include "services/gateway/call_log.h"
 #include "services/gateway/tenant_admission.h"
+#include "services/notify/webhook_api.h"
 #include "services/operations/engine.h"
 
 namespace musicgw::gateway {
@@ -38,6 +39,9 @@ struct GatewayDeps {
   const ProviderDirectory* directory = nullptr;
   RpcObserver* observer = nullptr;       // optional
   TenantAdmission* admission = nullptr;  // optional: no per-tenant limits without it
+  // Outgoing webhooks (not owned); null: the webhook RPCs answer UNIMPLEMENTED and
+  // GenerateRequest.notify is refused.
+  const notify::WebhookApi* webhooks = nullptr;
 };
 
 class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
@@ -70,12 +74,25 @@ class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
   grpc::ServerUnaryReactor* ListProviders(grpc::CallbackServerContext* context,
                                           const musicgw::v1::ListProvidersRequest* request,
                                           musicgw::v1::ListProvidersResponse* response) override;
+  grpc::ServerUnaryReactor* ListWebhookDeliveries(
+      grpc::CallbackServerContext* context,
+      const musicgw::v1::ListWebhookDeliveriesRequest* request,
+      musicgw::v1::ListWebhookDeliveriesResponse* response) override;
+  grpc::ServerUnaryReactor* RedeliverWebhook(grpc::CallbackServerContext* context,
+                                             const musicgw::v1::RedeliverWebhookRequest* request,
+                                             musicgw::v1::WebhookDelivery* response) override;
+  grpc::ServerUnaryReactor* SendTestWebhook(grpc::CallbackServerContext* context,
+                                            const musicgw::v1::SendTestWebhookRequest* request,
+                                            musicgw::v1::WebhookDelivery* response) override;
 
  private:
   // Authenticates, then admits one request of `method` for the tenant (its rate limit).
   absl::StatusOr<const config::TenantConfig*> Admit(const grpc::CallbackServerContext& context,
                                                     MethodClass method) const;
   absl::StatusOr<StreamSlot> OpenStream(const std::string& tenant) const;
+  // GenerateRequest.notify, when set.
+  absl::Status CheckNotify(const std::string& tenant,
+                           const musicgw::v1::GenerateRequest& request) const;
 
   GatewayDeps deps_;
 };

@@ -33,6 +33,11 @@
 #include "services/gateway/health_service.h"
 #include "services/gateway/provider_directory.h"
 #include "services/metrics/metrics.h"
+#include "services/notify/outbox_planner.h"
+#include "services/notify/webhook_api.h"
+#include "services/notify/webhook_config.h"
+#include "services/notify/webhook_deliverer.h"
+#include "services/notify/webhook_sender.h"
 #include "services/operations/engine.h"
 #include "services/operations/operation_store.h"
 #include "services/operations/postgres_credentials.h"
@@ -66,6 +71,20 @@ class QuotaRefreshObserver final : public operations::EngineObserver {
   QuotaMonitor* monitor_ = nullptr;
 };
 
+// Wakes the webhook deliverer after each committed state change: its outbox messages were
+// written in the same transaction, so they are due now.
+class OutboxWakeObserver final : public operations::EngineObserver {
+ public:
+  void set_deliverer(notify::WebhookDeliverer* deliverer) { deliverer_ = deliverer; }
+  void OnStateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task,
+                     musicgw::v1::OperationState from, musicgw::v1::OperationState to) override {
+    if (deliverer_ != nullptr) deliverer_->Wake();
+  }
+
+ private:
+  notify::WebhookDeliverer* deliverer_ = nullptr;
+};
+
 class GatewayServerImpl final : public GatewayServer {
  public:
   explicit GatewayServerImpl(config::Config config) : config_(std::move(config)) {}
@@ -97,8 +116,14 @@ class GatewayServerImpl final : public GatewayServer {
     }
     for (auto& adapter : adapters_) adapter->Start();
 
+    // Refused webhook targets and unusable secrets fail the start, before the ledger opens.
+    MUSICGW_ASSIGN_OR_RETURN(outbox_planner_, notify::PlannerFromConfig(config_, Clock::Real()));
     MUSICGW_ASSIGN_OR_RETURN(std::unique_ptr<operations::OperationStore> store, OpenLedger());
+    // The engine owns the ledger; the webhook deliverer and RPCs use it while the engine lives
+    // (both stop before it is destroyed).
+    ledger_ = store.get();
     operations::EngineOptions options;
+    options.outbox = notify::OutboxHook(*outbox_planner_);
     options.ledger_path = config_.ledger_path;
     options.replica_id = ReplicaId();
     options.lease = config_.ledger_lease;
@@ -126,7 +151,7 @@ class GatewayServerImpl final : public GatewayServer {
       };
     }
     engine_observer_ = std::make_unique<metrics::EngineObserverFanOut>(
-        std::vector<operations::EngineObserver*>{&quota_observer_, metrics_.get()});
+        std::vector<operations::EngineObserver*>{&quota_observer_, &outbox_wake_, metrics_.get()});
     options.observer = engine_observer_.get();
     MUSICGW_ASSIGN_OR_RETURN(
         engine_, operations::CreateOperationsEngine(std::move(options), std::move(store),
@@ -168,6 +193,8 @@ class GatewayServerImpl final : public GatewayServer {
     deps.directory = directory_.get();
     deps.observer = metrics_.get();
     deps.admission = admission_.get();
+    CreateWebhookDeliverer();
+    deps.webhooks = webhook_api_.get();
     service_ = std::make_unique<GatewayService>(std::move(deps));
 
     // Our own health service, not gRPC's built-in one: a drain must end Watch streams at once.
@@ -202,6 +229,7 @@ class GatewayServerImpl final : public GatewayServer {
     }
 
     MUSICGW_RETURN_IF_ERROR(engine_->Start());
+    deliverer_->Start();
     MUSICGW_RETURN_IF_ERROR(StartWebhooks());
     quota_->Start();
     MUSICGW_RETURN_IF_ERROR(StartMetrics());
@@ -243,6 +271,9 @@ class GatewayServerImpl final : public GatewayServer {
       server_->Shutdown(absl::ToChronoTime(started + deadline - reserve));
       server_->Wait();
     }
+    // Outgoing webhooks stop before the ledger goes; what is unsent stays in the outbox.
+    outbox_wake_.set_deliverer(nullptr);
+    if (deliverer_ != nullptr) deliverer_->Stop();
     if (quota_ != nullptr) quota_->Stop();
     for (auto& adapter : adapters_) adapter->Stop();
     // Scrapes keep working through the drain; the sources go before what they read.
@@ -250,6 +281,9 @@ class GatewayServerImpl final : public GatewayServer {
     webhooks_.reset();
     webhook_handlers_.clear();
     service_.reset();
+    webhook_api_.reset();
+    deliverer_.reset();
+    webhook_sender_.reset();
     server_.reset();
     health_reporter_.reset();
     health_.reset();
@@ -264,6 +298,29 @@ class GatewayServerImpl final : public GatewayServer {
   }
 
  private:
+  // Outgoing webhooks: the deliverer sends the ledger's outbox (every replica runs one; claims
+  // keep them apart), and the RPCs read and refill it.
+  void CreateWebhookDeliverer() {
+    const config::WebhookDeliveryConfig& delivery = config_.webhook_delivery;
+    webhook_sender_ = notify::NewCurlWebhookSender(delivery.allow_private_targets);
+    deliverer_ = std::make_unique<notify::WebhookDeliverer>(
+        *ledger_, *webhook_sender_,
+        [planner = outbox_planner_.get()](const std::string& tenant) {
+          return planner->Secrets(tenant);
+        },
+        Clock::Real(), notify::DeliveryOptionsFromConfig(delivery),
+        [metrics = metrics_.get()](absl::string_view outcome, bool gave_up) {
+          metrics->OnWebhookDelivery(outcome, gave_up);
+        });
+    outbox_wake_.set_deliverer(deliverer_.get());
+    notify::WebhookApiDeps deps;
+    deps.store = ledger_;
+    deps.planner = outbox_planner_.get();
+    deps.allow_private_targets = delivery.allow_private_targets;
+    deps.wake = [deliverer = deliverer_.get()] { deliverer->Wake(); };
+    webhook_api_ = std::make_unique<notify::WebhookApi>(std::move(deps));
+  }
+
   // grpc.health.v1 answers for "" and for the service's own name (HealthService knows both),
   // NOT_SERVING while the ledger cannot be written.
   void StartHealthReporter() {
@@ -425,7 +482,14 @@ class GatewayServerImpl final : public GatewayServer {
   std::vector<adapters::ProviderAdapterPtr> adapters_;
   std::vector<adapters::ProviderAdapter*> adapter_ptrs_;
   QuotaRefreshObserver quota_observer_;
+  OutboxWakeObserver outbox_wake_;
+  std::unique_ptr<notify::OutboxPlanner> outbox_planner_;
+  // Owned by engine_.
+  operations::OperationStore* ledger_ = nullptr;
   std::unique_ptr<operations::OperationsEngine> engine_;
+  std::unique_ptr<notify::WebhookSender> webhook_sender_;
+  std::unique_ptr<notify::WebhookDeliverer> deliverer_;
+  std::unique_ptr<notify::WebhookApi> webhook_api_;
   std::unique_ptr<QuotaMonitor> quota_;
   std::unique_ptr<CreditEstimator> credits_;
   std::unique_ptr<AccountDirectory> directory_;

@@ -39,13 +39,18 @@ using prometheus::Counter;
 using prometheus::Gauge;
 using prometheus::Histogram;
 
-constexpr std::array<absl::string_view, 9> kMethods = {
-    "Generate",        "GetOperation", "ListOperations", "WatchOperation", "WaitOperation",
-    "CancelOperation", "Download",     "GetQuota",       "ListProviders"};
+constexpr std::array<absl::string_view, 12> kMethods = {
+    "Generate",      "GetOperation",          "ListOperations",   "WatchOperation",
+    "WaitOperation", "CancelOperation",       "Download",         "GetQuota",
+    "ListProviders", "ListWebhookDeliveries", "RedeliverWebhook", "SendTestWebhook"};
 constexpr std::array<absl::string_view, 9> kHttpOutcomes = {
     "1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "unavailable", "cancelled", "error"};
 constexpr std::array<absl::string_view, 4> kCustodyOutcomes = {"stored", "upstream_error",
                                                                "timeout", "store_error"};
+// The webhook deliverer's attempt outcomes (services/notify/webhook_deliverer.h).
+constexpr std::array<absl::string_view, 9> kWebhookOutcomes = {
+    "delivered",      "http_error", "redirect",  "timeout", "connect",
+    "refused_target", "bad_target", "no_secret", "other"};
 constexpr std::array<absl::string_view, 3> kAbandonReasons = {"attempts", "deadline", "budget"};
 constexpr std::array<absl::string_view, 2> kProviders = {"loudly", "soundpiece"};
 // Labels whose collapses are counted (pre-created so the counter exists at zero).
@@ -146,9 +151,22 @@ class Metrics::Impl {
                    {"provider", "fallback_provider"}),
         custody_fetches_(Register(prometheus::BuildCounter(), "musicgw_custody_fetches_total",
                                   "Asset custody fetches from providers, by outcome.", *registry_),
-                         {"outcome"}) {
+                         {"outcome"}),
+        webhook_deliveries_(
+            Register(prometheus::BuildCounter(), "musicgw_webhook_deliveries_total",
+                     "Outgoing webhook delivery attempts, by outcome (delivered, http_error, "
+                     "redirect, timeout, connect, refused_target, bad_target, no_secret, other).",
+                     *registry_),
+            {"outcome"}),
+        webhook_gave_up_(&Register(prometheus::BuildCounter(),
+                                   "musicgw_webhook_deliveries_failed_total",
+                                   "Outgoing webhook deliveries whose retries ran out.", *registry_)
+                              .Add({})) {
     for (absl::string_view outcome : kCustodyOutcomes) {
       custody_fetches_.Get({std::string(outcome)});
+    }
+    for (absl::string_view outcome : kWebhookOutcomes) {
+      webhook_deliveries_.Get({std::string(outcome)});
     }
     for (absl::string_view label : kCollapsible) {
       collapsed_[label] = &collapsed_family_.Add({{"label", std::string(label)}});
@@ -238,6 +256,10 @@ class Metrics::Impl {
   }
   void OnCustodyFetch(absl::string_view outcome) {
     custody_fetches_.Get({Fixed(outcome, kCustodyOutcomes, "outcome")}).Increment();
+  }
+  void OnWebhookDelivery(absl::string_view outcome, bool gave_up) {
+    webhook_deliveries_.Get({Fixed(outcome, kWebhookOutcomes, "outcome")}).Increment();
+    if (gave_up) webhook_gave_up_->Increment();
   }
 
   void OnRequestDone(absl::string_view provider, absl::string_view endpoint,
@@ -421,6 +443,8 @@ class Metrics::Impl {
   Children<Counter> download_bytes_;
   Children<Counter> fallbacks_;
   Children<Counter> custody_fetches_;
+  Children<Counter> webhook_deliveries_;
+  Counter* webhook_gave_up_;
   std::unique_ptr<BoundedValues> endpoints_;
   std::unique_ptr<BoundedValues> reasons_;
   std::unique_ptr<BoundedValues> resources_;
@@ -690,6 +714,9 @@ void Metrics::OnDownloadBytes(v1::Provider provider, int64_t bytes) {
 }
 void Metrics::OnFallback(v1::Provider from, v1::Provider to) { impl_->OnFallback(from, to); }
 void Metrics::OnCustodyFetch(absl::string_view outcome) { impl_->OnCustodyFetch(outcome); }
+void Metrics::OnWebhookDelivery(absl::string_view outcome, bool gave_up) {
+  impl_->OnWebhookDelivery(outcome, gave_up);
+}
 
 void Metrics::OnRequestDone(absl::string_view provider, absl::string_view endpoint,
                             absl::string_view outcome, absl::Duration latency) {

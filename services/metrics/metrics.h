@@ -103,6 +103,10 @@ class Metrics final : public gateway::RpcObserver,
   void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) override;
   void OnCustodyFetch(absl::string_view outcome) override;
 
+  // One outgoing webhook attempt (outcome from the deliverer's bounded set); `gave_up`: its
+  // retries ran out.
+  void OnWebhookDelivery(absl::string_view outcome, bool gave_up);
+
   // http::HttpObserver
   void OnRequestDone(absl::string_view provider, absl::string_view endpoint,
                      absl::string_view outcome, absl::Duration latency) override;

@@ -53,12 +53,13 @@ struct DeliveryAttempt {
   std::string error;  // empty on success; never the body or a secret
 };
 
-// What ListDeliveries returns: one tenant's deliveries of one operation or one endpoint.
+// What ListDeliveries returns: one tenant's deliveries of one operation, one endpoint or one id.
 struct DeliveryQuery {
   std::string tenant;
   std::string operation_id;  // empty: any
   std::string endpoint;      // empty: any
   int limit = 100;
+  std::string delivery_id;  // empty: any
 };
 
 }  // namespace musicgw::operations

@@ -98,11 +98,12 @@ void AddOutboxStatements(Statements* statements) {
                       "UPDATE webhook_deliveries SET status = $1, attempts = GREATEST(attempts, "
                       "$2), next_attempt_us = $3, last_status_code = $4, last_latency_us = $5, "
                       "last_error = $6 WHERE delivery_id = $7");
-  statements->emplace("outbox_list_all",
-                      absl::StrCat("SELECT ", kColumns,
-                                   " FROM webhook_deliveries WHERE tenant = $1 AND ($2 = '' OR "
-                                   "operation_id = $2) AND ($3 = '' OR endpoint = $3) ORDER BY "
-                                   "create_time_us, delivery_id LIMIT $4"));
+  statements->emplace(
+      "outbox_list_all",
+      absl::StrCat("SELECT ", kColumns,
+                   " FROM webhook_deliveries WHERE tenant = $1 AND ($2 = '' OR "
+                   "operation_id = $2) AND ($3 = '' OR endpoint = $3) AND ($5 = '' OR "
+                   "delivery_id = $5) ORDER BY create_time_us, delivery_id LIMIT $4"));
   statements->emplace("outbox_attempts",
                       "SELECT attempt, time_us, status_code, latency_us, error FROM "
                       "webhook_attempts WHERE delivery_id = $1 ORDER BY attempt");
@@ -157,7 +158,8 @@ absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(Pool::Lease& conn,
   MUSICGW_ASSIGN_OR_RETURN(
       Result r,
       conn->Run("outbox_list_all", {Param::Text(query.tenant), Param::Text(query.operation_id),
-                                    Param::Text(query.endpoint), Param::Int(query.limit)}));
+                                    Param::Text(query.endpoint), Param::Int(query.limit),
+                                    Param::Text(query.delivery_id)}));
   return ReadDeliveries(r.get());
 }
 

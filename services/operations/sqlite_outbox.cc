@@ -164,6 +164,7 @@ absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(StatementCache& state
   std::string sql = absl::StrCat("SELECT ", kColumns, " FROM webhook_deliveries WHERE tenant = ?");
   if (!query.operation_id.empty()) sql += " AND operation_id = ?";
   if (!query.endpoint.empty()) sql += " AND endpoint = ?";
+  if (!query.delivery_id.empty()) sql += " AND delivery_id = ?";
   sql += " ORDER BY create_time_us, delivery_id LIMIT ?";
   Stmt stmt(statements, sql);
   MUSICGW_RETURN_IF_ERROR(stmt.status());
@@ -171,6 +172,7 @@ absl::StatusOr<std::vector<OutboxDelivery>> ListDeliveries(StatementCache& state
   stmt.Bind(i++, query.tenant);
   if (!query.operation_id.empty()) stmt.Bind(i++, query.operation_id);
   if (!query.endpoint.empty()) stmt.Bind(i++, query.endpoint);
+  if (!query.delivery_id.empty()) stmt.Bind(i++, query.delivery_id);
   stmt.Bind(i, static_cast<int64_t>(query.limit));
   return ReadDeliveries(stmt);
 }

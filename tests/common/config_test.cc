@@ -421,5 +421,62 @@ TEST(ConfigTest, AssetCustodyKeys) {
       << config.status();
 }
 
+TEST(ConfigTest, OutgoingWebhooksPerTenantAndHowTheyAreDelivered) {
+  json doc = ValidConfig();
+  auto config = ParseConfig(doc.dump(), FakeEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->tenants[0].webhooks.endpoints.empty());
+  EXPECT_FALSE(config->webhook_delivery.allow_private_targets);
+  EXPECT_GE(config->webhook_delivery.retry_for, absl::Hours(24));
+
+  doc["tenants"][0]["webhooks"] = {{"secrets", {{"env", "ACME_WEBHOOK_SECRETS"}}},
+                                   {"endpoints",
+                                    {{{"name", "backend"},
+                                      {"url", "https://hooks.example.com/musicgw"},
+                                      {"events", {"operation.succeeded"}}}}}};
+  doc["webhooks"] = {{"allow_private_targets", true}, {"timeout_seconds", 3},
+                     {"per_endpoint_concurrency", 2}, {"first_retry_seconds", 1},
+                     {"max_retry_seconds", 60},       {"retry_for_seconds", 172800}};
+  config = ParseConfig(doc.dump(), FakeEnv({{"LOUDLY_REFRESH_TOKEN", "r"},
+                                            {"SOUNDPIECE_API_KEY", "k"},
+                                            {"SOUNDPIECE_WEBHOOK_SECRETS", "whsec_AAAA"},
+                                            {"ACME_WEBHOOK_SECRETS", "whsec_OLD whsec_NEW"}}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  const TenantWebhooksConfig& webhooks = config->tenants[0].webhooks;
+  EXPECT_EQ(webhooks.secrets, (std::vector<std::string>{"whsec_OLD", "whsec_NEW"}));
+  ASSERT_EQ(webhooks.endpoints.size(), 1u);
+  EXPECT_EQ(webhooks.endpoints[0].name, "backend");
+  EXPECT_EQ(webhooks.endpoints[0].events, (std::vector<std::string>{"operation.succeeded"}));
+  EXPECT_TRUE(config->webhook_delivery.allow_private_targets);
+  EXPECT_EQ(config->webhook_delivery.timeout, absl::Seconds(3));
+  EXPECT_EQ(config->webhook_delivery.per_endpoint_concurrency, 2);
+  EXPECT_EQ(config->webhook_delivery.first_retry, absl::Seconds(1));
+  EXPECT_EQ(config->webhook_delivery.max_retry, absl::Seconds(60));
+  EXPECT_EQ(config->webhook_delivery.retry_for, absl::Hours(48));
+}
+
+TEST(ConfigTest, OutgoingWebhookProblemsNameTheirKeyAndNeverTheSecret) {
+  const auto env = FakeEnv({{"LOUDLY_REFRESH_TOKEN", "r"},
+                            {"SOUNDPIECE_API_KEY", "k"},
+                            {"SOUNDPIECE_WEBHOOK_SECRETS", "whsec_AAAA"},
+                            {"ACME_WEBHOOK_SECRETS", "not-a-whsec-value"}});
+  json doc = ValidConfig();
+  doc["tenants"][0]["webhooks"] = {{"secrets", {{"env", "ACME_WEBHOOK_SECRETS"}}}};
+  const std::string message = ErrorOf(doc, env);
+  EXPECT_EQ(message, "tenants[0].webhooks.secrets: each secret must start with whsec_");
+  EXPECT_EQ(message.find("not-a-whsec-value"), std::string::npos);
+
+  doc["tenants"][0]["webhooks"] = {
+      {"endpoints", {{{"name", "a"}, {"url", "https://hooks.example.com/x"}}}}};
+  EXPECT_EQ(ErrorOf(doc), "tenants[0].webhooks.secrets: required when endpoints are set");
+  doc["tenants"][0]["webhooks"] = {{"endpoints", {{{"name", "a"}, {"url", "ftp://x.example"}}}}};
+  EXPECT_EQ(ErrorOf(doc), "tenants[0].webhooks.endpoints[0].url: must be an http or https URL");
+  doc = ValidConfig();
+  doc["webhooks"] = {{"first_retry_seconds", 10}, {"max_retry_seconds", 5}};
+  EXPECT_EQ(ErrorOf(doc), "webhooks.max_retry_seconds: must not be below first_retry_seconds");
+  doc["webhooks"] = {{"retry_seconds", 10}};
+  EXPECT_EQ(ErrorOf(doc), "webhooks.retry_seconds: unknown key");
+}
+
 }  // namespace
 }  // namespace musicgw::config

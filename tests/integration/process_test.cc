@@ -29,7 +29,7 @@ class ProcessTest : public ::testing::Test {
   LoopbackListener blackhole_;  // provider calls to it hang, so operations stay live
 };
 
-TEST_F(ProcessTest, AnswersHealthAndReflectionWithAllNineMethods) {
+TEST_F(ProcessTest, AnswersHealthAndReflectionWithAllTwelveMethods) {
   auto process = GatewayProcess::Start(
       TestConfig({blackhole_.url(), blackhole_.url()}, dir_ + "/ledger.db"), dir_);
   ASSERT_TRUE(process.ok()) << process.status();
@@ -72,9 +72,11 @@ TEST_F(ProcessTest, AnswersHealthAndReflectionWithAllNineMethods) {
       for (const auto& method : service.method()) methods.insert(method.name());
     }
   }
-  EXPECT_EQ(methods, (std::set<std::string>{"Generate", "GetOperation", "ListOperations",
-                                            "WatchOperation", "WaitOperation", "CancelOperation",
-                                            "Download", "GetQuota", "ListProviders"}));
+  EXPECT_EQ(methods,
+            (std::set<std::string>{"Generate", "GetOperation", "ListOperations", "WatchOperation",
+                                   "WaitOperation", "CancelOperation", "Download", "GetQuota",
+                                   "ListProviders", "ListWebhookDeliveries", "RedeliverWebhook",
+                                   "SendTestWebhook"}));
   stream->WritesDone();
   stream->Finish();
 }

@@ -293,6 +293,16 @@ TEST_P(StoreConformanceTest, OutboxIsWrittenWithTheStateChangeAndClaimedOnce) {
   listed = store->ListDeliveries(query);
   ASSERT_TRUE(listed.ok());
   EXPECT_EQ(listed->size(), 1u);
+  // One delivery by its id, and only for its tenant.
+  query = DeliveryQuery{"t", "", "", 100, "whd_ping"};
+  listed = store->ListDeliveries(query);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].message.delivery_id, "whd_ping");
+  query.tenant = "other";
+  listed = store->ListDeliveries(query);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_TRUE(listed->empty());
 }
 
 TEST_P(StoreConformanceTest, CreateIsIdempotentPerTenantAndRequestId) {

@@ -45,6 +45,16 @@ type MusicGatewayClient interface {
 	GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*QuotaReport, error)
 	// Lists the configured providers with their tasks, parameter ranges and health.
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
+	// Lists the caller's outgoing webhook deliveries (see "Outgoing webhooks" below) of one
+	// operation or one endpoint, oldest first, each with its status, next attempt and every
+	// attempt made. Another tenant's deliveries are never listed.
+	ListWebhookDeliveries(ctx context.Context, in *ListWebhookDeliveriesRequest, opts ...grpc.CallOption) (*ListWebhookDeliveriesResponse, error)
+	// Sends one delivery again, as soon as possible, with the same webhook-id (receivers dedupe
+	// by it); its attempts so far stay in the log. NOT_FOUND for an id the caller does not own.
+	RedeliverWebhook(ctx context.Context, in *RedeliverWebhookRequest, opts ...grpc.CallOption) (*WebhookDelivery, error)
+	// Queues a signed "webhook.ping" event for one of the caller's configured endpoints, or for a
+	// URL, and returns its delivery at once (pending); ListWebhookDeliveries shows how it went.
+	SendTestWebhook(ctx context.Context, in *SendTestWebhookRequest, opts ...grpc.CallOption) (*WebhookDelivery, error)
 }
 
 type musicGatewayClient struct {
@@ -182,6 +192,33 @@ func (c *musicGatewayClient) ListProviders(ctx context.Context, in *ListProvider
 	return out, nil
 }
 
+func (c *musicGatewayClient) ListWebhookDeliveries(ctx context.Context, in *ListWebhookDeliveriesRequest, opts ...grpc.CallOption) (*ListWebhookDeliveriesResponse, error) {
+	out := new(ListWebhookDeliveriesResponse)
+	err := c.cc.Invoke(ctx, "/musicgw.v1.MusicGateway/ListWebhookDeliveries", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *musicGatewayClient) RedeliverWebhook(ctx context.Context, in *RedeliverWebhookRequest, opts ...grpc.CallOption) (*WebhookDelivery, error) {
+	out := new(WebhookDelivery)
+	err := c.cc.Invoke(ctx, "/musicgw.v1.MusicGateway/RedeliverWebhook", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *musicGatewayClient) SendTestWebhook(ctx context.Context, in *SendTestWebhookRequest, opts ...grpc.CallOption) (*WebhookDelivery, error) {
+	out := new(WebhookDelivery)
+	err := c.cc.Invoke(ctx, "/musicgw.v1.MusicGateway/SendTestWebhook", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MusicGatewayServer is the server API for MusicGateway service.
 // All implementations must embed UnimplementedMusicGatewayServer
 // for forward compatibility
@@ -214,6 +251,16 @@ type MusicGatewayServer interface {
 	GetQuota(context.Context, *GetQuotaRequest) (*QuotaReport, error)
 	// Lists the configured providers with their tasks, parameter ranges and health.
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
+	// Lists the caller's outgoing webhook deliveries (see "Outgoing webhooks" below) of one
+	// operation or one endpoint, oldest first, each with its status, next attempt and every
+	// attempt made. Another tenant's deliveries are never listed.
+	ListWebhookDeliveries(context.Context, *ListWebhookDeliveriesRequest) (*ListWebhookDeliveriesResponse, error)
+	// Sends one delivery again, as soon as possible, with the same webhook-id (receivers dedupe
+	// by it); its attempts so far stay in the log. NOT_FOUND for an id the caller does not own.
+	RedeliverWebhook(context.Context, *RedeliverWebhookRequest) (*WebhookDelivery, error)
+	// Queues a signed "webhook.ping" event for one of the caller's configured endpoints, or for a
+	// URL, and returns its delivery at once (pending); ListWebhookDeliveries shows how it went.
+	SendTestWebhook(context.Context, *SendTestWebhookRequest) (*WebhookDelivery, error)
 	mustEmbedUnimplementedMusicGatewayServer()
 }
 
@@ -247,6 +294,15 @@ func (UnimplementedMusicGatewayServer) GetQuota(context.Context, *GetQuotaReques
 }
 func (UnimplementedMusicGatewayServer) ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListProviders not implemented")
+}
+func (UnimplementedMusicGatewayServer) ListWebhookDeliveries(context.Context, *ListWebhookDeliveriesRequest) (*ListWebhookDeliveriesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListWebhookDeliveries not implemented")
+}
+func (UnimplementedMusicGatewayServer) RedeliverWebhook(context.Context, *RedeliverWebhookRequest) (*WebhookDelivery, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RedeliverWebhook not implemented")
+}
+func (UnimplementedMusicGatewayServer) SendTestWebhook(context.Context, *SendTestWebhookRequest) (*WebhookDelivery, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SendTestWebhook not implemented")
 }
 func (UnimplementedMusicGatewayServer) mustEmbedUnimplementedMusicGatewayServer() {}
 
@@ -429,6 +485,60 @@ func _MusicGateway_ListProviders_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MusicGateway_ListWebhookDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWebhookDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MusicGatewayServer).ListWebhookDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/musicgw.v1.MusicGateway/ListWebhookDeliveries",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MusicGatewayServer).ListWebhookDeliveries(ctx, req.(*ListWebhookDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MusicGateway_RedeliverWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedeliverWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MusicGatewayServer).RedeliverWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/musicgw.v1.MusicGateway/RedeliverWebhook",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MusicGatewayServer).RedeliverWebhook(ctx, req.(*RedeliverWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MusicGateway_SendTestWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendTestWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MusicGatewayServer).SendTestWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/musicgw.v1.MusicGateway/SendTestWebhook",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MusicGatewayServer).SendTestWebhook(ctx, req.(*SendTestWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _MusicGateway_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "musicgw.v1.MusicGateway",
 	HandlerType: (*MusicGatewayServer)(nil),
@@ -460,6 +570,18 @@ var _MusicGateway_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListProviders",
 			Handler:    _MusicGateway_ListProviders_Handler,
+		},
+		{
+			MethodName: "ListWebhookDeliveries",
+			Handler:    _MusicGateway_ListWebhookDeliveries_Handler,
+		},
+		{
+			MethodName: "RedeliverWebhook",
+			Handler:    _MusicGateway_RedeliverWebhook_Handler,
+		},
+		{
+			MethodName: "SendTestWebhook",
+			Handler:    _MusicGateway_SendTestWebhook_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
