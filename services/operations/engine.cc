@@ -11,6 +11,7 @@
 #include "services/operations/engine.h"
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -103,19 +104,24 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     }
     if (options_.replica_link != nullptr) {
       std::weak_ptr<EngineImpl> weak = weak_from_this();
-      options_.replica_link->Start(feed_.get(),
-                                   [weak](v1::Provider provider, absl::string_view upstream_id) {
-                                     if (auto self = weak.lock())
-                                       self->OnNudge(provider, upstream_id);
-                                   });
+      options_.replica_link->Start(
+          feed_.get(),
+          [weak](v1::Provider provider, absl::string_view upstream_id) {
+            if (auto self = weak.lock()) self->OnNudge(provider, upstream_id);
+          },
+          [weak](absl::string_view id) {
+            if (auto self = weak.lock()) self->OnCancelRequest(std::string(id));
+          });
     }
     const absl::Time now = clock_.Now();
     auto live = store_->ClaimLive(options_.replica_id, now + options_.lease);
     if (!live.ok()) return env_->ledger.NoteWrite(live.status());
     renewed_at_ = now;
-    const size_t adopted = AdoptAll(*std::move(live));
+    const size_t adopted = AdoptAll(*std::move(live), PendingCancels());
     if (adopted > 0) log::Info("resumed live operations", {{"count", static_cast<long>(adopted)}});
-    ScheduleMaintenance(absl::ZeroDuration());
+    // The next claim is due when another replica's lease runs out, if that comes before the
+    // renewal (the first maintenance prunes and probes then).
+    ScheduleMaintenance(NextClaimDelay(now, MaintenancePeriod()));
     custody_->Start();
     return absl::OkStatus();
   }
@@ -250,7 +256,8 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
       if (latest->operation.done()) {
         return std::move(done)(OperationAlreadyDone(latest->operation));
       }
-      return std::move(done)(NotTrackedHere());
+      if (options_.replica_link == nullptr) return std::move(done)(NotTrackedHere());
+      return CancelElsewhere(*std::move(latest), reason, std::move(done));
     }
     tracker->Cancel(reason, std::move(done));
   }
@@ -469,21 +476,93 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     });
   }
 
-  // Registers a tracker for a live record (unless one exists) and starts it.
-  void Adopt(OperationRecord record, bool recovering) {
-    auto tracker = std::make_shared<Tracker>(std::move(record), env_, env_.get());
-    tracker->Start(recovering);
+  // Cancel of an operation another replica tracks (or will, after a takeover): the request is
+  // recorded in the ledger and announced; the tracking replica applies it as if the cancel had
+  // arrived there, and the answer is the outcome, followed through the change feed. Nothing here
+  // calls the provider, so a cancel can never cause a submission.
+  void CancelElsewhere(OperationRecord record, absl::string_view reason, OperationCallback done) {
+    const std::string id = record.id();
+    const absl::Status requested = store_->RequestCancel(id, reason, clock_.Now());
+    if (!requested.ok()) {
+      env_->ledger.NoteWrite(requested).IgnoreError();
+      return std::move(done)(FromStore(requested));
+    }
+    // Long enough for the owner to tell the provider, or for a dead owner's lease to run out
+    // and a survivor to take over and apply it; the caller's own deadline usually ends first.
+    const absl::Duration timeout =
+        options_.lease + options_.cancel_notify_timeout + absl::Seconds(5);
+    WaitElsewhere(id, std::move(record.operation), timeout,
+                  [done = std::move(done)](absl::StatusOr<v1::Operation> outcome) mutable {
+                    if (!outcome.ok()) return std::move(done)(std::move(outcome));
+                    if (!outcome->done()) return std::move(done)(CancelPending());
+                    // It ended some other way first, as with a local cancel that comes late.
+                    if (outcome->state() != v1::OPERATION_STATE_CANCELLED) {
+                      return std::move(done)(OperationAlreadyDone(*outcome));
+                    }
+                    std::move(done)(std::move(outcome));
+                  });
   }
 
-  // Adopts the claimed records not tracked here yet; returns how many.
-  size_t AdoptAll(std::vector<OperationRecord> records) {
+  // This replica's pending cancel requests (made on other replicas), by operation id. Empty on
+  // a single node, or when they cannot be read now (the next maintenance reads them again).
+  std::map<std::string, std::string> PendingCancels() {
+    if (options_.replica_link == nullptr) return {};
+    auto pending = store_->PendingCancels(options_.replica_id);
+    if (!pending.ok()) {
+      log::Warning("could not read pending cancel requests",
+                   {{"error", pending.status().ToString()}});
+      return {};
+    }
+    return *std::move(pending);
+  }
+
+  // Applies a cancel requested on another replica to an operation tracked here.
+  static void ApplyCancel(Tracker& tracker, const std::string& reason) {
+    // Answers (already cancelling, done) only matter to the replica that asked, which follows
+    // the outcome through the ledger.
+    tracker.Cancel(reason, [](const absl::StatusOr<v1::Operation>&) {});
+  }
+
+  // Registers a tracker for a live record (unless one exists) and starts it; with
+  // `cancel_reason`, the cancel requested meanwhile is applied instead of its next step.
+  void Adopt(OperationRecord record, bool recovering,
+             std::optional<std::string> cancel_reason = std::nullopt) {
+    auto tracker = std::make_shared<Tracker>(std::move(record), env_, env_.get());
+    tracker->Start(recovering, std::move(cancel_reason));
+  }
+
+  // Adopts the claimed records not tracked here yet, and applies pending cancel requests to
+  // them and to those tracked already; returns how many were adopted.
+  size_t AdoptAll(std::vector<OperationRecord> records,
+                  const std::map<std::string, std::string>& cancels) {
     size_t adopted = 0;
     for (OperationRecord& record : records) {
-      if (env_->live.Find(record.id()) != nullptr) continue;
-      Adopt(std::move(record), /*recovering=*/true);
+      const std::string id = record.id();
+      auto cancel = cancels.find(id);
+      if (auto tracker = env_->live.Find(id)) {
+        if (cancel != cancels.end()) ApplyCancel(*tracker, cancel->second);
+        continue;
+      }
+      Adopt(std::move(record), /*recovering=*/true,
+            cancel != cancels.end() ? std::optional<std::string>(cancel->second) : std::nullopt);
       ++adopted;
     }
     return adopted;
+  }
+
+  // Another replica recorded a cancel request (announced to all): the one tracking the
+  // operation applies it. Off the listener's thread, which must not wait on the ledger.
+  void OnCancelRequest(std::string id) {
+    std::weak_ptr<EngineImpl> weak = weak_from_this();
+    executor_->Post([weak, id = std::move(id)] {
+      auto self = weak.lock();
+      if (self == nullptr) return;
+      std::shared_ptr<Tracker> tracker = self->env_->live.Find(id);
+      if (tracker == nullptr) return;
+      const std::map<std::string, std::string> pending = self->PendingCancels();
+      auto cancel = pending.find(id);
+      if (cancel != pending.end()) ApplyCancel(*tracker, cancel->second);
+    });
   }
 
   // Another replica passed on a webhook: the tracker polls at once.
@@ -504,7 +583,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     auto claimed = store_->ClaimLive(options_.replica_id, now + options_.lease);
     if (claimed.ok()) {
       renewed_at_ = now;
-      const size_t adopted = AdoptAll(*std::move(claimed));
+      const size_t adopted = AdoptAll(*std::move(claimed), PendingCancels());
       if (adopted > 0) {
         log::Info("took over live operations", {{"count", static_cast<long>(adopted)}});
       }
@@ -530,9 +609,25 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     });
   }
 
+  // How often leases are renewed: well before they run out.
+  absl::Duration MaintenancePeriod() const {
+    return std::max(absl::Milliseconds(100), options_.lease / 3);
+  }
+
+  // Until the next claim: the renewal period, or sooner, just after the earliest lease another
+  // replica holds runs out. A dead replica's operations are so taken over within one lease of
+  // its last renewal, not up to a renewal period after that.
+  absl::Duration NextClaimDelay(absl::Time now, absl::Duration period) {
+    // A lease counts as run out only once the clock is past it.
+    constexpr absl::Duration kPastExpiry = absl::Milliseconds(20);
+    auto expiry = store_->NextLeaseExpiry(options_.replica_id);
+    if (!expiry.ok() || *expiry == absl::InfiniteFuture()) return period;
+    return std::clamp(*expiry - now + kPastExpiry, kPastExpiry, period);
+  }
+
   void Maintain() {
     const absl::Time now = clock_.Now();
-    const absl::Duration period = std::max(absl::Milliseconds(100), options_.lease / 3);
+    const absl::Duration period = MaintenancePeriod();
     RenewAndClaim(now, period);
     if (now - last_prune_ >= std::min(options_.event_retention, absl::Hours(1))) {
       last_prune_ = now;
@@ -541,7 +636,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
         log::Warning("ledger event pruning failed", {{"error", pruned.status().ToString()}});
       }
     }
-    absl::Duration next = period;
+    absl::Duration next = env_->ledger.status().ok() ? NextClaimDelay(now, period) : period;
     if (!env_->ledger.status().ok()) {
       env_->ledger.NoteWrite(store_->ProbeWrite()).IgnoreError();
       if (!env_->ledger.status().ok()) next = std::min(next, options_.ledger_probe_interval);

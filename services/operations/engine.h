@@ -91,7 +91,7 @@ struct EngineOptions {
   // This replica's name in the ledger's owner column, and how long its claim on live
   // operations lasts without renewal.
   // Leases are renewed every lease/3; a replica that could not renew for most of a lease stops
-  // tracking (another takes over once the lease ran out).
+  // tracking (another takes over just after the lease ran out).
   std::string replica_id = "local";
   absl::Duration lease = absl::Minutes(2);
   // While the ledger refuses writes, a probe write is tried this often (LedgerStatus()).
@@ -197,7 +197,8 @@ class OperationsEngine {
       const std::string& tenant, const musicgw::v1::ListOperationsRequest& request) = 0;
   // Stops tracking and records CANCELLED with `reason`, after asking the provider to stop (its
   // answer waited for up to cancel_notify_timeout, without blocking the caller). Calls `done`
-  // once, possibly inline.
+  // once, possibly inline. An operation another replica tracks is cancelled there (through the
+  // ledger), and `done` hears the outcome.
   virtual void Cancel(const std::string& tenant, absl::string_view name, absl::string_view reason,
                       OperationCallback done) = 0;
   // Cancel, blocking until it is recorded (for tools and tests; the server uses the callback).

@@ -39,6 +39,14 @@ absl::Status NotTrackedHere() {
       absl::Seconds(1));
 }
 
+absl::Status CancelPending() {
+  return WithRetryInfo(
+      WithErrorInfo(absl::UnavailableError("the cancellation is recorded but not applied yet by "
+                                           "the server tracking the operation; retry"),
+                    "CANCEL_PENDING", kGatewayDomain),
+      absl::Seconds(1));
+}
+
 absl::Status LedgerUnavailable(const absl::Status& cause) {
   // The cause's message may name files; the client needs only the reason and when to retry.
   absl::Status status = absl::UnavailableError(

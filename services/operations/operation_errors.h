@@ -20,6 +20,10 @@ absl::Status ShuttingDown();
 // UNAVAILABLE OPERATION_NOT_TRACKED with RetryInfo: this replica does not track the live
 // operation (another does, or none yet after a failover); retry.
 absl::Status NotTrackedHere();
+// UNAVAILABLE CANCEL_PENDING with RetryInfo: the cancel request is recorded in the ledger, but
+// the replica tracking the operation has not applied it yet (none does, between a replica's
+// death and the takeover); it will, and a retry answers the outcome.
+absl::Status CancelPending();
 // UNAVAILABLE LEDGER_UNAVAILABLE with RetryInfo, for a ledger read or write that failed for a
 // reason of the ledger's own (disk full, I/O error, locked), not of the request.
 absl::Status LedgerUnavailable(const absl::Status& cause);

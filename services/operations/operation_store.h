@@ -173,6 +173,25 @@ class OperationStore {
   virtual absl::Status Nudge(musicgw::v1::Provider provider, absl::string_view upstream_id) {
     return absl::OkStatus();
   }
+  // The earliest time another replica's lease on a live operation runs out (InfiniteFuture
+  // when there is none): when to call ClaimLive next, so a dead replica's operations are taken
+  // over as soon as its leases allow.
+  virtual absl::StatusOr<absl::Time> NextLeaseExpiry(absl::string_view owner) {
+    return absl::InfiniteFuture();
+  }
+  // Cancel from a replica that does not track the operation: records that live operation `id`
+  // is to be cancelled with `reason` (a later request keeps the first reason; nothing when it
+  // is done), durably, so whichever replica tracks it, now or after a takeover, applies it.
+  // Announced to every replica when committed. NOT_FOUND when there is no such operation.
+  virtual absl::Status RequestCancel(absl::string_view id, absl::string_view reason,
+                                     absl::Time now) {
+    return absl::UnimplementedError("this ledger has no other replicas to pass a cancel to");
+  }
+  // The pending cancel requests of the live operations `owner` tracks: id -> reason.
+  virtual absl::StatusOr<std::map<std::string, std::string>> PendingCancels(
+      absl::string_view owner) {
+    return std::map<std::string, std::string>{};
+  }
   // A small real write that changes nothing visible: tells whether the ledger accepts writes
   // again after one failed (disk full, I/O error).
   virtual absl::Status ProbeWrite() = 0;

@@ -56,6 +56,7 @@ class ListenerImpl final : public PostgresChangeListener {
     if (conn == nullptr || PQstatus(conn.get()) != CONNECTION_OK) return nullptr;
     std::string sql = absl::StrCat("LISTEN ", kPostgresChangeChannel);
     if (options_.on_nudge) absl::StrAppend(&sql, "; LISTEN ", kPostgresNudgeChannel);
+    if (options_.on_cancel) absl::StrAppend(&sql, "; LISTEN ", kPostgresCancelChannel);
     PGresult* listen = PQexec(conn.get(), sql.c_str());
     const bool ok = PQresultStatus(listen) == PGRES_COMMAND_OK;
     PQclear(listen);
@@ -88,8 +89,11 @@ class ListenerImpl final : public PostgresChangeListener {
         continue;
       }
       while (PGnotify* notify = PQnotifies(conn.get())) {
-        if (absl::string_view(notify->relname) == kPostgresNudgeChannel) {
+        const absl::string_view channel = notify->relname;
+        if (channel == kPostgresNudgeChannel) {
           DeliverNudge(notify->extra);
+        } else if (channel == kPostgresCancelChannel) {
+          if (options_.on_cancel) options_.on_cancel(notify->extra);
         } else {
           Deliver(notify->extra);
         }

@@ -1,7 +1,8 @@
 // File: postgres_listener.h
 // The cross-replica half of the change feed: one dedicated PostgreSQL connection LISTENing on
 // kPostgresChangeChannel, handing each committed change ("<id>:<sequence>") to a callback (and
-// optionally webhook nudges from kPostgresNudgeChannel to another).
+// optionally webhook nudges from kPostgresNudgeChannel and cancel requests from
+// kPostgresCancelChannel to others).
 //
 // NOTIFY is not durable: while the connection is down (a network cut, PostgreSQL restarting)
 // changes are missed. So after every (re)connection the listener calls `on_resync` first; its
@@ -29,6 +30,10 @@ struct PostgresListenerOptions {
   // (OperationStore::Nudge) here, on its thread. Nudges are best effort: polling stays the
   // source of truth.
   std::function<void(int provider, absl::string_view upstream_id)> on_nudge;
+  // When set, the listener also LISTENs on kPostgresCancelChannel and hands the id of each
+  // operation a cancel was requested for (OperationStore::RequestCancel) here, on its thread.
+  // Best effort too: the ledger keeps the request, and its owner looks for pending ones.
+  std::function<void(absl::string_view operation_id)> on_cancel;
 };
 
 class PostgresChangeListener {

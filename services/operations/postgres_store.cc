@@ -143,6 +143,15 @@ CREATE INDEX operations_for_durations ON operations (provider, provider_account,
 )sql",
     // 5: the webhook outbox and its delivery attempts (postgres_outbox.cc).
     pg::kOutboxMigration,
+    // 6: cancel requests made on a replica that does not track the operation; the one that
+    // tracks it (now, or after a takeover) applies them.
+    R"sql(
+CREATE TABLE cancel_requests (
+  operation_id TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  request_time_us BIGINT NOT NULL
+);
+)sql",
 };
 
 // Any constant shared by every replica: serializes migrations.
@@ -201,6 +210,17 @@ const pg::Statements& LedgerStatements() {
          "UPDATE operations SET owner = $1, lease_until_us = $2 WHERE id IN (SELECT id FROM "
          "operations WHERE NOT done AND (owner = '' OR lease_until_us < $3) ORDER BY "
          "lease_until_us LIMIT $4 FOR UPDATE SKIP LOCKED)"},
+        {"next_expiry",
+         "SELECT MIN(lease_until_us) FROM operations WHERE NOT done AND owner <> '' AND "
+         "owner <> $1"},
+        // Only for an operation that is still live; the first request's reason stays.
+        {"cancel_request",
+         "INSERT INTO cancel_requests (operation_id, reason, request_time_us) SELECT id, $2, $3 "
+         "FROM operations WHERE id = $1 AND NOT done ON CONFLICT (operation_id) DO NOTHING"},
+        {"cancel_notify", "SELECT pg_notify('musicgw_cancels', $1::text)"},
+        {"pending_cancels",
+         "SELECT c.operation_id, c.reason FROM cancel_requests c JOIN operations o ON o.id = "
+         "c.operation_id WHERE o.owner = $1 AND NOT o.done ORDER BY c.operation_id"},
         {"owned_live", absl::StrCat("SELECT ", kRecordColumns,
                                     " FROM operations WHERE NOT done AND owner = $1 ORDER BY id")},
         {"renew", "UPDATE operations SET lease_until_us = $1 WHERE NOT done AND owner = $2"},
@@ -485,6 +505,43 @@ class PostgresOperationStore final : public OperationStore {
   absl::Status Nudge(v1::Provider provider, absl::string_view upstream_id) override {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     return conn->Run("nudge", {Param::Int(provider), Param::Text(upstream_id)}).status();
+  }
+
+  absl::StatusOr<absl::Time> NextLeaseExpiry(absl::string_view owner) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result, conn->Run("next_expiry", {Param::Text(owner)}));
+    if (PQntuples(result.get()) == 0 || PQgetisnull(result.get(), 0, 0) != 0) {
+      return absl::InfiniteFuture();
+    }
+    return FromLedgerMicros(IntCell(result.get(), 0, 0));
+  }
+
+  absl::Status RequestCancel(absl::string_view id, absl::string_view reason,
+                             absl::Time now) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    MUSICGW_RETURN_IF_ERROR(conn->Run("cancel_request", {Param::Text(id), Param::Text(reason),
+                                                         Param::Int(LedgerMicros(now))})
+                                .status());
+    MUSICGW_ASSIGN_OR_RETURN(Result seq, conn->Run("sequence", {Param::Text(id)}));
+    if (PQntuples(seq.get()) == 0) {
+      return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+    }
+    // Announced again on a repeated request: applying it twice is harmless.
+    MUSICGW_RETURN_IF_ERROR(conn->Run("cancel_notify", {Param::Text(id)}).status());
+    return txn.Commit();
+  }
+
+  absl::StatusOr<std::map<std::string, std::string>> PendingCancels(
+      absl::string_view owner) override {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    MUSICGW_ASSIGN_OR_RETURN(Result result, conn->Run("pending_cancels", {Param::Text(owner)}));
+    std::map<std::string, std::string> pending;
+    for (int row = 0; row < PQntuples(result.get()); ++row) {
+      pending.emplace(PQgetvalue(result.get(), row, 0), PQgetvalue(result.get(), row, 1));
+    }
+    return pending;
   }
 
   absl::Status ProbeWrite() override {

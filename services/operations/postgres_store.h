@@ -40,6 +40,8 @@ struct PostgresOptions {
 inline constexpr char kPostgresChangeChannel[] = "musicgw_changes";
 // OperationStore::Nudge announces "<provider number>:<upstream id>" on this channel.
 inline constexpr char kPostgresNudgeChannel[] = "musicgw_nudges";
+// OperationStore::RequestCancel announces "<operation id>" on this channel.
+inline constexpr char kPostgresCancelChannel[] = "musicgw_cancels";
 
 // Connects, applies pending migrations (one replica at a time, under an advisory lock) and
 // returns the store. UNAVAILABLE (ErrorInfo LEDGER_UNAVAILABLE) when PostgreSQL cannot be

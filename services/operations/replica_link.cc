@@ -14,12 +14,13 @@ class PostgresReplicaLink final : public ReplicaLink {
   explicit PostgresReplicaLink(PostgresListenerOptions options) : options_(std::move(options)) {}
   ~PostgresReplicaLink() override { Stop(); }
 
-  void Start(ChangeFeed* feed, OnNudge on_nudge) override {
+  void Start(ChangeFeed* feed, OnNudge on_nudge, OnCancelRequest on_cancel) override {
     PostgresListenerOptions options = options_;
     options.on_nudge = [on_nudge = std::move(on_nudge)](int provider,
                                                         absl::string_view upstream_id) {
       on_nudge(static_cast<musicgw::v1::Provider>(provider), upstream_id);
     };
+    options.on_cancel = std::move(on_cancel);
     auto listener = PostgresChangeListener::Start(
         std::move(options),
         [feed](absl::string_view id, int64_t sequence) {

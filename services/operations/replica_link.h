@@ -1,7 +1,8 @@
 // File: replica_link.h
 // What ties replicas that share one ledger together, beside the ledger itself: other
-// replicas' committed changes (so a watch works on any replica) and webhook nudges (so a
-// webhook reaching any replica is applied by the one tracking the operation). A single node
+// replicas' committed changes (so a watch works on any replica), webhook nudges (so a
+// webhook reaching any replica is applied by the one tracking the operation) and cancel
+// requests (so CancelOperation works on any replica). A single node
 // has none. The PostgreSQL one listens with LISTEN/NOTIFY (postgres_listener.h).
 #pragma once
 
@@ -18,11 +19,12 @@ namespace musicgw::operations {
 class ReplicaLink {
  public:
   using OnNudge = std::function<void(musicgw::v1::Provider, absl::string_view upstream_id)>;
+  using OnCancelRequest = std::function<void(absl::string_view operation_id)>;
   virtual ~ReplicaLink() = default;
   // Publishes every replica's committed changes into `feed` (Change without snapshot), and
-  // feed->Resync() whenever some may have been missed; hands nudges to `on_nudge`. `feed`
-  // must outlive Stop().
-  virtual void Start(ChangeFeed* feed, OnNudge on_nudge) = 0;
+  // feed->Resync() whenever some may have been missed; hands nudges to `on_nudge` and cancel
+  // requests (OperationStore::RequestCancel) to `on_cancel`. `feed` must outlive Stop().
+  virtual void Start(ChangeFeed* feed, OnNudge on_nudge, OnCancelRequest on_cancel) = 0;
   // Returns once no callback runs any more.
   virtual void Stop() = 0;
 };

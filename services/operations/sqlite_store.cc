@@ -121,6 +121,15 @@ CREATE INDEX operations_for_durations ON operations (provider, provider_account,
 )sql",
     // 6: the webhook outbox and its delivery attempts (sqlite_outbox.cc).
     sqlite::kOutboxMigration,
+    // 7: cancel requests made on a replica that does not track the operation (the same contract
+    // as the shared ledger's; a single node cancels directly).
+    R"sql(
+CREATE TABLE cancel_requests (
+  operation_id TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  request_time_us INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql",
 };
 
 constexpr absl::string_view kCustodyColumns =
@@ -398,6 +407,48 @@ class SqliteOperationStore final : public OperationStore {
                 "UPDATE operations SET lease_until_us = ? WHERE done = 0 AND owner = ?");
       return stmt.Bind(1, LedgerMicros(lease_until)).Bind(2, owner).Run();
     });
+  }
+
+  absl::StatusOr<absl::Time> NextLeaseExpiry(absl::string_view owner) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_,
+              "SELECT MIN(lease_until_us) FROM operations WHERE done = 0 AND owner <> '' AND "
+              "owner <> ?");
+    stmt.Bind(1, owner);
+    MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row || stmt.IsNull(0)) return absl::InfiniteFuture();
+    return FromLedgerMicros(stmt.Int(0));
+  }
+
+  absl::Status RequestCancel(absl::string_view id, absl::string_view reason,
+                             absl::Time now) override {
+    absl::MutexLock lock(&mu_);
+    Stmt insert(
+        statements_,
+        "INSERT INTO cancel_requests (operation_id, reason, request_time_us) SELECT id, ?, "
+        "? FROM operations WHERE id = ? AND done = 0 ON CONFLICT (operation_id) DO NOTHING");
+    MUSICGW_RETURN_IF_ERROR(insert.Bind(1, reason).Bind(2, LedgerMicros(now)).Bind(3, id).Run());
+    Stmt exists(statements_, "SELECT 1 FROM operations WHERE id = ?");
+    exists.Bind(1, id);
+    MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
+    if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::map<std::string, std::string>> PendingCancels(
+      absl::string_view owner) override {
+    absl::MutexLock lock(&mu_);
+    Stmt stmt(statements_,
+              "SELECT c.operation_id, c.reason FROM cancel_requests c JOIN operations o ON o.id = "
+              "c.operation_id WHERE o.owner = ? AND o.done = 0 ORDER BY c.operation_id");
+    stmt.Bind(1, owner);
+    std::map<std::string, std::string> pending;
+    while (true) {
+      MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) break;
+      pending.emplace(stmt.Text(0), stmt.Text(1));
+    }
+    return pending;
   }
 
   absl::Status ProbeWrite() override {

@@ -66,7 +66,7 @@ void Tracker::Post(absl::AnyInvocable<void(Tracker&) &&> step, absl::Duration de
                           });
 }
 
-void Tracker::Start(bool recovering) {
+void Tracker::Start(bool recovering, std::optional<std::string> cancel_reason) {
   v1::Provider provider;
   v1::OperationState state;
   std::string upstream_id;
@@ -79,8 +79,12 @@ void Tracker::Start(bool recovering) {
     deadline = FromProtoTimestamp(op_.deadline());
   }
   if (!e_->live.Add(shared_from_this(), provider, state, upstream_id)) return;
-  Post([recovering](Tracker& t) { t.Kick(recovering); }, absl::ZeroDuration());
   ScheduleDeadline(deadline);
+  if (cancel_reason.has_value()) {
+    Cancel(*cancel_reason, [](const absl::StatusOr<v1::Operation>&) {});
+    return;
+  }
+  Post([recovering](Tracker& t) { t.Kick(recovering); }, absl::ZeroDuration());
 }
 
 v1::Operation Tracker::Snapshot() const {
@@ -442,6 +446,12 @@ absl::StatusOr<v1::Operation> Tracker::RecordCancel(absl::string_view reason,
                                                              : absl::StrCat("cancelled: ", reason));
     error = WithErrorInfo(std::move(error), "CANCELLED_BY_CLIENT", kGatewayDomain);
     *next.mutable_error() = ToRpcStatus(error);
+    if (op_.submission() == v1::SUBMISSION_STATE_SUBMITTING && !submit_in_flight_) {
+      // A submission was in flight on a replica that died (this one took the operation over
+      // with a cancel pending): it is not re-sent, and it may have created paid work.
+      next.set_submission(v1::SUBMISSION_STATE_POSSIBLY_SUBMITTED);
+      charged_ = true;
+    }
     auto* cancellation = next.mutable_cancellation();
     cancellation->set_reason(std::string(reason));
     cancellation->set_provider_notified(provider_notified);

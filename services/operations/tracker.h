@@ -70,8 +70,10 @@ class Tracker final : public std::enable_shared_from_this<Tracker> {
   const std::string& tenant() const { return tenant_; }
 
   // Registers with env->live and schedules the first step and the deadline. `recovering`: the
-  // record comes from the ledger after a restart.
-  void Start(bool recovering);
+  // record comes from the ledger after a restart. `cancel_reason`: a cancel was requested (on
+  // another replica) before this one took the operation over; it is applied instead of the
+  // first step, so nothing is submitted.
+  void Start(bool recovering, std::optional<std::string> cancel_reason = std::nullopt);
   // The latest committed snapshot.
   musicgw::v1::Operation Snapshot() const;
   // A verified webhook for this operation's upstream job.

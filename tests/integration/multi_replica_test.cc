@@ -1,20 +1,26 @@
 // Three musicgw processes sharing one PostgreSQL ledger (a private cluster this test starts),
 // with the real emulators: a watch works on any replica, a killed replica's operations are
-// taken over without a second upstream submission, budgets stay exact across replicas, and a
-// PostgreSQL restart is survived without restarting the gateways.
+// taken over without a second upstream submission, a cancel works on any replica (also when the
+// owner dies before applying it), a rolling restart under load loses and doubles nothing,
+// budgets stay exact across replicas, and a PostgreSQL restart is survived without restarting
+// the gateways.
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 
 #include <atomic>
 #include <filesystem>
+#include <iostream>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/errors.h"
 #include "emulators/loudly/loudly_emulator.h"
@@ -70,6 +76,7 @@ class MultiReplicaTest : public ::testing::Test {
   }
 
   // Soundpiece's webhooks are all sent to the last replica, whichever tracks the operation.
+  // Each replica keeps its gRPC port across restarts (Restart), like a pod behind a Service.
   void StartReplicas(int count = kReplicas) {
     setenv("MUSICGW_TEST_WEBHOOK_SECRETS", kWebhookSecret, 1);
     const int webhook_port = FreePort();
@@ -84,6 +91,7 @@ class MultiReplicaTest : public ::testing::Test {
       }
       config["ledger"] = PostgresLedgerConfig(absl::StrCat("gw-", i));
       config["ledger"]["lease_seconds"] = kLeaseSeconds;
+      config["server"]["grpc_listen"] = absl::StrCat("127.0.0.1:", FreePort());
       const std::string work = absl::StrCat(dir_, "/gw-", i);
       std::filesystem::create_directories(work);
       auto process = GatewayProcess::Start(config, work);
@@ -91,7 +99,51 @@ class MultiReplicaTest : public ::testing::Test {
       stubs_.push_back(Stub((*process)->grpc_port()));
       ports_.push_back((*process)->grpc_port());
       gateways_.push_back(std::move(*process));
+      configs_.push_back(config);
     }
+  }
+
+  // SIGTERM (the replica drains and exits cleanly), then the same replica again, on the same
+  // port and replica id; returns once it reports SERVING.
+  void Restart(int replica) {
+    auto exited = gateways_[replica]->Signal(SIGTERM, absl::Seconds(60));
+    ASSERT_TRUE(exited.ok()) << exited.status();
+    ASSERT_TRUE(WIFEXITED(*exited) && WEXITSTATUS(*exited) == 0)
+        << "replica " << replica << " exit status " << *exited << "\n"
+        << gateways_[replica]->Logs();
+    auto process = GatewayProcess::Start(configs_[replica], absl::StrCat(dir_, "/gw-", replica));
+    ASSERT_TRUE(process.ok()) << process.status();
+    ASSERT_EQ((*process)->grpc_port(), ports_[replica]);
+    gateways_[replica] = std::move(*process);
+    ASSERT_TRUE(Eventually(
+        [&] { return Health(replica) == grpc::health::v1::HealthCheckResponse::SERVING; },
+        absl::Seconds(60), absl::Milliseconds(50)))
+        << "replica " << replica << " never became ready";
+  }
+
+  grpc::Status Cancel(int replica, const std::string& name, const std::string& reason,
+                      Operation* cancelled) {
+    musicgw::v1::CancelOperationRequest request;
+    request.set_name(name);
+    request.set_reason(reason);
+    return stubs_[replica]->CancelOperation(Context(kAcmeKey, absl::Seconds(60)).get(), request,
+                                            cancelled);
+  }
+
+  // Waits until the provider accepted `name` (read on `replica`).
+  bool Accepted(int replica, const std::string& name) {
+    return Eventually(
+        [&] {
+          auto latest = Get(replica, name);
+          return latest.ok() && latest->submission() == musicgw::v1::SUBMISSION_STATE_ACCEPTED;
+        },
+        absl::Seconds(30), absl::Milliseconds(50));
+  }
+
+  int64_t UpstreamSamples() {
+    const auto stats = soundpiece_->stats();
+    auto it = stats.operations_by_account_route.find("acct create.new_sample");
+    return it == stats.operations_by_account_route.end() ? 0 : it->second;
   }
 
   static GenerateRequest Sample() {
@@ -159,6 +211,7 @@ class MultiReplicaTest : public ::testing::Test {
   std::unique_ptr<emulators::soundpiece::Emulator> soundpiece_;
   std::unique_ptr<emulators::loudly::Emulator> loudly_;
   std::vector<std::unique_ptr<GatewayProcess>> gateways_;
+  std::vector<nlohmann::json> configs_;
   std::vector<std::unique_ptr<musicgw::v1::MusicGateway::Stub>> stubs_;
   std::vector<int> ports_;
 };
@@ -275,6 +328,193 @@ TEST_F(MultiReplicaTest, AKilledReplicasOperationsAreTakenOverAndWatchersResume)
   EXPECT_EQ(soundpiece_->stats().operations_by_account_route.at("acct create.new_sample"),
             kOperations)
       << soundpiece_->StatsJson();
+}
+
+// CancelOperation on a replica that does not track the operation: the tracking replica applies
+// it, and the caller gets the cancelled operation. Nothing is submitted again.
+TEST_F(MultiReplicaTest, CancelOnAReplicaThatDoesNotTrackTheOperation) {
+  // Long enough that the operation is still running when it is cancelled.
+  StartEmulators(absl::Seconds(60));
+  StartReplicas(2);
+  const Operation created = GenerateOk(*stubs_[0], Sample());
+  ASSERT_TRUE(Accepted(1, created.name()));
+  // A watcher on the replica that tracks it sees the cancellation as the final change.
+  Seen watched;
+  absl::Notification watching;
+  std::thread watcher([&] { watched = Watch({stubs_[0].get()}, created.name(), 0, 1, &watching); });
+  watching.WaitForNotification();
+
+  Operation cancelled;
+  grpc::Status status = Cancel(1, created.name(), "not needed any more", &cancelled);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << gateways_[1]->Logs();
+  EXPECT_EQ(cancelled.state(), musicgw::v1::OPERATION_STATE_CANCELLED);
+  EXPECT_TRUE(cancelled.done());
+  EXPECT_EQ(cancelled.cancellation().reason(), "not needed any more");
+  // Neither provider can be told to stop; the submission stays what it was.
+  EXPECT_FALSE(cancelled.cancellation().provider_notified());
+  EXPECT_EQ(cancelled.submission(), musicgw::v1::SUBMISSION_STATE_ACCEPTED);
+  auto owner_view = Get(0, created.name());
+  ASSERT_TRUE(owner_view.ok()) << owner_view.status();
+  EXPECT_EQ(owner_view->state(), musicgw::v1::OPERATION_STATE_CANCELLED);
+  EXPECT_EQ(owner_view->cancellation().cancel_time().seconds(),
+            cancelled.cancellation().cancel_time().seconds());
+  watcher.join();
+  ASSERT_TRUE(watched.terminal) << watched.status.error_message();
+  EXPECT_EQ(watched.changes.back().second, musicgw::v1::OPERATION_STATE_CANCELLED);
+
+  // Applied once: a second cancel, on either replica, finds it done.
+  for (int replica = 0; replica < 2; ++replica) {
+    Operation again;
+    grpc::Status twice = Cancel(replica, created.name(), "again", &again);
+    EXPECT_EQ(twice.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << "replica " << replica << ": " << twice.error_message();
+  }
+  // One upstream job, never re-submitted.
+  EXPECT_EQ(UpstreamSamples(), 1) << soundpiece_->StatsJson();
+  EXPECT_EQ(soundpiece_->stats().idempotent_replays, 0) << soundpiece_->StatsJson();
+}
+
+// A cancel asked for while the replica tracking the operation is dead waits in the ledger; the
+// replica that takes the operation over (after its lease ran out) applies it instead of
+// tracking the operation on, and the caller, still waiting, gets the cancelled operation.
+TEST_F(MultiReplicaTest, ACancelPendingWhenItsOwnerDiesIsAppliedByTheReplicaThatTakesOver) {
+  StartEmulators(absl::Seconds(60));
+  StartReplicas();
+  const Operation created = GenerateOk(*stubs_[0], Sample());
+  ASSERT_TRUE(Accepted(1, created.name()));
+  auto killed = gateways_[0]->Signal(SIGKILL, absl::Seconds(5));
+  ASSERT_TRUE(killed.ok());
+  ASSERT_TRUE(WIFSIGNALED(*killed));
+
+  Operation cancelled;
+  grpc::Status status = Cancel(1, created.name(), "owner gone", &cancelled);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << gateways_[1]->Logs();
+  EXPECT_EQ(cancelled.state(), musicgw::v1::OPERATION_STATE_CANCELLED);
+  EXPECT_EQ(cancelled.cancellation().reason(), "owner gone");
+  EXPECT_EQ(cancelled.submission(), musicgw::v1::SUBMISSION_STATE_ACCEPTED);
+  auto seen = Get(2, created.name());
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->state(), musicgw::v1::OPERATION_STATE_CANCELLED);
+  // Taken over by a survivor, which applied the pending cancel.
+  const std::string survivors = gateways_[1]->Logs() + gateways_[2]->Logs();
+  EXPECT_NE(survivors.find("took over live operations"), std::string::npos) << survivors;
+  EXPECT_EQ(UpstreamSamples(), 1) << soundpiece_->StatsJson();
+  EXPECT_EQ(soundpiece_->stats().idempotent_replays, 0) << soundpiece_->StatsJson();
+}
+
+// All three replicas restarted one at a time (SIGTERM, drain, start again, ready before the
+// next) under a steady Generate load from clients that retry UNAVAILABLE (and broken
+// connections) with the same request_id on the next replica. Every request_id ends with exactly
+// one operation, completed, and exactly one upstream job.
+TEST_F(MultiReplicaTest, ARollingRestartUnderLoadLosesAndDoublesNothing) {
+  constexpr int kClients = 3;
+  StartEmulators(absl::Seconds(1));
+  StartReplicas();
+
+  absl::Mutex mu;
+  std::map<std::string, std::string> operation_of;  // request_id -> operation name
+  std::atomic<bool> stop{false};
+  std::atomic<int> retries{0};
+  std::atomic<int> accepted{0};
+  std::vector<std::thread> clients;
+  clients.reserve(kClients);
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      int replica = c;
+      while (!stop.load()) {
+        const GenerateRequest request = Sample();
+        Operation operation;
+        bool done = false;
+        for (int attempt = 0; attempt < 200 && !done; ++attempt) {
+          grpc::Status status = stubs_[replica % kReplicas]->Generate(
+              Context(kAcmeKey, absl::Seconds(10)).get(), request, &operation);
+          if (status.ok()) {
+            done = true;
+            break;
+          }
+          const grpc::StatusCode code = status.error_code();
+          if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::CANCELLED &&
+              code != grpc::StatusCode::DEADLINE_EXCEEDED) {
+            ADD_FAILURE() << "Generate: " << status.error_code() << " " << status.error_message();
+            return;
+          }
+          // The same request_id on the next replica (a client's reconnect to the Service).
+          retries.fetch_add(1);
+          ++replica;
+          absl::SleepFor(absl::Milliseconds(20));  // a client's backoff
+        }
+        if (!done) {
+          ADD_FAILURE() << "request " << request.request_id() << " never accepted";
+          return;
+        }
+        {
+          absl::MutexLock lock(&mu);
+          operation_of[request.request_id()] = operation.name();
+        }
+        accepted.fetch_add(1);
+        ++replica;
+        absl::SleepFor(absl::Milliseconds(100));  // the load's pace, not a proof
+      }
+    });
+  }
+
+  // Load running before the first restart, and accepted across each one.
+  ASSERT_TRUE(Eventually([&] { return accepted.load() >= 10; }, absl::Seconds(60)));
+  for (int replica = 0; replica < kReplicas; ++replica) {
+    const int before = accepted.load();
+    Restart(replica);
+    if (HasFatalFailure()) break;
+    ASSERT_TRUE(Eventually([&] { return accepted.load() >= before + 10; }, absl::Seconds(60)))
+        << "no progress after restarting replica " << replica;
+  }
+  stop.store(true);
+  for (auto& client : clients) client.join();
+  ASSERT_FALSE(HasFatalFailure());
+
+  std::map<std::string, std::string> requests;
+  {
+    absl::MutexLock lock(&mu);
+    requests = operation_of;
+  }
+  ASSERT_EQ(static_cast<int>(requests.size()), accepted.load());
+  std::set<std::string> names;
+  int index = 0;
+  for (const auto& [request_id, name] : requests) {
+    ASSERT_FALSE(name.empty()) << request_id;
+    names.insert(name);
+    // The same request_id, on any replica, is the same operation.
+    GenerateRequest again = Sample();
+    again.set_request_id(request_id);
+    const Operation same = GenerateOk(*stubs_[index % kReplicas], again);
+    EXPECT_EQ(same.name(), name) << request_id;
+    const Operation done = WaitDone(*stubs_[(index + 1) % kReplicas], name);
+    EXPECT_EQ(done.state(), musicgw::v1::OPERATION_STATE_SUCCEEDED)
+        << name << ": " << done.error().message();
+    ++index;
+  }
+  EXPECT_EQ(names.size(), requests.size());
+  // The ledger holds exactly these operations, one per request_id.
+  std::set<std::string> listed;
+  std::string page_token;
+  do {
+    musicgw::v1::ListOperationsRequest list;
+    list.set_page_size(100);
+    list.set_page_token(page_token);
+    musicgw::v1::ListOperationsResponse page;
+    grpc::Status status = stubs_[0]->ListOperations(Context(kAcmeKey).get(), list, &page);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    for (const auto& operation : page.operations()) {
+      EXPECT_TRUE(listed.insert(operation.request().request_id()).second)
+          << "request_id " << operation.request().request_id() << " has two operations";
+    }
+    page_token = page.next_page_token();
+  } while (!page_token.empty());
+  EXPECT_EQ(listed.size(), requests.size());
+  // The provider's own count: one upstream job per request_id.
+  EXPECT_EQ(UpstreamSamples(), static_cast<int64_t>(requests.size())) << soundpiece_->StatsJson();
+  std::cout << "rolling restart: " << requests.size() << " request_ids, " << retries.load()
+            << " retried attempts, " << soundpiece_->stats().idempotent_replays
+            << " idempotent re-submissions answered by the provider\n";
 }
 
 TEST_F(MultiReplicaTest, BudgetsAdmitExactlyTheLimitAcrossReplicas) {

@@ -9,9 +9,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
+#include "common/clock.h"
 #include "common/errors.h"
 #include "gtest/gtest.h"
 #include "services/operations/ids.h"
+#include "services/operations/sqlite_store.h"
 #include "tests/operations/fake_adapter.h"
 #include "tests/operations/test_util.h"
 
@@ -48,6 +50,7 @@ class EngineTest : public ::testing::Test {
                                          bool start = true) {
     SqliteOptions sqlite;
     sqlite.synchronous_full = false;  // tests simulate process death, not power loss
+    sqlite.clock = options_.clock;    // leases run out on the engine's clock
     auto store = OpenSqliteOperationStore(path_, sqlite);
     if (!store.ok()) {
       ADD_FAILURE() << store.status();
@@ -985,6 +988,54 @@ TEST_F(EngineTest, ShutdownEndsWatchersAndWaiters) {
   auto stored = engine->Get(kTenant, op->name());
   ASSERT_TRUE(stored.ok());
   EXPECT_FALSE(stored->done());
+}
+
+// A replica that stops renewing (dead) leaves its leases in the ledger; another replica takes
+// the operations over just after the earliest of those leases runs out, not up to a renewal
+// period later. On a fake clock: the survivor's renewal period (100 s) is far longer than what
+// is left of the dead replica's lease (30 s), so only a claim timed by that expiry takes it.
+TEST_F(EngineTest, ADeadReplicasOperationIsTakenOverOnceItsLeaseRunsOut) {
+  FakeClock clock;
+  options_.clock = &clock;
+  FakeAdapter provider;
+  provider.SetPollsToFinish(1000);
+  options_.replica_id = "a";
+  options_.lease = absl::Seconds(30);
+  auto dead = Open({&provider});
+  auto op = dead->Generate(kTenant, TextRequest("orphaned"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  // Accepted upstream (its polls wait on the fake clock).
+  ASSERT_TRUE(testing::WaitUntil([&] {
+    auto now = dead->Get(kTenant, op->name());
+    return now.ok() && now->submission() == v1::SUBMISSION_STATE_ACCEPTED;
+  }));
+  dead.reset();  // stops tracking; the ledger keeps its owner and lease
+  const std::string id = op->name().substr(std::string("operations/").size());
+  auto ledger = OpenSqliteOperationStore(path_);
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  auto before = (*ledger)->Get(id);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->owner, "a");
+  auto expiry = (*ledger)->NextLeaseExpiry("b");
+  ASSERT_TRUE(expiry.ok()) << expiry.status();
+  ASSERT_EQ(*expiry, clock.Now() + absl::Seconds(30));
+
+  options_.replica_id = "b";
+  options_.lease = absl::Seconds(300);
+  auto survivor = Open({&provider});
+  ASSERT_NE(survivor, nullptr);
+  const int polls = provider.poll_calls();
+  // Just past the expiry: the survivor claims the operation and polls it (no new submission).
+  clock.SetTime(*expiry + absl::Milliseconds(20));
+  ASSERT_TRUE(provider.WaitForPollCalls(polls + 1, absl::Seconds(10)));
+  auto after = (*ledger)->Get(id);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->owner, "b");
+  // Claimed once the dead replica's lease had run out, never before.
+  auto renewed = (*ledger)->NextLeaseExpiry("a");
+  ASSERT_TRUE(renewed.ok()) << renewed.status();
+  EXPECT_GT(*renewed - absl::Seconds(300), *expiry);
+  EXPECT_EQ(provider.submit_calls(), 1);
 }
 
 }  // namespace

@@ -146,5 +146,39 @@ TEST(PostgresChangeListenerTest, NudgesReachEveryListener) {
   EXPECT_EQ(recorder.changes(), expected);
 }
 
+// A cancel request recorded on one replica is announced to every listener (the operation's id),
+// apart from the changes; a request for a missing operation records and announces nothing.
+TEST(PostgresChangeListenerTest, CancelRequestsReachEveryListener) {
+  auto cluster = ::musicgw::testing::PgCluster::Start();
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto dsn = (*cluster)->CreateDatabase("cancels");
+  ASSERT_TRUE(dsn.ok());
+  PostgresOptions store_options;
+  store_options.dsn = *dsn;
+  auto store = OpenPostgresOperationStore(store_options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  OperationRecord record;
+  record.tenant = "t";
+  record.request_id = "r";
+  record.operation.set_name(OperationName(NewOperationId(absl::Now())));
+  record.operation.set_sequence(1);
+  ASSERT_TRUE((*store)->Create(record, {}).ok());
+
+  Recorder recorder;
+  PostgresListenerOptions options;
+  options.dsn = *dsn;
+  options.on_cancel = [&](absl::string_view id) { recorder.Change(id, 0); };
+  auto listener = PostgresChangeListener::Start(
+      options, [&](absl::string_view, int64_t) { ADD_FAILURE() << "a cancel is not a change"; },
+      [&] { recorder.Resync(); });
+  ASSERT_TRUE(recorder.AwaitResyncs(1));
+  EXPECT_EQ((*store)->RequestCancel("missing", "why", absl::Now()).code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE((*store)->RequestCancel(record.id(), "why", absl::Now()).ok());
+  ASSERT_TRUE(recorder.AwaitChanges(1));
+  std::vector<std::pair<std::string, int64_t>> expected = {{record.id(), 0}};
+  EXPECT_EQ(recorder.changes(), expected);
+}
+
 }  // namespace
 }  // namespace musicgw::operations

@@ -363,6 +363,71 @@ TEST_P(StoreConformanceTest, ClaimLiveTakesUnownedAndExpiredButNotOthersLeases) 
   EXPECT_TRUE(store->RenewLeases("r1", absl::Now() + absl::Minutes(2)).ok());
 }
 
+// A cancel requested on a replica that does not track the operation is kept for the one that
+// does (whoever owns it later too), once, and only while the operation is live.
+TEST_P(StoreConformanceTest, CancelRequestsWaitForTheOwnerOfALiveOperation) {
+  auto store = OpenStore();
+  auto live = MakeRecord("t", "to-cancel");
+  live.owner = "r1";
+  live.lease_until = absl::Now() + absl::Hours(1);
+  ASSERT_TRUE(store->Create(live, {}).ok());
+  auto other = MakeRecord("t", "kept");
+  other.owner = "r1";
+  other.lease_until = absl::Now() + absl::Hours(1);
+  ASSERT_TRUE(store->Create(other, {}).ok());
+
+  ASSERT_TRUE(store->RequestCancel(live.id(), "first", absl::Now()).ok());
+  ASSERT_TRUE(store->RequestCancel(live.id(), "second", absl::Now()).ok());
+  EXPECT_EQ(store->RequestCancel("no-such-operation", "x", absl::Now()).code(),
+            absl::StatusCode::kNotFound);
+  auto pending = store->PendingCancels("r1");
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  ASSERT_EQ(pending->size(), 1u);
+  EXPECT_EQ(pending->at(live.id()), "first");
+  auto elsewhere = store->PendingCancels("r2");
+  ASSERT_TRUE(elsewhere.ok());
+  EXPECT_TRUE(elsewhere->empty());
+
+  // Once done, nothing is pending any more.
+  OperationUpdate update;
+  update.operation = live.operation;
+  update.operation.set_state(v1::OPERATION_STATE_CANCELLED);
+  update.operation.set_done(true);
+  update.operation.mutable_done_time()->set_seconds(absl::ToUnixSeconds(absl::Now()));
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.owner = "r1";
+  ASSERT_TRUE(store->Update(update).ok());
+  pending = store->PendingCancels("r1");
+  ASSERT_TRUE(pending.ok());
+  EXPECT_TRUE(pending->empty());
+}
+
+// When to claim next: the earliest lease another replica holds on a live operation.
+TEST_P(StoreConformanceTest, NextLeaseExpiryIsTheEarliestOfOtherReplicasLeases) {
+  auto store = OpenStore();
+  const absl::Time now = absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()));
+  auto none = store->NextLeaseExpiry("r1");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, absl::InfiniteFuture());
+  auto mine = MakeRecord("t", "mine");
+  mine.owner = "r1";
+  mine.lease_until = now + absl::Seconds(5);
+  auto late = MakeRecord("t", "late");
+  late.owner = "r2";
+  late.lease_until = now + absl::Seconds(60);
+  auto soon = MakeRecord("t", "soon");
+  soon.owner = "r3";
+  soon.lease_until = now + absl::Seconds(30);
+  for (const auto* record : {&mine, &late, &soon}) ASSERT_TRUE(store->Create(*record, {}).ok());
+  auto next = store->NextLeaseExpiry("r1");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(*next, now + absl::Seconds(30));
+  next = store->NextLeaseExpiry("r3");
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(*next, now + absl::Seconds(5));
+}
+
 // Fencing: once another replica claimed an operation (its lease ran out), the former owner's
 // updates are refused, while the new owner's go through.
 TEST_P(StoreConformanceTest, UpdatesOfAFormerOwnerAreRefused) {

@@ -37,8 +37,8 @@ TEST(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
                                &stmt, nullptr),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(stmt, 0), 6);
-  EXPECT_EQ(sqlite3_column_int(stmt, 1), 6);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 7);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 7);
   sqlite3_finalize(stmt);
   // Budget counts run on every Generate: they must be answered from the index alone.
   ASSERT_EQ(sqlite3_prepare_v2(db,
