@@ -422,17 +422,20 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::Status RequestCancel(absl::string_view id, absl::string_view reason,
                              absl::Time now) override {
-    absl::MutexLock lock(&mu_);
-    Stmt insert(
-        statements_,
-        "INSERT INTO cancel_requests (operation_id, reason, request_time_us) SELECT id, ?, "
-        "? FROM operations WHERE id = ? AND done = 0 ON CONFLICT (operation_id) DO NOTHING");
-    MUSICGW_RETURN_IF_ERROR(insert.Bind(1, reason).Bind(2, LedgerMicros(now)).Bind(3, id).Run());
-    Stmt exists(statements_, "SELECT 1 FROM operations WHERE id = ?");
-    exists.Bind(1, id);
-    MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
-    if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
-    return absl::OkStatus();
+    // Durable before the caller is told the owner will apply it.
+    return Durably([&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      Stmt insert(
+          statements_,
+          "INSERT INTO cancel_requests (operation_id, reason, request_time_us) SELECT id, ?, "
+          "? FROM operations WHERE id = ? AND done = 0 ON CONFLICT (operation_id) DO NOTHING");
+      MUSICGW_RETURN_IF_ERROR(insert.Bind(1, reason).Bind(2, LedgerMicros(now)).Bind(3, id).Run());
+      Stmt exists(statements_, "SELECT 1 FROM operations WHERE id = ?");
+      exists.Bind(1, id);
+      MUSICGW_ASSIGN_OR_RETURN(bool row, exists.Step());
+      if (!row) return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+      return absl::OkStatus();
+    });
   }
 
   absl::StatusOr<std::map<std::string, std::string>> PendingCancels(
