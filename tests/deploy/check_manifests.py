@@ -262,7 +262,21 @@ def check_docs(docs, c):
                         f"config token_state_file {state} is not on the ledger volume")
     else:
         check_replicated(c, docs, wl, wl_name, pod_labels, postgres)
-        c.check(not claims and not any("persistentVolumeClaim" in v for v in volumes.values()),
+        # Custody is the one volume, and every replica must see the same one: a relative or
+        # default assets_path would land on the read-only root, a ReadWriteOnce claim would
+        # pin every replica to one node.
+        assets_path = config.get("ledger", {}).get("assets_path", "")
+        assets_mount = [m for m in mounts.values() if m["mountPath"].rstrip("/") == assets_path]
+        if c.check(assets_path.startswith("/") and bool(assets_mount),
+                   f"config ledger.assets_path {assets_path!r} is not a mounted volume"):
+            claim = volumes.get(assets_mount[0]["name"], {}).get("persistentVolumeClaim", {})
+            pvcs = [d for d in find(docs, "PersistentVolumeClaim")
+                    if d["metadata"]["name"] == claim.get("claimName")]
+            c.check(bool(pvcs) and "ReadWriteMany" in pvcs[0]["spec"].get("accessModes", []),
+                    f"config ledger.assets_path {assets_path} is not on a ReadWriteMany claim")
+        shared = {m["name"] for m in assets_mount}
+        c.check(not claims and not any("persistentVolumeClaim" in v for name, v in volumes.items()
+                                       if name not in shared),
                 f"{wl_name}: replicas on the shared ledger keep no volume of their own")
 
     # Every secret file the config names is a key of a mounted Secret.
@@ -617,6 +631,13 @@ def self_test_ha(docs):
         config["ledger"]["postgres"]["dsn"] = "postgresql://gw:secret@db/musicgw"
         cm["data"][key] = json.dumps(config)
 
+    def unset_assets_path(ds):
+        cm = config_map(ds)
+        key = next(iter(cm["data"]))
+        config = json.loads(cm["data"][key])
+        config["ledger"].pop("assets_path")
+        cm["data"][key] = json.dumps(config)
+
     mutations = {
         "rolling update may take a pod down": lambda ds: deployment(ds)["spec"]["strategy"]
         ["rollingUpdate"].update(maxUnavailable=1),
@@ -630,6 +651,10 @@ def self_test_ha(docs):
         "DSN inline in the config": inline_dsn,
         "no egress to PostgreSQL": lambda ds: [d for d in ds if d["kind"] == "NetworkPolicy"][0]
         ["spec"]["egress"].pop(),
+        "custody on a ReadWriteOnce claim": lambda ds: [
+            d for d in ds if d["kind"] == "PersistentVolumeClaim"][0]["spec"].update(
+                accessModes=["ReadWriteOnce"]),
+        "custody on the read-only root": lambda ds: unset_assets_path(ds),
     }
     failures = []
     for name, mutate in mutations.items():
