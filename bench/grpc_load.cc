@@ -19,10 +19,13 @@
 //       [--ops=N] [--task=text|sample] [--wait] [--watchers_per_op=N] [--channels=N]
 //       [--duration_s=S] [--warmup_s=S] [--pid=GATEWAY_PID] [--rss_interval_ms=MS]
 //       [--processing_ms=MS] [--source_seconds=S] [--repeat=N] [--calls=N] [--operation=NAME]
-//       [--save_operation=PATH] [--asset=NAME] [--flood_rate=N] [--no_verify]
+//       [--save_operation=PATH] [--asset=NAME] [--flood_rate=N] [--read_rate=N] [--no_verify]
 //   --target and --pid take comma-separated lists (replicas of one gateway on a shared ledger):
 //   channel i connects to target i % N (--channels is raised to N at least), and CPU time and
 //   RSS are summed over the pids.
+//   With --mode=get and --read_rate=N, the reads are open loop instead: N calls a second at fixed
+//   times whatever the answers' pace, each timed from when it was due (a slow server cannot
+//   slow the load and hide its own queueing), spread over the channels.
 //   With --mode=get and --flood_rate=N, another tenant (MUSICGW_FLOOD_API_KEY) sends N Generate
 //   calls a second, open loop, for the whole run: how one tenant's flood affects another's reads.
 //
@@ -85,6 +88,7 @@ struct Flags {
   std::string save_operation;  // get: where to write the Operation's serialized bytes
   std::string asset;           // download: the asset to download (skips the setup Generate)
   double flood_rate = 0;       // get: Generate/s sent meanwhile as the MUSICGW_FLOOD_API_KEY tenant
+  double read_rate = 0;        // get: open-loop calls/s (0: --concurrency callers back to back)
   bool no_verify = false;      // download: no client-side SHA-256 at all (side-by-side timing)
 };
 
@@ -136,6 +140,7 @@ Flags Parse(int argc, char** argv) {
     real("warmup_s", &flags.warmup_s);
     real("source_seconds", &flags.source_seconds);
     real("flood_rate", &flags.flood_rate);
+    real("read_rate", &flags.read_rate);
     if (arg == "--wait") flags.wait = true;
     if (arg == "--no_verify") flags.no_verify = true;
   }
@@ -639,18 +644,25 @@ class GetLoad {
         }
       }
     }
-    callers_.resize(static_cast<size_t>(flags_.concurrency));
-    const bool counted = flags_.calls > 0;
+    const bool paced = flags_.read_rate > 0;
+    callers_.resize(static_cast<size_t>(paced ? 1 : flags_.concurrency));
+    const bool counted = flags_.calls > 0 && !paced;
     start_ = absl::Now();
     measure_from_ = counted ? start_ : start_ + absl::Seconds(flags_.warmup_s);
     end_ = counted ? absl::InfiniteFuture() : measure_from_ + absl::Seconds(flags_.duration_s);
-    for (size_t i = 0; i < callers_.size(); ++i) {
-      if (!Claim()) {
-        absl::MutexLock lock(&mu_);
-        ++finished_callers_;
-        continue;
+    std::thread pacer;
+    if (paced) {
+      out["read_rate"] = flags_.read_rate;
+      pacer = std::thread([this] { Pace(); });
+    } else {
+      for (size_t i = 0; i < callers_.size(); ++i) {
+        if (!Claim()) {
+          absl::MutexLock lock(&mu_);
+          ++finished_callers_;
+          continue;
+        }
+        Issue(i, absl::Now());
       }
-      Issue(i);
     }
     // Server CPU over the measured window: sampled at its start and once every caller stopped
     // (the calls still in flight at the end add at most --concurrency calls' worth).
@@ -659,11 +671,13 @@ class GetLoad {
     const double own_cpu_start = OwnCpuSeconds();
     {
       absl::MutexLock lock(&mu_);
-      auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return finished_callers_ == flags_.concurrency;
+      auto all_done = [this, paced]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return paced ? paced_all_issued_ && paced_done_ == paced_issued_
+                     : finished_callers_ == flags_.concurrency;
       };
       mu_.Await(absl::Condition(&all_done));
     }
+    if (pacer.joinable()) pacer.join();
     const double server_cpu = CpuSeconds(flags_.pids) - server_cpu_start;
     const double own_cpu = OwnCpuSeconds() - own_cpu_start;
     std::vector<double> latencies;
@@ -715,19 +729,54 @@ class GetLoad {
   // With --calls, whether another call may start (each caller claims its calls one at a time).
   bool Claim() { return flags_.calls <= 0 || claimed_.fetch_add(1) < flags_.calls; }
 
-  void Issue(size_t caller) {
+  // --read_rate: one call every 1/rate from the start to the end of the measured window, on
+  // the channels in turn, whether or not the earlier ones were answered.
+  void Pace() {
+    const absl::Duration interval = absl::Seconds(1.0 / flags_.read_rate);
+    int64_t issued = 0;
+    for (absl::Time due = start_; due < end_; due += interval) {
+      const absl::Time now = absl::Now();
+      if (due > now) absl::SleepFor(due - now);
+      {
+        absl::MutexLock lock(&mu_);
+        ++paced_issued_;
+      }
+      Issue(static_cast<size_t>(issued++ % flags_.channels), due);
+    }
+    absl::MutexLock lock(&mu_);
+    paced_all_issued_ = true;
+    last_end_ = end_;
+  }
+
+  // `start`: when the call was due (now, for back-to-back callers).
+  void Issue(size_t channel, absl::Time start) {
     auto call = std::make_shared<Call>(client_->live());
     client_->Authorize(&call->context);
     call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     call->request.set_name(name_);
-    call->start = absl::Now();
-    client_->stub(caller)->async()->GetOperation(
+    call->start = start;
+    client_->stub(channel)->async()->GetOperation(
         &call->context, &call->request, &call->response,
-        [this, caller, call](const grpc::Status& status) { Done(caller, *call, status); });
+        [this, channel, call](const grpc::Status& status) { Done(channel, *call, status); });
   }
 
   void Done(size_t caller, const Call& call, const grpc::Status& status) {
     const absl::Time now = absl::Now();
+    if (flags_.read_rate > 0) {
+      // Open loop: every call due in the window counts, however late its answer.
+      absl::MutexLock lock(&mu_);
+      Caller& c = callers_[0];
+      if (call.start >= measure_from_) {
+        if (status.ok()) {
+          c.latency_ms.push_back(absl::ToDoubleMilliseconds(now - call.start));
+        } else {
+          ++c.errors;
+          ++c.codes[absl::StrCat(status.error_code())];
+        }
+      }
+      ++paced_done_;
+      return;
+    }
     Caller& c = callers_[caller];
     if (call.start >= measure_from_ && now <= end_) {
       if (status.ok()) {
@@ -737,7 +786,7 @@ class GetLoad {
         ++c.codes[absl::StrCat(status.error_code())];
       }
     }
-    if (now < end_ && Claim()) return Issue(caller);
+    if (now < end_ && Claim()) return Issue(caller, absl::Now());
     // The last touch of this object by this caller: Run() may return once it is counted.
     absl::MutexLock lock(&mu_);
     ++finished_callers_;
@@ -755,6 +804,9 @@ class GetLoad {
 
   absl::Mutex mu_;
   int finished_callers_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t paced_issued_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t paced_done_ ABSL_GUARDED_BY(mu_) = 0;
+  bool paced_all_issued_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 

@@ -15,7 +15,9 @@
 #   flood     one tenant's GetOperation p99 (--concurrency=$FLOOD_VICTIM_CONCURRENCY) while another
 #             tenant sends Generate at $FLOOD_RATE/s, 10x its rate limit ($FLOOD_LIMIT/s), against the same reads
 #             without the flood: the ratio of the p99s, interleaved (quiet, flood, quiet, ...)
-#             (FLOOD_PROVIDER_NICE=19: the emulators reniced, their CPU taken as a remote provider's)
+#             (FLOOD_PROVIDER_NICE=19: the emulators reniced, their CPU taken as a remote provider's;
+#             FLOOD_READ_RATE=N: the reads open loop at N/s instead of back to back, so they do not
+#             saturate the machine themselves and each is timed from when it was due)
 #   callgrind instructions per GetOperation, gateway and floor each under valgrind's callgrind
 #             (counters zeroed after a warm-up, dumped after $CALLGRIND_CALLS calls, minus an idle
 #             dump of the same length); the gateway's inclusive profile goes to results/
@@ -62,6 +64,7 @@ FLOOD_LIMIT="${FLOOD_LIMIT:-50}"
 FLOOD_RATE="${FLOOD_RATE:-$((FLOOD_LIMIT * 10))}"
 FLOOD_VICTIM_CONCURRENCY="${FLOOD_VICTIM_CONCURRENCY:-8}"
 FLOOD_PROVIDER_NICE="${FLOOD_PROVIDER_NICE:-0}"
+FLOOD_READ_RATE="${FLOOD_READ_RATE:-0}"
 CALLGRIND_WARMUP_CALLS="${CALLGRIND_WARMUP_CALLS:-500}"
 CALLGRIND_CALLS="${CALLGRIND_CALLS:-3000}"
 REPLICA_GENERATE_PAIRS="${REPLICA_GENERATE_PAIRS:-3}"
@@ -535,6 +538,7 @@ PY
   args=(--target="$TARGET" --mode=get --task=sample --operation="$name"
     --concurrency="$FLOOD_VICTIM_CONCURRENCY" --duration_s="$GET_SECONDS" --warmup_s=2
     --pid="$GW_PID")
+  if [[ "$FLOOD_READ_RATE" != 0 ]]; then args+=(--read_rate="$FLOOD_READ_RATE" --channels=4); fi
   for pair in $(seq 1 "$PAIRS"); do
     echo "run_bench: flood pair $pair: quiet" >&2
     out=$(grpc_load "${args[@]}")
