@@ -164,6 +164,10 @@ struct Config {
   absl::Duration operation_deadline = absl::Minutes(15);
   absl::Duration watch_heartbeat = absl::Seconds(15);
   int watch_buffer = 16;
+  // Threads that run trackers, ledger writes and fan-out (operations.worker_threads). A ledger
+  // write blocks its thread until its fsync; writers on other threads share that fsync, so more
+  // threads than cores means fewer fsyncs per operation under load.
+  int worker_threads = 8;
   int download_chunk_bytes = 256 * 1024;
   // Asset custody: one fetch's limit, the first background retry delay (doubling up to 30 min)
   // and how often pending fetches are retried and expired assets swept.

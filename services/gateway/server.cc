@@ -136,6 +136,7 @@ class GatewayServerImpl final : public GatewayServer {
     options.operation_deadline = config_.operation_deadline;
     options.watch_heartbeat = config_.watch_heartbeat;
     options.watch_buffer = config_.watch_buffer;
+    options.worker_threads = config_.worker_threads;
     options.download_chunk_bytes = config_.download_chunk_bytes;
     options.budgets = MakeBudgetResolver(config_.tenants);
     MUSICGW_ASSIGN_OR_RETURN(options.asset_store, OpenAssetStore());

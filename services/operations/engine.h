@@ -87,7 +87,9 @@ struct EngineOptions {
   absl::Duration max_poll_interval = absl::Seconds(10);
 
   // Worker threads for ledger writes and fan-out (adapter callbacks never block the HTTP loop).
-  int worker_threads = 2;
+  // A write blocks its thread until the ledger has it on disk, and writes from other threads
+  // share that sync (SQLite group commit), so this is more than the cores.
+  int worker_threads = 8;
   // This replica's name in the ledger's owner column, and how long its claim on live
   // operations lasts without renewal.
   // Leases are renewed every lease/3; a replica that could not renew for most of a lease stops

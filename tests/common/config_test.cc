@@ -23,7 +23,7 @@ json ValidConfig() {
                "webhook_listen": "127.0.0.1:0", "drain_deadline_seconds": 5},
     "ledger": {"path": "/tmp/ledger.db"},
     "operations": {"deadline_seconds": 600, "watch_heartbeat_seconds": 2, "watch_buffer": 8,
-                   "download_chunk_bytes": 65536},
+                   "worker_threads": 3, "download_chunk_bytes": 65536},
     "providers": [
       {"name": "loudly-main", "type": "loudly", "dialect": "web",
        "base_url": "http://127.0.0.1:9001", "client_id": "1_abc",
@@ -66,6 +66,7 @@ TEST(ConfigTest, ParsesAValidConfig) {
   EXPECT_EQ(config->drain_deadline, absl::Seconds(5));
   EXPECT_EQ(config->watch_heartbeat, absl::Seconds(2));
   EXPECT_EQ(config->watch_buffer, 8);
+  EXPECT_EQ(config->worker_threads, 3);
   ASSERT_EQ(config->providers.size(), 2u);
   EXPECT_EQ(config->providers[0].type, musicgw::v1::PROVIDER_LOUDLY);
   EXPECT_EQ(config->providers[0].refresh_token, "refresh-secret");
@@ -192,6 +193,8 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
        "ledger.postgres.dsn: environment variable UNSET is not set"},
       {[](json& d) { d["operations"]["watch_buffer"] = 0; },
        "operations.watch_buffer: must be between 1 and 1024"},
+      {[](json& d) { d["operations"]["worker_threads"] = 0; },
+       "operations.worker_threads: must be between 1 and 64"},
       {[](json& d) { d["operations"]["watch_buffer"] = 2.5; },
        "operations.watch_buffer: must be an integer"},
       {[](json& d) { d["operations"]["deadline_seconds"] = "x"; },
