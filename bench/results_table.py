@@ -21,6 +21,7 @@ TARGETS = {
     "download": "≥ 300 MB/s, RSS growth < 32 MB",
     "floor": "≥ 0.9× the floor's calls/s",
     "callgrind": "≤ 1.2× the floor's instructions per call",
+    "single": "adds < 1 ms (p50) over the direct call",
     "direct": "≥ 0.8× a direct read's MB/s",
     "flood": "flooded p99 < 2× the quiet p99",
     "replicas_get": "(recorded beside SQLite)",
@@ -34,6 +35,8 @@ TITLES = {
     "download": "(d) Download of a ~200 MB asset",
     "floor": "GetOperation vs the floor, 64 callers, interleaved pairs",
     "callgrind": "GetOperation instructions per call (callgrind) vs the floor",
+    "single": "Generate → SUCCEEDED at concurrency 1 vs the same job sent straight to the "
+              "emulator, interleaved pairs",
     "direct": "Download (from custody) vs curl of the same file from the emulator, interleaved "
               "pairs",
     "flood": "One tenant's GetOperation while another floods Generate at 10× its limit, "
@@ -45,7 +48,7 @@ TITLES = {
     "replicas_fanout": "(c) 10,000 watchers on 1,000 live operations: 2 replicas on PostgreSQL "
                        "vs SQLite",
 }
-ORDER = ["get", "generate", "fanout", "download", "floor", "callgrind", "direct", "flood",
+ORDER = ["get", "generate", "fanout", "download", "floor", "callgrind", "single", "direct", "flood",
          "replicas_get", "replicas_generate", "replicas_fanout"]
 # Per replicas kind: the metric compared (postgres / sqlite) and how it reads.
 REPLICA_METRIC = {
@@ -71,6 +74,8 @@ def reached(obj):
         return f"failed: {r['error']}", False
     if name in ("floor", "direct", "flood"):
         return reached_pairs(name, r)
+    if name == "single":
+        return reached_single(obj)
     if name in REPLICA_METRIC:
         return reached_replicas(name, r)
     if name == "callgrind":
@@ -127,6 +132,26 @@ def reached(obj):
         met = bool(warm) and r["warm_mb_per_s_median"] >= 300 and r["warm_rss_growth_mb_max"] < 32
         return text, met
     return json.dumps(r), None
+
+
+def reached_single(obj):
+    r = obj["result"]
+    pairs = r["pairs"]
+    added = [p["added_ms"] for p in pairs]
+    added_fetch = [p["added_over_fetch_ms"] for p in pairs]
+    syncs = obj.get("gateway", {})
+    ops = obj.get("gateway_ops")
+    sync_text = ""
+    if ops and "fdatasyncs" in syncs:
+        sync_text = (f"; gateway fdatasyncs {fmt(syncs['fdatasyncs'] / ops, 2)} and fsyncs "
+                     f"{fmt(syncs.get('fsyncs', 0) / ops, 2)} per operation")
+    text = (f"gateway adds {spread(added)} ms (p50 per pair) over PUT + long-poll, "
+            f"{spread(added_fetch)} ms over PUT + long-poll + fetching the output, over "
+            f"{len(pairs)} pairs; Generate→SUCCEEDED p50 gateway "
+            f"{spread([p['gateway_p50_ms'] for p in pairs])} ms, direct "
+            f"{spread([p['direct_p50_ms'] for p in pairs])} ms, direct with the output "
+            f"{spread([p['direct_fetch_p50_ms'] for p in pairs])} ms{sync_text}")
+    return text, statistics.median(added) < 1
 
 
 def spread(values, digits=2):
@@ -271,6 +296,17 @@ def summarize_pairs(kind, runs):
                 "quiet_errors": q["errors"], "flooded_errors": f["errors"],
                 "flood_sent": flood.get("sent"), "flood_codes": flood.get("codes", {}),
                 "flood_seconds": flood.get("seconds")})
+        elif kind == "single":
+            d, df = sides.get("direct"), sides.get("direct_fetch")
+            if not g or not d or not df or "error" in g or g.get("errors") or d["errors"] or \
+                    df["errors"]:
+                continue
+            gp50, dp50 = g["to_done_ms"]["p50"], d["to_done_ms"]["p50"]
+            fp50 = df["to_done_ms"]["p50"]
+            pairs.append({"pair": pair, "gateway_p50_ms": gp50, "direct_p50_ms": dp50,
+                          "direct_fetch_p50_ms": fp50, "gateway_p99_ms": g["to_done_ms"]["p99"],
+                          "direct_p99_ms": d["to_done_ms"]["p99"], "added_ms": gp50 - dp50,
+                          "added_over_fetch_ms": gp50 - fp50, "ratio": gp50 / dp50})
         elif kind == "floor":
             f = sides.get("floor")
             if not g or not f or "error" in g or "error" in f:

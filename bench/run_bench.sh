@@ -9,6 +9,11 @@
 # ratios per pair, their median and range):
 #   floor     GetOperation, 64 callers, gateway vs the floor (bench/floor_server.cc: a minimal
 #             callback server answering the same Operation bytes): calls/s and server CPU per call
+#   single    Generate-to-SUCCEEDED at concurrency 1 ($SINGLE_OPS sample operations, zero-latency
+#             emulators), vs the same job sent straight to the Soundpiece emulator
+#             (bench/direct_generate.cc: PUT, then GET ?wait=true until ready; and the same plus a
+#             GET of the output's bytes, which the gateway holds in custody before SUCCEEDED):
+#             the milliseconds the gateway adds per operation (p50), and its fsyncs per operation
 #   direct    Download of the same asset, served from custody, vs a direct read of the same bytes
 #             (curl of the file from the Soundpiece emulator, where the gateway fetched it; a
 #             local read of the custody file is recorded beside them): MB/s
@@ -29,13 +34,13 @@
 # so RSS starts clean); results go to bench/results/<date>.json and bench/RESULTS.md is regenerated.
 #
 # Usage: bench/run_bench.sh [build-dir (build/release)] [scenario...]
-#   scenarios: get generate fanout download floor direct flood callgrind replicas (default: all;
+#   scenarios: get generate fanout download floor single direct flood callgrind replicas (default: all;
 #   ~12 minutes once the audio is cached)
 # The build dir needs musicgw loudly-emulator soundpiece-emulator grpc_load floor_server, from a
 # Release build:
 #   cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUSICGW_BUILD_BENCH=ON
 #   cmake --build build/release -j2 --target musicgw loudly-emulator soundpiece-emulator \
-#     grpc_load floor_server
+#     grpc_load floor_server direct_generate
 set -euo pipefail
 invocation="bench/run_bench.sh $*"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -49,12 +54,13 @@ build="$(cd "$build" && pwd)"
 shift || true
 scenarios=("$@")
 [[ ${#scenarios[@]} -gt 0 ]] ||
-  scenarios=(get generate fanout download floor direct flood callgrind replicas)
+  scenarios=(get generate fanout download floor single direct flood callgrind replicas)
 
 GET_SECONDS="${GET_SECONDS:-10}"
 GET_RUNS="${GET_RUNS:-3}"
 GENERATE_OPS="${GENERATE_OPS:-1000}"
 GENERATE_CONCURRENCY="${GENERATE_CONCURRENCY:-100}"
+SINGLE_OPS="${SINGLE_OPS:-200}"
 FANOUT_OPS="${FANOUT_OPS:-1000}"
 FANOUT_WATCHERS="${FANOUT_WATCHERS:-10}"
 FANOUT_PROCESSING_MS="${FANOUT_PROCESSING_MS:-30000}"
@@ -71,12 +77,12 @@ REPLICA_GENERATE_PAIRS="${REPLICA_GENERATE_PAIRS:-3}"
 REPLICA_FANOUT_PAIRS="${REPLICA_FANOUT_PAIRS:-1}"
 
 for bin in services/gateway/musicgw emulators/loudly-emulator emulators/soundpiece-emulator \
-  bench/grpc_load bench/floor_server; do
+  bench/grpc_load bench/floor_server bench/direct_generate; do
   if [[ ! -x "$build/$bin" ]]; then
     echo "run_bench: $build/$bin is missing; build it first (bench tools need" \
       "-DMUSICGW_BUILD_BENCH=ON):" >&2
     echo "  cmake --build $build -j2 --target musicgw loudly-emulator soundpiece-emulator" \
-      "grpc_load floor_server" >&2
+      "grpc_load floor_server direct_generate" >&2
     exit 1
   fi
 done
@@ -294,7 +300,7 @@ count_out=""
 count_json="{}"
 start_syscall_count() {
   count_pid=""
-  [[ $1 == generate ]] && command -v perf >/dev/null || return 0
+  [[ $1 == generate || $1 == single ]] && command -v perf >/dev/null || return 0
   count_out="$work/perf-$1.$RANDOM.csv"
   perf stat -x, -o "$count_out" -e task-clock,syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync \
     -p "$GW_PID" 2>/dev/null &
@@ -351,6 +357,36 @@ setup_operation() {
 }
 
 # Scenario "floor": GetOperation on the gateway and on the floor, interleaved.
+# Scenario "single": Generate-to-SUCCEEDED one at a time through the gateway, against the same
+# job sent straight to the emulator with and without fetching its output, interleaved.
+run_single() {
+  start_stack single 0
+  local runs="$work/single-runs.jsonl" out pair sp_key
+  sp_key=$(cat "$sandbox_dir/secrets/soundpiece_api_key")
+  : >"$runs"
+  start_syscall_count single
+  for pair in $(seq 1 "$PAIRS"); do
+    out=$(grpc_load --target="$TARGET" --mode=generate --task=sample --ops="$SINGLE_OPS" \
+      --concurrency=1 --pid="$GW_PID")
+    printf 'run_bench: single pair %s gateway: %s\n' "$pair" "$out" >&2
+    printf '{"pair": %s, "side": "gateway", "result": %s}\n' "$pair" "$out" >>"$runs"
+    out=$(SOUNDPIECE_API_KEY="$sp_key" "$build/bench/direct_generate" --base_url="$SP_URL" \
+      --ops="$SINGLE_OPS")
+    printf 'run_bench: single pair %s direct: %s\n' "$pair" "$out" >&2
+    printf '{"pair": %s, "side": "direct", "result": %s}\n' "$pair" "$out" >>"$runs"
+    out=$(SOUNDPIECE_API_KEY="$sp_key" "$build/bench/direct_generate" --base_url="$SP_URL" \
+      --ops="$SINGLE_OPS" --fetch_outputs)
+    printf 'run_bench: single pair %s direct with the output fetched: %s\n' "$pair" "$out" >&2
+    printf '{"pair": %s, "side": "direct_fetch", "result": %s}\n' "$pair" "$out" >>"$runs"
+  done
+  stop_syscall_count
+  record single "grpc_load --mode=generate --task=sample --ops=$SINGLE_OPS --concurrency=1; \
+direct_generate --ops=$SINGLE_OPS [--fetch_outputs]" \
+    "$(python3 "$here/results_table.py" --pairs single "$runs")" \
+    "{\"gateway\": $count_json, \"gateway_ops\": $((SINGLE_OPS * PAIRS))}"
+  stop_stack
+}
+
 run_floor() {
   start_stack floor 0
   local op_file="$work/operation.bin" name runs="$work/floor-runs.jsonl" args side target pid out
@@ -718,12 +754,13 @@ for scenario in "${scenarios[@]}"; do
         --repeat=4 --rss_interval_ms=10
       ;;
     floor) run_floor ;;
+    single) run_single ;;
     direct) run_direct ;;
     flood) run_flood ;;
     callgrind) run_callgrind ;;
     replicas) run_replicas ;;
     *)
-      echo "run_bench: unknown scenario $scenario (get generate fanout download floor direct" \
+      echo "run_bench: unknown scenario $scenario (get generate fanout download floor single direct" \
         "flood callgrind replicas)" >&2
       exit 2
       ;;
