@@ -202,7 +202,9 @@ class OperationStore {
   virtual absl::Status SetAssetFacts(absl::string_view id, int index, int64_t size_bytes,
                                      absl::string_view sha256) = 0;
   // Custody. Outputs 0..count-1 become pending (rows that exist are left alone), first
-  // attempted at `next_attempt`; durable, so a restart resumes them.
+  // attempted at `next_attempt`; a restart resumes them. (On disk no later than the durable
+  // write that follows: the operation's SUCCEEDED. Until then a lost row is harmless, since
+  // the operation is still live and its tracker fetches again.)
   virtual absl::Status AddPendingCustody(absl::string_view id, absl::string_view tenant, int count,
                                          absl::Time now, absl::Time next_attempt) = 0;
   // Output `index` is held: its size and digest become the asset's facts (merged into

@@ -298,9 +298,7 @@ class SqliteOperationStore final : public OperationStore {
       return status;
     };
     if (update.wait_durable) return Durably(write);
-    // In the log and visible at once; on disk with the next sync anyone runs.
-    MUSICGW_RETURN_IF_ERROR(SyncFailure());
-    return write();
+    return Logged(write);
   }
 
   absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
@@ -490,9 +488,14 @@ class SqliteOperationStore final : public OperationStore {
     });
   }
 
+  // Custody rows wait for no sync of their own: the first is written before the operation's
+  // SUCCEEDED, the second before or after it. A power loss that takes them back leaves the
+  // operation live (the tracker fetches again) or its pending row due (the background pass
+  // fetches again into the same content-addressed object, whose bytes were synced before).
+  // The log keeps commits in order, so a durable SUCCEEDED brings the rows before it with it.
   absl::Status AddPendingCustody(absl::string_view id, absl::string_view tenant, int count,
                                  absl::Time now, absl::Time next_attempt) override {
-    return Durably([&]() -> absl::Status {
+    return Logged([&]() -> absl::Status {
       absl::MutexLock lock(&mu_);
       MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
       absl::Status status;
@@ -513,7 +516,7 @@ class SqliteOperationStore final : public OperationStore {
 
   absl::Status RecordCustody(absl::string_view id, int index, int64_t size_bytes,
                              absl::string_view sha256, absl::Time expire_time) override {
-    return Durably([&]() -> absl::Status {
+    return Logged([&]() -> absl::Status {
       absl::MutexLock lock(&mu_);
       MUSICGW_RETURN_IF_ERROR(RunCached("BEGIN IMMEDIATE"));
       Stmt custody(statements_,
@@ -772,6 +775,13 @@ class SqliteOperationStore final : public OperationStore {
     if (TotalChanges() == changes_before) return result;
     MUSICGW_RETURN_IF_ERROR(Sync());
     return result;
+  }
+
+  // Runs `write`: in the log and visible at once, on disk with the next sync anyone runs.
+  template <typename Write>
+  auto Logged(Write write) -> decltype(write()) {
+    MUSICGW_RETURN_IF_ERROR(SyncFailure());
+    return write();
   }
 
   int64_t TotalChanges() {

@@ -6,7 +6,8 @@
 //  - Power loss loses nothing a write returned for: each write commits, then waits for an
 //    fdatasync of the WAL that started after its commit (one sync covers every writer queued
 //    behind it). So an accepted Generate, every done state, every step at a provider without
-//    idempotency keys, and custody, outbox and lease writes are on disk before anyone is told.
+//    idempotency keys, and outbox, lease and custody expiry writes are on disk before anyone is
+//    told.
 //  - A reader can see a write while that write's sync runs (one fsync early). Where that would
 //    be told on as settled it waits: a retried Generate's answer waits for the sync, and an
 //    asset's expiry syncs before it is visible (its bytes are deleted after).
@@ -16,6 +17,8 @@
 //    chained checksums make the recovered log a prefix of the commits. The operation then
 //    restarts from its last durable state and the tracker re-submits with the same idempotency
 //    key, which the provider answers with the same job.
+//  - Custody rows (pending and held) do not wait for a sync either: a durable SUCCEEDED brings
+//    them with it, and one taken back by a power loss is fetched again (AddPendingCustody).
 #pragma once
 
 #include <functional>

@@ -153,6 +153,38 @@ TEST(SqliteStoreTest, AnUpdateThatNeedNotWaitSharesTheNextSync) {
   EXPECT_EQ(stats.durable_writes.load(), 2);
 }
 
+// Custody rows on the success path wait for no sync of their own: the operation's durable
+// SUCCEEDED, written after them, carries them to disk (one sync for the three writes).
+TEST(SqliteStoreTest, CustodyRowsShareTheSyncOfTheSucceededThatFollows) {
+  LedgerSyncStats stats;
+  SqliteOptions options;
+  options.sync_stats = &stats;
+  auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  OperationStore& store = **opened;
+  auto created = store.Create(QueuedRecord("t", "r"), {});
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_EQ(stats.syncs.load(), 1);
+  const std::string id = created->record.id();
+  const absl::Time now = absl::Now();
+  ASSERT_TRUE(store.AddPendingCustody(id, "t", 1, now, now + absl::Minutes(1)).ok());
+  ASSERT_TRUE(store.RecordCustody(id, 0, 1234, std::string(64, 'a'), now + absl::Hours(1)).ok());
+  EXPECT_EQ(stats.syncs.load(), 1);
+  // Visible at once.
+  auto rows = store.GetCustody(id);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0].state, CustodyState::kHeld);
+  EXPECT_EQ((*rows)[0].size_bytes, 1234);
+  OperationUpdate update;
+  update.operation = created->record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  ASSERT_TRUE(store.Update(update).ok());
+  EXPECT_EQ(stats.syncs.load(), 2);
+}
+
 TEST(IdsTest, OperationIdsAreSortableAndWellFormed) {
   const absl::Time now = absl::Now();
   std::string previous;
