@@ -1,8 +1,8 @@
 // Asset custody through the musicgw binary and the Soundpiece emulator: the first Download
 // carries the digest, a download of several messages is exact in full and from any offset,
-// custody serves the bytes after the provider's URL answers 404, a
-// custody failure falls back to the provider (and is retried in the background), a SIGKILL
-// during a custody fetch is resumed after the restart, and retention deletes the bytes.
+// custody serves the bytes after the provider's URL answers 404, a custody failure falls back
+// to the provider (and is retried in the background), a SIGKILL during a custody fetch is
+// resumed after the restart, and retention deletes the bytes.
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
