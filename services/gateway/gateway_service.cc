@@ -5,6 +5,7 @@
 #include "absl/time/clock.h"
 #include "adapters/capabilities.h"
 #include "common/errors.h"
+#include "services/gateway/download_reactor.h"
 #include "services/gateway/stream_reactor.h"
 #include "services/gateway/validator.h"
 
@@ -139,16 +140,18 @@ grpc::ServerUnaryReactor* GatewayService::CancelOperation(
   return reactor;
 }
 
-grpc::ServerWriteReactor<musicgw::v1::DownloadChunk>* GatewayService::Download(
-    grpc::CallbackServerContext* context, const musicgw::v1::DownloadRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GatewayService::Download(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
   auto call = std::make_unique<CallLog>("Download", deps_.observer);
   auto fail = [&call](const absl::Status& status) {
     call->Done(status);
-    return new FailedStreamReactor<musicgw::v1::DownloadChunk>(status);
+    return new FailedStreamReactor<grpc::ByteBuffer>(status);
   };
   auto tenant = deps_.tenants->Authenticate(*context);
   if (!tenant.ok()) return fail(tenant.status());
   call->set_tenant((*tenant)->name);
+  auto request = ParseDownloadRequest(*raw_request);
+  if (!request.ok()) return fail(request.status());
   call->set_operation(request->asset());
   absl::Status valid = ValidateDownload(*request);
   if (!valid.ok()) return fail(valid);
@@ -156,9 +159,12 @@ grpc::ServerWriteReactor<musicgw::v1::DownloadChunk>* GatewayService::Download(
   if (!slot.ok()) return fail(slot.status());
   auto stream = deps_.engine->Download((*tenant)->name, request->asset(), request->offset());
   if (!stream.ok()) return fail(stream.status());
-  return new StreamReactor<musicgw::v1::DownloadChunk>(
-      std::move(call), std::make_unique<SlottedStream<musicgw::v1::DownloadChunk>>(
-                           std::move(*stream), std::move(*slot)));
+  // A copy in custody is read and framed by the reactor itself.
+  auto* custody = dynamic_cast<operations::CustodyStream*>(stream->get());
+  return new DownloadReactor(std::move(call),
+                             std::make_unique<SlottedStream<musicgw::v1::DownloadChunk>>(
+                                 std::move(*stream), std::move(*slot)),
+                             custody);
 }
 
 grpc::ServerUnaryReactor* GatewayService::GetQuota(grpc::CallbackServerContext* context,

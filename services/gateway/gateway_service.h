@@ -44,7 +44,10 @@ struct GatewayDeps {
   const notify::WebhookApi* webhooks = nullptr;
 };
 
-class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
+// Download is a raw method: custody downloads frame their data messages themselves
+// (download_reactor.h).
+class GatewayService final : public musicgw::v1::MusicGateway::WithRawCallbackMethod_Download<
+                                 musicgw::v1::MusicGateway::CallbackService> {
  public:
   explicit GatewayService(GatewayDeps deps);
 
@@ -66,8 +69,8 @@ class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
   grpc::ServerUnaryReactor* CancelOperation(grpc::CallbackServerContext* context,
                                             const musicgw::v1::CancelOperationRequest* request,
                                             musicgw::v1::Operation* response) override;
-  grpc::ServerWriteReactor<musicgw::v1::DownloadChunk>* Download(
-      grpc::CallbackServerContext* context, const musicgw::v1::DownloadRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Download(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* GetQuota(grpc::CallbackServerContext* context,
                                      const musicgw::v1::GetQuotaRequest* request,
                                      musicgw::v1::QuotaReport* response) override;

@@ -53,17 +53,26 @@ class FileReader final : public AssetReader {
     out->clear();
     if (offset >= size_) return absl::OkStatus();
     out->resize(static_cast<size_t>(std::min(max_bytes, size_ - offset)));
+    auto got = ReadInto(offset, absl::MakeSpan(out->data(), out->size()));
+    if (!got.ok()) return got.status();
+    out->resize(*got);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<size_t> ReadInto(int64_t offset, absl::Span<char> out) override {
+    if (offset >= size_) return 0;
+    const size_t want =
+        static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(out.size()), size_ - offset));
     size_t got = 0;
-    while (got < out->size()) {
-      const ssize_t n = pread(fd_, out->data() + got, out->size() - got,
+    while (got < want) {
+      const ssize_t n = pread(fd_, out.data() + got, want - got,
                               static_cast<off_t>(offset + static_cast<int64_t>(got)));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return ErrnoStatus("read", errno);
       if (n == 0) break;
       got += static_cast<size_t>(n);
     }
-    out->resize(got);
-    return absl::OkStatus();
+    return got;
   }
 
  private:

@@ -11,6 +11,7 @@
 // Thread-safe.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -18,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace musicgw::operations {
 
@@ -42,6 +44,9 @@ class AssetReader {
   virtual int64_t size() const = 0;
   // Up to `max_bytes` from `offset` into `out` (replaced); empty at the end.
   virtual absl::Status ReadAt(int64_t offset, int64_t max_bytes, std::string* out) = 0;
+  // Up to `out.size()` bytes from `offset` straight into `out` (a buffer the caller owns, e.g.
+  // the slice a message is sent from); returns how many, 0 at the end.
+  virtual absl::StatusOr<size_t> ReadInto(int64_t offset, absl::Span<char> out) = 0;
 };
 
 class AssetStore {

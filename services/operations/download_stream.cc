@@ -12,6 +12,7 @@
 #include "absl/strings/strip.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/status_macros.h"
 #include "services/operations/operation_errors.h"
 
 namespace musicgw::operations {
@@ -522,17 +523,7 @@ CustodyStream::~CustodyStream() {
 std::optional<v1::DownloadChunk> CustodyStream::Next(bool* finished, absl::Status* final_status) {
   if (!info_sent_) {
     info_sent_ = true;
-    v1::DownloadChunk chunk;
-    v1::AssetInfo* info = chunk.mutable_info();
-    info->set_asset(asset_.name());
-    info->set_content_type(asset_.content_type());
-    info->set_size_bytes(reader_->size());
-    info->set_sha256(sha256_);
-    info->set_offset(offset_);
-    info->set_format(asset_.format());
-    info->set_in_custody(true);
-    chunk.set_offset(offset_);
-    return chunk;
+    return InfoChunk();
   }
   if (done_) {
     *finished = true;
@@ -552,6 +543,35 @@ std::optional<v1::DownloadChunk> CustodyStream::Next(bool* finished, absl::Statu
   chunk.set_offset(offset_);
   offset_ += static_cast<int64_t>(data->size());
   return chunk;
+}
+
+v1::DownloadChunk CustodyStream::InfoChunk() const {
+  v1::DownloadChunk chunk;
+  v1::AssetInfo* info = chunk.mutable_info();
+  info->set_asset(asset_.name());
+  info->set_content_type(asset_.content_type());
+  info->set_size_bytes(reader_->size());
+  info->set_sha256(sha256_);
+  info->set_offset(offset_);
+  info->set_format(asset_.format());
+  info->set_in_custody(true);
+  chunk.set_offset(offset_);
+  return chunk;
+}
+
+int64_t CustodyStream::NextDataSize() const {
+  return std::clamp<int64_t>(reader_->size() - offset_, 0, chunk_bytes_);
+}
+
+absl::Status CustodyStream::ReadData(absl::Span<char> out) {
+  MUSICGW_ASSIGN_OR_RETURN(const size_t got, reader_->ReadInto(offset_, out));
+  // The object is immutable (named by its digest): a short read means the disk lost bytes.
+  if (got != out.size()) {
+    return absl::DataLossError(absl::StrCat("asset store: object ended at ", offset_ + got, " of ",
+                                            reader_->size(), " bytes"));
+  }
+  offset_ += static_cast<int64_t>(got);
+  return absl::OkStatus();
 }
 
 }  // namespace musicgw::operations

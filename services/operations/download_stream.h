@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "adapters/http/http_client.h"
 #include "common/clock.h"
 #include "musicgw/v1/musicgw.pb.h"
@@ -172,6 +173,14 @@ class CustodyStream final : public EventStream<musicgw::v1::DownloadChunk> {
   std::optional<musicgw::v1::DownloadChunk> Next(bool* finished,
                                                  absl::Status* final_status) override;
   void SetWakeup(absl::AnyInvocable<void()> /*wake*/) override {}
+
+  // For a transport that frames the data messages itself, reading each chunk straight into the
+  // buffer it sends (in place of Next()): the first message, then per data message its offset,
+  // its size (0: the end) and ReadData() into a buffer of exactly that size.
+  musicgw::v1::DownloadChunk InfoChunk() const;
+  int64_t data_offset() const { return offset_; }
+  int64_t NextDataSize() const;
+  absl::Status ReadData(absl::Span<char> out);
 
  private:
   const musicgw::v1::Asset asset_;

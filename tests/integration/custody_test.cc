@@ -1,7 +1,8 @@
 // Asset custody through the musicgw binary and the Soundpiece emulator: the first Download
-// carries the digest, custody serves the bytes after the provider's URL answers 404, a
-// custody failure falls back to the provider (and is retried in the background), a SIGKILL
-// during a custody fetch is resumed after the restart, and retention deletes the bytes.
+// carries the digest, a download of several messages is exact in full and from any offset,
+// custody serves the bytes after the provider's URL answers 404, a custody failure falls back
+// to the provider (and is retried in the background), a SIGKILL during a custody fetch is
+// resumed after the restart, and retention deletes the bytes.
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -21,6 +22,8 @@ namespace musicgw::testing {
 namespace {
 
 namespace v1 = musicgw::v1;
+
+constexpr int64_t kMiB = 1024 * 1024;
 
 struct Downloaded {
   grpc::Status status;
@@ -128,6 +131,35 @@ TEST_F(CustodyTest, FirstDownloadCarriesTheDigestOfItsBytes) {
   ASSERT_TRUE(tail.status.ok()) << tail.status.error_message();
   EXPECT_EQ(tail.info.offset(), 1000);
   EXPECT_EQ(tail.bytes, file.bytes.substr(1000));
+}
+
+TEST_F(CustodyTest, MultiMessageDownloadIsExactInFullAndFromAnyOffset) {
+  StartGateway();
+  v1::GenerateRequest request = Sample();
+  // About 2 MB: a full 1 MiB data message, then a partial one.
+  request.mutable_sample()->set_duration_seconds(30);
+  const v1::Operation done = WaitDone(*stub_, GenerateOk(*stub_, request).name());
+  ASSERT_EQ(done.state(), v1::OPERATION_STATE_SUCCEEDED) << done.error().message();
+  ASSERT_TRUE(done.outputs(0).in_custody());
+  const int64_t size = done.outputs(0).size_bytes();
+  ASSERT_GT(size, kMiB) << "the sample is too short to span several messages";
+
+  const Downloaded file = Download(done.outputs(0).name());
+  ASSERT_TRUE(file.status.ok()) << file.status.error_message();
+  EXPECT_TRUE(file.info.in_custody());
+  EXPECT_EQ(file.info.size_bytes(), size);
+  EXPECT_EQ(static_cast<int64_t>(file.bytes.size()), size);
+  EXPECT_EQ(Sha256Hex(file.bytes), file.info.sha256());
+  EXPECT_EQ(file.info.sha256(), done.outputs(0).sha256());
+
+  // Inside a message, on a message boundary, the last byte, and the end.
+  for (const int64_t offset : {int64_t{7}, kMiB, kMiB + 7, size - 1, size}) {
+    const Downloaded tail = Download(done.outputs(0).name(), offset);
+    ASSERT_TRUE(tail.status.ok()) << offset << ": " << tail.status.error_message();
+    EXPECT_EQ(tail.info.offset(), offset);
+    EXPECT_EQ(tail.info.sha256(), file.info.sha256());
+    EXPECT_TRUE(tail.bytes == file.bytes.substr(static_cast<size_t>(offset))) << offset;
+  }
 }
 
 TEST_F(CustodyTest, DownloadWorksAfterTheProviderUrlAnswers404) {
