@@ -427,7 +427,9 @@ void Tracker::Cancel(absl::string_view reason, OperationCallback done) {
   std::weak_ptr<TrackerEnv> weak = env_;
   adapter->Cancel(poll, [self = shared_from_this(), weak, finish](absl::StatusOr<bool> told) {
     const bool notified = told.ok() && *told;
-    if (weak.lock() == nullptr) return;
+    // Held while the step is posted: the engine (and its executor) may be going away.
+    const std::shared_ptr<TrackerEnv> env = weak.lock();
+    if (env == nullptr) return;
     self->Post([finish, notified](Tracker& t) { finish(t, notified); }, absl::ZeroDuration());
   });
   Post([finish](Tracker& t) { finish(t, false); }, e_->options.cancel_notify_timeout);

@@ -73,7 +73,10 @@ void Tracker::SubmitLocked(bool resubmit, Effects* effects) {
   std::weak_ptr<TrackerEnv> weak = env_;
   adapter->Submit(std::move(request),
                   [self = shared_from_this(), weak, slot](absl::StatusOr<UpstreamStatus> result) {
-                    if (weak.lock() == nullptr) return;
+                    // Held while the step is posted: the engine (and its executor) may be going
+                    // away.
+                    const std::shared_ptr<TrackerEnv> env = weak.lock();
+                    if (env == nullptr) return;
                     self->Post([slot, result = std::move(result)](
                                    Tracker& t) mutable { t.OnSubmitted(slot, std::move(result)); },
                                absl::ZeroDuration());
@@ -167,7 +170,9 @@ void Tracker::LateSubmitAnswerLocked(int slot, const absl::StatusOr<UpstreamStat
   std::weak_ptr<TrackerEnv> weak = env_;
   e_->router->adapter(slot)->Cancel(
       stop, [self = shared_from_this(), weak](absl::StatusOr<bool> told) {
-        if (weak.lock() == nullptr || !told.ok() || !*told) return;
+        // Held while the step is posted: the engine may be going away.
+        const std::shared_ptr<TrackerEnv> env = weak.lock();
+        if (env == nullptr || !told.ok() || !*told) return;
         self->Post(
             [](Tracker& t) {
               Effects notified;
@@ -426,7 +431,9 @@ void Tracker::PollLocked() {
   std::weak_ptr<TrackerEnv> weak = env_;
   e_->router->adapter(slot)->Poll(std::move(request), [self = shared_from_this(), weak, slot](
                                                           absl::StatusOr<UpstreamStatus> result) {
-    if (weak.lock() == nullptr) return;
+    // Held while the step is posted: the engine (and its executor) may be going away.
+    const std::shared_ptr<TrackerEnv> env = weak.lock();
+    if (env == nullptr) return;
     self->Post([slot, result = std::move(result)](Tracker& t) { t.OnPolled(slot, result); },
                absl::ZeroDuration());
   });
