@@ -44,7 +44,9 @@ struct GatewayDeps {
   const notify::WebhookApi* webhooks = nullptr;
 };
 
-class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
+// WatchOperation is a raw method: its events are written as bytes shared across streams.
+class GatewayService final : public musicgw::v1::MusicGateway::WithRawCallbackMethod_WatchOperation<
+                                 musicgw::v1::MusicGateway::CallbackService> {
  public:
   explicit GatewayService(GatewayDeps deps);
 
@@ -57,9 +59,9 @@ class GatewayService final : public musicgw::v1::MusicGateway::CallbackService {
   grpc::ServerUnaryReactor* ListOperations(grpc::CallbackServerContext* context,
                                            const musicgw::v1::ListOperationsRequest* request,
                                            musicgw::v1::ListOperationsResponse* response) override;
-  grpc::ServerWriteReactor<musicgw::v1::OperationEvent>* WatchOperation(
-      grpc::CallbackServerContext* context,
-      const musicgw::v1::WatchOperationRequest* request) override;
+  // Takes a WatchOperationRequest, writes OperationEvents.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchOperation(grpc::CallbackServerContext* context,
+                                                             const grpc::ByteBuffer* raw) override;
   grpc::ServerUnaryReactor* WaitOperation(grpc::CallbackServerContext* context,
                                           const musicgw::v1::WaitOperationRequest* request,
                                           musicgw::v1::Operation* response) override;
