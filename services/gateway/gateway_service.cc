@@ -5,6 +5,7 @@
 #include "absl/time/clock.h"
 #include "adapters/capabilities.h"
 #include "common/errors.h"
+#include "services/gateway/decode_errors.h"
 #include "services/gateway/stream_reactor.h"
 #include "services/gateway/validator.h"
 #include "services/gateway/watch_reactor.h"
@@ -79,12 +80,15 @@ grpc::ServerUnaryReactor* GatewayService::ListOperations(
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GatewayService::WatchOperation(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
-  // Parsed as gRPC parses a typed request, failing with the same status.
+  // Parsed as gRPC parses a typed request; one that does not parse gets what the decode-error
+  // interceptor answers for the typed methods.
   musicgw::v1::WatchOperationRequest parsed;
   grpc::ByteBuffer copy(*raw);
-  const grpc::Status parse =
-      grpc::SerializationTraits<musicgw::v1::WatchOperationRequest>::Deserialize(&copy, &parsed);
-  if (!parse.ok()) return new FinishedWriteReactor(parse);
+  if (!grpc::SerializationTraits<musicgw::v1::WatchOperationRequest>::Deserialize(&copy, &parsed)
+           .ok()) {
+    return new FinishedWriteReactor(
+        AnswerUnparsedRequest("/musicgw.v1.MusicGateway/WatchOperation"));
+  }
   const musicgw::v1::WatchOperationRequest* request = &parsed;
   auto call = std::make_unique<CallLog>("WatchOperation", deps_.observer);
   auto fail = [&call](const absl::Status& status) {

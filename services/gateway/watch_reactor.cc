@@ -86,6 +86,7 @@ void WatchReactor::OnWriteDone(bool ok) {
 
 void WatchReactor::OnCancel() {
   absl::MutexLock lock(&mu_);
+  cancelled_ = true;
   FinishLocked(absl::CancelledError("cancelled by the client"));
 }
 
@@ -93,13 +94,19 @@ void WatchReactor::OnDone() {
   // Destroying the stream first guarantees its wake-up never touches a deleted reactor; it is
   // moved out under the lock so a concurrent Pump() sees finished_ and leaves it alone.
   std::unique_ptr<operations::EventStream<operations::WatchEvent>> stream;
+  bool last_written = false;
   {
     absl::MutexLock lock(&mu_);
     finished_ = true;
     stream = std::move(stream_);
+    last_written = last_with_finish_ && !cancelled_;
   }
   stream.reset();
-  if (call_->observer() != nullptr) call_->observer()->OnStreamClosed(call_->method());
+  if (call_->observer() != nullptr) {
+    // A last event written with the status has no OnWriteDone of its own.
+    if (last_written) call_->observer()->OnStreamMessage(call_->method());
+    call_->observer()->OnStreamClosed(call_->method());
+  }
   delete this;
 }
 
@@ -109,13 +116,23 @@ void WatchReactor::Pump() {
   bool done = false;
   absl::Status final_status;
   std::optional<operations::WatchEvent> next = stream_->Next(&done, &final_status);
-  if (next.has_value()) {
-    current_ = EncodeWatchEvent(*next);
-    writing_ = true;
-    StartWrite(&current_);
+  if (!next.has_value()) {
+    if (done) FinishLocked(final_status);
     return;
   }
-  if (done) FinishLocked(final_status);
+  current_ = EncodeWatchEvent(*next);
+  writing_ = true;
+  if (next->last) {
+    // The event and the status in one batch: every completion costs gRPC a scan of the
+    // process's outstanding operations (bench/analysis.md), so 100,000 streams ending at once
+    // save 100,000 scans.
+    finished_ = true;
+    last_with_finish_ = true;
+    call_->Done(absl::OkStatus());
+    StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
+    return;
+  }
+  StartWrite(&current_);
 }
 
 void WatchReactor::FinishLocked(const absl::Status& status) {

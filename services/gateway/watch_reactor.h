@@ -41,6 +41,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   std::unique_ptr<operations::EventStream<operations::WatchEvent>> stream_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  // The last event went out with the final status (StartWriteAndFinish).
+  bool last_with_finish_ ABSL_GUARDED_BY(mu_) = false;
+
   // The write in flight; released once written, so an idle stream holds no event.
   grpc::ByteBuffer current_ ABSL_GUARDED_BY(mu_);
 };

@@ -150,7 +150,8 @@ std::optional<WatchEvent> WatchState::Next(bool* finished, absl::Status* final_s
     if (queue_.empty()) queue_.clear();  // gives a grown buffer back
     const absl::Time now = clock_.Now();
     last_activity_ = now;
-    return WatchEvent{item.kind, std::move(item.op), item.sequence, now, item.coalesced};
+    const bool last = queue_.empty() && terminal_queued_;
+    return WatchEvent{item.kind, std::move(item.op), item.sequence, now, item.coalesced, last};
   }
   if (finished_) {
     *finished = true;

@@ -52,6 +52,8 @@ struct WatchEvent {
   int64_t sequence = 0;
   absl::Time send_time;
   bool coalesced = false;
+  // The stream ends (OK) right after this event: a transport may send the end with it.
+  bool last = false;
 };
 
 // The event as a message of its own (a copy of the operation).
