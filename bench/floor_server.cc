@@ -7,6 +7,10 @@
 // arguments, health service).
 //
 //   floor_server --operation=op.bin [--listen=127.0.0.1:0] [--watch_hold_ms=MS]
+//       [--minimal_stack=1]
+//
+// --minimal_stack=1 sets GRPC_ARG_MINIMAL_STACK (no deadline or compression filters): what
+// gRPC's optional filters add to each call.
 //
 // With --watch_hold_ms it also serves WatchOperation as the floor of a held stream: a snapshot
 // of the operation (not done) at once, then, MS after the stream opened, the operation (done)
