@@ -6,32 +6,145 @@
 // Server settings that shape each call's cost are the gateway's (callback API, keepalive
 // arguments, health service).
 //
-//   floor_server --operation=op.bin [--listen=127.0.0.1:0]
+//   floor_server --operation=op.bin [--listen=127.0.0.1:0] [--watch_hold_ms=MS]
+//       [--minimal_stack=1]
+//
+// --minimal_stack=1 sets GRPC_ARG_MINIMAL_STACK (no deadline or compression filters): what
+// gRPC's optional filters add to each call.
+//
+// With --watch_hold_ms it also serves WatchOperation as the floor of a held stream: a snapshot
+// of the operation (not done) at once, then, MS after the stream opened, the operation (done)
+// and the end. grpc_load --mode=watch_fanout --pid=<floor> then measures what N open streams
+// cost a server that keeps nothing per stream beyond gRPC's own call and one reactor.
 //
 // Prints "floor listening on <port>" on stdout once serving; stops on SIGINT/SIGTERM.
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "musicgw/v1/musicgw.grpc.pb.h"
 
 namespace {
 
 namespace v1 = musicgw::v1;
 
+// A held WatchOperation stream: the snapshot, then (when the holder says) the terminal event.
+class HeldWatch final : public grpc::ServerWriteReactor<v1::OperationEvent> {
+ public:
+  explicit HeldWatch(const v1::Operation& operation) {
+    snapshot_.set_kind(v1::OperationEvent::KIND_SNAPSHOT);
+    *snapshot_.mutable_operation() = operation;
+    snapshot_.mutable_operation()->set_done(false);
+    snapshot_.mutable_operation()->set_state(v1::OPERATION_STATE_RUNNING);
+    snapshot_.set_sequence(operation.sequence());
+    StartWrite(&snapshot_);
+  }
+  // From the holder's thread: the operation (done), then OK.
+  void End(const v1::OperationEvent* terminal) {
+    absl::MutexLock lock(&mu_);
+    if (cancelled_) return;
+    snapshot_.Clear();
+    StartWriteAndFinish(terminal, grpc::WriteOptions(), grpc::Status::OK);
+  }
+  void OnWriteDone(bool /*ok*/) override {}
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    Finish(grpc::Status::CANCELLED);
+  }
+  void OnDone() override;
+
+ private:
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  v1::OperationEvent snapshot_;
+};
+
+// Ends each held stream `hold` after it opened, from one thread (streams open in order).
+class Holder {
+ public:
+  Holder(absl::Duration hold, const v1::Operation& operation) : hold_(hold) {
+    terminal_.set_kind(v1::OperationEvent::KIND_CHANGE);
+    *terminal_.mutable_operation() = operation;
+    terminal_.mutable_operation()->set_done(true);
+    terminal_.set_sequence(operation.sequence() + 1);
+    thread_ = std::thread([this] { Run(); });
+    thread_.detach();  // the process ends with it
+  }
+  void Add(HeldWatch* watch) {
+    absl::MutexLock lock(&mu_);
+    held_.push_back({watch, absl::Now() + hold_});
+  }
+  void Gone(HeldWatch* watch) {
+    absl::MutexLock lock(&mu_);
+    for (auto& entry : held_) {
+      if (entry.watch == watch) entry.watch = nullptr;
+    }
+  }
+
+ private:
+  struct Entry {
+    HeldWatch* watch;
+    absl::Time at;
+  };
+  void Run() {
+    for (;;) {
+      bool due = false;
+      {
+        absl::MutexLock lock(&mu_);
+        due = !held_.empty() && held_.front().at <= absl::Now();
+        if (due) {
+          // Ended under the lock: Gone() (from OnDone) cannot delete it meanwhile.
+          if (HeldWatch* watch = held_.front().watch) watch->End(&terminal_);
+          held_.pop_front();
+        }
+      }
+      if (!due) absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+
+  const absl::Duration hold_;
+  v1::OperationEvent terminal_;
+  absl::Mutex mu_;
+  std::deque<Entry> held_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+Holder* holder = nullptr;  // set once in main when --watch_hold_ms is given
+
+void HeldWatch::OnDone() {
+  holder->Gone(this);
+  delete this;
+}
+
 class FloorService final : public v1::MusicGateway::CallbackService {
  public:
   explicit FloorService(v1::Operation operation) : operation_(std::move(operation)) {}
+
+  grpc::ServerWriteReactor<v1::OperationEvent>* WatchOperation(
+      grpc::CallbackServerContext* /*context*/,
+      const v1::WatchOperationRequest* /*request*/) override {
+    if (holder == nullptr) return nullptr;  // UNIMPLEMENTED, as the generated base answers
+    auto* watch = new HeldWatch(operation_);
+    holder->Add(watch);
+    return watch;
+  }
 
   grpc::ServerUnaryReactor* GetOperation(grpc::CallbackServerContext* context,
                                          const v1::GetOperationRequest* /*request*/,
@@ -88,6 +201,10 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  int hold_ms = 0;
+  if (auto hold = Flag(argc, argv, "watch_hold_ms"); hold && absl::SimpleAtoi(*hold, &hold_ms)) {
+    holder = new Holder(absl::Milliseconds(hold_ms), operation);  // lives as long as the process
+  }
   FloorService service(std::move(operation));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -100,6 +217,9 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
+  if (Flag(argc, argv, "minimal_stack").value_or("0") == "1") {
+    builder.AddChannelArgument(GRPC_ARG_MINIMAL_STACK, 1);
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "floor_server: cannot listen on %s\n", listen.c_str());

@@ -10,7 +10,12 @@
 //                        answer, see floor_server.cc).
 //   --mode=watch_fanout  --ops live operations, --watchers_per_op WatchOperation streams on each;
 //                        per watcher, the time from the operation's completion to its terminal
-//                        event; gateway RSS when --pid is given.
+//                        event; gateway RSS when --pid is given. --watch_cqs=N: the streams on
+//                        N completion queues of the async API (one thread each) instead of the
+//                        callback API's one queue; gRPC as Debian builds it (without NDEBUG)
+//                        scans a queue's outstanding operations on every completion, so with
+//                        100,000 streams on one queue the load generator itself pays O(streams)
+//                        per event.
 //   --mode=download      one remix_instrumental of a --source_seconds long source (or
 //                        --asset=NAME), then --repeat Download streams of its asset: MB/s,
 //                        sha256, gateway RSS and CPU.
@@ -20,6 +25,7 @@
 //       [--duration_s=S] [--warmup_s=S] [--pid=GATEWAY_PID] [--rss_interval_ms=MS]
 //       [--processing_ms=MS] [--source_seconds=S] [--repeat=N] [--calls=N] [--operation=NAME]
 //       [--save_operation=PATH] [--asset=NAME] [--flood_rate=N] [--read_rate=N] [--no_verify]
+//       [--watch_cqs=N]
 //   --target and --pid take comma-separated lists (replicas of one gateway on a shared ledger):
 //   channel i connects to target i % N (--channels is raised to N at least), and CPU time and
 //   RSS are summed over the pids.
@@ -80,6 +86,7 @@ struct Flags {
   std::vector<std::string> targets;  // --target split at commas
   std::vector<int> pids;             // --pid split at commas
   int rss_interval_ms = 50;
+  int watch_cqs = 0;
   int processing_ms = 0;
   double source_seconds = 2700;
   int repeat = 3;
@@ -134,6 +141,7 @@ Flags Parse(int argc, char** argv) {
     number("watchers_per_op", &flags.watchers_per_op);
     number("channels", &flags.channels);
     number("rss_interval_ms", &flags.rss_interval_ms);
+    number("watch_cqs", &flags.watch_cqs);
     number("processing_ms", &flags.processing_ms);
     number("repeat", &flags.repeat);
     real("duration_s", &flags.duration_s);
@@ -921,11 +929,26 @@ class FanoutLoad {
 
     // Phase 2: every watcher opened at once; the callback API needs no thread per stream.
     const int total = flags_.ops * flags_.watchers_per_op;
+    std::vector<std::unique_ptr<grpc::CompletionQueue>> cqs;
+    std::vector<std::thread> cq_threads;
+    for (int q = 0; q < flags_.watch_cqs; ++q) {
+      cqs.push_back(std::make_unique<grpc::CompletionQueue>());
+      cq_threads.emplace_back([cq = cqs.back().get()] {
+        void* tag = nullptr;
+        bool ok = false;
+        while (cq->Next(&tag, &ok)) static_cast<AsyncWatcher*>(tag)->Proceed(ok);
+      });
+    }
     int started = 0;
     for (int w = 0; w < flags_.watchers_per_op; ++w) {
       for (size_t i = 0; i < ops_.size(); ++i) {
         if (ops_[i].name.empty()) continue;
-        new Watcher(this, i, static_cast<size_t>(started));
+        if (cqs.empty()) {
+          new Watcher(this, i, static_cast<size_t>(started));
+        } else {
+          new AsyncWatcher(this, i, static_cast<size_t>(started),
+                           cqs[static_cast<size_t>(started) % cqs.size()].get());
+        }
         ++started;
       }
     }
@@ -948,6 +971,9 @@ class FanoutLoad {
     }
     const absl::Time t3 = absl::Now();
     rss_->Stop();
+    for (auto& cq : cqs) cq->Shutdown();
+    for (auto& thread : cq_threads) thread.join();
+    out["watch_cqs"] = flags_.watch_cqs;
     out["watchers"] = total;
     out["watchers_started"] = started;
     out["wall_s"] = absl::ToDoubleSeconds(t3 - t0);
@@ -1057,6 +1083,64 @@ class FanoutLoad {
     grpc::ClientContext context_;
     v1::WatchOperationRequest request_;
     v1::OperationEvent event_;
+    bool opened_ = false;
+    bool late_ = false;
+    bool terminal_ = false;
+  };
+
+  // The same watcher on the async API: one operation outstanding at a time (start, each read,
+  // then the status), its tag the watcher itself.
+  class AsyncWatcher final {
+   public:
+    AsyncWatcher(FanoutLoad* load, size_t op, size_t channel, grpc::CompletionQueue* cq)
+        : token_(load->client_->live()), load_(load), op_(op) {
+      load_->client_->Authorize(&context_);
+      context_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(15));
+      request_.set_name(load_->ops_[op].name);
+      reader_ = load_->client_->stub(channel)->PrepareAsyncWatchOperation(&context_, request_, cq);
+      reader_->StartCall(this);
+    }
+    void Proceed(bool ok) {
+      if (finishing_) {
+        load_->Closed(opened_, status_);
+        delete this;
+        return;
+      }
+      if (!ok) {
+        finishing_ = true;
+        reader_->Finish(&status_, this);
+        return;
+      }
+      if (started_) OnEvent();
+      started_ = true;
+      reader_->Read(&event_, this);
+    }
+
+   private:
+    void OnEvent() {
+      const absl::Time now = absl::Now();
+      const bool done = event_.has_operation() && event_.operation().done();
+      if (!opened_) {
+        opened_ = true;
+        load_->Opened(done);
+        if (done) late_ = true;
+      }
+      if (done && !late_ && !terminal_) {
+        terminal_ = true;
+        load_->Terminal(op_, now, event_.operation());
+      }
+    }
+
+    LiveCount::Token token_;  // first: released after the context
+    FanoutLoad* load_;
+    const size_t op_;
+    grpc::ClientContext context_;
+    v1::WatchOperationRequest request_;
+    std::unique_ptr<grpc::ClientAsyncReader<v1::OperationEvent>> reader_;
+    v1::OperationEvent event_;
+    grpc::Status status_;
+    bool started_ = false;
+    bool finishing_ = false;
     bool opened_ = false;
     bool late_ = false;
     bool terminal_ = false;

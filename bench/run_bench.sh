@@ -5,6 +5,11 @@
 #       (with the gateway's fsync/fdatasync calls and CPU time over the run, from perf stat)
 #   (c) 10,000 WatchOperation streams on 1,000 live operations     Soundpiece jobs of $FANOUT_PROCESSING_MS
 #   (d) Download of a ~200 MB asset                                 cached render in $build/bench-audio
+#   fanout100k  100,000 WatchOperation streams on 1,000 live operations, held $FANOUT100K_PROCESSING_MS
+#             (default 600000: 10 minutes): every terminal event delivered, gateway RSS < 1 GB,
+#             fan-out p99 < 250 ms from done_time, completions slipping < 100 ms past the plan
+#   floor_watch the same streams against the floor (floor_server --watch_hold_ms: a snapshot, then
+#             the done operation $FLOOR_WATCH_HOLD_MS later): what holding them costs gRPC itself
 # and, side by side with the limits the gateway can approach (interleaved A B A B ..., $PAIRS pairs,
 # ratios per pair, their median and range):
 #   floor     GetOperation, 64 callers, gateway vs the floor (bench/floor_server.cc: a minimal
@@ -35,7 +40,7 @@
 #
 # Usage: bench/run_bench.sh [build-dir (build/release)] [scenario...]
 #   scenarios: get generate fanout download floor single direct flood callgrind replicas (default: all;
-#   ~12 minutes once the audio is cached)
+#   ~12 minutes once the audio is cached); fanout100k and floor_watch run only when named
 # The build dir needs musicgw loudly-emulator soundpiece-emulator grpc_load floor_server, from a
 # Release build:
 #   cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DMUSICGW_BUILD_BENCH=ON
@@ -64,6 +69,8 @@ SINGLE_OPS="${SINGLE_OPS:-200}"
 FANOUT_OPS="${FANOUT_OPS:-1000}"
 FANOUT_WATCHERS="${FANOUT_WATCHERS:-10}"
 FANOUT_PROCESSING_MS="${FANOUT_PROCESSING_MS:-30000}"
+FANOUT100K_PROCESSING_MS="${FANOUT100K_PROCESSING_MS:-600000}"
+FLOOR_WATCH_HOLD_MS="${FLOOR_WATCH_HOLD_MS:-90000}"
 DOWNLOAD_SOURCE_SECONDS="${DOWNLOAD_SOURCE_SECONDS:-2840}"
 PAIRS="${PAIRS:-5}"
 FLOOD_LIMIT="${FLOOD_LIMIT:-50}"
@@ -354,6 +361,25 @@ setup_operation() {
     --warmup_s=0 --save_operation="$1")
   printf 'run_bench: setup: %s\n' "$out" >&2
   json_field "$out" operation
+}
+
+# Scenario "floor_watch": 100,000 WatchOperation streams (1,000 x 100) held by the floor, each
+# ended $FLOOR_WATCH_HOLD_MS after it opened: RSS per open stream of gRPC and a bare reactor.
+run_floor_watch() {
+  start_stack floor_watch 0
+  local op_file="$work/operation.bin" log="$work/floor-watch.out" args out
+  setup_operation "$op_file" >/dev/null
+  "$build/bench/floor_server" --operation="$op_file" --listen=127.0.0.1:0 \
+    --watch_hold_ms="$FLOOR_WATCH_HOLD_MS" >"$log" 2>&1 &
+  floor_pid=$!
+  wait_line "$log" "floor listening on" 120
+  args=(--mode=watch_fanout --task=sample --ops=1000 --watchers_per_op=100 --concurrency=64
+    --channels=10 --watch_cqs=8 --rss_interval_ms=50)
+  out=$(grpc_load --target="127.0.0.1:$(sed -n 's/^floor listening on //p' "$log")" "${args[@]}" \
+    --pid="$floor_pid")
+  printf '%s\n' "$out" >&2
+  record floor_watch "grpc_load --target=<floor> ${args[*]} --pid=<floor>" "$out"
+  stop_stack
 }
 
 # Scenario "floor": GetOperation on the gateway and on the floor, interleaved.
@@ -749,6 +775,14 @@ for scenario in "${scenarios[@]}"; do
         --ops="$FANOUT_OPS" --watchers_per_op="$FANOUT_WATCHERS" --concurrency=64 --channels=10 \
         --processing_ms="$FANOUT_PROCESSING_MS" --rss_interval_ms=50
       ;;
+    fanout100k)
+      # The watchers on 8 async completion queues (--watch_cqs): on the callback API's single
+      # queue the load generator's own per-event cost grows with the number of streams.
+      run_scenario fanout100k "$FANOUT100K_PROCESSING_MS" --mode=watch_fanout --task=sample \
+        --ops=1000 --watchers_per_op=100 --concurrency=64 --channels=10 --watch_cqs=8 \
+        --processing_ms="$FANOUT100K_PROCESSING_MS" --rss_interval_ms=50
+      ;;
+    floor_watch) run_floor_watch ;;
     download)
       run_scenario download 0 --mode=download --source_seconds="$DOWNLOAD_SOURCE_SECONDS" \
         --repeat=4 --rss_interval_ms=10
@@ -761,7 +795,7 @@ for scenario in "${scenarios[@]}"; do
     replicas) run_replicas ;;
     *)
       echo "run_bench: unknown scenario $scenario (get generate fanout download floor single direct" \
-        "flood callgrind replicas)" >&2
+        "flood callgrind replicas fanout100k floor_watch)" >&2
       exit 2
       ;;
   esac

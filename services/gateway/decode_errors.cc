@@ -73,6 +73,15 @@ std::optional<std::string> FieldPath(const Descriptor* root, const FieldDescript
   return std::nullopt;
 }
 
+// The answer to an unparsed request of `method`, with the call's one "rpc" log line.
+grpc::Status Answer(absl::string_view method, absl::string_view utf8_field) {
+  const absl::Status status = DecodeError(method, utf8_field);
+  log::Info("rpc", {{"method", method.substr(method.rfind('/') + 1)},
+                    {"code", absl::StatusCodeToString(status.code())},
+                    {"error", status.message()}});
+  return ToGrpcStatus(status);
+}
+
 class DecodeErrorInterceptor final : public grpc::experimental::Interceptor {
  public:
   explicit DecodeErrorInterceptor(std::string method) : method_(std::move(method)) {}
@@ -85,11 +94,7 @@ class DecodeErrorInterceptor final : public grpc::experimental::Interceptor {
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       if (failed_) {
-        const absl::Status status = DecodeError(method_, utf8_field_);
-        methods->ModifySendStatus(ToGrpcStatus(status));
-        log::Info("rpc", {{"method", method_.substr(method_.rfind('/') + 1)},
-                          {"code", absl::StatusCodeToString(status.code())},
-                          {"error", status.message()}});
+        methods->ModifySendStatus(Answer(method_, utf8_field_));
       } else {
         // The last backstop: an error no handler of ours produced (gRPC's own, e.g. for an
         // unknown method) still leaves with an ErrorInfo.
@@ -119,6 +124,10 @@ class DecodeErrorInterceptorFactory final
 };
 
 }  // namespace
+
+grpc::Status AnswerUnparsedRequest(absl::string_view method) {
+  return Answer(method, std::exchange(last_utf8_field, std::string()));
+}
 
 void RouteProtobufLogs() {
   static absl::once_flag once;

@@ -32,4 +32,8 @@ MakeDecodeErrorInterceptorFactory();
 // the request ("song.lyrics") when the method's request type contains it.
 absl::Status DecodeError(absl::string_view method, absl::string_view utf8_field);
 
+// What the interceptor answers (and logs) for a request of `method` whose parse just failed on
+// this thread; for raw methods, which parse their requests themselves.
+grpc::Status AnswerUnparsedRequest(absl::string_view method);
+
 }  // namespace musicgw::gateway

@@ -5,9 +5,11 @@
 #include "absl/time/clock.h"
 #include "adapters/capabilities.h"
 #include "common/errors.h"
+#include "services/gateway/decode_errors.h"
 #include "services/gateway/download_reactor.h"
 #include "services/gateway/stream_reactor.h"
 #include "services/gateway/validator.h"
+#include "services/gateway/watch_reactor.h"
 
 namespace musicgw::gateway {
 namespace {
@@ -77,12 +79,22 @@ grpc::ServerUnaryReactor* GatewayService::ListOperations(
   return FinishUnary(context, call, absl::OkStatus());
 }
 
-grpc::ServerWriteReactor<musicgw::v1::OperationEvent>* GatewayService::WatchOperation(
-    grpc::CallbackServerContext* context, const musicgw::v1::WatchOperationRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GatewayService::WatchOperation(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  // Parsed as gRPC parses a typed request; one that does not parse gets what the decode-error
+  // interceptor answers for the typed methods.
+  musicgw::v1::WatchOperationRequest parsed;
+  grpc::ByteBuffer copy(*raw);
+  if (!grpc::SerializationTraits<musicgw::v1::WatchOperationRequest>::Deserialize(&copy, &parsed)
+           .ok()) {
+    return new FinishedWriteReactor(
+        AnswerUnparsedRequest("/musicgw.v1.MusicGateway/WatchOperation"));
+  }
+  const musicgw::v1::WatchOperationRequest* request = &parsed;
   auto call = std::make_unique<CallLog>("WatchOperation", deps_.observer);
   auto fail = [&call](const absl::Status& status) {
     call->Done(status);
-    return new FailedStreamReactor<musicgw::v1::OperationEvent>(status);
+    return new FailedStreamReactor<grpc::ByteBuffer>(status);
   };
   auto tenant = deps_.tenants->Authenticate(*context);
   if (!tenant.ok()) return fail(tenant.status());
@@ -92,11 +104,11 @@ grpc::ServerWriteReactor<musicgw::v1::OperationEvent>* GatewayService::WatchOper
   if (!valid.ok()) return fail(valid);
   auto slot = OpenStream((*tenant)->name);
   if (!slot.ok()) return fail(slot.status());
-  auto stream = deps_.engine->Watch((*tenant)->name, request->name(), request->after_sequence());
+  auto stream =
+      deps_.engine->WatchShared((*tenant)->name, request->name(), request->after_sequence());
   if (!stream.ok()) return fail(stream.status());
-  return new StreamReactor<musicgw::v1::OperationEvent>(
-      std::move(call), std::make_unique<SlottedStream<musicgw::v1::OperationEvent>>(
-                           std::move(*stream), std::move(*slot)));
+  return new WatchReactor(std::move(call), std::make_unique<SlottedStream<operations::WatchEvent>>(
+                                               std::move(*stream), std::move(*slot)));
 }
 
 grpc::ServerUnaryReactor* GatewayService::WaitOperation(

@@ -44,10 +44,12 @@ struct GatewayDeps {
   const notify::WebhookApi* webhooks = nullptr;
 };
 
-// Download is a raw method: custody downloads frame their data messages themselves
-// (download_reactor.h).
-class GatewayService final : public musicgw::v1::MusicGateway::WithRawCallbackMethod_Download<
-                                 musicgw::v1::MusicGateway::CallbackService> {
+// Download and WatchOperation are raw methods: custody downloads frame their data messages
+// themselves (download_reactor.h), and watch events are written as bytes shared across streams.
+using GatewayBase = musicgw::v1::MusicGateway::WithRawCallbackMethod_Download<
+    musicgw::v1::MusicGateway::WithRawCallbackMethod_WatchOperation<
+        musicgw::v1::MusicGateway::CallbackService>>;
+class GatewayService final : public GatewayBase {
  public:
   explicit GatewayService(GatewayDeps deps);
 
@@ -60,9 +62,9 @@ class GatewayService final : public musicgw::v1::MusicGateway::WithRawCallbackMe
   grpc::ServerUnaryReactor* ListOperations(grpc::CallbackServerContext* context,
                                            const musicgw::v1::ListOperationsRequest* request,
                                            musicgw::v1::ListOperationsResponse* response) override;
-  grpc::ServerWriteReactor<musicgw::v1::OperationEvent>* WatchOperation(
-      grpc::CallbackServerContext* context,
-      const musicgw::v1::WatchOperationRequest* request) override;
+  // Takes a WatchOperationRequest, writes OperationEvents.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchOperation(grpc::CallbackServerContext* context,
+                                                             const grpc::ByteBuffer* raw) override;
   grpc::ServerUnaryReactor* WaitOperation(grpc::CallbackServerContext* context,
                                           const musicgw::v1::WaitOperationRequest* request,
                                           musicgw::v1::Operation* response) override;

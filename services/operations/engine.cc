@@ -41,6 +41,34 @@
 namespace musicgw::operations {
 namespace {
 
+// A typed watch as WatchEvents, for engines without shared snapshots.
+class SharingStream final : public EventStream<WatchEvent> {
+ public:
+  explicit SharingStream(std::unique_ptr<EventStream<musicgw::v1::OperationEvent>> inner)
+      : inner_(std::move(inner)) {}
+  std::optional<WatchEvent> Next(bool* finished, absl::Status* final_status) override {
+    std::optional<musicgw::v1::OperationEvent> event = inner_->Next(finished, final_status);
+    if (!event.has_value()) return std::nullopt;
+    return FromOperationEvent(*std::move(event));
+  }
+  void SetWakeup(absl::AnyInvocable<void()> wake) override { inner_->SetWakeup(std::move(wake)); }
+
+ private:
+  std::unique_ptr<EventStream<musicgw::v1::OperationEvent>> inner_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EventStream<WatchEvent>>> OperationsEngine::WatchShared(
+    const std::string& tenant, absl::string_view name, int64_t after_sequence) {
+  auto stream = Watch(tenant, name, after_sequence);
+  if (!stream.ok()) return stream.status();
+  return std::unique_ptr<EventStream<WatchEvent>>(
+      std::make_unique<SharingStream>(*std::move(stream)));
+}
+
+namespace {
+
 namespace v1 = musicgw::v1;
 using adapters::ProviderAdapter;
 using adapters::UpstreamStatus;
@@ -58,13 +86,14 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
                           options_.default_quota_backoff},
             clock_)),
         executor_(std::make_shared<Executor>(options_.worker_threads, clock_)),
+        watch_executor_(std::make_shared<Executor>(1, clock_)),
         custody_(std::make_shared<AssetCustody>(options_, clock_, store_, executor_, http,
                                                 options_.asset_store)),
         feed_(NewInProcessChangeFeed()),
         env_(std::make_shared<TrackerEnv>(options_, clock_, store_, router_, executor_, feed_)),
         hub_(std::make_shared<WatchHub>(
-            WatchHubOptions{options_.watch_heartbeat, options_.watch_buffer}, clock_, executor_,
-            store_)),
+            WatchHubOptions{options_.watch_heartbeat, options_.watch_buffer}, clock_,
+            watch_executor_, store_)),
         assets_(std::make_shared<AssetHost>(options_, clock_, store_, router_, executor_, http)),
         snapshots_(std::make_shared<SnapshotCache>(SnapshotCacheOptions{}, clock_)) {
     feed_->Subscribe(hub_.get());
@@ -91,6 +120,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   ~EngineImpl() override {
     if (options_.replica_link != nullptr) options_.replica_link->Stop();
     executor_->Stop();
+    watch_executor_->Stop();
     feed_->Unsubscribe(hub_.get());
     feed_->Unsubscribe(snapshots_.get());
   }
@@ -141,6 +171,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     feed_->Unsubscribe(hub_.get());
     feed_->Unsubscribe(snapshots_.get());
     executor_->Stop();
+    watch_executor_->Stop();
   }
 
   absl::StatusOr<v1::Operation> Generate(const std::string& tenant,
@@ -289,14 +320,26 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     MUSICGW_ASSIGN_OR_RETURN(OperationRecord record, Lookup(tenant, name));
     if (IsShutdown()) return ShuttingDown();
     const std::string id = record.id();
-    return hub_->Open(id, after_sequence, [&]() -> absl::StatusOr<v1::Operation> {
-      if (auto tracker = env_->live.Find(id)) return tracker->Snapshot();
-      if (record.operation.done()) return record.operation;
-      // Not tracked here (any more): the ledger has the latest state.
-      auto latest = store_->Get(id);
-      if (!latest.ok()) return FromStore(latest.status());
-      return std::move(latest->operation);
-    });
+    return hub_->Open(id, after_sequence, [&] { return Current(id, record); });
+  }
+
+  // The latest committed state of operation `id` (read as `record`), for a new watch.
+  absl::StatusOr<v1::Operation> Current(const std::string& id, const OperationRecord& record) {
+    if (auto tracker = env_->live.Find(id)) return tracker->Snapshot();
+    if (record.operation.done()) return record.operation;
+    // Not tracked here (any more): the ledger has the latest state.
+    auto latest = store_->Get(id);
+    if (!latest.ok()) return FromStore(latest.status());
+    return std::move(latest->operation);
+  }
+
+  absl::StatusOr<std::unique_ptr<EventStream<WatchEvent>>> WatchShared(
+      const std::string& tenant, absl::string_view name, int64_t after_sequence) override {
+    if (after_sequence < 0) return InvalidFieldError("after_sequence", "must not be negative");
+    MUSICGW_ASSIGN_OR_RETURN(OperationRecord record, Lookup(tenant, name));
+    if (IsShutdown()) return ShuttingDown();
+    const std::string id = record.id();
+    return hub_->OpenShared(id, after_sequence, [&] { return Current(id, record); });
   }
 
   absl::StatusOr<std::unique_ptr<EventStream<v1::DownloadChunk>>> Download(
@@ -649,6 +692,8 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
   const std::shared_ptr<OperationStore> store_;
   const std::shared_ptr<Router> router_;
   const std::shared_ptr<Executor> executor_;
+  // The watch hub's own thread (heartbeats to every idle stream): never in the way of trackers.
+  const std::shared_ptr<Executor> watch_executor_;
   const std::shared_ptr<AssetCustody> custody_;
   const std::shared_ptr<ChangeFeed> feed_;
   const std::shared_ptr<TrackerEnv> env_;
@@ -710,6 +755,12 @@ class EngineHandle final : public OperationsEngine {
   absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> Watch(
       const std::string& tenant, absl::string_view name, int64_t after_sequence) override {
     auto stream = impl_->Watch(tenant, name, after_sequence);
+    if (!stream.ok()) return stream;
+    return WithEstimates(*std::move(stream), *eta_);
+  }
+  absl::StatusOr<std::unique_ptr<EventStream<WatchEvent>>> WatchShared(
+      const std::string& tenant, absl::string_view name, int64_t after_sequence) override {
+    auto stream = impl_->WatchShared(tenant, name, after_sequence);
     if (!stream.ok()) return stream;
     return WithEstimates(*std::move(stream), *eta_);
   }

@@ -29,6 +29,7 @@
 #include "services/operations/router.h"
 // Callers open the ledger they hand to CreateOperationsEngine with OpenSqliteOperationStore.
 #include "services/operations/sqlite_store.h"
+#include "services/operations/watch_stream.h"
 
 namespace musicgw::operations {
 
@@ -214,6 +215,10 @@ class OperationsEngine {
   // Snapshot (or every change after `after_sequence`), then changes, heartbeats, end at done.
   virtual absl::StatusOr<std::unique_ptr<EventStream<musicgw::v1::OperationEvent>>> Watch(
       const std::string& tenant, absl::string_view name, int64_t after_sequence) = 0;
+  // The same watch, its events sharing their snapshots with every other watcher of the change
+  // (a transport serializes each snapshot once). By default: Watch's events, one snapshot each.
+  virtual absl::StatusOr<std::unique_ptr<EventStream<WatchEvent>>> WatchShared(
+      const std::string& tenant, absl::string_view name, int64_t after_sequence);
   // AssetInfo, then data chunks from `offset`.
   virtual absl::StatusOr<std::unique_ptr<EventStream<musicgw::v1::DownloadChunk>>> Download(
       const std::string& tenant, absl::string_view asset, int64_t offset) = 0;

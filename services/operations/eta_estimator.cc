@@ -86,7 +86,31 @@ class EstimatingStream final : public EventStream<v1::OperationEvent> {
   EtaEstimator& eta_;
 };
 
+class EstimatingSharedStream final : public EventStream<WatchEvent> {
+ public:
+  EstimatingSharedStream(std::unique_ptr<EventStream<WatchEvent>> inner, EtaEstimator& eta)
+      : inner_(std::move(inner)), eta_(eta) {}
+
+  std::optional<WatchEvent> Next(bool* finished, absl::Status* final_status) override {
+    std::optional<WatchEvent> event = inner_->Next(finished, final_status);
+    if (event.has_value() && event->snapshot != nullptr) {
+      event->snapshot->Encoded([this](v1::Operation* operation) { eta_.Annotate(operation); });
+    }
+    return event;
+  }
+  void SetWakeup(absl::AnyInvocable<void()> wake) override { inner_->SetWakeup(std::move(wake)); }
+
+ private:
+  std::unique_ptr<EventStream<WatchEvent>> inner_;
+  EtaEstimator& eta_;
+};
+
 }  // namespace
+
+std::unique_ptr<EventStream<WatchEvent>> WithEstimates(
+    std::unique_ptr<EventStream<WatchEvent>> stream, EtaEstimator& eta) {
+  return std::make_unique<EstimatingSharedStream>(std::move(stream), eta);
+}
 
 std::unique_ptr<EventStream<v1::OperationEvent>> WithEstimates(
     std::unique_ptr<EventStream<v1::OperationEvent>> stream, EtaEstimator& eta) {

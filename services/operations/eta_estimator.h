@@ -24,6 +24,7 @@
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/operation_store.h"
+#include "services/operations/watch_stream.h"
 
 namespace musicgw::operations {
 
@@ -73,5 +74,9 @@ class EtaEstimator {
 // `stream` with every event's operation annotated by `eta` (which must outlive the stream).
 std::unique_ptr<EventStream<musicgw::v1::OperationEvent>> WithEstimates(
     std::unique_ptr<EventStream<musicgw::v1::OperationEvent>> stream, EtaEstimator& eta);
+// The same for shared snapshots: each is annotated once, when first serialized (so every
+// watcher of a change sends the same estimate).
+std::unique_ptr<EventStream<WatchEvent>> WithEstimates(
+    std::unique_ptr<EventStream<WatchEvent>> stream, EtaEstimator& eta);
 
 }  // namespace musicgw::operations

@@ -37,6 +37,30 @@ WatchHub::WatchHub(WatchHubOptions options, const Clock& clock, std::shared_ptr<
 absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> WatchHub::Open(
     const std::string& operation_id, int64_t after_sequence,
     absl::FunctionRef<absl::StatusOr<v1::Operation>()> current) {
+  MUSICGW_ASSIGN_OR_RETURN(std::shared_ptr<WatchState> state,
+                           Subscribe(operation_id, after_sequence, current));
+  return StreamOf<v1::OperationEvent>(std::move(state));
+}
+
+absl::StatusOr<std::unique_ptr<EventStream<WatchEvent>>> WatchHub::OpenShared(
+    const std::string& operation_id, int64_t after_sequence,
+    absl::FunctionRef<absl::StatusOr<v1::Operation>()> current) {
+  MUSICGW_ASSIGN_OR_RETURN(std::shared_ptr<WatchState> state,
+                           Subscribe(operation_id, after_sequence, current));
+  return StreamOf<WatchEvent>(std::move(state));
+}
+
+template <typename Event>
+std::unique_ptr<EventStream<Event>> WatchHub::StreamOf(std::shared_ptr<WatchState> state) {
+  open_->fetch_add(1);
+  auto counter = open_;
+  return std::make_unique<WatchStream<Event>>(std::move(state),
+                                              [counter] { counter->fetch_sub(1); });
+}
+
+absl::StatusOr<std::shared_ptr<WatchState>> WatchHub::Subscribe(
+    const std::string& operation_id, int64_t after_sequence,
+    absl::FunctionRef<absl::StatusOr<v1::Operation>()> current) {
   auto state = std::make_shared<WatchState>(options_.buffer, clock_);
   {
     absl::MutexLock lock(&mu_);
@@ -56,10 +80,7 @@ absl::StatusOr<std::unique_ptr<EventStream<v1::OperationEvent>>> WatchHub::Open(
     all_.push_back(state);
     ArmLocked(clock_.Now() + options_.heartbeat);
   }
-  open_->fetch_add(1);
-  auto counter = open_;
-  return std::unique_ptr<EventStream<v1::OperationEvent>>(
-      std::make_unique<WatchStream>(state, [counter] { counter->fetch_sub(1); }));
+  return state;
 }
 
 absl::Status WatchHub::Fill(WatchState& state, const v1::Operation& current,
@@ -70,7 +91,8 @@ absl::Status WatchHub::Fill(WatchState& state, const v1::Operation& current,
         "after_sequence",
         absl::StrCat("is ahead of the operation (at sequence ", current.sequence(), ")"));
   }
-  auto snapshot = std::make_shared<const v1::Operation>(current);
+  auto snapshot =
+      std::make_shared<const SharedSnapshot>(std::make_shared<const v1::Operation>(current));
   if (after_sequence == 0) {
     state.Push(snapshot, v1::OperationEvent::KIND_SNAPSHOT);
   } else if (after_sequence < current.sequence()) {
@@ -80,7 +102,8 @@ absl::Status WatchHub::Fill(WatchState& state, const v1::Operation& current,
     if (events.ok() && !events->empty() && events->front().sequence == after_sequence + 1) {
       for (auto& event : *events) {
         if (event.sequence > current.sequence()) break;
-        state.Push(std::make_shared<const v1::Operation>(std::move(event.operation)),
+        state.Push(std::make_shared<const SharedSnapshot>(
+                       std::make_shared<const v1::Operation>(std::move(event.operation))),
                    v1::OperationEvent::KIND_CHANGE, /*replay=*/true);
       }
     } else {
@@ -146,6 +169,12 @@ void WatchHub::CatchUp(const std::string& operation_id, int64_t sequence) {
 void WatchHub::Deliver(const std::string& operation_id,
                        const std::vector<std::shared_ptr<const v1::Operation>>& snapshots) {
   std::vector<std::shared_ptr<WatchState>> wake;
+  // One shared snapshot per change, whatever the number of watchers.
+  std::vector<WatchState::Snapshot> shared;
+  shared.reserve(snapshots.size());
+  for (const auto& snapshot : snapshots) {
+    shared.push_back(std::make_shared<const SharedSnapshot>(snapshot));
+  }
   {
     absl::MutexLock lock(&mu_);
     auto it = by_operation_.find(operation_id);
@@ -155,7 +184,7 @@ void WatchHub::Deliver(const std::string& operation_id,
       if (state == nullptr) continue;
       bool owed = false;
       // Push drops what the watcher has already: a change is never sent twice to one stream.
-      for (const auto& snapshot : snapshots) {
+      for (const auto& snapshot : shared) {
         owed = state->Push(snapshot, v1::OperationEvent::KIND_CHANGE) || owed;
       }
       if (owed) wake.push_back(std::move(state));
@@ -221,10 +250,14 @@ void WatchHub::Tick() {
     }
   }
   const absl::Time now = clock_.Now();
+  // Watchers that fall due within one slack are served by this tick: every watcher left has
+  // more than `slack` to go, so the timer fires at most interval/slack times per interval
+  // (each tick walks every watcher) instead of once per watcher.
+  const absl::Duration slack = options_.heartbeat / 16;
   absl::Duration soonest = absl::InfiniteDuration();
   for (const auto& state : states) {
     absl::Duration next;
-    if (state->Heartbeat(now, options_.heartbeat, &next)) state->RunWake();
+    if (state->Heartbeat(now, options_.heartbeat, slack, &next)) state->RunWake();
     soonest = std::min(soonest, next);
   }
   if (soonest == absl::InfiniteDuration()) return;

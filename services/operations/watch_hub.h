@@ -2,8 +2,11 @@
 // WatchOperation's fan-out: the subscribers of each operation, fed from the change feed. A new
 // watch gets the snapshot (or, resuming after a sequence, the changes it missed, replayed from
 // the ledger's events), then every change; a slow reader's backlog coalesces to the latest
-// snapshot (WatchState). Heartbeats come from one timer that serves every idle watcher.
-// Shutdown ends every watch with the given status.
+// snapshot (WatchState). Every watcher of a change shares its snapshot (one copy, serialized
+// once). Heartbeats come from one timer that serves every idle watcher; it fires at most 16
+// times per heartbeat interval, whatever the number of watchers, and sends a heartbeat to every
+// watcher idle for at least 15/16 of the interval. Shutdown ends every watch with the given
+// status.
 //
 // Thread-safe. Lock order: WatchHub::mu_ -> (the `current` callback's locks | WatchState).
 #pragma once
@@ -52,6 +55,10 @@ class WatchHub final : public ChangeSubscriber, public std::enable_shared_from_t
   absl::StatusOr<std::unique_ptr<EventStream<musicgw::v1::OperationEvent>>> Open(
       const std::string& operation_id, int64_t after_sequence,
       absl::FunctionRef<absl::StatusOr<musicgw::v1::Operation>()> current);
+  // The same watch, its events sharing the snapshots of every other watcher (no copy).
+  absl::StatusOr<std::unique_ptr<EventStream<WatchEvent>>> OpenShared(
+      const std::string& operation_id, int64_t after_sequence,
+      absl::FunctionRef<absl::StatusOr<musicgw::v1::Operation>()> current);
 
   // ChangeSubscriber: queues the change for the operation's watchers. A change without its
   // snapshot (another replica's, through a cross-process feed) is read from the ledger's
@@ -71,6 +78,14 @@ class WatchHub final : public ChangeSubscriber, public std::enable_shared_from_t
 
  private:
   using Watchers = std::vector<std::weak_ptr<WatchState>>;
+
+  // Subscribes a new watcher (what Open and OpenShared share).
+  absl::StatusOr<std::shared_ptr<WatchState>> Subscribe(
+      const std::string& operation_id, int64_t after_sequence,
+      absl::FunctionRef<absl::StatusOr<musicgw::v1::Operation>()> current);
+  // The stream that closes `state`; `Event` as in WatchStream.
+  template <typename Event>
+  std::unique_ptr<EventStream<Event>> StreamOf(std::shared_ptr<WatchState> state);
 
   // Queues what a new watcher sees first.
   absl::Status Fill(WatchState& state, const musicgw::v1::Operation& current,

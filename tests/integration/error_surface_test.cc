@@ -367,6 +367,14 @@ TEST_F(ErrorSurfaceTest, InvalidUtf8IsInvalidArgumentNamingTheField) {
   EXPECT_EQ(details.code, grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(details.field, "name");
 
+  // WatchOperation parses its request itself (a raw method): the same answer.
+  const auto* watch = musicgw::v1::WatchOperationRequest::descriptor();
+  details = Decode(RawUnary(b2b_->grpc_port(), "/musicgw.v1.MusicGateway/WatchOperation",
+                            Bytes(FieldNumber(watch, "name"), "operations/\xc3\x28"), kAcmeKey));
+  EXPECT_EQ(details.code, grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(details.reason, "INVALID_ARGUMENT");
+  EXPECT_EQ(details.field, "name");
+
   // Bytes that are no protobuf message at all: still INVALID_ARGUMENT, without a field.
   details = Decode(RawUnary(b2b_->grpc_port(), "/musicgw.v1.MusicGateway/Generate",
                             std::string("\x0a\xff\xff\xff", 4), kAcmeKey));

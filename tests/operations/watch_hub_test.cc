@@ -205,5 +205,64 @@ TEST_F(WatchHubTest, ShutdownEndsEveryWatchAndRefusesNewOnes) {
   EXPECT_EQ(hub->open_watches(), 0);
 }
 
+TEST_F(WatchHubTest, EveryWatcherOfAChangeSharesOneSnapshot) {
+  auto hub = NewHub();
+  v1::Operation op = Create();
+  auto open = [&] {
+    auto stream =
+        hub->OpenShared(IdOf(op), 0, [&]() -> absl::StatusOr<v1::Operation> { return op; });
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    return stream.ok() ? *std::move(stream) : nullptr;
+  };
+  StreamReader<WatchEvent> first(open());
+  StreamReader<WatchEvent> second(open());
+  ASSERT_TRUE(first.WaitForMessages(1));
+  ASSERT_TRUE(second.WaitForMessages(1));
+
+  op = Advance(op);
+  hub->OnChange(ChangeOf(op));
+  ASSERT_TRUE(first.WaitForMessages(2));
+  ASSERT_TRUE(second.WaitForMessages(2));
+  const WatchEvent a = first.messages()[1];
+  const WatchEvent b = second.messages()[1];
+  ASSERT_NE(a.snapshot, nullptr);
+  EXPECT_EQ(a.snapshot.get(), b.snapshot.get()) << "one snapshot, not a copy per watcher";
+  EXPECT_EQ(a.kind, v1::OperationEvent::KIND_CHANGE);
+  EXPECT_EQ(a.sequence, 2);
+  EXPECT_EQ(a.snapshot->operation().state(), v1::OPERATION_STATE_RUNNING);
+  // The typed view of the same event carries the same operation.
+  EXPECT_EQ(ToOperationEvent(a).operation().SerializeAsString(),
+            a.snapshot->operation().SerializeAsString());
+  EXPECT_FALSE(a.last);
+
+  // The done change is marked as the stream's last event, so a transport can end with it.
+  op = Advance(op, /*done=*/true);
+  hub->OnChange(ChangeOf(op));
+  ASSERT_TRUE(first.WaitFinished());
+  ASSERT_EQ(first.messages().size(), 3u);
+  EXPECT_TRUE(first.messages()[2].last);
+  EXPECT_TRUE(first.messages()[2].snapshot->operation().done());
+  EXPECT_TRUE(first.status().ok());
+}
+
+TEST_F(WatchHubTest, OneTickServesEveryWatcherDueWithinASixteenthOfTheInterval) {
+  auto hub = NewHub();
+  const v1::Operation op = Create();
+  const absl::Time start = clock_.Now();
+  StreamReader<v1::OperationEvent> first(Open(*hub, op));
+  ASSERT_TRUE(first.WaitForMessages(1));
+  clock_.Advance(absl::Milliseconds(500));  // less than 10 s / 16 later
+  StreamReader<v1::OperationEvent> second(Open(*hub, op));
+  ASSERT_TRUE(second.WaitForMessages(1));
+
+  clock_.Advance(kHeartbeat - absl::Milliseconds(500));
+  ASSERT_TRUE(first.WaitForMessages(2));
+  ASSERT_TRUE(second.WaitForMessages(2));
+  EXPECT_EQ(second.messages()[1].kind(), v1::OperationEvent::KIND_HEARTBEAT);
+  EXPECT_EQ(second.messages()[1].send_time().seconds(), absl::ToUnixSeconds(start + kHeartbeat));
+  // Both are now on the same beat: the next tick serves them together.
+  ASSERT_TRUE(testing::WaitUntil([&] { return hub->next_heartbeat() == start + 2 * kHeartbeat; }));
+}
+
 }  // namespace
 }  // namespace musicgw::operations
