@@ -25,6 +25,7 @@ using json = nlohmann::json;
 using musicgw::v1::GenerateRequest;
 
 constexpr size_t kMaxErrorTextBytes = 200;
+constexpr size_t kMaxServiceNameBytes = 128;
 
 // nlohmann parse without exceptions.
 absl::StatusOr<json> ParseJson(absl::string_view body) {
@@ -675,7 +676,11 @@ absl::Status MapHttpError(int http_status, absl::string_view body,
 
   if (http_status >= 500) {
     if (auto quota = FindQuotaMessage(body); quota.has_value() && http_status == 500) {
-      const std::string service = quota->service.empty() ? "unknown" : quota->service;
+      // The service name is the provider's free text: redacted and bounded like any error text.
+      const std::string service =
+          quota->service.empty()
+              ? "unknown"
+              : Truncate(Collapse(Redact(quota->service, context.secrets)), kMaxServiceNameBytes);
       metadata["service"] = service;
       metadata["timer_seconds_remaining"] = absl::StrCat(quota->timer_seconds_remaining);
       metadata["attempts_remaining"] = absl::StrCat(quota->attempts_remaining);

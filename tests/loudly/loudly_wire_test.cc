@@ -370,6 +370,23 @@ TEST(LoudlyCatalogTest, CheckAgainstCatalogIsExactAndNamesTheField) {
   EXPECT_TRUE(CheckAgainstCatalog(request, ProviderCatalog{}).ok());
 }
 
+// The quota message's service name is provider text: a secret inside it is redacted wherever
+// the name is repeated (message, ErrorInfo, QuotaFailure). Found by fuzz_loudly_wire.
+TEST(LoudlyErrorTest, AQuotaServiceNameNeverCarriesASecret) {
+  const std::string secret = "loudly-secret-0123456789";
+  const ErrorContext context{"acct-1", {secret}};
+  const absl::Status status = MapHttpError(
+      500,
+      absl::StrCat("{\"error\":\"External service calling limit exceeded: (service: ", secret,
+                   "e, Timer seconds remaining: 5)\"}"),
+      std::nullopt, context);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(absl::StrContains(status.ToString(), secret)) << status;
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(GetErrorInfo(status, &info));
+  EXPECT_EQ(info.metadata().at("service"), "[redacted]e");
+}
+
 TEST(LoudlyErrorTest, QuotaFiveHundredIsResourceExhaustedWithRetryInfo) {
   ASSERT_TRUE(ParseQuotaMessage("nope") == std::nullopt);
   const ErrorContext context{"acct-1", {}};
