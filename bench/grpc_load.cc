@@ -1,5 +1,5 @@
 // A load generator for a running gateway, on the gRPC callback client API (no thread per
-// call). One tool, four modes; each prints one JSON object on stdout.
+// call). One tool, five modes; each prints one JSON object on stdout.
 //
 //   --mode=generate      Generate then WatchOperation (or WaitOperation with --wait) until done,
 //                        --ops operations with --concurrency in flight (Generate-to-SUCCEEDED).
@@ -8,6 +8,7 @@
 //                        all): calls/s, latency percentiles, and with --pid the server's CPU per
 //                        call; --save_operation=PATH writes the Operation's bytes (the floor's
 //                        answer, see floor_server.cc).
+//   --mode=flood         --flood_rate Generate calls a second for --duration_s, open loop (below).
 //   --mode=watch_fanout  --ops live operations, --watchers_per_op WatchOperation streams on each;
 //                        per watcher, the time from the operation's completion to its terminal
 //                        event; gateway RSS when --pid is given. --watch_cqs=N: the streams on
@@ -32,8 +33,11 @@
 //   With --mode=get and --read_rate=N, the reads are open loop instead: N calls a second at fixed
 //   times whatever the answers' pace, each timed from when it was due (a slow server cannot
 //   slow the load and hide its own queueing), spread over the channels.
-//   With --mode=get and --flood_rate=N, another tenant (MUSICGW_FLOOD_API_KEY) sends N Generate
-//   calls a second, open loop, for the whole run: how one tenant's flood affects another's reads.
+//   With --mode=flood and --flood_rate=N, this process is another tenant sending N Generate calls
+//   a second, open loop, for --duration_s, counting the answers by code: run beside a --mode=get
+//   of another tenant, it shows how one tenant's flood affects another's reads. It is a process
+//   of its own, as another tenant's client is, so its answers are not handled on the threads
+//   that time the reads.
 //
 // The API key comes from the environment only, never the command line (it would show in ps).
 #include <grpcpp/grpcpp.h>
@@ -94,7 +98,7 @@ struct Flags {
   std::string operation;       // get: the operation to read (skips the setup Generate)
   std::string save_operation;  // get: where to write the Operation's serialized bytes
   std::string asset;           // download: the asset to download (skips the setup Generate)
-  double flood_rate = 0;       // get: Generate/s sent meanwhile as the MUSICGW_FLOOD_API_KEY tenant
+  double flood_rate = 0;       // flood: Generate calls a second
   double read_rate = 0;        // get: open-loop calls/s (0: --concurrency callers back to back)
   bool no_verify = false;      // download: no client-side SHA-256 at all (side-by-side timing)
 };
@@ -1382,22 +1386,18 @@ int main(int argc, char** argv) {
     out = load.Run();
     client.live()->WaitForNone();
   } else if (flags.mode == "get") {
-    std::unique_ptr<Client> flood_client;
-    std::unique_ptr<Flooder> flooder;
-    if (flags.flood_rate > 0) {
-      const char* flood_key = std::getenv("MUSICGW_FLOOD_API_KEY");
-      if (flood_key == nullptr || *flood_key == '\0') {
-        std::fprintf(stderr, "grpc_load: --flood_rate needs MUSICGW_FLOOD_API_KEY\n");
-        return 2;
-      }
-      flood_client = std::make_unique<Client>(flags, flood_key);
-      flooder = std::make_unique<Flooder>(flood_client.get(), flags.flood_rate);
-      flooder->Start();
-    }
     GetLoad load(&client);
     out = load.Run();
     client.live()->WaitForNone();
-    if (flooder != nullptr) out["flood"] = flooder->Stop();
+  } else if (flags.mode == "flood") {
+    if (flags.flood_rate <= 0) {
+      std::fprintf(stderr, "grpc_load: --mode=flood needs --flood_rate\n");
+      return 2;
+    }
+    Flooder flooder(&client, flags.flood_rate);
+    flooder.Start();
+    absl::SleepFor(absl::Seconds(flags.duration_s));
+    out = flooder.Stop();
   } else if (flags.mode == "watch_fanout") {
     FanoutLoad load(&client, &rss);
     out = load.Run();
@@ -1405,7 +1405,8 @@ int main(int argc, char** argv) {
   } else if (flags.mode == "download") {
     out = RunDownload(&client, &rss);
   } else {
-    std::fprintf(stderr, "grpc_load: unknown --mode=%s (generate|get|watch_fanout|download)\n",
+    std::fprintf(stderr,
+                 "grpc_load: unknown --mode=%s (generate|get|flood|watch_fanout|download)\n",
                  flags.mode.c_str());
     return 2;
   }

@@ -23,11 +23,16 @@
 #             (curl of the file from the Soundpiece emulator, where the gateway fetched it; a
 #             local read of the custody file is recorded beside them): MB/s
 #   flood     one tenant's GetOperation p99 (--concurrency=$FLOOD_VICTIM_CONCURRENCY) while another
-#             tenant sends Generate at $FLOOD_RATE/s, 10x its rate limit ($FLOOD_LIMIT/s), against the same reads
+#             tenant, a client process of its own (grpc_load --mode=flood), sends Generate at
+#             $FLOOD_RATE/s, 10x its rate limit ($FLOOD_LIMIT/s), against the same reads
 #             without the flood: the ratio of the p99s, interleaved (quiet, flood, quiet, ...)
-#             (FLOOD_PROVIDER_NICE=19: the emulators reniced, their CPU taken as a remote provider's;
-#             FLOOD_READ_RATE=N: the reads open loop at N/s instead of back to back, so they do not
-#             saturate the machine themselves and each is timed from when it was due)
+#             (FLOOD_PROVIDER_NICE=idle, the default: the emulators under SCHED_IDLE, their CPU taken
+#             as a remote provider's, which it is in production; =N: reniced to N; =0: as they are;
+#             FLOOD_CLIENT_SCHED=idle, the default: the flooding tenant's client process (another
+#             tenant's machine in production) under SCHED_IDLE too; =normal: as the reader;
+#             FLOOD_GATEWAY_BACKGROUND_NICE=N: the gateway's operations.background_nice for the run;
+#             FLOOD_READ_RATE=N: the reads open loop at N/s (default 2000), so they do not saturate
+#             the machine themselves and each is timed from when it was due; 0: back to back)
 #   callgrind instructions per GetOperation, gateway and floor each under valgrind's callgrind
 #             (counters zeroed after a warm-up, dumped after $CALLGRIND_CALLS calls, minus an idle
 #             dump of the same length); the gateway's inclusive profile goes to results/
@@ -76,8 +81,10 @@ PAIRS="${PAIRS:-5}"
 FLOOD_LIMIT="${FLOOD_LIMIT:-50}"
 FLOOD_RATE="${FLOOD_RATE:-$((FLOOD_LIMIT * 10))}"
 FLOOD_VICTIM_CONCURRENCY="${FLOOD_VICTIM_CONCURRENCY:-8}"
-FLOOD_PROVIDER_NICE="${FLOOD_PROVIDER_NICE:-0}"
-FLOOD_READ_RATE="${FLOOD_READ_RATE:-0}"
+FLOOD_PROVIDER_NICE="${FLOOD_PROVIDER_NICE:-idle}"
+FLOOD_GATEWAY_BACKGROUND_NICE="${FLOOD_GATEWAY_BACKGROUND_NICE:-}"
+FLOOD_CLIENT_SCHED="${FLOOD_CLIENT_SCHED:-idle}"
+FLOOD_READ_RATE="${FLOOD_READ_RATE:-2000}"
 CALLGRIND_WARMUP_CALLS="${CALLGRIND_WARMUP_CALLS:-500}"
 CALLGRIND_CALLS="${CALLGRIND_CALLS:-3000}"
 REPLICA_GENERATE_PAIRS="${REPLICA_GENERATE_PAIRS:-3}"
@@ -575,26 +582,38 @@ restart_gateway() {
 run_flood() {
   start_stack flood 0
   local op_file="$work/operation.bin" name runs="$work/flood-runs.jsonl" flood_key args out pair
+  local flood_pid flood_client_sched=()
+  if [[ "$FLOOD_CLIENT_SCHED" == idle ]]; then flood_client_sched=(chrt --idle 0); fi
   name=$(setup_operation "$op_file")
   flood_key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   python3 - "$sandbox_dir/musicgw.json" "$(printf '%s' "$flood_key" | sha256sum | cut -d' ' -f1)" \
-    "$FLOOD_LIMIT" <<'PY'
+    "$FLOOD_LIMIT" "$FLOOD_GATEWAY_BACKGROUND_NICE" <<'PY'
 import json, sys
-path, digest, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+path, digest, limit, background_nice = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 with open(path) as f:
     config = json.load(f)
 config["tenants"].append({"name": "flooder", "api_key_sha256": [digest],
                           "limits": {"generate_per_second": limit, "generate_burst": limit}})
+if background_nice:
+    config.setdefault("operations", {})["background_nice"] = int(background_nice)
 with open(path, "w") as f:
     json.dump(config, f, indent=1)
 PY
   restart_gateway
   if [[ "$FLOOD_PROVIDER_NICE" != 0 ]]; then
-    # The providers are remote in production: with FLOOD_PROVIDER_NICE=19 the emulators' work
-    # for the admitted operations runs only when the gateway and the load generator leave a
-    # core idle, as if it ran elsewhere.
-    renice -n "$FLOOD_PROVIDER_NICE" -p "$(cat "$sandbox_dir/soundpiece.pid")" \
-      "$(cat "$sandbox_dir/loudly.pid")" >&2
+    # The providers are remote in production: their work for the admitted operations runs only
+    # when the gateway and the load generator leave a core idle, as if it ran elsewhere. Every
+    # thread of each emulator (threads started later inherit it): renice -p sets one thread's.
+    # SCHED_IDLE ("idle") yields the core at once to any other thread that wakes; a nice value
+    # still lets the emulator finish its time slice first.
+    local emulator
+    for emulator in "$(cat "$sandbox_dir/soundpiece.pid")" "$(cat "$sandbox_dir/loudly.pid")"; do
+      if [[ "$FLOOD_PROVIDER_NICE" == idle ]]; then
+        chrt --all-tasks --idle --pid 0 "$emulator" >/dev/null
+      else
+        renice -n "$FLOOD_PROVIDER_NICE" -p $(ls "/proc/$emulator/task") >/dev/null
+      fi
+    done
   fi
   : >"$runs"
   args=(--target="$TARGET" --mode=get --task=sample --operation="$name"
@@ -605,14 +624,29 @@ PY
     echo "run_bench: flood pair $pair: quiet" >&2
     out=$(grpc_load "${args[@]}")
     printf '{"pair": %s, "side": "quiet", "result": %s}\n' "$pair" "$out" >>"$runs"
+    printf '%s\n' "$out" >&2
     echo "run_bench: flood pair $pair: flooded at $FLOOD_RATE/s" >&2
-    out=$(MUSICGW_FLOOD_API_KEY="$flood_key" grpc_load "${args[@]}" \
-      --flood_rate="$FLOOD_RATE")
+    # The flooder is a client process of its own, as another tenant's would be (on its own
+    # machine: by default under SCHED_IDLE, like the emulators); it floods for the reader's whole
+    # run (warm-up included) and a second beyond.
+    MUSICGW_API_KEY="$flood_key" "${flood_client_sched[@]}" "$build/bench/grpc_load" \
+      --target="$TARGET" --mode=flood --task=sample --flood_rate="$FLOOD_RATE" \
+      --duration_s="$((GET_SECONDS + 3))" >"$work/flood.json" &
+    flood_pid=$!
+    out=$(grpc_load "${args[@]}")
+    wait "$flood_pid"
+    out=$(python3 -c 'import json, sys
+reads = json.loads(sys.argv[1])
+with open(sys.argv[2]) as f:
+    reads["flood"] = json.load(f)
+print(json.dumps(reads))' "$out" "$work/flood.json")
     printf '{"pair": %s, "side": "flooded", "result": %s}\n' "$pair" "$out" >>"$runs"
     printf '%s\n' "$out" >&2
   done
-  record flood "grpc_load ${args[*]} [--flood_rate=$FLOOD_RATE, as a tenant limited \
-to $FLOOD_LIMIT Generate/s; emulators at nice $FLOOD_PROVIDER_NICE]" "$(python3 "$here/results_table.py" --pairs flood "$runs")"
+  record flood "grpc_load ${args[*]} [beside grpc_load --mode=flood --flood_rate=$FLOOD_RATE, as \
+a tenant limited to $FLOOD_LIMIT Generate/s, its client $FLOOD_CLIENT_SCHED; emulators at \
+$FLOOD_PROVIDER_NICE; gateway \
+operations.background_nice ${FLOOD_GATEWAY_BACKGROUND_NICE:-10 (default)}]" "$(python3 "$here/results_table.py" --pairs flood "$runs")"
   stop_stack
 }
 

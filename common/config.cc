@@ -600,13 +600,14 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
     if (!operations->is_object()) return Problem("operations", "must be an object");
     ObjectReader o(*operations, "operations");
     int64_t buffer = config.watch_buffer, chunk = config.download_chunk_bytes;
-    int64_t workers = config.worker_threads;
+    int64_t workers = config.worker_threads, background_nice = config.background_nice;
     MUSICGW_RETURN_IF_ERROR(o.Seconds("deadline_seconds", &config.operation_deadline, 10, 86400));
     MUSICGW_RETURN_IF_ERROR(
         o.Seconds("watch_heartbeat_seconds", &config.watch_heartbeat, 0.1, 300));
     MUSICGW_RETURN_IF_ERROR(o.Int("watch_buffer", &buffer, 1, 1024));
     MUSICGW_RETURN_IF_ERROR(o.Int("download_chunk_bytes", &chunk, 1024, 4 * 1024 * 1024));
     MUSICGW_RETURN_IF_ERROR(o.Int("worker_threads", &workers, 1, 64));
+    MUSICGW_RETURN_IF_ERROR(o.Int("background_nice", &background_nice, 0, 19));
     MUSICGW_RETURN_IF_ERROR(
         o.Seconds("quota_refresh_seconds", &config.quota_refresh_interval, 1, 86400));
     MUSICGW_RETURN_IF_ERROR(
@@ -620,6 +621,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text, const EnvLookup&
     config.watch_buffer = static_cast<int>(buffer);
     config.download_chunk_bytes = static_cast<int>(chunk);
     config.worker_threads = static_cast<int>(workers);
+    config.background_nice = static_cast<int>(background_nice);
   }
   const json* providers = reader.Find("providers");
   if (providers == nullptr || !providers->is_array() || providers->empty()) {

@@ -168,6 +168,11 @@ struct Config {
   // write blocks its thread until its fsync; writers on other threads share that fsync, so more
   // threads than cores means fewer fsyncs per operation under load.
   int worker_threads = 8;
+  // The nice value (0-19) of threads doing work nobody waits on at that moment: trackers and
+  // ledger writes, custody copies, provider I/O, webhook delivery
+  // (operations.background_nice). Under contention the RPC threads go first, so one tenant's
+  // accepted operations cannot queue another tenant's calls. 0 runs them like the RPC threads.
+  int background_nice = 10;
   int download_chunk_bytes = 256 * 1024;
   // Asset custody: one fetch's limit, the first background retry delay (doubling up to 30 min)
   // and how often pending fetches are retried and expired assets swept.

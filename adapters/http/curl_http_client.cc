@@ -16,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/thread_priority.h"
 
 namespace musicgw::http {
 namespace {
@@ -161,7 +163,13 @@ class CurlHttpClient::Loop {
   }
 
   void StartThread() {
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      if (absl::Status lowered = SetCurrentThreadNice(options_.loop_thread_nice); !lowered.ok()) {
+        log::Warning("HTTP client thread keeps the process's priority",
+                     {{"error", std::string(lowered.message())}});
+      }
+      Run();
+    });
   }
 
   // Stops the loop (transfers cancelled, timers and queued work run) and joins the thread.

@@ -44,6 +44,8 @@ class CurlHttpClient final : public Client {
     // Metrics hooks (may be null). Shared so the metrics module can keep a reference too.
     std::shared_ptr<HttpObserver> observer;
     RetryBudgetOptions retry_budget;
+    // The loop thread's nice value (see common/thread_priority.h); 0: the process's priority.
+    int loop_thread_nice = 0;
   };
 
   // Counters for tests and debugging.

@@ -96,6 +96,7 @@ class GatewayServerImpl final : public GatewayServer {
     MUSICGW_ASSIGN_OR_RETURN(metrics_, metrics::Metrics::Create());
     http::CurlHttpClient::Options http_options;
     http_options.observer = metrics_;
+    http_options.loop_thread_nice = config_.background_nice;
     http_ = http::CurlHttpClient::Create(std::move(http_options));
     if (http_ == nullptr) return absl::InternalError("cannot start the HTTP client (libcurl)");
 
@@ -137,6 +138,7 @@ class GatewayServerImpl final : public GatewayServer {
     options.watch_heartbeat = config_.watch_heartbeat;
     options.watch_buffer = config_.watch_buffer;
     options.worker_threads = config_.worker_threads;
+    options.background_nice = config_.background_nice;
     options.download_chunk_bytes = config_.download_chunk_bytes;
     options.budgets = MakeBudgetResolver(config_.tenants);
     MUSICGW_ASSIGN_OR_RETURN(options.asset_store, OpenAssetStore());
@@ -304,12 +306,14 @@ class GatewayServerImpl final : public GatewayServer {
   void CreateWebhookDeliverer() {
     const config::WebhookDeliveryConfig& delivery = config_.webhook_delivery;
     webhook_sender_ = notify::NewCurlWebhookSender(delivery.allow_private_targets);
+    notify::DeliveryOptions delivery_options = notify::DeliveryOptionsFromConfig(delivery);
+    delivery_options.thread_nice = config_.background_nice;
     deliverer_ = std::make_unique<notify::WebhookDeliverer>(
         *ledger_, *webhook_sender_,
         [planner = outbox_planner_.get()](const std::string& tenant) {
           return planner->Secrets(tenant);
         },
-        Clock::Real(), notify::DeliveryOptionsFromConfig(delivery),
+        Clock::Real(), delivery_options,
         [metrics = metrics_.get()](absl::string_view outcome, bool gave_up) {
           metrics->OnWebhookDelivery(outcome, gave_up);
         });

@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/thread_priority.h"
 #include "services/notify/webhook_signer.h"
 
 namespace musicgw::notify {
@@ -55,7 +57,14 @@ void WebhookDeliverer::Start() {
   absl::MutexLock lock(&mu_);
   if (loop_.joinable()) return;
   stop_ = false;
-  loop_ = std::thread([this] { Loop(); });
+  // Threads inherit their creator's nice value, so the delivery workers run at it too.
+  loop_ = std::thread([this] {
+    if (absl::Status lowered = SetCurrentThreadNice(options_.thread_nice); !lowered.ok()) {
+      log::Warning("webhook delivery keeps the process's priority",
+                   {{"error", std::string(lowered.message())}});
+    }
+    Loop();
+  });
 }
 
 void WebhookDeliverer::Stop() {

@@ -43,6 +43,8 @@ struct DeliveryOptions {
   // How long a claimed delivery is reserved for this deliverer.
   absl::Duration claim = absl::Minutes(2);
   int batch = 32;
+  // The nice value of the delivery threads (see common/thread_priority.h); 0: the process's.
+  int thread_nice = 0;
 };
 
 // The wait before retry `attempts_made + 1`, `jitter` in [0, 1].

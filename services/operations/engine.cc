@@ -85,7 +85,8 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
             RouterOptions{options_.failure_threshold, options_.failure_cooldown,
                           options_.default_quota_backoff},
             clock_)),
-        executor_(std::make_shared<Executor>(options_.worker_threads, clock_)),
+        executor_(
+            std::make_shared<Executor>(options_.worker_threads, clock_, options_.background_nice)),
         watch_executor_(std::make_shared<Executor>(1, clock_)),
         custody_(std::make_shared<AssetCustody>(options_, clock_, store_, executor_, http,
                                                 options_.asset_store)),

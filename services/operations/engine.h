@@ -91,6 +91,9 @@ struct EngineOptions {
   // A write blocks its thread until the ledger has it on disk, and writes from other threads
   // share that sync (SQLite group commit), so this is more than the cores.
   int worker_threads = 8;
+  // The nice value of those workers (operations.background_nice): below the RPC threads, so a
+  // tenant's calls are answered first while another tenant's accepted work waits for a core.
+  int background_nice = 0;
   // This replica's name in the ledger's owner column, and how long its claim on live
   // operations lasts without renewal.
   // Leases are renewed every lease/3; a replica that could not renew for most of a lease stops

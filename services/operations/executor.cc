@@ -2,12 +2,15 @@
 
 #include <algorithm>
 
+#include "common/log.h"
+#include "common/thread_priority.h"
+
 namespace musicgw::operations {
 
-Executor::Executor(int threads, const Clock& clock) : clock_(clock) {
+Executor::Executor(int threads, const Clock& clock, int nice) : clock_(clock) {
   threads = std::max(1, threads);
   threads_.reserve(threads);
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this, nice] { Loop(nice); });
 }
 
 Executor::~Executor() { Stop(); }
@@ -62,7 +65,11 @@ void Executor::Stop() {
   threads_.clear();
 }
 
-void Executor::Loop() {
+void Executor::Loop(int nice) {
+  if (absl::Status lowered = SetCurrentThreadNice(nice); !lowered.ok()) {
+    log::Warning("worker thread keeps the process's priority",
+                 {{"error", std::string(lowered.message())}});
+  }
   absl::MutexLock lock(&mu_);
   while (!stopping_) {
     const absl::Time now = clock_.Now();

@@ -22,8 +22,9 @@ class Executor {
  public:
   using Task = absl::AnyInvocable<void() &&>;
 
-  // Delays are measured on `clock` (a fake clock in tests drives the timers).
-  explicit Executor(int threads, const Clock& clock = Clock::Real());
+  // Delays are measured on `clock` (a fake clock in tests drives the timers). Workers run at
+  // `nice` (0: the process's priority; see common/thread_priority.h).
+  explicit Executor(int threads, const Clock& clock = Clock::Real(), int nice = 0);
   ~Executor();  // Stop()
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
@@ -39,7 +40,7 @@ class Executor {
   bool InWorker() const;
 
  private:
-  void Loop();
+  void Loop(int nice);
 
   const Clock& clock_;
   mutable absl::Mutex mu_;

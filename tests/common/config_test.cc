@@ -23,7 +23,8 @@ json ValidConfig() {
                "webhook_listen": "127.0.0.1:0", "drain_deadline_seconds": 5},
     "ledger": {"path": "/tmp/ledger.db"},
     "operations": {"deadline_seconds": 600, "watch_heartbeat_seconds": 2, "watch_buffer": 8,
-                   "worker_threads": 3, "download_chunk_bytes": 65536},
+                   "worker_threads": 3, "download_chunk_bytes": 65536,
+                   "background_nice": 5},
     "providers": [
       {"name": "loudly-main", "type": "loudly", "dialect": "web",
        "base_url": "http://127.0.0.1:9001", "client_id": "1_abc",
@@ -67,6 +68,7 @@ TEST(ConfigTest, ParsesAValidConfig) {
   EXPECT_EQ(config->watch_heartbeat, absl::Seconds(2));
   EXPECT_EQ(config->watch_buffer, 8);
   EXPECT_EQ(config->worker_threads, 3);
+  EXPECT_EQ(config->background_nice, 5);
   ASSERT_EQ(config->providers.size(), 2u);
   EXPECT_EQ(config->providers[0].type, musicgw::v1::PROVIDER_LOUDLY);
   EXPECT_EQ(config->providers[0].refresh_token, "refresh-secret");
@@ -195,6 +197,10 @@ TEST(ConfigTest, EachProblemNamesItsKey) {
        "operations.watch_buffer: must be between 1 and 1024"},
       {[](json& d) { d["operations"]["worker_threads"] = 0; },
        "operations.worker_threads: must be between 1 and 64"},
+      {[](json& d) { d["operations"]["background_nice"] = -1; },
+       "operations.background_nice: must be between 0 and 19"},
+      {[](json& d) { d["operations"]["background_nice"] = 20; },
+       "operations.background_nice: must be between 0 and 19"},
       {[](json& d) { d["operations"]["watch_buffer"] = 2.5; },
        "operations.watch_buffer: must be an integer"},
       {[](json& d) { d["operations"]["deadline_seconds"] = "x"; },

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/thread_priority.h"
 #include "gtest/gtest.h"
 #include "tests/http/test_server.h"
 
@@ -242,6 +244,22 @@ TEST_F(CurlHttpClientTest, DestroyingTheClientCancelsInFlightRequests) {
   ASSERT_TRUE(state->done.HasBeenNotified());
   EXPECT_EQ(state->result.status().code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(*timer_ran);  // pending timers run at shutdown so their callbacks complete
+}
+
+TEST_F(CurlHttpClientTest, TheLoopThreadRunsAtItsNice) {
+  CurlHttpClient::Options options;
+  const int before = CurrentThreadNice();
+  options.loop_thread_nice = std::min(19, before + 10);
+  auto client = CurlHttpClient::Create(options);
+  absl::Notification ran;
+  int loop_nice = -100;
+  client->RunAfter(absl::ZeroDuration(), [&] {
+    loop_nice = CurrentThreadNice();
+    ran.Notify();
+  });
+  ran.WaitForNotification();
+  EXPECT_EQ(loop_nice, options.loop_thread_nice);
+  EXPECT_EQ(CurrentThreadNice(), before);
 }
 
 TEST_F(CurlHttpClientTest, TimersRunInDueOrderOnTheLoopThread) {

@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "common/thread_priority.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "services/notify/outbox_planner.h"
@@ -207,6 +209,50 @@ TEST_F(WebhookDeliveryTest, SignedDeliveryVerifiesAndIsLogged) {
   const auto delivery = Deliveries(*store, op)[0];
   EXPECT_EQ(delivery.last_status_code, 204);
   EXPECT_GT(delivery.last_latency, absl::ZeroDuration());
+}
+
+// Sends through `inner`, noting the nice value of the thread each delivery runs on.
+class NiceRecordingSender : public WebhookSender {
+ public:
+  explicit NiceRecordingSender(WebhookSender& inner) : inner_(inner) {}
+  SendResult Send(const std::string& url,
+                  const std::vector<std::pair<std::string, std::string>>& headers,
+                  const std::string& body, absl::Duration timeout) override {
+    {
+      absl::MutexLock lock(&mu_);
+      nices_.push_back(CurrentThreadNice());
+    }
+    return inner_.Send(url, headers, body, timeout);
+  }
+  std::vector<int> nices() {
+    absl::MutexLock lock(&mu_);
+    return nices_;
+  }
+
+ private:
+  WebhookSender& inner_;
+  absl::Mutex mu_;
+  std::vector<int> nices_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(WebhookDeliveryTest, DeliveriesRunAtTheConfiguredNice) {
+  Receiver receiver(key_);
+  auto store = Open();
+  OutboxPlanner planner = Planner(receiver.url(), {secret_});
+  RunOperation(*store, planner);
+  auto curl = NewCurlWebhookSender(/*allow_private_targets=*/true);
+  NiceRecordingSender sender(*curl);
+  DeliveryOptions options = Fast();
+  const int before = CurrentThreadNice();
+  options.thread_nice = std::min(19, before + 10);
+  WebhookDeliverer deliverer(
+      *store, sender, [&](const std::string& t) { return planner.Secrets(t); }, Clock::Real(),
+      options);
+  deliverer.Start();
+  ASSERT_TRUE(WaitUntil([&] { return !receiver.seen().empty(); }));
+  ASSERT_FALSE(sender.nices().empty());
+  for (int nice : sender.nices()) EXPECT_EQ(nice, options.thread_nice);
+  EXPECT_EQ(CurrentThreadNice(), before);
 }
 
 TEST_F(WebhookDeliveryTest, WrittenBeforeACrashIsDeliveredAfterRestartWithTheSameId) {
