@@ -11,6 +11,7 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "services/operations/asset_store.h"
+#include "tests/gateway/byte_buffers.h"
 #include "tests/scratch_dir.h"
 
 namespace musicgw::gateway {
@@ -19,16 +20,6 @@ namespace {
 namespace v1 = musicgw::v1;
 using operations::AssetStore;
 using operations::CustodyStream;
-
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const auto& slice : slices) {
-    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return out;
-}
 
 // `size` bytes that differ from one offset to the next.
 std::string Pattern(int64_t size) {

@@ -1,0 +1,25 @@
+// File: byte_buffers.h
+// Gateway test helpers for the raw (ByteBuffer) methods: the bytes a buffer holds.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
+#include "gtest/gtest.h"
+
+namespace musicgw::gateway {
+
+// The bytes of `buffer`, its slices joined.
+inline std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
+  std::string out;
+  for (const auto& slice : slices) {
+    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return out;
+}
+
+}  // namespace musicgw::gateway
