@@ -65,15 +65,6 @@ absl::StatusOr<std::optional<grpc::ByteBuffer>> ReadCustodyChunk(
   return std::optional<grpc::ByteBuffer>(std::in_place, slices, suffix.empty() ? 2 : 3);
 }
 
-absl::StatusOr<v1::DownloadRequest> ParseDownloadRequest(const grpc::ByteBuffer& request) {
-  grpc::ByteBuffer copy(request);  // Deserialize consumes its buffer; the copy shares the bytes
-  v1::DownloadRequest parsed;
-  const grpc::Status status =
-      grpc::SerializationTraits<v1::DownloadRequest>::Deserialize(&copy, &parsed);
-  if (!status.ok()) return absl::InvalidArgumentError("the request is not a DownloadRequest");
-  return parsed;
-}
-
 DownloadReactor::DownloadReactor(std::unique_ptr<CallLog> call,
                                  std::unique_ptr<operations::EventStream<v1::DownloadChunk>> stream,
                                  operations::CustodyStream* custody)

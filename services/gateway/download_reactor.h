@@ -37,9 +37,6 @@ absl::StatusOr<grpc::ByteBuffer> SerializeChunk(const musicgw::v1::DownloadChunk
 absl::StatusOr<std::optional<grpc::ByteBuffer>> ReadCustodyChunk(
     operations::CustodyStream& custody);
 
-// The request of the raw method.
-absl::StatusOr<musicgw::v1::DownloadRequest> ParseDownloadRequest(const grpc::ByteBuffer& request);
-
 class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // `custody`, when set, is the CustodyStream inside `stream` (which owns it): its data is read

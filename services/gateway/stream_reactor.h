@@ -9,11 +9,13 @@
 
 namespace musicgw::gateway {
 
-// A stream that fails before it starts.
+// A stream that fails before it starts: with `status` as ToGrpcStatus gives it, or a gRPC
+// status as it is (a request that does not parse: AnswerUnparsedRequest).
 template <typename Message>
 class FailedStreamReactor final : public grpc::ServerWriteReactor<Message> {
  public:
   explicit FailedStreamReactor(const absl::Status& status) { this->Finish(ToGrpcStatus(status)); }
+  explicit FailedStreamReactor(const grpc::Status& status) { this->Finish(status); }
   void OnDone() override { delete this; }
 };
 

@@ -49,12 +49,4 @@ class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer current_ ABSL_GUARDED_BY(mu_);
 };
 
-// Ends a raw stream at once with `status` as it is (a request that does not parse gets what
-// gRPC's own parser answers).
-class FinishedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
- public:
-  explicit FinishedWriteReactor(const grpc::Status& status) { this->Finish(status); }
-  void OnDone() override { delete this; }
-};
-
 }  // namespace musicgw::gateway

@@ -1,5 +1,6 @@
 // File: byte_buffers.h
-// Gateway test helpers for the raw (ByteBuffer) methods: the bytes a buffer holds.
+// Gateway test helpers for the raw (ByteBuffer) methods: the bytes a buffer holds, and a buffer
+// holding given bytes.
 #pragma once
 
 #include <string>
@@ -20,6 +21,12 @@ inline std::string Flatten(const grpc::ByteBuffer& buffer) {
     out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
   }
   return out;
+}
+
+// A buffer of `bytes` in one slice, as a request arrives.
+inline grpc::ByteBuffer BufferOf(const std::string& bytes) {
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
 }
 
 }  // namespace musicgw::gateway

@@ -155,23 +155,5 @@ TEST_F(DownloadFramingTest, PrefixAndSuffixMatchTheSerializationAtLargeValues) {
   }
 }
 
-TEST(ParseDownloadRequestTest, ParsesTheRequestAndRefusesGarbage) {
-  v1::DownloadRequest request;
-  request.set_asset("operations/01j00000000000000000000000/assets/2");
-  request.set_offset(12345);
-  const std::string wire = request.SerializeAsString();
-  grpc::Slice slice(wire);
-  const grpc::ByteBuffer buffer(&slice, 1);
-  auto parsed = ParseDownloadRequest(buffer);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*parsed, request));
-  // The buffer is not consumed: parsing it again gives the same request.
-  EXPECT_TRUE(ParseDownloadRequest(buffer).ok());
-
-  grpc::Slice garbage(std::string("\xff\xff\xff", 3));
-  auto refused = ParseDownloadRequest(grpc::ByteBuffer(&garbage, 1));
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
-}
-
 }  // namespace
 }  // namespace musicgw::gateway
