@@ -1049,78 +1049,17 @@ class FanoutLoad {
     size_t index = 0;
   };
 
-  class Watcher final : public grpc::ClientReadReactor<v1::OperationEvent> {
-   public:
-    Watcher(FanoutLoad* load, size_t op, size_t channel)
-        : token_(load->client_->live()), load_(load), op_(op) {
+  // What a watcher keeps and tells the load, on either API: its call, and whether it opened,
+  // saw its operation's terminal state, or opened after it.
+  class WatchState {
+   protected:
+    WatchState(FanoutLoad* load, size_t op) : token_(load->client_->live()), load_(load), op_(op) {
       load_->client_->Authorize(&context_);
       context_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(15));
       request_.set_name(load_->ops_[op].name);
-      load_->client_->stub(channel)->async()->WatchOperation(&context_, &request_, this);
-      StartRead(&event_);
-      StartCall();
-    }
-    void OnReadDone(bool ok) override {
-      if (!ok) return;  // OnDone follows
-      const absl::Time now = absl::Now();
-      const bool done = event_.has_operation() && event_.operation().done();
-      if (!opened_) {
-        opened_ = true;
-        load_->Opened(done);
-        if (done) late_ = true;
-      }
-      if (done && !late_ && !terminal_) {
-        terminal_ = true;
-        load_->Terminal(op_, now, event_.operation());
-      }
-      StartRead(&event_);
-    }
-    void OnDone(const grpc::Status& status) override {
-      load_->Closed(opened_, status);
-      delete this;
     }
 
-   private:
-    LiveCount::Token token_;  // first: released after the context
-    FanoutLoad* load_;
-    const size_t op_;
-    grpc::ClientContext context_;
-    v1::WatchOperationRequest request_;
-    v1::OperationEvent event_;
-    bool opened_ = false;
-    bool late_ = false;
-    bool terminal_ = false;
-  };
-
-  // The same watcher on the async API: one operation outstanding at a time (start, each read,
-  // then the status), its tag the watcher itself.
-  class AsyncWatcher final {
-   public:
-    AsyncWatcher(FanoutLoad* load, size_t op, size_t channel, grpc::CompletionQueue* cq)
-        : token_(load->client_->live()), load_(load), op_(op) {
-      load_->client_->Authorize(&context_);
-      context_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(15));
-      request_.set_name(load_->ops_[op].name);
-      reader_ = load_->client_->stub(channel)->PrepareAsyncWatchOperation(&context_, request_, cq);
-      reader_->StartCall(this);
-    }
-    void Proceed(bool ok) {
-      if (finishing_) {
-        load_->Closed(opened_, status_);
-        delete this;
-        return;
-      }
-      if (!ok) {
-        finishing_ = true;
-        reader_->Finish(&status_, this);
-        return;
-      }
-      if (started_) OnEvent();
-      started_ = true;
-      reader_->Read(&event_, this);
-    }
-
-   private:
+    // After each event read into event_.
     void OnEvent() {
       const absl::Time now = absl::Now();
       const bool done = event_.has_operation() && event_.operation().done();
@@ -1135,19 +1074,69 @@ class FanoutLoad {
       }
     }
 
+    void OnClosed(const grpc::Status& status) { load_->Closed(opened_, status); }
+
     LiveCount::Token token_;  // first: released after the context
     FanoutLoad* load_;
-    const size_t op_;
     grpc::ClientContext context_;
     v1::WatchOperationRequest request_;
-    std::unique_ptr<grpc::ClientAsyncReader<v1::OperationEvent>> reader_;
     v1::OperationEvent event_;
-    grpc::Status status_;
-    bool started_ = false;
-    bool finishing_ = false;
+
+   private:
+    const size_t op_;
     bool opened_ = false;
     bool late_ = false;
     bool terminal_ = false;
+  };
+
+  class Watcher final : public grpc::ClientReadReactor<v1::OperationEvent>, private WatchState {
+   public:
+    Watcher(FanoutLoad* load, size_t op, size_t channel) : WatchState(load, op) {
+      load_->client_->stub(channel)->async()->WatchOperation(&context_, &request_, this);
+      StartRead(&event_);
+      StartCall();
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) return;  // OnDone follows
+      OnEvent();
+      StartRead(&event_);
+    }
+    void OnDone(const grpc::Status& status) override {
+      OnClosed(status);
+      delete this;
+    }
+  };
+
+  // The same watcher on the async API: one operation outstanding at a time (start, each read,
+  // then the status), its tag the watcher itself.
+  class AsyncWatcher final : private WatchState {
+   public:
+    AsyncWatcher(FanoutLoad* load, size_t op, size_t channel, grpc::CompletionQueue* cq)
+        : WatchState(load, op) {
+      reader_ = load_->client_->stub(channel)->PrepareAsyncWatchOperation(&context_, request_, cq);
+      reader_->StartCall(this);
+    }
+    void Proceed(bool ok) {
+      if (finishing_) {
+        OnClosed(status_);
+        delete this;
+        return;
+      }
+      if (!ok) {
+        finishing_ = true;
+        reader_->Finish(&status_, this);
+        return;
+      }
+      if (started_) OnEvent();
+      started_ = true;
+      reader_->Read(&event_, this);
+    }
+
+   private:
+    std::unique_ptr<grpc::ClientAsyncReader<v1::OperationEvent>> reader_;
+    grpc::Status status_;
+    bool started_ = false;
+    bool finishing_ = false;
   };
 
   void GenerateNext() {

@@ -9,13 +9,18 @@
 //   replaces the answer with INVALID_ARGUMENT naming that field (BadRequest, ErrorInfo), and
 //   writes the call's one "rpc" log line, since no handler will;
 // - the same interceptor gives any other error status that leaves without details (one gRPC
-//   produced itself) an ErrorInfo, as ToGrpcStatus does for the handlers' own.
+//   produced itself) an ErrorInfo, as ToGrpcStatus does for the handlers' own;
+// - the raw (ByteBuffer) methods parse their requests with ParseRawRequest and answer one that
+//   does not parse with AnswerUnparsedRequest: what the interceptor answers a typed method.
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_interceptor.h"
 
 namespace musicgw::gateway {
@@ -35,5 +40,16 @@ absl::Status DecodeError(absl::string_view method, absl::string_view utf8_field)
 // What the interceptor answers (and logs) for a request of `method` whose parse just failed on
 // this thread; for raw methods, which parse their requests themselves.
 grpc::Status AnswerUnparsedRequest(absl::string_view method);
+
+// A raw method's request parsed as gRPC parses a typed method's (`raw` is left as it was);
+// nullopt when it does not parse, to be answered, at once, with AnswerUnparsedRequest (which
+// takes the field this parse found not UTF-8).
+template <typename Message>
+std::optional<Message> ParseRawRequest(const grpc::ByteBuffer& raw) {
+  grpc::ByteBuffer copy(raw);  // Deserialize consumes its buffer; the copy shares the bytes
+  Message parsed;
+  if (!grpc::SerializationTraits<Message>::Deserialize(&copy, &parsed).ok()) return std::nullopt;
+  return parsed;
+}
 
 }  // namespace musicgw::gateway

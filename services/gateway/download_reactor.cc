@@ -65,56 +65,11 @@ absl::StatusOr<std::optional<grpc::ByteBuffer>> ReadCustodyChunk(
   return std::optional<grpc::ByteBuffer>(std::in_place, slices, suffix.empty() ? 2 : 3);
 }
 
-absl::StatusOr<v1::DownloadRequest> ParseDownloadRequest(const grpc::ByteBuffer& request) {
-  grpc::ByteBuffer copy(request);  // Deserialize consumes its buffer; the copy shares the bytes
-  v1::DownloadRequest parsed;
-  const grpc::Status status =
-      grpc::SerializationTraits<v1::DownloadRequest>::Deserialize(&copy, &parsed);
-  if (!status.ok()) return absl::InvalidArgumentError("the request is not a DownloadRequest");
-  return parsed;
-}
-
 DownloadReactor::DownloadReactor(std::unique_ptr<CallLog> call,
                                  std::unique_ptr<operations::EventStream<v1::DownloadChunk>> stream,
                                  operations::CustodyStream* custody)
-    : call_(std::move(call)), stream_(std::move(stream)), custody_(custody) {
-  if (call_->observer() != nullptr) call_->observer()->OnStreamOpened(call_->method());
-  stream_->SetWakeup([this] { Pump(); });
-  Pump();
-}
-
-void DownloadReactor::OnWriteDone(bool ok) {
-  {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      // The client went away; OnCancel or the failed write ends the call.
-      FinishLocked(absl::CancelledError("client stopped reading"));
-      return;
-    }
-    if (call_->observer() != nullptr) call_->observer()->OnStreamMessage(call_->method());
-  }
-  Pump();
-}
-
-void DownloadReactor::OnCancel() {
-  absl::MutexLock lock(&mu_);
-  FinishLocked(absl::CancelledError("cancelled by the client"));
-}
-
-void DownloadReactor::OnDone() {
-  // Destroying the stream first guarantees its wake-up never touches a deleted reactor; it is
-  // moved out under the lock so a concurrent Pump() sees finished_ and leaves it alone.
-  std::unique_ptr<operations::EventStream<v1::DownloadChunk>> stream;
-  {
-    absl::MutexLock lock(&mu_);
-    finished_ = true;
-    custody_ = nullptr;
-    stream = std::move(stream_);
-  }
-  stream.reset();
-  if (call_->observer() != nullptr) call_->observer()->OnStreamClosed(call_->method());
-  delete this;
+    : RawStreamReactor(std::move(call), std::move(stream)), custody_(custody) {
+  Start();
 }
 
 void DownloadReactor::Pump() {
@@ -128,9 +83,7 @@ void DownloadReactor::Pump() {
     FinishLocked(pending.status);
     return;
   }
-  current_.Swap(&*pending.message);
-  writing_ = true;
-  StartWrite(&current_);
+  WriteLocked(&*pending.message);
   // The file read of the next chunk overlaps this one's send. A provider stream is asked only
   // when a write is possible, as its backpressure expects.
   if (custody_ != nullptr) next_ = NextLocked();
@@ -158,13 +111,6 @@ std::optional<DownloadReactor::Pending> DownloadReactor::NextLocked() {
   }
   if (done) return Pending{std::nullopt, final_status};
   return std::nullopt;
-}
-
-void DownloadReactor::FinishLocked(const absl::Status& status) {
-  if (finished_) return;
-  finished_ = true;
-  call_->Done(status);
-  Finish(ToGrpcStatus(status));
 }
 
 }  // namespace musicgw::gateway

@@ -15,10 +15,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/gateway/call_log.h"
+#include "services/gateway/stream_reactor.h"
 #include "services/operations/download_stream.h"
 #include "services/operations/event_stream.h"
 
@@ -37,20 +37,14 @@ absl::StatusOr<grpc::ByteBuffer> SerializeChunk(const musicgw::v1::DownloadChunk
 absl::StatusOr<std::optional<grpc::ByteBuffer>> ReadCustodyChunk(
     operations::CustodyStream& custody);
 
-// The request of the raw method.
-absl::StatusOr<musicgw::v1::DownloadRequest> ParseDownloadRequest(const grpc::ByteBuffer& request);
-
-class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+// A download pumped into a server stream (the lifecycle: RawStreamReactor).
+class DownloadReactor final : public RawStreamReactor<musicgw::v1::DownloadChunk> {
  public:
   // `custody`, when set, is the CustodyStream inside `stream` (which owns it): its data is read
   // and framed here instead of through Next().
   DownloadReactor(std::unique_ptr<CallLog> call,
                   std::unique_ptr<operations::EventStream<musicgw::v1::DownloadChunk>> stream,
                   operations::CustodyStream* custody);
-
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
 
  private:
   // What comes after the message in flight.
@@ -59,20 +53,14 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     absl::Status status;
   };
 
-  void Pump();
+  void Pump() override;
   // The next message or the end; nullopt when a provider stream has nothing yet (it wakes us).
   std::optional<Pending> NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  std::unique_ptr<CallLog> call_;
-  absl::Mutex mu_;
-  std::unique_ptr<operations::EventStream<musicgw::v1::DownloadChunk>> stream_ ABSL_GUARDED_BY(mu_);
-  operations::CustodyStream* custody_ ABSL_GUARDED_BY(mu_);
+  // Lives as long as stream_, which owns it: read only while !finished_.
+  operations::CustodyStream* const custody_;
   bool info_sent_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::ByteBuffer current_ ABSL_GUARDED_BY(mu_);
-  std::optional<Pending> next_ ABSL_GUARDED_BY(mu_);  // read ahead while current_ is in flight
+  std::optional<Pending> next_ ABSL_GUARDED_BY(mu_);  // read ahead while a write is in flight
 };
 
 }  // namespace musicgw::gateway

@@ -18,6 +18,12 @@ using musicgw::v1::Operation;
 
 absl::Status NoWebhooks() { return absl::UnimplementedError("this gateway sends no webhooks"); }
 
+// A raw method's request that does not parse (ParseRawRequest) is answered before anything else,
+// as gRPC answers a typed method's: with what the decode-error interceptor gives the typed ones.
+grpc::ServerWriteReactor<grpc::ByteBuffer>* Unparsed(absl::string_view method) {
+  return new FailedStreamReactor<grpc::ByteBuffer>(AnswerUnparsedRequest(method));
+}
+
 }  // namespace
 
 GatewayService::GatewayService(GatewayDeps deps) : deps_(std::move(deps)) {}
@@ -81,16 +87,8 @@ grpc::ServerUnaryReactor* GatewayService::ListOperations(
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GatewayService::WatchOperation(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
-  // Parsed as gRPC parses a typed request; one that does not parse gets what the decode-error
-  // interceptor answers for the typed methods.
-  musicgw::v1::WatchOperationRequest parsed;
-  grpc::ByteBuffer copy(*raw);
-  if (!grpc::SerializationTraits<musicgw::v1::WatchOperationRequest>::Deserialize(&copy, &parsed)
-           .ok()) {
-    return new FinishedWriteReactor(
-        AnswerUnparsedRequest("/musicgw.v1.MusicGateway/WatchOperation"));
-  }
-  const musicgw::v1::WatchOperationRequest* request = &parsed;
+  auto request = ParseRawRequest<musicgw::v1::WatchOperationRequest>(*raw);
+  if (!request.has_value()) return Unparsed("/musicgw.v1.MusicGateway/WatchOperation");
   auto call = std::make_unique<CallLog>("WatchOperation", deps_.observer);
   auto fail = [&call](const absl::Status& status) {
     call->Done(status);
@@ -153,7 +151,9 @@ grpc::ServerUnaryReactor* GatewayService::CancelOperation(
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GatewayService::Download(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  auto request = ParseRawRequest<musicgw::v1::DownloadRequest>(*raw);
+  if (!request.has_value()) return Unparsed("/musicgw.v1.MusicGateway/Download");
   auto call = std::make_unique<CallLog>("Download", deps_.observer);
   auto fail = [&call](const absl::Status& status) {
     call->Done(status);
@@ -162,8 +162,6 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GatewayService::Download(
   auto tenant = deps_.tenants->Authenticate(*context);
   if (!tenant.ok()) return fail(tenant.status());
   call->set_tenant((*tenant)->name);
-  auto request = ParseDownloadRequest(*raw_request);
-  if (!request.ok()) return fail(request.status());
   call->set_operation(request->asset());
   absl::Status valid = ValidateDownload(*request);
   if (!valid.ok()) return fail(valid);

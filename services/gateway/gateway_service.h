@@ -71,8 +71,9 @@ class GatewayService final : public GatewayBase {
   grpc::ServerUnaryReactor* CancelOperation(grpc::CallbackServerContext* context,
                                             const musicgw::v1::CancelOperationRequest* request,
                                             musicgw::v1::Operation* response) override;
+  // Takes a DownloadRequest, writes DownloadChunks.
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Download(grpc::CallbackServerContext* context,
-                                                       const grpc::ByteBuffer* request) override;
+                                                       const grpc::ByteBuffer* raw) override;
   grpc::ServerUnaryReactor* GetQuota(grpc::CallbackServerContext* context,
                                      const musicgw::v1::GetQuotaRequest* request,
                                      musicgw::v1::QuotaReport* response) override;

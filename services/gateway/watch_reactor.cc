@@ -1,10 +1,10 @@
 #include "services/gateway/watch_reactor.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
-#include "common/errors.h"
 #include "common/time_util.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
@@ -63,51 +63,8 @@ grpc::ByteBuffer EncodeWatchEvent(const operations::WatchEvent& event) {
 
 WatchReactor::WatchReactor(std::unique_ptr<CallLog> call,
                            std::unique_ptr<operations::EventStream<operations::WatchEvent>> stream)
-    : call_(std::move(call)), stream_(std::move(stream)) {
-  if (call_->observer() != nullptr) call_->observer()->OnStreamOpened(call_->method());
-  stream_->SetWakeup([this] { Pump(); });
-  Pump();
-}
-
-void WatchReactor::OnWriteDone(bool ok) {
-  {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    current_.Clear();
-    if (!ok) {
-      // The client went away; OnCancel or the failed write ends the call.
-      FinishLocked(absl::CancelledError("client stopped reading"));
-      return;
-    }
-    if (call_->observer() != nullptr) call_->observer()->OnStreamMessage(call_->method());
-  }
-  Pump();
-}
-
-void WatchReactor::OnCancel() {
-  absl::MutexLock lock(&mu_);
-  cancelled_ = true;
-  FinishLocked(absl::CancelledError("cancelled by the client"));
-}
-
-void WatchReactor::OnDone() {
-  // Destroying the stream first guarantees its wake-up never touches a deleted reactor; it is
-  // moved out under the lock so a concurrent Pump() sees finished_ and leaves it alone.
-  std::unique_ptr<operations::EventStream<operations::WatchEvent>> stream;
-  bool last_written = false;
-  {
-    absl::MutexLock lock(&mu_);
-    finished_ = true;
-    stream = std::move(stream_);
-    last_written = last_with_finish_ && !cancelled_;
-  }
-  stream.reset();
-  if (call_->observer() != nullptr) {
-    // A last event written with the status has no OnWriteDone of its own.
-    if (last_written) call_->observer()->OnStreamMessage(call_->method());
-    call_->observer()->OnStreamClosed(call_->method());
-  }
-  delete this;
+    : RawStreamReactor(std::move(call), std::move(stream)) {
+  Start();
 }
 
 void WatchReactor::Pump() {
@@ -120,26 +77,13 @@ void WatchReactor::Pump() {
     if (done) FinishLocked(final_status);
     return;
   }
-  current_ = EncodeWatchEvent(*next);
-  writing_ = true;
+  grpc::ByteBuffer message = EncodeWatchEvent(*next);
+  // The operation's last event goes out with the status.
   if (next->last) {
-    // The event and the status in one batch: every completion costs gRPC a scan of the
-    // process's outstanding operations (bench/analysis.md), so 100,000 streams ending at once
-    // save 100,000 scans.
-    finished_ = true;
-    last_with_finish_ = true;
-    call_->Done(absl::OkStatus());
-    StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
-    return;
+    WriteLastLocked(&message);
+  } else {
+    WriteLocked(&message);
   }
-  StartWrite(&current_);
-}
-
-void WatchReactor::FinishLocked(const absl::Status& status) {
-  if (finished_) return;
-  finished_ = true;
-  call_->Done(status);
-  Finish(ToGrpcStatus(status));
 }
 
 }  // namespace musicgw::gateway

@@ -6,11 +6,9 @@
 
 #include <memory>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "services/gateway/call_log.h"
+#include "services/gateway/stream_reactor.h"
 #include "services/operations/event_stream.h"
 #include "services/operations/watch_stream.h"
 
@@ -21,40 +19,14 @@ namespace musicgw::gateway {
 // between a small per-stream head and tail).
 grpc::ByteBuffer EncodeWatchEvent(const operations::WatchEvent& event);
 
-// Pumps a watch into a server stream, one write in flight at a time. The stream wakes the
-// reactor when it has something new; a slow client only slows its own stream.
-class WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+// A watch pumped into a server stream (the lifecycle: RawStreamReactor).
+class WatchReactor final : public RawStreamReactor<operations::WatchEvent> {
  public:
   WatchReactor(std::unique_ptr<CallLog> call,
                std::unique_ptr<operations::EventStream<operations::WatchEvent>> stream);
 
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
-
  private:
-  void Pump();
-  void FinishLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  std::unique_ptr<CallLog> call_;
-  absl::Mutex mu_;
-  std::unique_ptr<operations::EventStream<operations::WatchEvent>> stream_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  // The last event went out with the final status (StartWriteAndFinish).
-  bool last_with_finish_ ABSL_GUARDED_BY(mu_) = false;
-
-  // The write in flight; released once written, so an idle stream holds no event.
-  grpc::ByteBuffer current_ ABSL_GUARDED_BY(mu_);
-};
-
-// Ends a raw stream at once with `status` as it is (a request that does not parse gets what
-// gRPC's own parser answers).
-class FinishedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
- public:
-  explicit FinishedWriteReactor(const grpc::Status& status) { this->Finish(status); }
-  void OnDone() override { delete this; }
+  void Pump() override;
 };
 
 }  // namespace musicgw::gateway

@@ -11,6 +11,7 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "services/operations/asset_store.h"
+#include "tests/gateway/byte_buffers.h"
 #include "tests/scratch_dir.h"
 
 namespace musicgw::gateway {
@@ -19,16 +20,6 @@ namespace {
 namespace v1 = musicgw::v1;
 using operations::AssetStore;
 using operations::CustodyStream;
-
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const auto& slice : slices) {
-    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return out;
-}
 
 // `size` bytes that differ from one offset to the next.
 std::string Pattern(int64_t size) {
@@ -162,24 +153,6 @@ TEST_F(DownloadFramingTest, PrefixAndSuffixMatchTheSerializationAtLargeValues) {
           << "offset " << offset << " size " << data.size();
     }
   }
-}
-
-TEST(ParseDownloadRequestTest, ParsesTheRequestAndRefusesGarbage) {
-  v1::DownloadRequest request;
-  request.set_asset("operations/01j00000000000000000000000/assets/2");
-  request.set_offset(12345);
-  const std::string wire = request.SerializeAsString();
-  grpc::Slice slice(wire);
-  const grpc::ByteBuffer buffer(&slice, 1);
-  auto parsed = ParseDownloadRequest(buffer);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*parsed, request));
-  // The buffer is not consumed: parsing it again gives the same request.
-  EXPECT_TRUE(ParseDownloadRequest(buffer).ok());
-
-  grpc::Slice garbage(std::string("\xff\xff\xff", 3));
-  auto refused = ParseDownloadRequest(grpc::ByteBuffer(&garbage, 1));
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

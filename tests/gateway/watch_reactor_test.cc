@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "musicgw/v1/musicgw.pb.h"
 #include "services/operations/watch_stream.h"
+#include "tests/gateway/byte_buffers.h"
 
 namespace musicgw::gateway {
 namespace {
@@ -15,16 +16,6 @@ namespace {
 namespace v1 = musicgw::v1;
 using operations::SharedSnapshot;
 using operations::WatchEvent;
-
-std::string Bytes(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const auto& slice : slices) {
-    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return out;
-}
 
 // What a typed write of the same event sends.
 std::string Typed(const WatchEvent& event) {
@@ -56,24 +47,24 @@ TEST(EncodeWatchEventTest, AChangeIsByteIdenticalToATypedWrite) {
   for (bool coalesced : {false, true}) {
     const WatchEvent event{v1::OperationEvent::KIND_CHANGE, SnapshotOf(Realistic()), 7, kSent,
                            coalesced};
-    EXPECT_EQ(Bytes(EncodeWatchEvent(event)), Typed(event)) << "coalesced=" << coalesced;
+    EXPECT_EQ(Flatten(EncodeWatchEvent(event)), Typed(event)) << "coalesced=" << coalesced;
   }
   const WatchEvent snapshot{v1::OperationEvent::KIND_SNAPSHOT, SnapshotOf(Realistic()), 1LL << 40,
                             absl::UnixEpoch(), false};
-  EXPECT_EQ(Bytes(EncodeWatchEvent(snapshot)), Typed(snapshot));
+  EXPECT_EQ(Flatten(EncodeWatchEvent(snapshot)), Typed(snapshot));
 }
 
 TEST(EncodeWatchEventTest, AHeartbeatIsByteIdenticalToATypedWrite) {
   const WatchEvent heartbeat{v1::OperationEvent::KIND_HEARTBEAT, nullptr, 12, kSent, false};
-  EXPECT_EQ(Bytes(EncodeWatchEvent(heartbeat)), Typed(heartbeat));
+  EXPECT_EQ(Flatten(EncodeWatchEvent(heartbeat)), Typed(heartbeat));
   const WatchEvent first{v1::OperationEvent::KIND_HEARTBEAT, nullptr, 0, kSent, false};
-  EXPECT_EQ(Bytes(EncodeWatchEvent(first)), Typed(first));
+  EXPECT_EQ(Flatten(EncodeWatchEvent(first)), Typed(first));
 }
 
 TEST(EncodeWatchEventTest, AnEmptyOperationIsStillSent) {
   const WatchEvent event{v1::OperationEvent::KIND_CHANGE, SnapshotOf(v1::Operation()), 0, kSent,
                          false};
-  const std::string bytes = Bytes(EncodeWatchEvent(event));
+  const std::string bytes = Flatten(EncodeWatchEvent(event));
   EXPECT_EQ(bytes, Typed(event));
   v1::OperationEvent parsed;
   ASSERT_TRUE(parsed.ParseFromString(bytes));
@@ -85,7 +76,7 @@ TEST(EncodeWatchEventTest, EveryWatcherSendsTheSameBytesSharedNotCopied) {
   const WatchEvent event{v1::OperationEvent::KIND_CHANGE, snapshot, 7, kSent, false};
   const grpc::ByteBuffer first = EncodeWatchEvent(event);
   const grpc::ByteBuffer second = EncodeWatchEvent(event);
-  EXPECT_EQ(Bytes(first), Bytes(second));
+  EXPECT_EQ(Flatten(first), Flatten(second));
 
   // Both buffers point at the snapshot's one serialization.
   const std::string& shared = snapshot->Encoded();
@@ -110,7 +101,7 @@ TEST(EncodeWatchEventTest, TheBytesOutliveTheEventThatSentThem) {
     expected = Typed(event);
     buffer = EncodeWatchEvent(event);
   }  // the last reference to the snapshot outside the buffer is gone
-  EXPECT_EQ(Bytes(buffer), expected);
+  EXPECT_EQ(Flatten(buffer), expected);
 }
 
 TEST(SharedSnapshotTest, IsAnnotatedOnceByTheFirstEncoder) {

@@ -374,12 +374,31 @@ TEST_F(ErrorSurfaceTest, InvalidUtf8IsInvalidArgumentNamingTheField) {
   EXPECT_EQ(details.code, grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(details.reason, "INVALID_ARGUMENT");
   EXPECT_EQ(details.field, "name");
-
-  // Bytes that are no protobuf message at all: still INVALID_ARGUMENT, without a field.
-  details = Decode(RawUnary(b2b_->grpc_port(), "/musicgw.v1.MusicGateway/Generate",
-                            std::string("\x0a\xff\xff\xff", 4), kAcmeKey));
+  // So does Download, the other raw method.
+  const auto* download = musicgw::v1::DownloadRequest::descriptor();
+  details =
+      Decode(RawUnary(b2b_->grpc_port(), "/musicgw.v1.MusicGateway/Download",
+                      Bytes(FieldNumber(download, "asset"), "operations/\xc3\x28"), kAcmeKey));
   EXPECT_EQ(details.code, grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(details.reason, "INVALID_ARGUMENT");
+  EXPECT_EQ(details.field, "asset");
+
+  // Bytes that are no protobuf message at all: still INVALID_ARGUMENT, without a field, from a
+  // typed method and from both raw ones alike; answered before the caller is authenticated,
+  // as gRPC answers a typed method before its handler runs.
+  for (const char* method :
+       {"/musicgw.v1.MusicGateway/Generate", "/musicgw.v1.MusicGateway/WatchOperation",
+        "/musicgw.v1.MusicGateway/Download"}) {
+    for (const std::string& key : {std::string(kAcmeKey), std::string("not-a-key")}) {
+      SCOPED_TRACE(absl::StrCat(method, " key ", key));
+      details =
+          Decode(RawUnary(b2b_->grpc_port(), method, std::string("\x0a\xff\xff\xff", 4), key));
+      EXPECT_EQ(details.code, grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_EQ(details.reason, "INVALID_ARGUMENT");
+      EXPECT_EQ(details.domain, "musicgw.dev");
+      EXPECT_EQ(details.field, "");
+    }
+  }
 
   // Even an error gRPC produces itself carries an ErrorInfo.
   details = Decode(RawUnary(b2b_->grpc_port(), "/musicgw.v1.MusicGateway/NoSuchMethod",

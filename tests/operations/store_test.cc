@@ -26,7 +26,54 @@ std::unique_ptr<OperationStore> Open(const std::string& path) {
   return store.ok() ? std::move(*store) : nullptr;
 }
 
-TEST(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
+OperationRecord QueuedRecord(const std::string& tenant, const std::string& request_id) {
+  OperationRecord record;
+  record.tenant = tenant;
+  record.request_id = request_id;
+  record.request_hash = "hash-" + request_id;
+  record.operation.set_name(OperationName(NewOperationId(absl::Now())));
+  record.operation.set_state(v1::OPERATION_STATE_QUEUED);
+  record.operation.set_sequence(1);
+  return record;
+}
+
+// The update that moves `operation` on to `state`, compare-and-set on its sequence.
+OperationUpdate Advance(const v1::Operation& operation, v1::OperationState state,
+                        bool wait_durable = true) {
+  OperationUpdate update;
+  update.operation = operation;
+  update.operation.set_state(state);
+  update.operation.set_sequence(operation.sequence() + 1);
+  update.expected_sequence = operation.sequence();
+  update.wait_durable = wait_durable;
+  return update;
+}
+
+// A fresh ledger that counts its durable writes and syncs, for what shares an fsync.
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  // `options` may hold a before_sync hook; the counts go to stats_.
+  void OpenCounting(SqliteOptions options = {}) {
+    options.sync_stats = &stats_;
+    auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    store_ = std::move(*opened);
+  }
+
+  // Opens the ledger and creates one queued operation in it: one durable write, one sync.
+  void OpenCountingWithOneOperation(OperationRecord* created) {
+    ASSERT_NO_FATAL_FAILURE(OpenCounting());
+    auto result = store_->Create(QueuedRecord("t", "r"), {});
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(stats_.syncs.load(), 1);
+    *created = result->record;
+  }
+
+  LedgerSyncStats stats_;  // first: outlives the store that counts into it
+  std::unique_ptr<OperationStore> store_;
+};
+
+TEST_F(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
   const std::string path = testing::TempLedgerPath();
   { auto store = Open(path); }
   { auto store = Open(path); }  // reopening applies nothing twice
@@ -64,32 +111,18 @@ TEST(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
-OperationRecord QueuedRecord(const std::string& tenant, const std::string& request_id) {
-  OperationRecord record;
-  record.tenant = tenant;
-  record.request_id = request_id;
-  record.request_hash = "hash-" + request_id;
-  record.operation.set_name(OperationName(NewOperationId(absl::Now())));
-  record.operation.set_state(v1::OPERATION_STATE_QUEUED);
-  record.operation.set_sequence(1);
-  return record;
-}
-
 // Writers that commit while one fsync runs share the next: eight concurrent Creates, the first
 // sync held until the other seven are waiting, are on disk after two fsyncs, not eight.
-TEST(SqliteStoreTest, ConcurrentWritesShareOneFsync) {
+TEST_F(SqliteStoreTest, ConcurrentWritesShareOneFsync) {
   constexpr int kWriters = 8;
-  LedgerSyncStats stats;
   std::atomic<bool> held{false};
   SqliteOptions options;
-  options.sync_stats = &stats;
   options.before_sync = [&] {
     if (held.exchange(true)) return;
-    EXPECT_TRUE(testing::WaitUntil([&] { return stats.durable_writes.load() == kWriters; }));
+    EXPECT_TRUE(testing::WaitUntil([&] { return stats_.durable_writes.load() == kWriters; }));
   };
-  auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  OperationStore& store = **opened;
+  ASSERT_NO_FATAL_FAILURE(OpenCounting(std::move(options)));
+  OperationStore& store = *store_;
   std::vector<std::string> names(kWriters);
   {
     std::vector<std::thread> writers;
@@ -105,8 +138,8 @@ TEST(SqliteStoreTest, ConcurrentWritesShareOneFsync) {
     }
     for (auto& writer : writers) writer.join();
   }
-  EXPECT_EQ(stats.durable_writes.load(), kWriters);
-  EXPECT_EQ(stats.syncs.load(), 2);
+  EXPECT_EQ(stats_.durable_writes.load(), kWriters);
+  EXPECT_EQ(stats_.syncs.load(), 2);
   for (const std::string& name : names) {
     auto record = store.Get(name.substr(name.find('/') + 1));
     ASSERT_TRUE(record.ok()) << record.status();
@@ -114,75 +147,50 @@ TEST(SqliteStoreTest, ConcurrentWritesShareOneFsync) {
   }
   // A lone write waits for a sync of its own: never fewer writes than syncs.
   ASSERT_TRUE(store.Create(QueuedRecord("t", "lone"), {}).ok());
-  EXPECT_EQ(stats.syncs.load(), 3);
-  EXPECT_LE(stats.syncs.load(), stats.durable_writes.load());
+  EXPECT_EQ(stats_.syncs.load(), 3);
+  EXPECT_LE(stats_.syncs.load(), stats_.durable_writes.load());
 }
 
 // An update that need not wait returns without a sync of its own; the next durable write's
 // sync covers it.
-TEST(SqliteStoreTest, AnUpdateThatNeedNotWaitSharesTheNextSync) {
-  LedgerSyncStats stats;
-  SqliteOptions options;
-  options.sync_stats = &stats;
-  auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  OperationStore& store = **opened;
-  auto created = store.Create(QueuedRecord("t", "r"), {});
-  ASSERT_TRUE(created.ok()) << created.status();
-  EXPECT_EQ(stats.syncs.load(), 1);
-  OperationUpdate update;
-  update.operation = created->record.operation;
-  update.operation.set_state(v1::OPERATION_STATE_RUNNING);
-  update.operation.set_sequence(2);
-  update.expected_sequence = 1;
-  update.wait_durable = false;
-  ASSERT_TRUE(store.Update(update).ok());
-  EXPECT_EQ(stats.syncs.load(), 1);
-  EXPECT_EQ(stats.durable_writes.load(), 1);
+TEST_F(SqliteStoreTest, AnUpdateThatNeedNotWaitSharesTheNextSync) {
+  OperationRecord created;
+  ASSERT_NO_FATAL_FAILURE(OpenCountingWithOneOperation(&created));
+  OperationStore& store = *store_;
+  const OperationUpdate running =
+      Advance(created.operation, v1::OPERATION_STATE_RUNNING, /*wait_durable=*/false);
+  ASSERT_TRUE(store.Update(running).ok());
+  EXPECT_EQ(stats_.syncs.load(), 1);
+  EXPECT_EQ(stats_.durable_writes.load(), 1);
   // Visible at once, and still compare-and-set.
-  auto read = store.Get(created->record.id());
+  auto read = store.Get(created.id());
   ASSERT_TRUE(read.ok());
   EXPECT_EQ(read->operation.sequence(), 2);
-  EXPECT_EQ(store.Update(update).code(), absl::StatusCode::kAborted);
-  update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
-  update.operation.set_sequence(3);
-  update.expected_sequence = 2;
-  update.wait_durable = true;
-  ASSERT_TRUE(store.Update(update).ok());
-  EXPECT_EQ(stats.syncs.load(), 2);
-  EXPECT_EQ(stats.durable_writes.load(), 2);
+  EXPECT_EQ(store.Update(running).code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(store.Update(Advance(running.operation, v1::OPERATION_STATE_SUCCEEDED)).ok());
+  EXPECT_EQ(stats_.syncs.load(), 2);
+  EXPECT_EQ(stats_.durable_writes.load(), 2);
 }
 
 // Custody rows on the success path wait for no sync of their own: the operation's durable
 // SUCCEEDED, written after them, carries them to disk (one sync for the three writes).
-TEST(SqliteStoreTest, CustodyRowsShareTheSyncOfTheSucceededThatFollows) {
-  LedgerSyncStats stats;
-  SqliteOptions options;
-  options.sync_stats = &stats;
-  auto opened = OpenSqliteOperationStore(testing::TempLedgerPath(), options);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  OperationStore& store = **opened;
-  auto created = store.Create(QueuedRecord("t", "r"), {});
-  ASSERT_TRUE(created.ok()) << created.status();
-  ASSERT_EQ(stats.syncs.load(), 1);
-  const std::string id = created->record.id();
+TEST_F(SqliteStoreTest, CustodyRowsShareTheSyncOfTheSucceededThatFollows) {
+  OperationRecord created;
+  ASSERT_NO_FATAL_FAILURE(OpenCountingWithOneOperation(&created));
+  OperationStore& store = *store_;
+  const std::string id = created.id();
   const absl::Time now = absl::Now();
   ASSERT_TRUE(store.AddPendingCustody(id, "t", 1, now, now + absl::Minutes(1)).ok());
   ASSERT_TRUE(store.RecordCustody(id, 0, 1234, std::string(64, 'a'), now + absl::Hours(1)).ok());
-  EXPECT_EQ(stats.syncs.load(), 1);
+  EXPECT_EQ(stats_.syncs.load(), 1);
   // Visible at once.
   auto rows = store.GetCustody(id);
   ASSERT_TRUE(rows.ok()) << rows.status();
   ASSERT_EQ(rows->size(), 1u);
   EXPECT_EQ((*rows)[0].state, CustodyState::kHeld);
   EXPECT_EQ((*rows)[0].size_bytes, 1234);
-  OperationUpdate update;
-  update.operation = created->record.operation;
-  update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
-  update.operation.set_sequence(2);
-  update.expected_sequence = 1;
-  ASSERT_TRUE(store.Update(update).ok());
-  EXPECT_EQ(stats.syncs.load(), 2);
+  ASSERT_TRUE(store.Update(Advance(created.operation, v1::OPERATION_STATE_SUCCEEDED)).ok());
+  EXPECT_EQ(stats_.syncs.load(), 2);
 }
 
 TEST(IdsTest, OperationIdsAreSortableAndWellFormed) {
