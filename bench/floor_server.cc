@@ -7,7 +7,7 @@
 // arguments, health service).
 //
 //   floor_server --operation=op.bin [--listen=127.0.0.1:0] [--watch_hold_ms=MS]
-//       [--minimal_stack=1]
+//       [--minimal_stack=1] [--download_file=PATH [--download_chunk_bytes=N]]
 //
 // --minimal_stack=1 sets GRPC_ARG_MINIMAL_STACK (no deadline or compression filters): what
 // gRPC's optional filters add to each call.
@@ -17,11 +17,21 @@
 // and the end. grpc_load --mode=watch_fanout --pid=<floor> then measures what N open streams
 // cost a server that keeps nothing per stream beyond gRPC's own call and one reactor.
 //
+// With --download_file=PATH it also serves Download as the floor of a file stream: the AssetInfo
+// message, then PATH in --download_chunk_bytes messages (default 1 MiB, what the gateway sends
+// from custody), each read with one pread into the message and written when the last one is
+// done, whatever asset is asked for. What is left is gRPC's streaming of the same bytes the
+// gateway serves.
+//
 // Prints "floor listening on <port>" on stdout once serving; stops on SIGINT/SIGTERM.
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -133,9 +143,59 @@ void HeldWatch::OnDone() {
   delete this;
 }
 
+// The file --download_file names, open for the life of the process (pread is thread-safe).
+struct DownloadFile {
+  int fd = -1;
+  int64_t size = 0;
+  int chunk_bytes = 1024 * 1024;
+};
+
+// One Download stream of the file: its AssetInfo, then its bytes, one message in flight.
+class FileDownload final : public grpc::ServerWriteReactor<v1::DownloadChunk> {
+ public:
+  explicit FileDownload(const DownloadFile& file) : file_(file) {
+    chunk_.mutable_info()->set_size_bytes(file_.size);
+    chunk_.mutable_info()->set_in_custody(true);
+    StartWrite(&chunk_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    if (offset_ >= file_.size) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    const int64_t n = std::min<int64_t>(file_.chunk_bytes, file_.size - offset_);
+    std::string* data = chunk_.mutable_data();
+    data->resize(static_cast<size_t>(n));
+    if (pread(file_.fd, data->data(), static_cast<size_t>(n), offset_) != n) {
+      Finish(grpc::Status(grpc::StatusCode::INTERNAL, "short read"));
+      return;
+    }
+    chunk_.set_offset(offset_);
+    offset_ += n;
+    StartWrite(&chunk_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  const DownloadFile& file_;
+  v1::DownloadChunk chunk_;
+  int64_t offset_ = 0;
+};
+
 class FloorService final : public v1::MusicGateway::CallbackService {
  public:
-  explicit FloorService(v1::Operation operation) : operation_(std::move(operation)) {}
+  FloorService(v1::Operation operation, const DownloadFile& file)
+      : operation_(std::move(operation)), file_(file) {}
+
+  grpc::ServerWriteReactor<v1::DownloadChunk>* Download(
+      grpc::CallbackServerContext* /*context*/, const v1::DownloadRequest* /*request*/) override {
+    if (file_.fd < 0) return nullptr;  // UNIMPLEMENTED, as the generated base answers
+    return new FileDownload(file_);
+  }
 
   grpc::ServerWriteReactor<v1::OperationEvent>* WatchOperation(
       grpc::CallbackServerContext* /*context*/,
@@ -167,6 +227,7 @@ class FloorService final : public v1::MusicGateway::CallbackService {
   }
 
   const v1::Operation operation_;
+  const DownloadFile& file_;
 };
 
 std::optional<std::string> Flag(int argc, char** argv, const std::string& name) {
@@ -205,7 +266,22 @@ int main(int argc, char** argv) {
   if (auto hold = Flag(argc, argv, "watch_hold_ms"); hold && absl::SimpleAtoi(*hold, &hold_ms)) {
     holder = new Holder(absl::Milliseconds(hold_ms), operation);  // lives as long as the process
   }
-  FloorService service(std::move(operation));
+  DownloadFile download;
+  if (auto file = Flag(argc, argv, "download_file")) {
+    download.fd = open(file->c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (download.fd < 0 || fstat(download.fd, &st) != 0) {
+      std::fprintf(stderr, "floor_server: cannot open %s\n", file->c_str());
+      return 2;
+    }
+    download.size = st.st_size;
+    if (auto chunk = Flag(argc, argv, "download_chunk_bytes");
+        chunk && (!absl::SimpleAtoi(*chunk, &download.chunk_bytes) || download.chunk_bytes < 1)) {
+      std::fprintf(stderr, "floor_server: --download_chunk_bytes must be a positive integer\n");
+      return 2;
+    }
+  }
+  FloorService service(std::move(operation), download);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;

@@ -242,6 +242,13 @@ def reached_pairs(name, r):
                  f"{spread([p['gateway_client_cpu_s_per_gb'] for p in pairs], 2)}, emulator "
                  f"{spread([p['direct_server_cpu_s_per_gb'] for p in pairs], 2)} + curl "
                  f"{spread([p['direct_client_cpu_s_per_gb'] for p in pairs], 2)}")
+    floors = [p for p in pairs if p.get("floor")]
+    if floors:
+        text += (f"; the floor (a bare gRPC server streaming the same file, floor_server "
+                 f"--download_file) {spread([p['floor'] for p in floors], 0)} MB/s: "
+                 f"gateway/floor {spread([p['gateway'] / p['floor'] for p in floors])}, "
+                 f"floor/direct {spread([p['floor'] / p['reference'] for p in floors])}, floor "
+                 f"CPU {spread([p['floor_cpu_s_per_gb'] for p in floors], 2)} s per GB")
     files = [p["file_read"] for p in pairs if p.get("file_read")]
     if files:
         text += f"; local read of the custody file {spread(files, 0)} MB/s"
@@ -369,8 +376,14 @@ def summarize_pairs(kind, runs):
             run = g["runs"][0]
             direct = d["bytes"] / 1e6 / d["seconds"]
             f = sides.get("file")
+            fl = sides.get("floor")
+            floor_run = fl["runs"][0] if fl and "error" not in fl and \
+                fl["runs"][0]["status"] == "OK" else None
             pairs.append({
                 "file_read": f["bytes"] / 1e6 / f["seconds"] if f else None,
+                "floor": floor_run["mb_per_s"] if floor_run else None,
+                "floor_cpu_s_per_gb": floor_run.get("server_cpu_s", 0) /
+                (floor_run["bytes"] / 1e9) if floor_run else None,
                 "in_custody": run.get("in_custody"),
                 "pair": pair, "gateway": run["mb_per_s"], "reference": direct,
                 "ratio": run["mb_per_s"] / direct, "bytes": run["bytes"],

@@ -107,6 +107,7 @@ mkdir -p "$audio_cache" "$here/results"
 sandbox_dir=""
 pg_sandbox_dir=""  # the 2-replica PostgreSQL stack of the "replicas" scenario
 floor_pid=""
+FLOOR_EXTRA_ARGS=()
 # wait_gone PID...: until the processes have exited (at most 10 s), so the next run starts quiet.
 wait_gone() {
   local pid alive
@@ -349,12 +350,14 @@ PY
 grpc_load() { "$build/bench/grpc_load" "$@"; }
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
-# start_floor OPERATION_FILE [WRAPPER...]: the floor server on a free port, optionally under a
+# start_floor OPERATION_FILE [WRAPPER...]: the floor server on a free port (with the flags in
+# FLOOR_EXTRA_ARGS, if any), optionally under a
 # wrapper (valgrind). Sets floor_pid and FLOOR_TARGET.
 start_floor() {
   local op_file="$1" log="$work/floor.$RANDOM.out"
   shift
-  "$@" "$build/bench/floor_server" --operation="$op_file" --listen=127.0.0.1:0 >"$log" 2>&1 &
+  "$@" "$build/bench/floor_server" --operation="$op_file" --listen=127.0.0.1:0 \
+    "${FLOOR_EXTRA_ARGS[@]}" >"$log" 2>&1 &
   floor_pid=$!
   wait_line "$log" "floor listening on" 120
   FLOOR_TARGET="127.0.0.1:$(sed -n 's/^floor listening on //p' "$log")"
@@ -480,6 +483,15 @@ run_direct() {
   fi
   curl -sS -o /dev/null "$url"
   cat "$held" >/dev/null
+  # The floor of a Download: a bare gRPC server streaming the same custody file in the gateway's
+  # custody message size (1 MiB), no ledger, no authentication (floor_server --download_file).
+  local op_file="$work/operation.bin"
+  setup_operation "$op_file" >/dev/null
+  FLOOR_EXTRA_ARGS=(--download_file="$held")
+  start_floor "$op_file"
+  FLOOR_EXTRA_ARGS=()
+  grpc_load --target="$FLOOR_TARGET" --mode=download --asset="$asset" --repeat=1 --no_verify \
+    >/dev/null
   : >"$runs"
   # No client-side hashing in the timed runs (curl does none either); the warm-up verified it.
   args=(--mode=download --asset="$asset" --repeat=1 --no_verify --pid="$GW_PID")
@@ -517,9 +529,13 @@ PY
 )
     printf 'run_bench: direct pair %s file: %s\n' "$pair" "$out" >&2
     printf '{"pair": %s, "side": "file", "result": %s}\n' "$pair" "$out" >>"$runs"
+    out=$(grpc_load --target="$FLOOR_TARGET" "${args[@]/--pid=$GW_PID/--pid=$floor_pid}")
+    printf 'run_bench: direct pair %s floor: %s\n' "$pair" "$out" >&2
+    printf '{"pair": %s, "side": "floor", "result": %s}\n' "$pair" "$out" >>"$runs"
   done
   record direct "grpc_load --target=$TARGET ${args[*]} (custody on); curl -o /dev/null <the \
-asset's emulator URL>; cat <the custody file> >/dev/null" \
+asset's emulator URL>; cat <the custody file> >/dev/null; the same grpc_load against \
+floor_server --download_file=<the custody file>" \
     "$(python3 "$here/results_table.py" --pairs direct "$runs")"
   stop_stack
 }
