@@ -102,7 +102,7 @@ struct EngineOptions {
   absl::Duration lease = absl::Minutes(2);
   // While the ledger refuses writes, a probe write is tried this often (LedgerStatus()).
   absl::Duration ledger_probe_interval = absl::Seconds(5);
-  // Change events of done operations are pruned after this long.
+  // Change events and cancel requests of done operations are pruned after this long.
   absl::Duration event_retention = absl::Hours(24);
   // How long to wait for a submission's answer from an asynchronous provider (the adapter
   // retries inside it). Synchronous providers get the whole operation deadline.

@@ -224,7 +224,8 @@ class OperationStore {
   // Held rows that still reference the object `sha256` (its bytes may only go at zero).
   virtual absl::StatusOr<int64_t> CountHeldDigest(absl::string_view sha256) = 0;
   virtual absl::StatusOr<CustodySummary> ReadCustodySummary() = 0;
-  // Deletes change events of operations done before `done_before`; returns how many.
+  // Deletes the change events and cancel requests of operations done before `done_before`;
+  // returns how many rows in all.
   virtual absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) = 0;
   virtual absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant,
                                                  musicgw::v1::TaskKind task,

@@ -271,9 +271,13 @@ const pg::Statements& LedgerStatements() {
          "asset_custody WHERE state = 2) AS held"},
         {"custody_pending_summary",
          "SELECT COUNT(*), COALESCE(MIN(pending_since_us), 0) FROM asset_custody WHERE state = 1"},
+        // Events, then cancel requests, of operations done before $1; counts both.
         {"prune",
-         "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations WHERE "
-         "done AND done_time_us < $1)"},
+         "WITH gone AS (SELECT id FROM operations WHERE done AND done_time_us < $1), "
+         "events AS (DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM gone) "
+         "RETURNING 1), cancels AS (DELETE FROM cancel_requests WHERE operation_id IN (SELECT id "
+         "FROM gone) RETURNING 1) SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM "
+         "cancels)"},
         {"budget_usage",
          absl::StrCat("SELECT COUNT(*) FILTER (WHERE NOT done), COUNT(*) FILTER (WHERE done) FROM "
                       "operations WHERE tenant = $1 AND task = $2 AND create_time_us >= $3 AND ",
@@ -655,9 +659,7 @@ class PostgresOperationStore final : public OperationStore {
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     MUSICGW_ASSIGN_OR_RETURN(Result result,
                              conn->Run("prune", {Param::Int(LedgerMicros(done_before))}));
-    int64_t deleted = 0;
-    if (!absl::SimpleAtoi(absl::string_view(PQcmdTuples(result.get())), &deleted)) deleted = 0;
-    return deleted;
+    return IntCell(result.get(), 0, 0);
   }
 
   absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,

@@ -647,11 +647,16 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<int64_t> PruneEvents(absl::Time done_before) override {
     return Durably([&]() -> absl::StatusOr<int64_t> {
       absl::MutexLock lock(&mu_);
-      Stmt stmt(statements_,
-                "DELETE FROM operation_events WHERE operation_id IN (SELECT id FROM operations "
-                "WHERE done = 1 AND done_time_us < ?)");
-      MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, LedgerMicros(done_before)).Run());
-      return static_cast<int64_t>(sqlite3_changes(db_));
+      int64_t deleted = 0;
+      for (const char* table : {"operation_events", "cancel_requests"}) {
+        Stmt stmt(statements_,
+                  absl::StrCat("DELETE FROM ", table,
+                               " WHERE operation_id IN (SELECT id FROM operations WHERE done = 1 "
+                               "AND done_time_us < ?)"));
+        MUSICGW_RETURN_IF_ERROR(stmt.Bind(1, LedgerMicros(done_before)).Run());
+        deleted += sqlite3_changes(db_);
+      }
+      return deleted;
     });
   }
 

@@ -401,6 +401,20 @@ TEST_P(StoreConformanceTest, CancelRequestsWaitForTheOwnerOfALiveOperation) {
   pending = store->PendingCancels("r1");
   ASSERT_TRUE(pending.ok());
   EXPECT_TRUE(pending->empty());
+
+  // Pruning a done operation takes its cancel request with its events (created, cancelled);
+  // a live operation's request stays.
+  ASSERT_TRUE(store->RequestCancel(other.id(), "later", absl::Now()).ok());
+  auto pruned = store->PruneEvents(absl::Now() + absl::Hours(1));
+  ASSERT_TRUE(pruned.ok()) << pruned.status();
+  EXPECT_EQ(*pruned, 3);
+  pruned = store->PruneEvents(absl::Now() + absl::Hours(1));
+  ASSERT_TRUE(pruned.ok());
+  EXPECT_EQ(*pruned, 0);
+  pending = store->PendingCancels("r1");
+  ASSERT_TRUE(pending.ok());
+  ASSERT_EQ(pending->size(), 1u);
+  EXPECT_EQ(pending->at(other.id()), "later");
 }
 
 // When to claim next: the earliest lease another replica holds on a live operation.
