@@ -101,9 +101,10 @@ start() {
   local postgres=0
   [[ "${1:-}" == "--postgres" ]] && postgres=1
   stop
-  local loudly_port sp_port grpc_port metrics_port webhook_port
+  # webhook_port: the first gateway's, where the emulator posts for every replica (set once that
+  # gateway listens; until then each config names its own).
+  local loudly_port sp_port grpc_port metrics_port webhook_port=""
   loudly_port=$(free_port); sp_port=$(free_port)
-  grpc_port=$(free_port); metrics_port=$(free_port); webhook_port=$(free_port)
   local api_key="mgw_sandbox_$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   local loudly_refresh="sandbox-refresh-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
   local sp_key="spk_sandbox_$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
@@ -159,7 +160,7 @@ start() {
      "base_url": "http://127.0.0.1:$sp_port",
      "api_key": {"file": "$out/secrets/soundpiece_api_key"},
      "webhook_secrets": {"file": "$out/secrets/soundpiece_webhook_secret"},
-     "callback_url": "http://127.0.0.1:$webhook_port/webhooks/soundpiece",
+     "callback_url": "http://127.0.0.1:${webhook_port:-$4}/webhooks/soundpiece",
      "credits": {"balance": ${MUSICGW_SANDBOX_CREDITS:-1000}, "since": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}}
   ],
   "tenants": [
@@ -169,19 +170,41 @@ start() {
 }
 JSON
   }
-  write_config "$out/musicgw.json" "$grpc_port" "$metrics_port" "$webhook_port" gw-1
-  "$build/services/gateway/musicgw" --config="$out/musicgw.json" >"$out/musicgw.out" 2>"$out/musicgw.log" &
-  echo $! >"$out/musicgw.pid"
-  wait_for_line "$out/musicgw.out" "musicgw listening" 30
+  # start_gateway NAME REPLICA_ID: the gateway NAME (its .json, .out, .log and .pid in $out) on
+  # three free ports, which it sets in gw_grpc, gw_metrics and gw_webhook. Another process (tests
+  # run side by side) may take a free port before the gateway binds it, so a start that could not
+  # listen is retried on fresh ports.
+  local gw_grpc gw_metrics gw_webhook
+  start_gateway() {
+    local name=$1 replica=$2 pid
+    for _ in 1 2 3 4 5; do
+      gw_grpc=$(free_port); gw_metrics=$(free_port); gw_webhook=$(free_port)
+      write_config "$out/$name.json" "$gw_grpc" "$gw_metrics" "$gw_webhook" "$replica"
+      "$build/services/gateway/musicgw" --config="$out/$name.json" >"$out/$name.out" \
+        2>"$out/$name.log" &
+      pid=$!
+      echo "$pid" >"$out/$name.pid"
+      for _ in $(seq 1 300); do
+        grep -q "musicgw listening" "$out/$name.out" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null || ! grep -qs "cannot listen" "$out/$name.log" "$out/$name.out"; then
+        echo "sandbox: timed out waiting for 'musicgw listening' in $out/$name.out" >&2
+        tail -5 "$out/$name.log" >&2 || true
+        return 1
+      fi
+      echo "sandbox: $name could not listen on its ports (taken meanwhile); trying others" >&2
+    done
+    echo "sandbox: $name could not listen on five sets of free ports" >&2
+    return 1
+  }
+  start_gateway musicgw gw-1
+  grpc_port=$gw_grpc metrics_port=$gw_metrics webhook_port=$gw_webhook
   local targets="127.0.0.1:$grpc_port"
   if (( postgres )); then
-    local grpc2 metrics2 webhook2
-    grpc2=$(free_port); metrics2=$(free_port); webhook2=$(free_port)
-    write_config "$out/musicgw-2.json" "$grpc2" "$metrics2" "$webhook2" gw-2
-    "$build/services/gateway/musicgw" --config="$out/musicgw-2.json" >"$out/musicgw-2.out" 2>"$out/musicgw-2.log" &
-    echo $! >"$out/musicgw-2.pid"
-    wait_for_line "$out/musicgw-2.out" "musicgw listening" 30
-    targets="$targets,127.0.0.1:$grpc2"
+    start_gateway musicgw-2 gw-2
+    targets="$targets,127.0.0.1:$gw_grpc"
   fi
   cat >"$out/sandbox.env" <<ENV
 MUSICGW_TARGET=127.0.0.1:$grpc_port
