@@ -256,8 +256,14 @@ TEST_F(CustodyTest, AfterRetentionDownloadIsNotFoundAssetExpired) {
   ASSERT_TRUE(GetErrorInfo(FromGrpcStatus(file.status), &info));
   EXPECT_EQ(info.reason(), "ASSET_EXPIRED");
   EXPECT_EQ(info.domain(), kGatewayDomain);
-  struct stat st {};
-  EXPECT_NE(stat(object.c_str(), &st), 0) << object << " is still on disk";
+  // The ledger marks the asset expired first; the sweep removes its object right after.
+  EXPECT_TRUE(Eventually(
+      [&] {
+        struct stat st {};
+        return stat(object.c_str(), &st) != 0;
+      },
+      absl::Seconds(10)))
+      << object << " is still on disk";
   EXPECT_FALSE(GetOperation(done.name()).outputs(0).in_custody());
 }
 
