@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 
 namespace musicgw {
 namespace {
@@ -16,6 +17,13 @@ namespace {
 id_t CurrentThreadId() { return static_cast<id_t>(syscall(SYS_gettid)); }
 
 }  // namespace
+
+void LowerCurrentThreadPriorityOrWarn(int nice, absl::string_view who) {
+  if (absl::Status lowered = SetCurrentThreadNice(nice); !lowered.ok()) {
+    log::Warning(absl::StrCat(who, " keeps the process's priority"),
+                 {{"error", std::string(lowered.message())}});
+  }
+}
 
 absl::Status SetCurrentThreadNice(int nice) {
   if (nice == 0) return absl::OkStatus();

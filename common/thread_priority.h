@@ -6,12 +6,17 @@
 #pragma once
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace musicgw {
 
 // Sets the calling thread's nice value (Linux: per thread). Raising it needs no privilege;
 // lowering it below the process's may be refused (PERMISSION_DENIED). 0 leaves it unchanged.
 absl::Status SetCurrentThreadNice(int nice);
+
+// SetCurrentThreadNice for a background thread: a refusal is logged as a warning naming `who`
+// (the thread then keeps the process's priority, which is safe, only less fair).
+void LowerCurrentThreadPriorityOrWarn(int nice, absl::string_view who);
 
 // The calling thread's nice value.
 int CurrentThreadNice();

@@ -16,7 +16,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "common/log.h"
 #include "common/thread_priority.h"
 
 namespace musicgw::http {
@@ -164,10 +163,7 @@ class CurlHttpClient::Loop {
 
   void StartThread() {
     thread_ = std::thread([this] {
-      if (absl::Status lowered = SetCurrentThreadNice(options_.loop_thread_nice); !lowered.ok()) {
-        log::Warning("HTTP client thread keeps the process's priority",
-                     {{"error", std::string(lowered.message())}});
-      }
+      LowerCurrentThreadPriorityOrWarn(options_.loop_thread_nice, "HTTP client thread");
       Run();
     });
   }

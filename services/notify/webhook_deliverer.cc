@@ -6,7 +6,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/log.h"
 #include "common/thread_priority.h"
 #include "services/notify/webhook_signer.h"
 
@@ -59,10 +58,7 @@ void WebhookDeliverer::Start() {
   stop_ = false;
   // Threads inherit their creator's nice value, so the delivery workers run at it too.
   loop_ = std::thread([this] {
-    if (absl::Status lowered = SetCurrentThreadNice(options_.thread_nice); !lowered.ok()) {
-      log::Warning("webhook delivery keeps the process's priority",
-                   {{"error", std::string(lowered.message())}});
-    }
+    LowerCurrentThreadPriorityOrWarn(options_.thread_nice, "webhook delivery");
     Loop();
   });
 }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "common/log.h"
 #include "common/thread_priority.h"
 
 namespace musicgw::operations {
@@ -66,10 +65,7 @@ void Executor::Stop() {
 }
 
 void Executor::Loop(int nice) {
-  if (absl::Status lowered = SetCurrentThreadNice(nice); !lowered.ok()) {
-    log::Warning("worker thread keeps the process's priority",
-                 {{"error", std::string(lowered.message())}});
-  }
+  LowerCurrentThreadPriorityOrWarn(nice, "worker thread");
   absl::MutexLock lock(&mu_);
   while (!stopping_) {
     const absl::Time now = clock_.Now();

@@ -44,5 +44,15 @@ TEST(ThreadPriorityTest, ThreadsStartedByALoweredThreadInheritItsNice) {
   EXPECT_EQ(child, Lowered(before, 5));
 }
 
+TEST(ThreadPriorityTest, LowerOrWarnLowersTheCallingThread) {
+  const int before = CurrentThreadNice();
+  int inside = -100;
+  std::thread([&] {
+    LowerCurrentThreadPriorityOrWarn(Lowered(before, 3), "test thread");
+    inside = CurrentThreadNice();
+  }).join();
+  EXPECT_EQ(inside, Lowered(before, 3));
+}
+
 }  // namespace
 }  // namespace musicgw
