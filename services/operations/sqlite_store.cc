@@ -463,9 +463,12 @@ class SqliteOperationStore final : public OperationStore {
     });
   }
 
+  // Provider URLs wait for no sync of their own: a power loss that takes them back leaves the
+  // operation live (its tracker polls again and learns them again) or its asset host refreshing
+  // them again; a durable SUCCEEDED written after them brings them to disk.
   absl::Status SetUpstreamOutputs(absl::string_view id,
                                   const std::vector<UpstreamOutput>& outputs) override {
-    return Durably([&]() -> absl::Status {
+    return Logged([&]() -> absl::Status {
       absl::MutexLock lock(&mu_);
       Stmt stmt(statements_, "UPDATE operations SET upstream_outputs = ? WHERE id = ?");
       return stmt.Bind(1, UpstreamOutputsToJson(outputs)).Bind(2, id).Run();

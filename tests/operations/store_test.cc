@@ -172,14 +172,16 @@ TEST_F(SqliteStoreTest, AnUpdateThatNeedNotWaitSharesTheNextSync) {
   EXPECT_EQ(stats_.durable_writes.load(), 2);
 }
 
-// Custody rows on the success path wait for no sync of their own: the operation's durable
-// SUCCEEDED, written after them, carries them to disk (one sync for the three writes).
+// The provider's URLs and the custody rows on the success path wait for no sync of their own:
+// the operation's durable SUCCEEDED, written after them, carries them to disk (one sync for the
+// four writes).
 TEST_F(SqliteStoreTest, CustodyRowsShareTheSyncOfTheSucceededThatFollows) {
   OperationRecord created;
   ASSERT_NO_FATAL_FAILURE(OpenCountingWithOneOperation(&created));
   OperationStore& store = *store_;
   const std::string id = created.id();
   const absl::Time now = absl::Now();
+  ASSERT_TRUE(store.SetUpstreamOutputs(id, {UpstreamOutput{"http://cdn/a.flac", now}}).ok());
   ASSERT_TRUE(store.AddPendingCustody(id, "t", 1, now, now + absl::Minutes(1)).ok());
   ASSERT_TRUE(store.RecordCustody(id, 0, 1234, std::string(64, 'a'), now + absl::Hours(1)).ok());
   EXPECT_EQ(stats_.syncs.load(), 1);
@@ -189,6 +191,10 @@ TEST_F(SqliteStoreTest, CustodyRowsShareTheSyncOfTheSucceededThatFollows) {
   ASSERT_EQ(rows->size(), 1u);
   EXPECT_EQ((*rows)[0].state, CustodyState::kHeld);
   EXPECT_EQ((*rows)[0].size_bytes, 1234);
+  auto record = store.Get(id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  ASSERT_EQ(record->upstream_outputs.size(), 1u);
+  EXPECT_EQ(record->upstream_outputs[0].url, "http://cdn/a.flac");
   ASSERT_TRUE(store.Update(Advance(created.operation, v1::OPERATION_STATE_SUCCEEDED)).ok());
   EXPECT_EQ(stats_.syncs.load(), 2);
 }
