@@ -989,6 +989,10 @@ class FanoutLoad {
     Json codes = Json::object();
     for (const auto& [code, n] : end_codes_) codes[code] = n;
     out["stream_end_codes"] = codes;
+    // A planned hold that ends early (say, at the gateway's operation deadline) shows here.
+    Json terminal_states = Json::object();
+    for (const auto& [state, n] : terminal_states_) terminal_states[state] = n;
+    out["terminal_states"] = terminal_states;
     // Per watcher, from the gateway's done_time (when it saw the upstream terminal answer) and
     // from the first watcher of the same operation to see it.
     std::vector<double> from_done;
@@ -1176,6 +1180,7 @@ class FanoutLoad {
   void Terminal(size_t op, absl::Time now, const v1::Operation& operation) {
     absl::MutexLock lock(&mu_);
     ++terminal_;
+    ++terminal_states_[v1::OperationState_Name(operation.state())];
     OpState& state = ops_[op];
     if (operation.has_done_time()) state.done_time = FromProto(operation.done_time());
     state.arrivals.push_back(now);
@@ -1206,6 +1211,7 @@ class FanoutLoad {
   int closed_before_open_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time completion_window_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, int> end_codes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> terminal_states_ ABSL_GUARDED_BY(mu_);
 };
 
 // ---------------------------------------------------------------------------------------------

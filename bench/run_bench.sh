@@ -193,8 +193,11 @@ launch_sandbox() {
   # bursts of 5,000, per replica) would refuse part of (c)'s 10,000 streams opened within a
   # second, and a 2-replica stack would get twice the allowance of a single node.
   # Custody (on by default) keeps its copies inside the stack's directory, shared by replicas.
-  python3 - "$dir" "$dir"/musicgw*.json <<'PY'
+  # The operation deadline (the sandbox's is 5 minutes) outlasts the planned processing, so a
+  # long hold (fanout100k: 10 minutes) ends at the provider's completion, not at the deadline.
+  python3 - "$processing_ms" "$dir" "$dir"/musicgw*.json <<'PY'
 import json, os, sys
+processing_s = int(sys.argv.pop(1)) // 1000
 big = 10000000
 limits = {f"{kind}_{what}": big for kind in ("generate", "read", "list", "cancel", "stream")
           for what in ("per_second", "burst")}
@@ -203,6 +206,9 @@ for path in sys.argv[2:]:
     with open(path) as f:
         config = json.load(f)
     config["ledger"]["assets_path"] = os.path.join(sys.argv[1], "assets")
+    operations = config.setdefault("operations", {})
+    operations["deadline_seconds"] = max(operations.get("deadline_seconds", 300),
+                                         processing_s + 300)
     for tenant in config["tenants"]:
         tenant["limits"] = dict(limits)
     with open(path, "w") as f:
