@@ -152,6 +152,11 @@ CREATE TABLE cancel_requests (
   request_time_us BIGINT NOT NULL
 );
 )sql",
+    // 7: a tenant's live operations, counted by every Generate (max_live_operations), found
+    // without walking every operation the tenant ever made.
+    R"sql(
+CREATE INDEX operations_live_by_tenant ON operations (tenant) WHERE NOT done;
+)sql",
 };
 
 // Any constant shared by every replica: serializes migrations.

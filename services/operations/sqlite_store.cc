@@ -130,6 +130,12 @@ CREATE TABLE cancel_requests (
   request_time_us INTEGER NOT NULL
 ) WITHOUT ROWID;
 )sql",
+    // 8: a tenant's live operations, counted by every Generate (max_live_operations), found
+    // without walking every operation the tenant ever made. `done` is in the key so that the
+    // planner, which has no statistics, prefers it to operations_for_budgets (tenant only).
+    R"sql(
+CREATE INDEX operations_live_by_tenant ON operations (tenant, done) WHERE done = 0;
+)sql",
 };
 
 constexpr absl::string_view kCustodyColumns =
