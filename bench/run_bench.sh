@@ -41,7 +41,10 @@
 #             per pair the ratio postgres/sqlite ($PAIRS pairs of (a), $REPLICA_GENERATE_PAIRS of
 #             (b), $REPLICA_FANOUT_PAIRS of (c); $REPLICA_PARTS picks some of "get generate fanout")
 # Each scenario gets a fresh scripts/sandbox.sh (gateway and emulators on free loopback ports,
-# so RSS starts clean); results go to bench/results/<date>.json and bench/RESULTS.md is regenerated.
+# so RSS starts clean), its tenant limits lifted, its operation deadline past the planned
+# processing and its watch heartbeats at $WATCH_HEARTBEAT_SECONDS (default 15, the gateway's own
+# default; the sandbox's demo setting is 5); results go to bench/results/<date>.json and
+# bench/RESULTS.md is regenerated.
 #
 # Usage: bench/run_bench.sh [build-dir (build/release)] [scenario...]
 #   scenarios: get generate fanout download floor single direct flood callgrind replicas (default: all;
@@ -76,6 +79,7 @@ FANOUT_WATCHERS="${FANOUT_WATCHERS:-10}"
 FANOUT_PROCESSING_MS="${FANOUT_PROCESSING_MS:-30000}"
 FANOUT100K_PROCESSING_MS="${FANOUT100K_PROCESSING_MS:-600000}"
 FLOOR_WATCH_HOLD_MS="${FLOOR_WATCH_HOLD_MS:-90000}"
+WATCH_HEARTBEAT_SECONDS="${WATCH_HEARTBEAT_SECONDS:-15}"
 DOWNLOAD_SOURCE_SECONDS="${DOWNLOAD_SOURCE_SECONDS:-2840}"
 PAIRS="${PAIRS:-5}"
 FLOOD_LIMIT="${FLOOD_LIMIT:-50}"
@@ -195,9 +199,12 @@ launch_sandbox() {
   # Custody (on by default) keeps its copies inside the stack's directory, shared by replicas.
   # The operation deadline (the sandbox's is 5 minutes) outlasts the planned processing, so a
   # long hold (fanout100k: 10 minutes) ends at the provider's completion, not at the deadline.
-  python3 - "$processing_ms" "$dir" "$dir"/musicgw*.json <<'PY'
+  # Idle watch streams get heartbeats at $WATCH_HEARTBEAT_SECONDS (the gateway's default, 15 s;
+  # the sandbox's demo setting is 5 s).
+  python3 - "$processing_ms" "$WATCH_HEARTBEAT_SECONDS" "$dir" "$dir"/musicgw*.json <<'PY'
 import json, os, sys
 processing_s = int(sys.argv.pop(1)) // 1000
+heartbeat_s = float(sys.argv.pop(1))
 big = 10000000
 limits = {f"{kind}_{what}": big for kind in ("generate", "read", "list", "cancel", "stream")
           for what in ("per_second", "burst")}
@@ -209,6 +216,7 @@ for path in sys.argv[2:]:
     operations = config.setdefault("operations", {})
     operations["deadline_seconds"] = max(operations.get("deadline_seconds", 300),
                                          processing_s + 300)
+    operations["watch_heartbeat_seconds"] = heartbeat_s
     for tenant in config["tenants"]:
         tenant["limits"] = dict(limits)
     with open(path, "w") as f:
