@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/thread_priority.h"
 #include "common/tls_http_server.h"
 
 namespace musicgw::adapters {
@@ -64,7 +65,11 @@ class WebhookServer::Impl {
       return absl::UnavailableError(
           absl::StrCat("cannot listen for webhooks on ", options_.host, ":", options_.port));
     }
-    thread_ = std::thread([this] { http_->server().listen_after_bind(); });
+    // cpp-httplib makes its worker pool on this thread, so the workers inherit its nice.
+    thread_ = std::thread([this] {
+      LowerCurrentThreadPriorityOrWarn(options_.thread_nice, "webhook listener");
+      http_->server().listen_after_bind();
+    });
     // stop() is a no-op until the server runs; the socket already accepts connections.
     for (int i = 0; i < 5000 && !server.is_running(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -26,6 +26,9 @@ struct WebhookServerOptions {
   int port = 0;  // 0 = any free port
   size_t max_body_bytes = 1 << 20;
   int threads = 8;
+  // The listener's and its workers' nice value (common/thread_priority.h): webhooks only nudge
+  // trackers, which run below the RPC threads too. 0: the process's priority.
+  int thread_nice = 0;
   // TLS from files, reloaded when they change; not enabled: plaintext.
   config::TlsConfig tls;
 };

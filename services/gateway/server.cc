@@ -461,6 +461,7 @@ class GatewayServerImpl final : public GatewayServer {
     }
     adapters::WebhookServerOptions options;
     options.tls = config_.webhook_tls;
+    options.thread_nice = config_.background_nice;
     const size_t colon = config_.webhook_listen.rfind(':');
     options.host = config_.webhook_listen.substr(0, colon);
     if (!absl::SimpleAtoi(config_.webhook_listen.substr(colon + 1), &options.port)) {

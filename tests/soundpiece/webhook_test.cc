@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/thread_priority.h"
 #include "gtest/gtest.h"
 
 namespace musicgw::adapters::soundpiece {
@@ -308,6 +310,7 @@ class TwoAccountWebhookTest : public ::testing::Test {
       return [this, account](const UpstreamStatus& status) {
         absl::MutexLock lock(&mu_);
         updates_.emplace_back(account, status.upstream_id);
+        sink_nices_.push_back(CurrentThreadNice());
       };
     };
     adapters::WebhookServer::Routes routes;
@@ -318,6 +321,7 @@ class TwoAccountWebhookTest : public ::testing::Test {
          {{handlers_[0].get(), sink_for("sp-a")}, {handlers_[1].get(), sink_for("sp-b")}}});
     adapters::WebhookServerOptions options;
     options.host = "127.0.0.1";
+    options.thread_nice = server_nice_;
     auto server = adapters::WebhookServer::Start(options, std::move(routes));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
@@ -342,6 +346,9 @@ class TwoAccountWebhookTest : public ::testing::Test {
   std::unique_ptr<adapters::WebhookServer> server_;
   absl::Mutex mu_;
   std::vector<std::pair<std::string, std::string>> updates_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> sink_nices_ ABSL_GUARDED_BY(mu_);
+  // Below the test's own priority (nice is per thread; the test's threads keep theirs).
+  const int server_nice_ = std::min(19, CurrentThreadNice() + 6);
 };
 
 TEST_F(TwoAccountWebhookTest, EachAccountsSecretsVerifyItsOwnDeliveries) {
@@ -367,6 +374,14 @@ TEST_F(TwoAccountWebhookTest, EachAccountsSecretsVerifyItsOwnDeliveries) {
   // by its first account).
   EXPECT_EQ(a.bad_signature, 2);
   EXPECT_EQ(b.bad_signature, 0);
+}
+
+// Deliveries are handled below the RPC threads' priority, at the configured nice.
+TEST_F(TwoAccountWebhookTest, DeliveriesAreHandledAtTheConfiguredNice) {
+  EXPECT_EQ(Post("/webhooks/soundpiece/sp-a", kKeyA, "n1"), 204);
+  EXPECT_EQ(Post("/webhooks/soundpiece", kKeyB, "n2"), 204);
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(sink_nices_, (std::vector<int>{server_nice_, server_nice_}));
 }
 
 }  // namespace
