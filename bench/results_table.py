@@ -80,7 +80,10 @@ def reached(obj):
     if "error" in r:
         return f"failed: {r['error']}", False
     if name in ("floor", "direct", "flood"):
-        return reached_pairs(name, r)
+        text, met = reached_pairs(name, r)
+        if obj.get("note"):
+            text += f" ({obj['note']})"
+        return text, met
     if name == "single":
         return reached_single(obj)
     if name in REPLICA_METRIC:
