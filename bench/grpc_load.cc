@@ -986,13 +986,9 @@ class FanoutLoad {
     out["watchers_opened"] = opened_;
     out["watchers_terminal"] = terminal_;
     out["watchers_opened_after_done"] = late_;
-    Json codes = Json::object();
-    for (const auto& [code, n] : end_codes_) codes[code] = n;
-    out["stream_end_codes"] = codes;
+    out["stream_end_codes"] = Json(end_codes_);
     // A planned hold that ends early (say, at the gateway's operation deadline) shows here.
-    Json terminal_states = Json::object();
-    for (const auto& [state, n] : terminal_states_) terminal_states[state] = n;
-    out["terminal_states"] = terminal_states;
+    out["terminal_states"] = Json(terminal_states_);
     // Per watcher, from the gateway's done_time (when it saw the upstream terminal answer) and
     // from the first watcher of the same operation to see it.
     std::vector<double> from_done;
