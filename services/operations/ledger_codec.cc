@@ -12,6 +12,23 @@ int64_t LedgerMicros(absl::Time time) {
   return absl::ToUnixMicros(time);
 }
 
+LedgerCountSplit SplitLedgerCount(absl::Time since) {
+  LedgerCountSplit split;
+  const int64_t since_us = LedgerMicros(since);
+  if (since_us <= 0) return split;
+  if (since_us > INT64_MAX - kLedgerMicrosPerDay) {  // the far future: nothing yet
+    split.first_day = INT64_MAX;
+    return split;
+  }
+  // Rounded up: the first whole day and hour at or after `since`.
+  split.first_day = (since_us + kLedgerMicrosPerDay - 1) / kLedgerMicrosPerDay;
+  split.first_hour = (since_us + kLedgerMicrosPerHour - 1) / kLedgerMicrosPerHour;
+  split.until_hour = split.first_day * 24;
+  split.from_us = since_us;
+  split.until_us = split.first_hour * kLedgerMicrosPerHour;
+  return split;
+}
+
 absl::Time FromLedgerMicros(int64_t micros) {
   if (micros == INT64_MAX) return absl::InfiniteFuture();
   if (micros == INT64_MIN) return absl::InfinitePast();

@@ -136,7 +136,86 @@ CREATE TABLE cancel_requests (
     R"sql(
 CREATE INDEX operations_live_by_tenant ON operations (tenant, done) WHERE done = 0;
 )sql",
+    // 9: charged operations counted per provider account and task, for each day and each hour
+    // of creation (ledger_codec.h), kept by triggers in the transaction that writes the row. The
+    // credit estimate (each quota read) sums a few counters instead of walking, under the
+    // ledger's lock, every operation the account ever ran. An update moves a count only when
+    // the row's contribution moves.
+    R"sql(
+CREATE TABLE charged_counts (
+  provider INTEGER NOT NULL,
+  provider_account TEXT NOT NULL,
+  task INTEGER NOT NULL,
+  hours INTEGER NOT NULL,
+  bucket INTEGER NOT NULL,
+  charged INTEGER NOT NULL,
+  PRIMARY KEY (provider, provider_account, hours, bucket, task)
+) WITHOUT ROWID;
+INSERT INTO charged_counts
+  SELECT provider, provider_account, task, 24, create_time_us / 86400000000, COUNT(*)
+  FROM operations WHERE charged = 1 GROUP BY 1, 2, 3, 5;
+INSERT INTO charged_counts
+  SELECT provider, provider_account, task, 1, create_time_us / 3600000000, COUNT(*)
+  FROM operations WHERE charged = 1 GROUP BY 1, 2, 3, 5;
+CREATE TRIGGER charged_counts_insert AFTER INSERT ON operations WHEN NEW.charged = 1 BEGIN
+  INSERT INTO charged_counts VALUES
+    (NEW.provider, NEW.provider_account, NEW.task, 24, NEW.create_time_us / 86400000000, 1)
+    ON CONFLICT (provider, provider_account, hours, bucket, task)
+    DO UPDATE SET charged = charged + 1;
+  INSERT INTO charged_counts VALUES
+    (NEW.provider, NEW.provider_account, NEW.task, 1, NEW.create_time_us / 3600000000, 1)
+    ON CONFLICT (provider, provider_account, hours, bucket, task)
+    DO UPDATE SET charged = charged + 1;
+END;
+CREATE TRIGGER charged_counts_update_from AFTER UPDATE OF charged, provider, provider_account,
+  task, create_time_us ON operations
+  WHEN OLD.charged = 1 AND (NEW.charged != 1 OR (NEW.provider != OLD.provider OR
+    NEW.provider_account != OLD.provider_account OR NEW.task != OLD.task OR
+    NEW.create_time_us != OLD.create_time_us)) BEGIN
+  UPDATE charged_counts SET charged = charged - 1
+    WHERE provider = OLD.provider AND provider_account = OLD.provider_account AND
+      task = OLD.task AND hours = 24 AND bucket = OLD.create_time_us / 86400000000;
+  UPDATE charged_counts SET charged = charged - 1
+    WHERE provider = OLD.provider AND provider_account = OLD.provider_account AND
+      task = OLD.task AND hours = 1 AND bucket = OLD.create_time_us / 3600000000;
+END;
+CREATE TRIGGER charged_counts_update_to AFTER UPDATE OF charged, provider, provider_account,
+  task, create_time_us ON operations
+  WHEN NEW.charged = 1 AND (OLD.charged != 1 OR (NEW.provider != OLD.provider OR
+    NEW.provider_account != OLD.provider_account OR NEW.task != OLD.task OR
+    NEW.create_time_us != OLD.create_time_us)) BEGIN
+  INSERT INTO charged_counts VALUES
+    (NEW.provider, NEW.provider_account, NEW.task, 24, NEW.create_time_us / 86400000000, 1)
+    ON CONFLICT (provider, provider_account, hours, bucket, task)
+    DO UPDATE SET charged = charged + 1;
+  INSERT INTO charged_counts VALUES
+    (NEW.provider, NEW.provider_account, NEW.task, 1, NEW.create_time_us / 3600000000, 1)
+    ON CONFLICT (provider, provider_account, hours, bucket, task)
+    DO UPDATE SET charged = charged + 1;
+END;
+CREATE TRIGGER charged_counts_delete AFTER DELETE ON operations WHEN OLD.charged = 1 BEGIN
+  UPDATE charged_counts SET charged = charged - 1
+    WHERE provider = OLD.provider AND provider_account = OLD.provider_account AND
+      task = OLD.task AND hours = 24 AND bucket = OLD.create_time_us / 86400000000;
+  UPDATE charged_counts SET charged = charged - 1
+    WHERE provider = OLD.provider AND provider_account = OLD.provider_account AND
+      task = OLD.task AND hours = 1 AND bucket = OLD.create_time_us / 3600000000;
+END;
+)sql",
 };
+
+// Charged operations since an instant (SplitLedgerCount): whole days' and hours' counters, and
+// the rows of the partial hour.
+constexpr char kCountChargedQuery[] =
+    "SELECT task, SUM(n) FROM ("
+    "SELECT task, charged AS n FROM charged_counts "
+    "WHERE provider = ?1 AND provider_account = ?2 AND hours = 24 AND bucket >= ?3 "
+    "UNION ALL SELECT task, charged FROM charged_counts "
+    "WHERE provider = ?1 AND provider_account = ?2 AND hours = 1 AND bucket >= ?4 AND "
+    "bucket < ?5 "
+    "UNION ALL SELECT task, 1 FROM operations "
+    "WHERE provider = ?1 AND provider_account = ?2 AND create_time_us >= ?6 AND "
+    "create_time_us < ?7 AND charged = 1) GROUP BY task HAVING SUM(n) != 0";
 
 constexpr absl::string_view kCustodyColumns =
     "operation_id, idx, tenant, state, sha256, size_bytes, pending_since_us, next_attempt_us, "
@@ -690,11 +769,16 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<std::map<v1::TaskKind, int64_t>> CountCharged(v1::Provider provider,
                                                                absl::string_view account,
                                                                absl::Time since) override {
+    const LedgerCountSplit split = SplitLedgerCount(since);
     absl::MutexLock lock(&mu_);
-    Stmt stmt(statements_,
-              "SELECT task, COUNT(*) FROM operations WHERE provider = ? AND provider_account = ? "
-              "AND create_time_us >= ? AND charged = 1 GROUP BY task");
-    stmt.Bind(1, static_cast<int64_t>(provider)).Bind(2, account).Bind(3, LedgerMicros(since));
+    Stmt stmt(statements_, kCountChargedQuery);
+    stmt.Bind(1, static_cast<int64_t>(provider))
+        .Bind(2, account)
+        .Bind(3, split.first_day)
+        .Bind(4, split.first_hour)
+        .Bind(5, split.until_hour)
+        .Bind(6, split.from_us)
+        .Bind(7, split.until_us);
     std::map<v1::TaskKind, int64_t> counts;
     while (true) {
       MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());

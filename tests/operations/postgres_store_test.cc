@@ -4,6 +4,7 @@
 
 #include <libpq-fe.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -84,6 +85,40 @@ TEST(PostgresStoreTest, ANewerSchemaIsRefused) {
   EXPECT_EQ(CountRows(*dsn, "INSERT INTO schema_migrations VALUES (99, 0) RETURNING version"), 99);
   EXPECT_EQ(OpenPostgresOperationStore(options).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// A ledger written before the per-day credit counters (schema 7) gets them filled from its
+// operations when a replica of this binary opens it.
+TEST(PostgresStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
+  auto cluster = StartCluster();
+  ASSERT_NE(cluster, nullptr);
+  auto dsn = cluster->CreateDatabase("credits");
+  ASSERT_TRUE(dsn.ok());
+  PostgresOptions options;
+  options.dsn = *dsn;
+  {
+    auto store = OpenPostgresOperationStore(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (int i = 0; i < 20; ++i) {  // ids in several of the counters' slots
+      OperationRecord record = MakeRecord(absl::StrCat("r", i));
+      record.operation.set_provider(v1::PROVIDER_SOUNDPIECE);
+      record.operation.set_provider_account("sp-main");
+      record.operation.set_task(v1::TASK_KIND_SONG);
+      record.charged = i % 4 != 0;
+      ASSERT_TRUE((*store)->Create(record, {}).ok());
+    }
+  }
+  // Back to schema 7: what the migration adds is removed, the operations stay.
+  EXPECT_EQ(CountRows(*dsn,
+                      "DROP TABLE charged_counts; DROP FUNCTION charged_counts_count CASCADE; "
+                      "DELETE FROM schema_migrations WHERE version = 8 RETURNING version"),
+            8);
+  auto store = OpenPostgresOperationStore(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto counts = (*store)->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", absl::InfinitePast());
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(*counts, (std::map<v1::TaskKind, int64_t>{{v1::TASK_KIND_SONG, 15}}));
+  EXPECT_GT(CountRows(*dsn, "SELECT COUNT(*) FROM charged_counts"), 1);
 }
 
 // While the server is gone every call answers UNAVAILABLE with LEDGER_UNAVAILABLE and a

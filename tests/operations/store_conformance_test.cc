@@ -1,6 +1,7 @@
 // The OperationStore contract, run against every store: the embedded SQLite ledger and the
 // shared PostgreSQL one (a private cluster this test process starts).
 #include <atomic>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -133,6 +134,78 @@ TEST_P(StoreConformanceTest, CountsChargedOperationsPerProviderAccountAndTask) {
   ASSERT_TRUE(counts.ok());
   EXPECT_EQ((*counts)[v1::TASK_KIND_SONG], 1);
   EXPECT_EQ((*counts)[v1::TASK_KIND_SAMPLE], 1);
+}
+
+// The counts are kept per day and per hour of creation: a `since` inside an hour counts the
+// rest of that hour row by row, and every later change of a counted row (uncharged, moved to
+// another account) moves its count.
+TEST_P(StoreConformanceTest, CountsChargedFromAnyInstantAcrossDaysAndHours) {
+  auto store = OpenStore();
+  const absl::Time day = absl::FromUnixSeconds(1'800'000'000 / 86'400 * 86'400);  // 00:00 UTC
+  int next = 0;
+  auto add = [&](absl::Duration after_day, v1::TaskKind task, bool charged) {
+    std::string request_id = absl::StrCat("r", next++);
+    OperationRecord record = MakeRecord("t", request_id, day + after_day);
+    record.operation.set_provider_account("sp-main");
+    record.operation.set_task(task);
+    record.charged = charged;
+    EXPECT_TRUE(store->Create(record, {}).ok());
+    return request_id;
+  };
+  add(-absl::Hours(36), v1::TASK_KIND_SONG, true);  // the day before
+  add(absl::Hours(1), v1::TASK_KIND_SONG, true);
+  add(absl::Hours(12), v1::TASK_KIND_SONG, true);
+  add(absl::Hours(12) + absl::Minutes(10), v1::TASK_KIND_SONG, true);
+  add(absl::Hours(12) + absl::Minutes(50), v1::TASK_KIND_SONG, true);
+  add(absl::Hours(13), v1::TASK_KIND_SONG, false);  // not charged
+  const std::string later = add(absl::Hours(30), v1::TASK_KIND_SONG, true);
+  add(absl::Hours(50), v1::TASK_KIND_SAMPLE, true);
+  auto count = [&](absl::Time since) {
+    auto counts = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", since);
+    EXPECT_TRUE(counts.ok()) << counts.status();
+    return counts.ok() ? *counts : std::map<v1::TaskKind, int64_t>{};
+  };
+  using Counts = std::map<v1::TaskKind, int64_t>;
+  const Counts one_sample = {{v1::TASK_KIND_SAMPLE, 1}};
+  auto songs = [&](int64_t n) {
+    Counts counts = one_sample;
+    counts[v1::TASK_KIND_SONG] = n;
+    return counts;
+  };
+  EXPECT_EQ(count(absl::InfinitePast()), songs(6));
+  EXPECT_EQ(count(day), songs(5));
+  EXPECT_EQ(count(day + absl::Hours(12)), songs(4));  // `since` itself counts
+  EXPECT_EQ(count(day + absl::Hours(12) + absl::Microseconds(1)), songs(3));
+  EXPECT_EQ(count(day + absl::Hours(12) + absl::Minutes(30)), songs(2));
+  EXPECT_EQ(count(day + absl::Hours(72)), Counts{});
+  EXPECT_EQ(count(absl::InfiniteFuture()), Counts{});
+
+  // Uncharged (written as not charged), then charged again on another account.
+  auto found = store->FindByRequestId("t", later);
+  ASSERT_TRUE(found.ok());
+  OperationUpdate update;
+  update.operation = found->operation;
+  update.operation.set_sequence(2);
+  update.expected_sequence = 1;
+  update.charged = false;
+  ASSERT_TRUE(store->Update(update).ok());
+  EXPECT_EQ(count(day), songs(4));
+  update.operation.set_provider_account("sp-other");
+  update.operation.set_sequence(3);
+  update.expected_sequence = 2;
+  update.charged = true;
+  ASSERT_TRUE(store->Update(update).ok());
+  EXPECT_EQ(count(day), songs(4));
+  auto other = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-other", day);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(*other, (Counts{{v1::TASK_KIND_SONG, 1}}));
+  // Rewritten unchanged: counted once, not twice.
+  update.operation.set_sequence(4);
+  update.expected_sequence = 3;
+  ASSERT_TRUE(store->Update(update).ok());
+  other = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-other", day);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(*other, (Counts{{v1::TASK_KIND_SONG, 1}}));
 }
 
 TEST_P(StoreConformanceTest, RecentDurationsAreSuccessesOfOneAccountAndTaskNewestFirst) {

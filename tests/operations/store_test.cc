@@ -2,6 +2,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -84,8 +85,8 @@ TEST_F(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
                                &stmt, nullptr),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(stmt, 0), 8);
-  EXPECT_EQ(sqlite3_column_int(stmt, 1), 8);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 9);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 9);
   sqlite3_finalize(stmt);
   const auto plan_of = [db](const char* query) {
     sqlite3_stmt* explain = nullptr;
@@ -110,6 +111,25 @@ TEST_F(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
   const std::string live_plan =
       plan_of("SELECT COUNT(*) FROM operations WHERE tenant = 't' AND done = 0");
   EXPECT_NE(live_plan.find("INDEX operations_live_by_tenant"), std::string::npos) << live_plan;
+  // The credit estimate (each quota read) sums counters, and the rows of one hour.
+  const std::string credit_plan = plan_of(
+      "SELECT task, SUM(n) FROM (SELECT task, charged AS n FROM charged_counts WHERE provider = 2 "
+      "AND provider_account = 'a' AND hours = 24 AND bucket >= 5 UNION ALL SELECT task, charged "
+      "FROM charged_counts WHERE provider = 2 AND provider_account = 'a' AND hours = 1 AND "
+      "bucket >= 100 AND bucket < 120 UNION ALL SELECT task, 1 FROM operations WHERE "
+      "provider = 2 AND provider_account = 'a' AND create_time_us >= 1 AND create_time_us < 2 "
+      "AND charged = 1) GROUP BY task HAVING SUM(n) != 0");
+  // Both counter reads are ranges of buckets (not every bucket of the account).
+  EXPECT_NE(credit_plan.find("charged_counts USING PRIMARY KEY (provider=? AND "
+                             "provider_account=? AND hours=? AND bucket>?)"),
+            std::string::npos)
+      << credit_plan;
+  EXPECT_NE(credit_plan.find("charged_counts USING PRIMARY KEY (provider=? AND "
+                             "provider_account=? AND hours=? AND bucket>? AND bucket<?)"),
+            std::string::npos)
+      << credit_plan;
+  EXPECT_NE(credit_plan.find("COVERING INDEX operations_for_credits"), std::string::npos)
+      << credit_plan;
   char* error = nullptr;
   ASSERT_EQ(sqlite3_exec(db, "PRAGMA journal_mode", nullptr, nullptr, &error), SQLITE_OK);
   // A ledger from a newer binary is refused rather than misread.
@@ -119,6 +139,40 @@ TEST_F(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
   sqlite3_close(db);
   auto newer = OpenSqliteOperationStore(path);
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A ledger written before the per-day credit counters (schema 8) gets them filled from its
+// operations when it is opened by this binary.
+TEST_F(SqliteStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
+  const std::string path = testing::TempLedgerPath();
+  {
+    auto store = Open(path);
+    for (int i = 0; i < 3; ++i) {
+      OperationRecord record = QueuedRecord("t", absl::StrCat("r", i));
+      record.operation.set_provider(v1::PROVIDER_SOUNDPIECE);
+      record.operation.set_provider_account("sp-main");
+      record.operation.set_task(v1::TASK_KIND_SONG);
+      record.charged = i < 2;
+      ASSERT_TRUE(store->Create(record, {}).ok());
+    }
+  }
+  // Back to schema 8: what the migration adds is removed, the operations stay.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  char* error = nullptr;
+  ASSERT_EQ(sqlite3_exec(db,
+                         "DROP TRIGGER charged_counts_insert; DROP TRIGGER "
+                         "charged_counts_update_from; DROP TRIGGER charged_counts_update_to; "
+                         "DROP TRIGGER charged_counts_delete; DROP TABLE charged_counts; "
+                         "DELETE FROM schema_migrations WHERE version = 9",
+                         nullptr, nullptr, &error),
+            SQLITE_OK)
+      << error;
+  sqlite3_close(db);
+  auto store = Open(path);
+  auto counts = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", absl::InfinitePast());
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(*counts, (std::map<v1::TaskKind, int64_t>{{v1::TASK_KIND_SONG, 2}}));
 }
 
 // Writers that commit while one fsync runs share the next: eight concurrent Creates, the first
