@@ -202,6 +202,76 @@ CREATE TRIGGER charged_counts_delete AFTER DELETE ON operations WHEN OLD.charged
       task = OLD.task AND hours = 1 AND bucket = OLD.create_time_us / 3600000000;
 END;
 )sql",
+    // 10: the operations each budget counts (all but the failed or cancelled ones the provider
+    // did not charge for: state NOT IN (4, 5) OR charged), per tenant and task, for each day
+    // and each hour of creation (ledger_codec.h), split into reserved (not done) and used (done),
+    // kept by triggers like charged_counts. Every Generate of a tenant with a budget reads them,
+    // under the ledger's lock, instead of walking the tenant's operations of the whole period.
+    R"sql(
+CREATE TABLE budget_counts (
+  tenant TEXT NOT NULL,
+  task INTEGER NOT NULL,
+  hours INTEGER NOT NULL,
+  bucket INTEGER NOT NULL,
+  reserved INTEGER NOT NULL,
+  used INTEGER NOT NULL,
+  PRIMARY KEY (tenant, task, hours, bucket)
+) WITHOUT ROWID;
+INSERT INTO budget_counts
+  SELECT tenant, task, 24, create_time_us / 86400000000, SUM(done = 0), SUM(done = 1)
+  FROM operations WHERE state NOT IN (4, 5) OR charged = 1 GROUP BY 1, 2, 4;
+INSERT INTO budget_counts
+  SELECT tenant, task, 1, create_time_us / 3600000000, SUM(done = 0), SUM(done = 1)
+  FROM operations WHERE state NOT IN (4, 5) OR charged = 1 GROUP BY 1, 2, 4;
+CREATE TRIGGER budget_counts_insert AFTER INSERT ON operations
+  WHEN (NEW.state NOT IN (4, 5) OR NEW.charged = 1) BEGIN
+  INSERT INTO budget_counts VALUES (NEW.tenant, NEW.task, 24, NEW.create_time_us / 86400000000,
+    NEW.done = 0, NEW.done = 1)
+    ON CONFLICT (tenant, task, hours, bucket)
+    DO UPDATE SET reserved = reserved + excluded.reserved, used = used + excluded.used;
+  INSERT INTO budget_counts VALUES (NEW.tenant, NEW.task, 1, NEW.create_time_us / 3600000000,
+    NEW.done = 0, NEW.done = 1)
+    ON CONFLICT (tenant, task, hours, bucket)
+    DO UPDATE SET reserved = reserved + excluded.reserved, used = used + excluded.used;
+END;
+CREATE TRIGGER budget_counts_update_from AFTER UPDATE OF state, done, charged, tenant, task,
+  create_time_us ON operations
+  WHEN (OLD.state NOT IN (4, 5) OR OLD.charged = 1) AND (
+    (NEW.state NOT IN (4, 5) OR NEW.charged = 1) != (OLD.state NOT IN (4, 5) OR OLD.charged = 1)
+    OR NEW.done != OLD.done OR NEW.tenant != OLD.tenant OR NEW.task != OLD.task OR
+    NEW.create_time_us != OLD.create_time_us) BEGIN
+  UPDATE budget_counts SET reserved = reserved - (OLD.done = 0), used = used - (OLD.done = 1)
+    WHERE tenant = OLD.tenant AND task = OLD.task AND hours = 24 AND
+      bucket = OLD.create_time_us / 86400000000;
+  UPDATE budget_counts SET reserved = reserved - (OLD.done = 0), used = used - (OLD.done = 1)
+    WHERE tenant = OLD.tenant AND task = OLD.task AND hours = 1 AND
+      bucket = OLD.create_time_us / 3600000000;
+END;
+CREATE TRIGGER budget_counts_update_to AFTER UPDATE OF state, done, charged, tenant, task,
+  create_time_us ON operations
+  WHEN (NEW.state NOT IN (4, 5) OR NEW.charged = 1) AND (
+    (NEW.state NOT IN (4, 5) OR NEW.charged = 1) != (OLD.state NOT IN (4, 5) OR OLD.charged = 1)
+    OR NEW.done != OLD.done OR NEW.tenant != OLD.tenant OR NEW.task != OLD.task OR
+    NEW.create_time_us != OLD.create_time_us) BEGIN
+  INSERT INTO budget_counts VALUES (NEW.tenant, NEW.task, 24, NEW.create_time_us / 86400000000,
+    NEW.done = 0, NEW.done = 1)
+    ON CONFLICT (tenant, task, hours, bucket)
+    DO UPDATE SET reserved = reserved + excluded.reserved, used = used + excluded.used;
+  INSERT INTO budget_counts VALUES (NEW.tenant, NEW.task, 1, NEW.create_time_us / 3600000000,
+    NEW.done = 0, NEW.done = 1)
+    ON CONFLICT (tenant, task, hours, bucket)
+    DO UPDATE SET reserved = reserved + excluded.reserved, used = used + excluded.used;
+END;
+CREATE TRIGGER budget_counts_delete AFTER DELETE ON operations
+  WHEN (OLD.state NOT IN (4, 5) OR OLD.charged = 1) BEGIN
+  UPDATE budget_counts SET reserved = reserved - (OLD.done = 0), used = used - (OLD.done = 1)
+    WHERE tenant = OLD.tenant AND task = OLD.task AND hours = 24 AND
+      bucket = OLD.create_time_us / 86400000000;
+  UPDATE budget_counts SET reserved = reserved - (OLD.done = 0), used = used - (OLD.done = 1)
+    WHERE tenant = OLD.tenant AND task = OLD.task AND hours = 1 AND
+      bucket = OLD.create_time_us / 3600000000;
+END;
+)sql",
 };
 
 // Charged operations since an instant (SplitLedgerCount): whole days' and hours' counters, and
@@ -216,6 +286,19 @@ constexpr char kCountChargedQuery[] =
     "UNION ALL SELECT task, 1 FROM operations "
     "WHERE provider = ?1 AND provider_account = ?2 AND create_time_us >= ?6 AND "
     "create_time_us < ?7 AND charged = 1) GROUP BY task HAVING SUM(n) != 0";
+
+// What a budget counts since its period's start (SplitLedgerCount), split into reserved (not
+// done) and used (done): whole days' and hours' counters, and the rows of a partial hour (none
+// for a budget period, which starts on the hour).
+constexpr char kBudgetCountQuery[] =
+    "SELECT COALESCE(SUM(r), 0), COALESCE(SUM(u), 0) FROM ("
+    "SELECT reserved AS r, used AS u FROM budget_counts "
+    "WHERE tenant = ?1 AND task = ?2 AND hours = 24 AND bucket >= ?3 "
+    "UNION ALL SELECT reserved, used FROM budget_counts "
+    "WHERE tenant = ?1 AND task = ?2 AND hours = 1 AND bucket >= ?4 AND bucket < ?5 "
+    "UNION ALL SELECT done = 0, done = 1 FROM operations "
+    "WHERE tenant = ?1 AND task = ?2 AND create_time_us >= ?6 AND create_time_us < ?7 AND "
+    "(state NOT IN (4, 5) OR charged = 1))";
 
 constexpr absl::string_view kCustodyColumns =
     "operation_id, idx, tenant, state, sha256, size_bytes, pending_since_us, next_attempt_us, "
@@ -751,19 +834,7 @@ class SqliteOperationStore final : public OperationStore {
   absl::StatusOr<BudgetUsage> ReadBudget(absl::string_view tenant, v1::TaskKind task,
                                          absl::Time period_start) override {
     absl::MutexLock lock(&mu_);
-    Stmt stmt(statements_,
-              absl::StrCat("SELECT COALESCE(SUM(done = 0), 0), COALESCE(SUM(done = 1), 0) "
-                           "FROM operations WHERE tenant = ? AND task = ? AND "
-                           "create_time_us >= ? AND ",
-                           kCountedClause));
-    stmt.Bind(1, tenant).Bind(2, static_cast<int64_t>(task)).Bind(3, LedgerMicros(period_start));
-    MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
-    BudgetUsage usage;
-    if (row) {
-      usage.reserved = stmt.Int(0);
-      usage.used = stmt.Int(1);
-    }
-    return usage;
+    return ReadBudgetLocked(tenant, task, period_start);
   }
 
   absl::StatusOr<std::map<v1::TaskKind, int64_t>> CountCharged(v1::Provider provider,
@@ -849,10 +920,6 @@ class SqliteOperationStore final : public OperationStore {
   }
 
  private:
-  // Operations that count against a budget: all but the failed or cancelled ones the provider
-  // did not charge for.
-  static constexpr absl::string_view kCountedClause = "(state NOT IN (4, 5) OR charged = 1)";
-
   // A write's commit is in the log; returns once it is on disk (no-op for a ledger without a
   // synced log: in memory, or synchronous_full off).
   absl::Status Sync() { return syncer_ != nullptr ? syncer_->SyncCommitted() : absl::OkStatus(); }
@@ -1010,6 +1077,27 @@ class SqliteOperationStore final : public OperationStore {
     return ReadRecord(stmt);
   }
 
+  absl::StatusOr<BudgetUsage> ReadBudgetLocked(absl::string_view tenant, v1::TaskKind task,
+                                               absl::Time period_start)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const LedgerCountSplit split = SplitLedgerCount(period_start);
+    Stmt stmt(statements_, kBudgetCountQuery);
+    stmt.Bind(1, tenant)
+        .Bind(2, static_cast<int64_t>(task))
+        .Bind(3, split.first_day)
+        .Bind(4, split.first_hour)
+        .Bind(5, split.until_hour)
+        .Bind(6, split.from_us)
+        .Bind(7, split.until_us);
+    MUSICGW_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    BudgetUsage usage;
+    if (row) {
+      usage.reserved = stmt.Int(0);
+      usage.used = stmt.Int(1);
+    }
+    return usage;
+  }
+
   absl::StatusOr<CreateResult> CreateLocked(const OperationRecord& record,
                                             const std::vector<BudgetCheck>& budgets)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -1019,18 +1107,17 @@ class SqliteOperationStore final : public OperationStore {
 
     const v1::Operation& op = record.operation;
     for (const BudgetCheck& budget : budgets) {
-      Stmt count(statements_,
-                 budget.live_only
-                     ? std::string("SELECT COUNT(*) FROM operations WHERE tenant = ? AND done = 0")
-                     : absl::StrCat("SELECT COUNT(*) FROM operations WHERE tenant = ? AND task = "
-                                    "? AND create_time_us >= ? AND ",
-                                    kCountedClause));
-      count.Bind(1, record.tenant);
-      if (!budget.live_only) {
-        count.Bind(2, static_cast<int64_t>(budget.task)).Bind(3, LedgerMicros(budget.period_start));
+      int64_t used = 0;
+      if (budget.live_only) {
+        Stmt count(statements_, "SELECT COUNT(*) FROM operations WHERE tenant = ? AND done = 0");
+        count.Bind(1, record.tenant);
+        MUSICGW_ASSIGN_OR_RETURN(bool row, count.Step());
+        used = row ? count.Int(0) : 0;
+      } else {
+        MUSICGW_ASSIGN_OR_RETURN(BudgetUsage usage,
+                                 ReadBudgetLocked(record.tenant, budget.task, budget.period_start));
+        used = usage.reserved + usage.used;
       }
-      MUSICGW_ASSIGN_OR_RETURN(bool row, count.Step());
-      const int64_t used = row ? count.Int(0) : 0;
       if (used >= budget.limit) return BudgetRefusal(record.tenant, budget, used, clock_.Now());
     }
 

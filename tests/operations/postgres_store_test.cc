@@ -87,9 +87,9 @@ TEST(PostgresStoreTest, ANewerSchemaIsRefused) {
             absl::StatusCode::kFailedPrecondition);
 }
 
-// A ledger written before the per-day credit counters (schema 7) gets them filled from its
+// A ledger written before the credit and budget counters (schema 7) gets them filled from its
 // operations when a replica of this binary opens it.
-TEST(PostgresStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
+TEST(PostgresStoreTest, CountersAreFilledFromAnOlderLedger) {
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);
   auto dsn = cluster->CreateDatabase("credits");
@@ -108,17 +108,23 @@ TEST(PostgresStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
       ASSERT_TRUE((*store)->Create(record, {}).ok());
     }
   }
-  // Back to schema 7: what the migration adds is removed, the operations stay.
+  // Back to schema 7: what the migrations add is removed, the operations stay.
   EXPECT_EQ(CountRows(*dsn,
                       "DROP TABLE charged_counts; DROP FUNCTION charged_counts_count CASCADE; "
-                      "DELETE FROM schema_migrations WHERE version = 8 RETURNING version"),
-            8);
+                      "DROP TABLE budget_counts; DROP FUNCTION budget_counts_count CASCADE; "
+                      "WITH gone AS (DELETE FROM schema_migrations WHERE version >= 8 "
+                      "RETURNING version) SELECT COUNT(*) FROM gone"),
+            2);
   auto store = OpenPostgresOperationStore(options);
   ASSERT_TRUE(store.ok()) << store.status();
   auto counts = (*store)->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", absl::InfinitePast());
   ASSERT_TRUE(counts.ok()) << counts.status();
   EXPECT_EQ(*counts, (std::map<v1::TaskKind, int64_t>{{v1::TASK_KIND_SONG, 15}}));
   EXPECT_GT(CountRows(*dsn, "SELECT COUNT(*) FROM charged_counts"), 1);
+  auto usage = (*store)->ReadBudget("t", v1::TASK_KIND_SONG, absl::InfinitePast());
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_EQ(usage->reserved, 20);
+  EXPECT_EQ(usage->used, 0);
 }
 
 // While the server is gone every call answers UNAVAILABLE with LEDGER_UNAVAILABLE and a

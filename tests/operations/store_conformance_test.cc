@@ -6,6 +6,7 @@
 #include <ostream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -702,6 +703,62 @@ TEST_P(StoreConformanceTest, BudgetAdmissionCountsInTheSameTransaction) {
   auto usage = store->ReadBudget("t", v1::TASK_KIND_SAMPLE, budget.period_start);
   ASSERT_TRUE(usage.ok());
   EXPECT_EQ(usage->reserved, 2);
+}
+
+// Budgets count from per-day and per-hour counters: every transition moves an operation
+// between reserved (not done), used (done) and not counted (failed or cancelled, not charged).
+TEST_P(StoreConformanceTest, BudgetCountsFollowEveryTransition) {
+  auto store = OpenStore();
+  const absl::Time day = absl::FromUnixSeconds(1'800'000'000 / 86'400 * 86'400);  // 00:00 UTC
+  int next = 0;
+  auto add = [&](const std::string& tenant, absl::Duration after_day, v1::TaskKind task) {
+    OperationRecord record = MakeRecord(tenant, absl::StrCat("r", next++), day + after_day);
+    record.operation.set_task(task);
+    auto created = store->Create(record, {});
+    EXPECT_TRUE(created.ok()) << created.status();
+    return created.ok() ? created->record.operation : v1::Operation();
+  };
+  auto finish = [&](const v1::Operation& op, v1::OperationState state, bool charged) {
+    OperationUpdate update;
+    update.operation = op;
+    update.operation.set_state(state);
+    update.operation.set_done(true);
+    update.operation.set_sequence(op.sequence() + 1);
+    update.expected_sequence = op.sequence();
+    update.charged = charged;
+    EXPECT_TRUE(store->Update(update).ok());
+  };
+  using Usage = std::pair<int64_t, int64_t>;  // reserved, used
+  auto usage = [&](absl::Time start) {
+    auto read = store->ReadBudget("t", v1::TASK_KIND_SAMPLE, start);
+    EXPECT_TRUE(read.ok()) << read.status();
+    return read.ok() ? Usage(read->reserved, read->used) : Usage();
+  };
+  add("t", absl::Hours(2), v1::TASK_KIND_SAMPLE);  // live: reserved
+  finish(add("t", absl::Hours(3), v1::TASK_KIND_SAMPLE), v1::OPERATION_STATE_SUCCEEDED, true);
+  finish(add("t", absl::Hours(4), v1::TASK_KIND_SAMPLE), v1::OPERATION_STATE_FAILED, false);
+  finish(add("t", absl::Hours(5), v1::TASK_KIND_SAMPLE), v1::OPERATION_STATE_FAILED, true);
+  const v1::Operation cancelled = add("t", absl::Hours(5), v1::TASK_KIND_SAMPLE);
+  add("t", -absl::Hours(1), v1::TASK_KIND_SAMPLE);  // before the period
+  add("other", absl::Hours(2), v1::TASK_KIND_SAMPLE);
+  add("t", absl::Hours(2), v1::TASK_KIND_SONG);
+  EXPECT_EQ(usage(day), Usage(2, 2));
+  finish(cancelled, v1::OPERATION_STATE_CANCELLED, false);
+  EXPECT_EQ(usage(day), Usage(1, 2));
+  EXPECT_EQ(usage(day + absl::Hours(3)), Usage(0, 2));  // on the hour
+  EXPECT_EQ(usage(day + absl::Hours(3) + absl::Minutes(1)), Usage(0, 1));
+  EXPECT_EQ(usage(day - absl::Hours(24)), Usage(2, 2));
+
+  // Admission counts the same: reserved and used together.
+  BudgetCheck budget;
+  budget.name = "task:SAMPLE/day";
+  budget.task = v1::TASK_KIND_SAMPLE;
+  budget.period_start = day;
+  budget.limit = 3;
+  auto refused = store->Create(MakeRecord("t", "over", day + absl::Hours(6)), {budget});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  budget.limit = 4;
+  EXPECT_TRUE(store->Create(MakeRecord("t", "under", day + absl::Hours(6)), {budget}).ok());
 }
 
 TEST_P(StoreConformanceTest, MissingOperationsAreNotFound) {

@@ -85,8 +85,8 @@ TEST_F(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
                                &stmt, nullptr),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(stmt, 0), 9);
-  EXPECT_EQ(sqlite3_column_int(stmt, 1), 9);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 10);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 10);
   sqlite3_finalize(stmt);
   const auto plan_of = [db](const char* query) {
     sqlite3_stmt* explain = nullptr;
@@ -101,10 +101,22 @@ TEST_F(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
     sqlite3_finalize(explain);
     return plan;
   };
-  // Budget counts run on every Generate: they must be answered from the index alone.
+  // Budget counts run on every Generate: ranges of counters, and rows from the index alone.
   const std::string budget_plan = plan_of(
-      "SELECT COUNT(*) FROM operations WHERE tenant = 't' AND task = 1 AND create_time_us >= 0 "
-      "AND (state NOT IN (4, 5) OR charged = 1)");
+      "SELECT COALESCE(SUM(r), 0), COALESCE(SUM(u), 0) FROM (SELECT reserved AS r, used AS u "
+      "FROM budget_counts WHERE tenant = 't' AND task = 1 AND hours = 24 AND bucket >= 5 UNION "
+      "ALL SELECT reserved, used FROM budget_counts WHERE tenant = 't' AND task = 1 AND hours = "
+      "1 AND bucket >= 100 AND bucket < 120 UNION ALL SELECT done = 0, done = 1 FROM operations "
+      "WHERE tenant = 't' AND task = 1 AND create_time_us >= 1 AND create_time_us < 2 AND "
+      "(state NOT IN (4, 5) OR charged = 1))");
+  EXPECT_NE(budget_plan.find("budget_counts USING PRIMARY KEY (tenant=? AND task=? AND hours=? "
+                             "AND bucket>?)"),
+            std::string::npos)
+      << budget_plan;
+  EXPECT_NE(budget_plan.find("budget_counts USING PRIMARY KEY (tenant=? AND task=? AND hours=? "
+                             "AND bucket>? AND bucket<?)"),
+            std::string::npos)
+      << budget_plan;
   EXPECT_NE(budget_plan.find("COVERING INDEX operations_for_budgets"), std::string::npos)
       << budget_plan;
   // So does the live count, from the live operations alone (not all the tenant's).
@@ -141,9 +153,9 @@ TEST_F(SqliteStoreTest, MigratesOnceAndRecordsTheSchemaVersion) {
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
-// A ledger written before the per-day credit counters (schema 8) gets them filled from its
+// A ledger written before the credit and budget counters (schema 8) gets them filled from its
 // operations when it is opened by this binary.
-TEST_F(SqliteStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
+TEST_F(SqliteStoreTest, CountersAreFilledFromAnOlderLedger) {
   const std::string path = testing::TempLedgerPath();
   {
     auto store = Open(path);
@@ -156,7 +168,7 @@ TEST_F(SqliteStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
       ASSERT_TRUE(store->Create(record, {}).ok());
     }
   }
-  // Back to schema 8: what the migration adds is removed, the operations stay.
+  // Back to schema 8: what the migrations add is removed, the operations stay.
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
   char* error = nullptr;
@@ -164,7 +176,10 @@ TEST_F(SqliteStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
                          "DROP TRIGGER charged_counts_insert; DROP TRIGGER "
                          "charged_counts_update_from; DROP TRIGGER charged_counts_update_to; "
                          "DROP TRIGGER charged_counts_delete; DROP TABLE charged_counts; "
-                         "DELETE FROM schema_migrations WHERE version = 9",
+                         "DROP TRIGGER budget_counts_insert; DROP TRIGGER "
+                         "budget_counts_update_from; DROP TRIGGER budget_counts_update_to; "
+                         "DROP TRIGGER budget_counts_delete; DROP TABLE budget_counts; "
+                         "DELETE FROM schema_migrations WHERE version >= 9",
                          nullptr, nullptr, &error),
             SQLITE_OK)
       << error;
@@ -173,6 +188,10 @@ TEST_F(SqliteStoreTest, CreditCountersAreFilledFromAnOlderLedger) {
   auto counts = store->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", absl::InfinitePast());
   ASSERT_TRUE(counts.ok()) << counts.status();
   EXPECT_EQ(*counts, (std::map<v1::TaskKind, int64_t>{{v1::TASK_KIND_SONG, 2}}));
+  auto usage = store->ReadBudget("t", v1::TASK_KIND_SONG, absl::InfinitePast());
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_EQ(usage->reserved, 3);
+  EXPECT_EQ(usage->used, 0);
 }
 
 // Writers that commit while one fsync runs share the next: eight concurrent Creates, the first
