@@ -7,6 +7,7 @@
 #include "common/errors.h"
 #include "services/gateway/decode_errors.h"
 #include "services/gateway/download_reactor.h"
+#include "services/gateway/pending_accept.h"
 #include "services/gateway/stream_reactor.h"
 #include "services/gateway/validator.h"
 #include "services/gateway/watch_reactor.h"
@@ -46,11 +47,18 @@ grpc::ServerUnaryReactor* GatewayService::Generate(grpc::CallbackServerContext* 
                                FinishWithOperation(reactor, response, std::move(call)));
     return reactor;
   }
-  auto operation = deps_.engine->Generate((*tenant)->name, *request);
-  if (!operation.ok()) return FinishUnary(context, *call, operation.status());
-  NoteOperation(*call, *operation);
-  *response = std::move(*operation);
-  return FinishUnary(context, *call, absl::OkStatus());
+  auto* reactor = context->DefaultReactor();
+  PendingAccept accept(
+      [engine = deps_.engine, name = (*tenant)->name, request] {
+        return engine->Generate(name, *request);  // gRPC's request, alive until the answer
+      },
+      FinishWithOperation(reactor, response, std::move(call)));
+  if (deps_.accepts == nullptr) {
+    std::move(accept)();
+  } else {
+    deps_.accepts->Post(std::move(accept));
+  }
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* GatewayService::GetOperation(

@@ -17,6 +17,7 @@
 #include "services/gateway/tenant_admission.h"
 #include "services/notify/webhook_api.h"
 #include "services/operations/engine.h"
+#include "services/operations/executor.h"
 
 namespace musicgw::gateway {
 
@@ -42,6 +43,9 @@ struct GatewayDeps {
   // Outgoing webhooks (not owned); null: the webhook RPCs answer UNIMPLEMENTED and
   // GenerateRequest.notify is refused.
   const notify::WebhookApi* webhooks = nullptr;
+  // Where Generate's durable accept runs (not owned): it waits for the ledger's disk, which
+  // gRPC's callback threads, shared by every call of every tenant, must not. Null: inline.
+  operations::Executor* accepts = nullptr;
 };
 
 // Download and WatchOperation are raw methods: custody downloads frame their data messages

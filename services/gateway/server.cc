@@ -39,6 +39,7 @@
 #include "services/notify/webhook_deliverer.h"
 #include "services/notify/webhook_sender.h"
 #include "services/operations/engine.h"
+#include "services/operations/executor.h"
 #include "services/operations/operation_store.h"
 #include "services/operations/postgres_credentials.h"
 #include "services/operations/postgres_quota_share.h"
@@ -51,6 +52,7 @@ namespace {
 // How often health looks at the ledger's write status (an in-memory read).
 constexpr absl::Duration kHealthCheckInterval = absl::Seconds(1);
 constexpr int kMaxRequestBytes = 1 << 20;
+constexpr int kAcceptThreads = 4;
 
 using operations::QuotaMonitor;
 
@@ -196,6 +198,10 @@ class GatewayServerImpl final : public GatewayServer {
     deps.directory = directory_.get();
     deps.observer = metrics_.get();
     deps.admission = admission_.get();
+    // At the RPC threads' priority: the accept is on the caller's latency path. Several threads,
+    // so that concurrent accepts share the ledger's group sync.
+    accepts_ = std::make_unique<operations::Executor>(kAcceptThreads);
+    deps.accepts = accepts_.get();
     CreateWebhookDeliverer();
     deps.webhooks = webhook_api_.get();
     service_ = std::make_unique<GatewayService>(std::move(deps));
@@ -274,6 +280,8 @@ class GatewayServerImpl final : public GatewayServer {
       server_->Shutdown(absl::ToChronoTime(started + deadline - reserve));
       server_->Wait();
     }
+    // Every call has finished, so no accept is pending.
+    if (accepts_ != nullptr) accepts_->Stop();
     // Outgoing webhooks stop before the ledger goes; what is unsent stays in the outbox.
     outbox_wake_.set_deliverer(nullptr);
     if (deliverer_ != nullptr) deliverer_->Stop();
@@ -501,6 +509,7 @@ class GatewayServerImpl final : public GatewayServer {
   std::unique_ptr<AccountDirectory> directory_;
   std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<TenantAdmission> admission_;
+  std::unique_ptr<operations::Executor> accepts_;  // Generate's durable accepts
   std::unique_ptr<GatewayService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<HealthReporter> health_reporter_;
