@@ -73,13 +73,12 @@ class QuotaRefreshObserver final : public operations::EngineObserver {
   QuotaMonitor* monitor_ = nullptr;
 };
 
-// Wakes the webhook deliverer after each committed state change: its outbox messages were
-// written in the same transaction, so they are due now.
+// Wakes the webhook deliverer after each committed change that wrote outbox messages (in the
+// same transaction, so they are due now); the many changes that wrote none leave it asleep.
 class OutboxWakeObserver final : public operations::EngineObserver {
  public:
   void set_deliverer(notify::WebhookDeliverer* deliverer) { deliverer_ = deliverer; }
-  void OnStateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task,
-                     musicgw::v1::OperationState from, musicgw::v1::OperationState to) override {
+  void OnOutboxWritten() override {
     if (deliverer_ != nullptr) deliverer_->Wake();
   }
 

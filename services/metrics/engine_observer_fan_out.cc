@@ -37,4 +37,8 @@ void EngineObserverFanOut::OnLateChange(v1::Provider provider, v1::TaskKind task
   for (auto* observer : observers_) observer->OnLateChange(provider, task);
 }
 
+void EngineObserverFanOut::OnOutboxWritten() {
+  for (auto* observer : observers_) observer->OnOutboxWritten();
+}
+
 }  // namespace musicgw::metrics

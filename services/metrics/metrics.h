@@ -138,6 +138,7 @@ class EngineObserverFanOut final : public operations::EngineObserver {
   void OnFallback(musicgw::v1::Provider from, musicgw::v1::Provider to) override;
   void OnCustodyFetch(absl::string_view outcome) override;
   void OnLateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task) override;
+  void OnOutboxWritten() override;
 
  private:
   std::vector<operations::EngineObserver*> observers_;

@@ -60,6 +60,9 @@ class EngineObserver {
   // cancelled, or the provider finished the cancelled work anyway. What it was charged may have
   // changed (quota and credit figures are stale).
   virtual void OnLateChange(musicgw::v1::Provider provider, musicgw::v1::TaskKind task) {}
+  // A committed change wrote webhook messages to the outbox (EngineOptions::outbox): they are
+  // due now. Changes that wrote none are not announced here.
+  virtual void OnOutboxWritten() {}
 };
 
 // A tenant's budgets for one task kind at `now` (from the gateway's configuration).

@@ -167,6 +167,7 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   update.wait_durable =
       next.done() || slot_ < 0 || !e_->router->adapter(slot_)->idempotent_submit();
   if (e_->options.outbox) update.outbox = e_->options.outbox(tenant_, op_, next);
+  const bool wrote_outbox = !update.outbox.empty();
   absl::Status status = e_->ledger.NoteWrite(e_->store->Update(update));
   if (absl::IsAborted(status)) {
     // Another replica took the operation over after our lease ran out (or wrote it): this
@@ -209,6 +210,7 @@ absl::Status Tracker::Commit(v1::Operation next, Effects* effects,
   if (was_done && e_->options.observer != nullptr) {
     e_->options.observer->OnLateChange(op_.provider(), op_.task());
   }
+  if (wrote_outbox && e_->options.observer != nullptr) e_->options.observer->OnOutboxWritten();
   outbox_.push_back(std::make_shared<const v1::Operation>(op_));
   if (op_.done() && !was_done) {
     stopped_ = true;

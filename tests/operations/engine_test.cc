@@ -1,6 +1,7 @@
 // Engine tests against the scripted FakeAdapter and a real SQLite ledger file.
 #include "services/operations/engine.h"
 
+#include <atomic>
 #include <memory>
 #include <set>
 #include <string>
@@ -117,6 +118,48 @@ TEST_F(EngineTest, GenerateStoresQueuedOperationThenCompletes) {
   EXPECT_EQ(adapter.idempotency_keys()[0],
             ProviderIdempotencyKey(kTenant, op->request().request_id()));
   EXPECT_EQ(engine->Stats().live_operations, 0);
+}
+
+// The webhook deliverer is woken for the changes that wrote outbox messages, not for every
+// state change.
+TEST_F(EngineTest, OutboxWritesAreAnnouncedAndOtherChangesAreNot) {
+  class Counting final : public EngineObserver {
+   public:
+    void OnStateChange(v1::Provider, v1::TaskKind, v1::OperationState,
+                       v1::OperationState) override {
+      ++state_changes;
+    }
+    void OnOutboxWritten() override { ++outbox_writes; }
+    std::atomic<int> state_changes{0};
+    std::atomic<int> outbox_writes{0};
+  } observer;
+  options_.observer = &observer;
+  options_.outbox = [](const std::string& tenant, const v1::Operation&, const v1::Operation& to) {
+    std::vector<OutboxMessage> messages;
+    if (to.done()) {  // only the terminal event is subscribed to
+      OutboxMessage message;
+      message.delivery_id = absl::StrCat("d-", to.name());
+      message.event_id = absl::StrCat("e-", to.name());
+      message.tenant = tenant;
+      message.endpoint = "ops";
+      message.url = "http://127.0.0.1:9/hook";
+      message.event_type = "operation.succeeded";
+      message.body = "{}";
+      message.create_time = absl::Now();
+      messages.push_back(std::move(message));
+    }
+    return messages;
+  };
+  FakeAdapter adapter;
+  auto engine = Open({&adapter});
+  auto op = engine->Generate(kTenant, TextRequest("calm piano"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  auto done = WaitDone(*engine, op->name());
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->state(), v1::OPERATION_STATE_SUCCEEDED);
+  EXPECT_GE(observer.state_changes.load(), 2);  // created, ..., succeeded
+  EXPECT_EQ(observer.outbox_writes.load(), 1);
+  engine->Shutdown();
 }
 
 TEST_F(EngineTest, ValidateOnlyStoresNothing) {
