@@ -6,8 +6,14 @@
 //   engine_bench watchers [--watchers=N]
 //     N watchers on one live operation: memory per watcher, threads added (should be 0),
 //     fan-out time of one change to every watcher, upstream polls (should not grow).
+//   engine_bench counts [--ops=N] [--days=D]
+//     A ledger of N charged operations of one tenant and account over D days: the credit count
+//     (each quota read) and a month's budget count (each Generate of a budgeted tenant) as the
+//     ledger answers them (counters), against the row scans they replaced, run on the same file
+//     and interleaved; the answers must agree.
 //
 // Prints one JSON object per scenario on stdout (bench/run_engine_bench.sh records them).
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,10 +30,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/civil_time.h"
 #include "absl/time/clock.h"
 #include "common/crypto.h"
+#include "common/time_util.h"
 #include "nlohmann/json.hpp"
 #include "services/operations/engine.h"
+#include "services/operations/ids.h"
+#include "services/operations/sqlite_store.h"
 #include "tests/operations/fake_adapter.h"
 
 namespace musicgw::operations {
@@ -41,6 +51,7 @@ struct Flags {
   int ops = 2000;
   int concurrency = 16;
   int watchers = 10000;
+  int days = 30;
   bool sync_full = true;
   std::string ledger;
 };
@@ -58,6 +69,7 @@ Flags Parse(int argc, char** argv) {
     if (auto v = value("ops")) absl::SimpleAtoi(*v, &flags.ops);
     if (auto v = value("concurrency")) absl::SimpleAtoi(*v, &flags.concurrency);
     if (auto v = value("watchers")) absl::SimpleAtoi(*v, &flags.watchers);
+    if (auto v = value("days")) absl::SimpleAtoi(*v, &flags.days);
     if (auto v = value("sync")) flags.sync_full = *v != "normal";
     if (auto v = value("ledger")) flags.ledger = *v;
   }
@@ -295,6 +307,120 @@ int RunWatchers(const Flags& flags) {
   return finished.load() == flags.watchers ? 0 : 1;
 }
 
+// Median of `rounds` timings of `read`, in microseconds.
+template <typename Read>
+double MedianMicros(int rounds, Read read) {
+  std::vector<double> micros;
+  for (int i = 0; i < rounds; ++i) {
+    const absl::Time begin = absl::Now();
+    read();
+    micros.push_back(absl::ToDoubleMicroseconds(absl::Now() - begin));
+  }
+  return Percentile(micros, 0.5);
+}
+
+// One COUNT over the rows, on its own connection: what the ledger ran before its counters.
+int64_t ScanCount(sqlite3* db, const char* sql, const std::string& text, int64_t task,
+                  int64_t since_us) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) != SQLITE_OK) return -1;
+  sqlite3_bind_text(stmt, 1, text.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(stmt, 2, task);
+  sqlite3_bind_int64(stmt, 3, since_us);
+  const int64_t count = sqlite3_step(stmt) == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+  sqlite3_finalize(stmt);
+  return count;
+}
+
+int RunCounts(const Flags& flags) {
+  RemoveLedger(flags.ledger);
+  SqliteOptions sqlite;
+  sqlite.synchronous_full = false;
+  auto store = OpenSqliteOperationStore(flags.ledger, sqlite);
+  if (!store.ok()) {
+    std::fprintf(stderr, "ledger: %s\n", store.status().ToString().c_str());
+    return 1;
+  }
+  const absl::Time now = absl::Now();
+  const absl::Duration spacing = absl::Hours(24) * flags.days / std::max(1, flags.ops);
+  const absl::Time fill_start = absl::Now();
+  for (int i = 0; i < flags.ops; ++i) {
+    OperationRecord record;
+    record.tenant = "bench";
+    record.request_id = absl::StrCat("r", i);
+    record.request_hash = "h";
+    const absl::Time created = now - spacing * (i + 1);
+    record.operation.set_name(OperationName(NewOperationId(created)));
+    record.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+    record.operation.set_done(true);
+    record.operation.set_task(v1::TASK_KIND_SAMPLE);
+    record.operation.set_provider(v1::PROVIDER_SOUNDPIECE);
+    record.operation.set_provider_account("acct");
+    record.operation.set_sequence(1);
+    *record.operation.mutable_create_time() = ToProtoTimestamp(created);
+    record.charged = true;
+    if (!(*store)->Create(record, {}).ok()) return 1;
+  }
+  const double fill_s = absl::ToDoubleSeconds(absl::Now() - fill_start);
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(flags.ledger.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    return 1;
+  }
+  // A credit balance bought 40 days ago at 10:17, and the budget period of this month's day 1
+  // (or the day `days` ago, whichever is later): what the gateway asks.
+  const absl::Time since = now - absl::Hours(24 * 40) + absl::Minutes(17);
+  const absl::Time month =
+      absl::FromCivil(absl::CivilDay(absl::ToCivilDay(
+                          now - absl::Hours(24) * std::min(flags.days, 28), absl::UTCTimeZone())),
+                      absl::UTCTimeZone());
+  int64_t counted_credits = 0;
+  int64_t scanned_credits = 0;
+  int64_t counted_budget = 0;
+  int64_t scanned_budget = 0;
+  constexpr int kRounds = 9;
+  const double credits_us = MedianMicros(kRounds, [&] {
+    auto counts = (*store)->CountCharged(v1::PROVIDER_SOUNDPIECE, "acct", since);
+    counted_credits = counts.ok() ? (*counts)[v1::TASK_KIND_SAMPLE] : -1;
+  });
+  const double credits_scan_us = MedianMicros(kRounds, [&] {
+    scanned_credits = ScanCount(db,
+                                "SELECT COUNT(*) FROM operations WHERE provider = 2 AND "
+                                "provider_account = ?1 AND task = ?2 AND create_time_us >= ?3 "
+                                "AND charged = 1",
+                                "acct", v1::TASK_KIND_SAMPLE, absl::ToUnixMicros(since));
+  });
+  const double budget_us = MedianMicros(kRounds, [&] {
+    auto usage = (*store)->ReadBudget("bench", v1::TASK_KIND_SAMPLE, month);
+    counted_budget = usage.ok() ? usage->reserved + usage->used : -1;
+  });
+  const double budget_scan_us = MedianMicros(kRounds, [&] {
+    scanned_budget = ScanCount(db,
+                               "SELECT COUNT(*) FROM operations WHERE tenant = ?1 AND task = ?2 "
+                               "AND create_time_us >= ?3 AND (state NOT IN (4, 5) OR charged = 1)",
+                               "bench", v1::TASK_KIND_SAMPLE, absl::ToUnixMicros(month));
+  });
+  sqlite3_close(db);
+  store->reset();
+  RemoveLedger(flags.ledger);
+  nlohmann::json out;
+  out["scenario"] = "counts";
+  out["ops"] = flags.ops;
+  out["days"] = flags.days;
+  out["fill_s"] = fill_s;
+  out["credits"] = {{"counted", counted_credits},
+                    {"scanned", scanned_credits},
+                    {"counters_us", credits_us},
+                    {"row_scan_us", credits_scan_us}};
+  out["budget_month"] = {{"counted", counted_budget},
+                         {"scanned", scanned_budget},
+                         {"counters_us", budget_us},
+                         {"row_scan_us", budget_scan_us}};
+  std::printf("%s\n", out.dump().c_str());
+  const bool agree = counted_credits == scanned_credits && counted_budget == scanned_budget;
+  if (!agree) std::fprintf(stderr, "engine_bench counts: the counters disagree with the rows\n");
+  return agree ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace musicgw::operations
 
@@ -302,8 +428,10 @@ int main(int argc, char** argv) {
   const auto flags = musicgw::operations::Parse(argc, argv);
   if (flags.scenario == "generate") return musicgw::operations::RunGenerate(flags);
   if (flags.scenario == "watchers") return musicgw::operations::RunWatchers(flags);
+  if (flags.scenario == "counts") return musicgw::operations::RunCounts(flags);
   std::fprintf(stderr,
                "usage: engine_bench generate [--ops=N] [--concurrency=C] [--sync=full|normal]\n"
-               "       engine_bench watchers [--watchers=N]\n");
+               "       engine_bench watchers [--watchers=N]\n"
+               "       engine_bench counts [--ops=N] [--days=D]\n");
   return 2;
 }

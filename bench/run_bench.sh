@@ -32,7 +32,10 @@
 #             tenant's machine in production) under SCHED_IDLE too; =normal: as the reader;
 #             FLOOD_GATEWAY_BACKGROUND_NICE=N: the gateway's operations.background_nice for the run;
 #             FLOOD_READ_RATE=N: the reads open loop at N/s (default 2000), so they do not saturate
-#             the machine themselves and each is timed from when it was due; 0: back to back)
+#             the machine themselves and each is timed from when it was due; 0: back to back;
+#             FLOOD_RECORD=NAME: the results row (default flood); the flood taken apart:
+#             FLOOD_RECORD=flood_refused FLOOD_LIMIT=1 FLOOD_RATE=500 (nearly every call refused)
+#             and FLOOD_RECORD=flood_admitted FLOOD_RATE=50 (only what the limit admits))
 #   callgrind instructions per GetOperation, gateway and floor each under valgrind's callgrind
 #             (counters zeroed after a warm-up, dumped after $CALLGRIND_CALLS calls, minus an idle
 #             dump of the same length); the gateway's inclusive profile goes to results/
@@ -89,6 +92,7 @@ FLOOD_PROVIDER_NICE="${FLOOD_PROVIDER_NICE:-idle}"
 FLOOD_GATEWAY_BACKGROUND_NICE="${FLOOD_GATEWAY_BACKGROUND_NICE:-}"
 FLOOD_CLIENT_SCHED="${FLOOD_CLIENT_SCHED:-idle}"
 FLOOD_READ_RATE="${FLOOD_READ_RATE:-2000}"
+FLOOD_RECORD="${FLOOD_RECORD:-flood}"
 CALLGRIND_WARMUP_CALLS="${CALLGRIND_WARMUP_CALLS:-500}"
 CALLGRIND_CALLS="${CALLGRIND_CALLS:-3000}"
 REPLICA_GENERATE_PAIRS="${REPLICA_GENERATE_PAIRS:-3}"
@@ -673,8 +677,8 @@ print(json.dumps(reads))' "$out" "$work/flood.json")
     printf '{"pair": %s, "side": "flooded", "result": %s}\n' "$pair" "$out" >>"$runs"
     printf '%s\n' "$out" >&2
   done
-  record flood "grpc_load ${args[*]} [beside grpc_load --mode=flood --flood_rate=$FLOOD_RATE, as \
-a tenant limited to $FLOOD_LIMIT Generate/s, its client $FLOOD_CLIENT_SCHED; emulators at \
+  record "$FLOOD_RECORD" "grpc_load ${args[*]} [beside grpc_load --mode=flood \
+--flood_rate=$FLOOD_RATE, as a tenant limited to $FLOOD_LIMIT Generate/s, its client $FLOOD_CLIENT_SCHED; emulators at \
 $FLOOD_PROVIDER_NICE; gateway \
 operations.background_nice ${FLOOD_GATEWAY_BACKGROUND_NICE:-10 (default)}]" "$(python3 "$here/results_table.py" --pairs flood "$runs")"
   stop_stack

@@ -18,4 +18,5 @@ run generate --ops=2000 --concurrency=16 --sync=full
 run generate --ops=2000 --concurrency=16 --sync=normal
 run generate --ops=2000 --concurrency=1 --sync=full
 run watchers --watchers=10000
+run counts --ops=200000 --days=30
 echo "recorded in $out" >&2
