@@ -4,7 +4,7 @@ call path and kill -9 of the gateway every 5-20 s (restarted each time).
 
     bench/soak/soak.py [--build build/asan] [--minutes 10] [--seed 1] [--record]
 
-Reports (and with --record appends to bench/RESULTS.md):
+Reports (and with --record appends to bench/soak/results.md, which bench/RESULTS.md shows):
   - operations lost: accepted by Generate (an operation name came back) but unknown to the
     gateway at the end (must be 0);
   - duplicate paid generations: upstream jobs the emulators created beyond one per gateway
@@ -208,6 +208,17 @@ class Load:
         client.close()
 
 
+def rerender_results():
+    """RESULTS.md again from the newest benchmark results, now with this run's record."""
+    dated = sorted(f for f in os.listdir(os.path.join(ROOT, "bench", "results"))
+                   if re.fullmatch(r"\d{8}\.json", f))
+    if not dated:
+        return
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "results_table.py"), "--merge",
+                    os.devnull, os.path.join(ROOT, "bench", "results", dated[-1]), "--markdown",
+                    os.path.join(ROOT, "bench", "RESULTS.md")], check=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "asan"))
@@ -395,9 +406,10 @@ def main():
     }
     print(json.dumps(summary, indent=2))
     if args.record:
-        with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a") as f:
+        with open(os.path.join(ROOT, "bench", "soak", "results.md"), "a") as f:
             f.write(f"\n### Soak run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
                     f"```\n{json.dumps({k: v for k, v in summary.items() if k != 'logs'}, indent=2)}\n```\n")
+        rerender_results()
     ok = not lost and duplicates == 0 and reports == 0
     sys.exit(0 if ok else 1)
 
