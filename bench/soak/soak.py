@@ -15,11 +15,13 @@ Everything runs on loopback; every process it starts dies with it (PR_SET_PDEATH
 """
 import argparse
 import ctypes
+import glob
 import json
 import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -194,7 +196,9 @@ class Load:
                                                 metadata=client._metadata, timeout=10)
                 elif roll < 0.75:
                     self.count("watch")
-                    done = client.watch(op.name, timeout=90, reconnects=50)
+                    done = None
+                    for event in client.watch(op.name, reconnects=50):
+                        done = event.operation
                     self.count("watch_done")
                     if done.state == self.pb.OPERATION_STATE_SUCCEEDED and done.outputs and \
                             rng.random() < 0.6:
@@ -206,6 +210,21 @@ class Load:
             except Exception:  # a kill -9 mid-call: expected, the next round goes on
                 self.count("rpc_errors")
         client.close()
+
+
+def install_sdk(work):
+    """The Python SDK installed as a user would (clients/python, offline, into a venv over this
+    python's system site, from a copy so nothing is written into the tree); its site-packages."""
+    pkg = os.path.join(work, "pkg")
+    shutil.copytree(os.path.join(ROOT, "clients", "python"), os.path.join(pkg, "clients", "python"),
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(os.path.join(ROOT, "proto"), os.path.join(pkg, "proto"))
+    venv = os.path.join(work, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True)
+    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "--quiet", "--no-index",
+                    "--no-build-isolation", "--disable-pip-version-check",
+                    os.path.join(pkg, "clients", "python")], check=True)
+    return glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))[0]
 
 
 def rerender_results():
@@ -229,11 +248,9 @@ def main():
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="musicgw-soak-")
-    gen = os.path.join(work, "gen")
-    subprocess.run([os.path.join(ROOT, "clients", "python", "generate.sh"), gen], check=True)
-    sys.path[:0] = [gen, os.path.join(ROOT, "clients", "python")]
-    import musicgw_client as cm  # noqa: E402
-    from musicgw.v1 import musicgw_pb2 as pb  # noqa: E402
+    sys.path.insert(0, install_sdk(work))
+    import musicgw as cm  # noqa: E402
+    from musicgw._proto.musicgw.v1 import musicgw_pb2 as pb  # noqa: E402
 
     binaries = {
         "musicgw": os.path.join(args.build, "services", "gateway", "musicgw"),
@@ -329,9 +346,9 @@ def main():
     while pending and time.monotonic() < settle:
         for name, tenant in list(pending.items()):
             try:
-                op = clients[tenant].get_operation(name)
-            except Exception as err:
-                if hasattr(err, "code") and err.code().name == "NOT_FOUND":
+                op = clients[tenant].get(name)
+            except cm.MusicgwError as err:
+                if err.code.name == "NOT_FOUND":
                     lost.append(name)
                     pending.pop(name)
                 continue
