@@ -6,6 +6,7 @@
 #pragma once
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -85,9 +86,12 @@ class Connection {
   Connection(const std::string& dsn, absl::Duration connect_timeout, const Statements& statements)
       : dsn_(dsn), connect_timeout_(connect_timeout), statements_(statements) {}
 
-  // Connects (again) when there is no healthy connection.
+  // Connects (again) when there is no healthy connection. An idle connection has nothing to
+  // read: if its socket is readable, the server sent its goodbye (a restart, a failover, an idle
+  // timeout) or closed it, and it is replaced before a statement fails on it.
   absl::Status EnsureReady() {
-    if (conn_ != nullptr && PQstatus(conn_.get()) == CONNECTION_OK && !broken_) {
+    if (conn_ != nullptr && PQstatus(conn_.get()) == CONNECTION_OK && !broken_ &&
+        !IdleSocketReadable()) {
       return absl::OkStatus();
     }
     conn_.reset();
@@ -135,6 +139,11 @@ class Connection {
   bool broken() const { return broken_; }
 
  private:
+  bool IdleSocketReadable() const {
+    pollfd idle{PQsocket(conn_.get()), POLLIN, 0};
+    return poll(&idle, 1, /*timeout=*/0) != 0;
+  }
+
   absl::StatusOr<Result> Check(Result result) {
     const ExecStatusType status = PQresultStatus(result.get());
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;

@@ -596,7 +596,7 @@ TEST_F(MultiReplicaTest, APostgresRestartIsSurvivedWithoutAGatewayRestart) {
           absl::Seconds(30), absl::Milliseconds(100)))
           << operation.name();
       auto done = Get(1, operation.name());
-      ASSERT_TRUE(done.ok());
+      ASSERT_TRUE(done.ok()) << done.status();
       EXPECT_EQ(done->state(), musicgw::v1::OPERATION_STATE_SUCCEEDED) << done->error().message();
     }
   }

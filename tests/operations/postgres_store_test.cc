@@ -41,6 +41,22 @@ OperationRecord MakeRecord(const std::string& request_id) {
   return record;
 }
 
+// A store on a new database of `cluster`, its pool `pool_size` connections, each given up
+// after 1 s while the server is away; null (with a failure) if it cannot be opened.
+std::unique_ptr<OperationStore> OpenOnCluster(PgCluster& cluster, const std::string& database,
+                                              int pool_size) {
+  auto dsn = cluster.CreateDatabase(database);
+  EXPECT_TRUE(dsn.ok()) << dsn.status();
+  if (!dsn.ok()) return nullptr;
+  PostgresOptions options;
+  options.dsn = *dsn;
+  options.pool_size = pool_size;
+  options.connect_timeout = absl::Seconds(1);
+  auto store = OpenPostgresOperationStore(options);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? std::move(*store) : nullptr;
+}
+
 int64_t CountRows(const std::string& dsn, const char* sql) {
   PGconn* conn = PQconnectdb(dsn.c_str());
   PGresult* result = PQexec(conn, sql);
@@ -85,6 +101,22 @@ TEST(PostgresStoreTest, ANewerSchemaIsRefused) {
   EXPECT_EQ(CountRows(*dsn, "INSERT INTO schema_migrations VALUES (99, 0) RETURNING version"), 99);
   EXPECT_EQ(OpenPostgresOperationStore(options).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// A pooled connection the server dropped while it sat idle (a restart nobody's call saw) is
+// replaced before use: the first call after the restart succeeds.
+TEST(PostgresStoreTest, AnIdleConnectionTheServerDroppedIsReplacedBeforeUse) {
+  auto cluster = StartCluster();
+  ASSERT_NE(cluster, nullptr);
+  auto store = OpenOnCluster(*cluster, "idle_restart", /*pool_size=*/1);
+  ASSERT_NE(store, nullptr);
+  auto created = store->Create(MakeRecord("before"), {});
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_TRUE(cluster->Stop().ok());
+  ASSERT_TRUE(cluster->Restart().ok());
+  auto back = store->Get(created->record.id());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->request_id, "before");
 }
 
 // A ledger written before the credit and budget counters (schema 7) gets them filled from its
@@ -132,33 +164,27 @@ TEST(PostgresStoreTest, CountersAreFilledFromAnOlderLedger) {
 TEST(PostgresStoreTest, LedgerUnavailableWhileTheServerIsDownThenRecovers) {
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);
-  auto dsn = cluster->CreateDatabase("restart");
-  ASSERT_TRUE(dsn.ok());
-  PostgresOptions options;
-  options.dsn = *dsn;
-  options.pool_size = 2;
-  options.connect_timeout = absl::Seconds(1);
-  auto store = OpenPostgresOperationStore(options);
-  ASSERT_TRUE(store.ok()) << store.status();
-  auto created = (*store)->Create(MakeRecord("before"), {});
+  auto store = OpenOnCluster(*cluster, "restart", /*pool_size=*/2);
+  ASSERT_NE(store, nullptr);
+  auto created = store->Create(MakeRecord("before"), {});
   ASSERT_TRUE(created.ok()) << created.status();
 
   ASSERT_TRUE(cluster->Stop().ok());
-  auto down = (*store)->Get(created->record.id());
+  auto down = store->Get(created->record.id());
   ASSERT_EQ(down.status().code(), absl::StatusCode::kUnavailable) << down.status();
   google::rpc::ErrorInfo info;
   ASSERT_TRUE(GetErrorInfo(down.status(), &info));
   EXPECT_EQ(info.reason(), "LEDGER_UNAVAILABLE");
   google::rpc::RetryInfo retry;
   EXPECT_TRUE(GetRetryInfo(down.status(), &retry));
-  EXPECT_EQ((*store)->Create(MakeRecord("during"), {}).status().code(),
+  EXPECT_EQ(store->Create(MakeRecord("during"), {}).status().code(),
             absl::StatusCode::kUnavailable);
 
   ASSERT_TRUE(cluster->Restart().ok());
-  auto back = (*store)->Get(created->record.id());
+  auto back = store->Get(created->record.id());
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->request_id, "before");
-  EXPECT_TRUE((*store)->Create(MakeRecord("after"), {}).ok());
+  EXPECT_TRUE(store->Create(MakeRecord("after"), {}).ok());
 }
 
 TEST(PostgresStoreTest, TheDsnNeverAppearsInErrors) {
