@@ -43,15 +43,15 @@ OperationRecord MakeRecord(const std::string& tenant, const std::string& request
   return record;
 }
 
-// One cluster per test process, started on first use.
+// One cluster per test process, started on first use and stopped, its directory removed, at exit.
 ::musicgw::testing::PgCluster& Cluster() {
-  static ::musicgw::testing::PgCluster* const cluster = [] {
+  static const std::unique_ptr<::musicgw::testing::PgCluster> cluster = [] {
     auto started = ::musicgw::testing::PgCluster::Start();
     if (!started.ok()) {
       ADD_FAILURE() << started.status();
       std::abort();
     }
-    return started->release();
+    return std::move(*started);
   }();
   return *cluster;
 }
