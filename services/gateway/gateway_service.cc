@@ -53,11 +53,7 @@ grpc::ServerUnaryReactor* GatewayService::Generate(grpc::CallbackServerContext* 
         return engine->Generate(name, *request);  // gRPC's request, alive until the answer
       },
       FinishWithOperation(reactor, response, std::move(call)));
-  if (deps_.accepts == nullptr) {
-    std::move(accept)();
-  } else {
-    deps_.accepts->Post(std::move(accept));
-  }
+  deps_.accepts->Post(std::move(accept));
   return reactor;
 }
 

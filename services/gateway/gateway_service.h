@@ -43,8 +43,8 @@ struct GatewayDeps {
   // Outgoing webhooks (not owned); null: the webhook RPCs answer UNIMPLEMENTED and
   // GenerateRequest.notify is refused.
   const notify::WebhookApi* webhooks = nullptr;
-  // Where Generate's durable accept runs (not owned): it waits for the ledger's disk, which
-  // gRPC's callback threads, shared by every call of every tenant, must not. Null: inline.
+  // Where Generate's durable accept runs (not owned, required): it waits for the ledger's disk,
+  // which gRPC's callback threads, shared by every call of every tenant, must not.
   operations::Executor* accepts = nullptr;
 };
 

@@ -284,15 +284,19 @@ constexpr absl::string_view kCustodyColumns =
 
 constexpr absl::string_view kRecordColumns =
     "id, tenant, request_id, request_hash, charged, owner, snapshot, upstream_outputs";
-// The parameters of "budget_usage": a budget's tenant and task, and its period's start as the
-// counters split it.
+// The parameters of a count over the ledger's counters ("budget_usage", "charged"): the count's
+// two keys, then `since` as the counters split it (SplitLedgerCount).
+std::vector<Param> CountParams(Param first_key, Param second_key, absl::Time since) {
+  const LedgerCountSplit split = SplitLedgerCount(since);
+  return {std::move(first_key),         std::move(second_key),        Param::Int(split.first_day),
+          Param::Int(split.first_hour), Param::Int(split.until_hour), Param::Int(split.from_us),
+          Param::Int(split.until_us)};
+}
+
+// The parameters of "budget_usage": a budget's tenant and task, and its period's start.
 std::vector<Param> BudgetParams(absl::string_view tenant, v1::TaskKind task,
                                 absl::Time period_start) {
-  const LedgerCountSplit split = SplitLedgerCount(period_start);
-  return {Param::Text(tenant),          Param::Int(task),
-          Param::Int(split.first_day),  Param::Int(split.first_hour),
-          Param::Int(split.until_hour), Param::Int(split.from_us),
-          Param::Int(split.until_us)};
+  return CountParams(Param::Text(tenant), Param::Int(task), period_start);
 }
 
 // Every statement, prepared once per connection by name.
@@ -818,14 +822,10 @@ class PostgresOperationStore final : public OperationStore {
   absl::StatusOr<std::map<v1::TaskKind, int64_t>> CountCharged(v1::Provider provider,
                                                                absl::string_view account,
                                                                absl::Time since) override {
-    const LedgerCountSplit split = SplitLedgerCount(since);
     MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
     MUSICGW_ASSIGN_OR_RETURN(
         Result result,
-        conn->Run("charged",
-                  {Param::Int(provider), Param::Text(account), Param::Int(split.first_day),
-                   Param::Int(split.first_hour), Param::Int(split.until_hour),
-                   Param::Int(split.from_us), Param::Int(split.until_us)}));
+        conn->Run("charged", CountParams(Param::Int(provider), Param::Text(account), since)));
     std::map<v1::TaskKind, int64_t> counts;
     for (int row = 0; row < PQntuples(result.get()); ++row) {
       counts[static_cast<v1::TaskKind>(IntCell(result.get(), row, 0))] =
