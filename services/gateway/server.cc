@@ -419,6 +419,7 @@ class GatewayServerImpl final : public GatewayServer {
   absl::Status StartMetrics() {
     metrics_->SetQuotaSource([quota = quota_.get()] { return quota->Snapshot(); });
     metrics_->SetEngine(engine_.get());
+    metrics_->SetAcceptQueueSource([accepts = accepts_.get()] { return accepts->Queued(); });
     for (auto* adapter : adapter_ptrs_) {
       if (adapter->credential_refreshes().has_value()) {
         metrics_->AddTokenRefreshSource(adapter->provider(), adapter->account(), [adapter] {

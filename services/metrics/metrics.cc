@@ -304,8 +304,13 @@ class Metrics::Impl {
     absl::MutexLock lock(&sources_mu_);
     webhook_sources_.push_back({provider, std::move(account), std::move(counters)});
   }
+  void SetAcceptQueueSource(std::function<int64_t()> queued) {
+    absl::MutexLock lock(&sources_mu_);
+    accept_queue_ = std::move(queued);
+  }
   void ClearSources() {
     absl::MutexLock lock(&sources_mu_);
+    accept_queue_ = nullptr;
     quota_ = nullptr;
     engine_ = nullptr;
     token_sources_.clear();
@@ -453,6 +458,7 @@ class Metrics::Impl {
   absl::Mutex sources_mu_;
   std::function<std::vector<operations::AccountQuota>()> quota_ ABSL_GUARDED_BY(sources_mu_);
   const operations::OperationsEngine* engine_ ABSL_GUARDED_BY(sources_mu_) = nullptr;
+  std::function<int64_t()> accept_queue_ ABSL_GUARDED_BY(sources_mu_);
   std::vector<TokenSource> token_sources_ ABSL_GUARDED_BY(sources_mu_);
   std::vector<WebhookSource> webhook_sources_ ABSL_GUARDED_BY(sources_mu_);
 
@@ -471,6 +477,11 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
     // Held while sources run so ClearSources() can wait for this scrape.
     absl::MutexLock lock(&sources_mu_);
     if (quota_) PullQuota(quota_(), now, out);
+    // Work waiting for a worker: a queue that keeps growing means the pool cannot keep up (the
+    // ledger's disk for accepts; ledger writes and provider calls for the background).
+    PullFamily queued("musicgw_queued_tasks",
+                      "Tasks due to run and waiting for a worker, by pool (accept, background).",
+                      MetricType::Gauge);
     if (engine_ != nullptr) {
       const std::vector<operations::ProviderState> states = engine_->ProviderStates();
       PullProviders(states, now, out);
@@ -522,7 +533,10 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Pull() {
                         MetricType::Gauge);
       oldest.Add({}, absl::ToDoubleSeconds(stats.custody_oldest_pending_age));
       oldest.MoveTo(out);
+      queued.Add({{"pool", "background"}}, static_cast<double>(stats.background_queued));
     }
+    if (accept_queue_) queued.Add({{"pool", "accept"}}, static_cast<double>(accept_queue_()));
+    queued.MoveTo(out);
     PullFamily tokens("musicgw_upstream_token_refreshes_total",
                       "Completed OAuth token refreshes, by provider account.", MetricType::Counter);
     for (const auto& source : token_sources_) {
@@ -676,6 +690,9 @@ void Metrics::AddTokenRefreshSource(v1::Provider provider, std::string account,
 void Metrics::AddWebhookSource(v1::Provider provider, std::string account,
                                std::function<adapters::WebhookCounters()> counters) {
   impl_->AddWebhookSource(provider, std::move(account), std::move(counters));
+}
+void Metrics::SetAcceptQueueSource(std::function<int64_t()> queued) {
+  impl_->SetAcceptQueueSource(std::move(queued));
 }
 void Metrics::ClearSources() { impl_->ClearSources(); }
 

@@ -67,6 +67,8 @@ class Metrics final : public gateway::RpcObserver,
   // Monotonic webhook outcome counters of one account (WebhookHandler::counters()).
   void AddWebhookSource(musicgw::v1::Provider provider, std::string account,
                         std::function<adapters::WebhookCounters()> counters);
+  // Generate's durable accepts waiting for a worker of the accept pool (Executor::Queued()).
+  void SetAcceptQueueSource(std::function<int64_t()> queued);
   // Forgets every source; waits for a scrape in progress to finish with them.
   void ClearSources();
 

@@ -379,6 +379,7 @@ class EngineImpl final : public OperationsEngine, public std::enable_shared_from
     stats.custody_held_bytes = custody.held_bytes;
     stats.custody_pending = custody.pending;
     stats.custody_oldest_pending_age = custody.oldest_pending_age;
+    stats.background_queued = executor_->Queued();
     return stats;
   }
 

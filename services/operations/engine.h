@@ -174,6 +174,8 @@ struct EngineStats {
   int64_t custody_held_bytes = 0;
   int64_t custody_pending = 0;
   absl::Duration custody_oldest_pending_age = absl::ZeroDuration();
+  // Background tasks (ledger writes, provider calls, fan-out) waiting for a worker.
+  int64_t background_queued = 0;
 };
 
 class OperationsEngine {

@@ -38,6 +38,14 @@ bool Executor::InWorker() const {
                      [self](const std::thread& t) { return t.get_id() == self; });
 }
 
+int64_t Executor::Queued() const {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_.Now();
+  int64_t due = 0;
+  for (auto it = timed_.begin(); it != timed_.end() && it->first.first <= now; ++it) ++due;
+  return static_cast<int64_t>(ready_.size()) + due;
+}
+
 void Executor::Stop() {
   std::deque<Task> ready;
   std::map<std::pair<absl::Time, uint64_t>, Task> timed;

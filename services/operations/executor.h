@@ -38,6 +38,9 @@ class Executor {
   void Stop();
   // True on one of this executor's workers.
   bool InWorker() const;
+  // Tasks due to run and waiting for a worker (posted, or delayed and past their time): how far
+  // the workers are behind.
+  int64_t Queued() const;
 
  private:
   void Loop(int nice);

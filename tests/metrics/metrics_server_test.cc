@@ -124,6 +124,10 @@ TEST_F(MetricsServerTest, ScrapeDuringARealGenerationShowsTheValuesMove) {
             after->remaining());
   EXPECT_EQ(testing::Sample(*scrape, "musicgw_provider_quota_limit", labels), after->limit());
 
+  // The gateway's own pools report their queues (idle here).
+  EXPECT_TRUE(testing::Sample(*scrape, "musicgw_queued_tasks", {"pool=\"accept\""}).has_value());
+  EXPECT_TRUE(
+      testing::Sample(*scrape, "musicgw_queued_tasks", {"pool=\"background\""}).has_value());
   EXPECT_GE(testing::Sample(*scrape, "musicgw_grpc_requests_total",
                             {"method=\"Generate\"", "grpc_code=\"OK\""})
                 .value_or(0),

@@ -279,7 +279,10 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   engine.stats.live_operations = 7;
   engine.stats.open_watchers = 2;
   engine.stats.open_downloads = 1;
+  engine.stats.background_queued = 6;
   metrics->SetEngine(&engine);
+  int64_t accepts_queued = 3;
+  metrics->SetAcceptQueueSource([&] { return accepts_queued; });
 
   int64_t refreshes = 4;
   metrics->AddTokenRefreshSource(v1::PROVIDER_LOUDLY, "loudly-main", [&] { return refreshes; });
@@ -331,6 +334,8 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   EXPECT_EQ(Value(families, "musicgw_engine_live_operations", {}), 7);
   EXPECT_EQ(Value(families, "musicgw_engine_open_watchers", {}), 2);
   EXPECT_EQ(Value(families, "musicgw_engine_open_downloads", {}), 1);
+  EXPECT_EQ(Value(families, "musicgw_queued_tasks", {{"pool", "background"}}), 6);
+  EXPECT_EQ(Value(families, "musicgw_queued_tasks", {{"pool", "accept"}}), 3);
   // Live gauges exist at zero for every configured provider.
   EXPECT_EQ(
       Value(families, "musicgw_operations_live", {{"provider", "loudly"}, {"state", "queued"}}), 0);
@@ -353,7 +358,9 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   loudly.figures[0] = songs;
   now += absl::Seconds(15);
   refreshes = 5;
+  accepts_queued = 0;
   families = metrics->Collect();
+  EXPECT_EQ(Value(families, "musicgw_queued_tasks", {{"pool", "accept"}}), 0);
   EXPECT_EQ(Value(families, "musicgw_provider_quota_remaining", vega), 59);
   EXPECT_EQ(Value(families, "musicgw_provider_quota_read_age_seconds", {{"provider", "loudly"}}),
             45);
@@ -363,6 +370,7 @@ TEST(MetricsTest, PullTimeSourcesAreReadAtScrapeAndClearable) {
   families = metrics->Collect();
   EXPECT_FALSE(Value(families, "musicgw_provider_quota_remaining", vega));
   EXPECT_FALSE(Value(families, "musicgw_engine_live_operations", {}));
+  EXPECT_FALSE(Value(families, "musicgw_queued_tasks", {{"pool", "accept"}}));
   EXPECT_FALSE(Value(families, "musicgw_webhooks_received_total", {}));
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/thread_priority.h"
 #include "gtest/gtest.h"
@@ -28,6 +29,37 @@ TEST(ExecutorTest, WorkersRunAtTheExecutorsNice) {
   foreground_ran.WaitForNotification();
   EXPECT_EQ(background_nice, lowered);
   EXPECT_EQ(foreground_nice, before);
+}
+
+TEST(ExecutorTest, QueuedCountsTasksDueAndWaitingForAWorker) {
+  FakeClock clock;
+  Executor executor(1, clock);
+  absl::Notification busy, release;
+  executor.Post([&] {
+    busy.Notify();
+    release.WaitForNotification();
+  });
+  busy.WaitForNotification();  // the only worker is taken
+  EXPECT_EQ(executor.Queued(), 0);
+
+  absl::Mutex mu;
+  int ran = 0;
+  auto count = [&] {
+    absl::MutexLock lock(&mu);
+    ++ran;
+  };
+  executor.Post(count);
+  executor.Post(count);
+  executor.PostAfter(absl::Seconds(10), count);
+  EXPECT_EQ(executor.Queued(), 2);  // the delayed one is not due yet
+  clock.Advance(absl::Seconds(10));
+  EXPECT_EQ(executor.Queued(), 3);
+
+  release.Notify();
+  absl::MutexLock lock(&mu);
+  mu.Await(absl::Condition(
+      +[](int* n) { return *n == 3; }, &ran));
+  EXPECT_EQ(executor.Queued(), 0);
 }
 
 }  // namespace
