@@ -21,6 +21,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -41,6 +42,23 @@ inline absl::Status LedgerUnavailable(absl::string_view what) {
       absl::UnavailableError(absl::StrCat("ledger unavailable: ", what, "; retry shortly"));
   status = WithErrorInfo(std::move(status), "LEDGER_UNAVAILABLE", kGatewayDomain);
   return WithRetryInfo(std::move(status), absl::Seconds(1));
+}
+
+// Marks a transaction PostgreSQL rolled back whole, for a deadlock (40P01) or a serialization
+// failure (40001). Not a type.googleapis.com detail, so it never reaches a client.
+inline constexpr absl::string_view kTransactionConflictPayload = "musicgw.pg.transaction_conflict";
+
+// Nothing of such a transaction was written, so its writer may run it again (RetryConflicts).
+// Not ABORTED: to a tracker that means another replica owns the operation. If it still fails,
+// the ledger was unavailable for a moment.
+inline absl::Status TransactionConflict(absl::string_view message) {
+  absl::Status status = LedgerUnavailable(absl::StrCat("transaction conflict: ", message));
+  status.SetPayload(kTransactionConflictPayload, absl::Cord());
+  return status;
+}
+
+inline bool IsTransactionConflict(const absl::Status& status) {
+  return status.GetPayload(kTransactionConflictPayload).has_value();
 }
 
 struct ResultDeleter {
@@ -161,9 +179,7 @@ class Connection {
     if (sqlstate == "23505") {
       return absl::AlreadyExistsError(absl::StrCat("ledger: ", message));
     }
-    if (sqlstate == "40001" || sqlstate == "40P01") {
-      return absl::AbortedError(absl::StrCat("ledger: ", message));
-    }
+    if (sqlstate == "40001" || sqlstate == "40P01") return TransactionConflict(message);
     return absl::InternalError(absl::StrCat("ledger: ", message));
   }
 

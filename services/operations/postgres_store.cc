@@ -273,6 +273,66 @@ CREATE TRIGGER budget_counts_delete AFTER DELETE ON operations
   FOR EACH ROW WHEN (OLD.state NOT IN (4, 5) OR OLD.charged)
   EXECUTE FUNCTION budget_counts_count();
 )sql",
+    // 10: the counters' rows locked in one order by every write: the day's row, then the hour's.
+    // Migrations 8 and 9 took the old rows with one UPDATE whose scan could meet the hour's row
+    // first, while an INSERT took the day's first: two replicas' writes on one counter then
+    // deadlocked, and PostgreSQL aborted one after a second's wait.
+    R"sql(
+CREATE OR REPLACE FUNCTION charged_counts_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.charged THEN
+    UPDATE charged_counts SET charged = charged - 1
+      WHERE provider = OLD.provider AND provider_account = OLD.provider_account
+        AND task = OLD.task AND slot = hashtext(OLD.id) & 7
+        AND hours = 24 AND bucket = OLD.create_time_us / 86400000000;
+    UPDATE charged_counts SET charged = charged - 1
+      WHERE provider = OLD.provider AND provider_account = OLD.provider_account
+        AND task = OLD.task AND slot = hashtext(OLD.id) & 7
+        AND hours = 1 AND bucket = OLD.create_time_us / 3600000000;
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.charged THEN
+    INSERT INTO charged_counts VALUES
+        (NEW.provider, NEW.provider_account, NEW.task, 24, NEW.create_time_us / 86400000000,
+         hashtext(NEW.id) & 7, 1)
+      ON CONFLICT (provider, provider_account, hours, bucket, task, slot)
+      DO UPDATE SET charged = charged_counts.charged + 1;
+    INSERT INTO charged_counts VALUES
+        (NEW.provider, NEW.provider_account, NEW.task, 1, NEW.create_time_us / 3600000000,
+         hashtext(NEW.id) & 7, 1)
+      ON CONFLICT (provider, provider_account, hours, bucket, task, slot)
+      DO UPDATE SET charged = charged_counts.charged + 1;
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION budget_counts_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') AND (OLD.state NOT IN (4, 5) OR OLD.charged) THEN
+    UPDATE budget_counts
+      SET reserved = reserved - (NOT OLD.done)::INTEGER, used = used - OLD.done::INTEGER
+      WHERE tenant = OLD.tenant AND task = OLD.task AND slot = hashtext(OLD.id) & 7
+        AND hours = 24 AND bucket = OLD.create_time_us / 86400000000;
+    UPDATE budget_counts
+      SET reserved = reserved - (NOT OLD.done)::INTEGER, used = used - OLD.done::INTEGER
+      WHERE tenant = OLD.tenant AND task = OLD.task AND slot = hashtext(OLD.id) & 7
+        AND hours = 1 AND bucket = OLD.create_time_us / 3600000000;
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') AND (NEW.state NOT IN (4, 5) OR NEW.charged) THEN
+    INSERT INTO budget_counts VALUES
+        (NEW.tenant, NEW.task, 24, NEW.create_time_us / 86400000000, hashtext(NEW.id) & 7,
+         (NOT NEW.done)::INTEGER, NEW.done::INTEGER)
+      ON CONFLICT (tenant, task, hours, bucket, slot) DO UPDATE
+      SET reserved = budget_counts.reserved + EXCLUDED.reserved,
+          used = budget_counts.used + EXCLUDED.used;
+    INSERT INTO budget_counts VALUES
+        (NEW.tenant, NEW.task, 1, NEW.create_time_us / 3600000000, hashtext(NEW.id) & 7,
+         (NOT NEW.done)::INTEGER, NEW.done::INTEGER)
+      ON CONFLICT (tenant, task, hours, bucket, slot) DO UPDATE
+      SET reserved = budget_counts.reserved + EXCLUDED.reserved,
+          used = budget_counts.used + EXCLUDED.used;
+  END IF;
+  RETURN NULL;
+END $$;
+)sql",
 };
 
 // Any constant shared by every replica: serializes migrations.
@@ -453,6 +513,7 @@ class PostgresOperationStore final : public OperationStore {
   explicit PostgresOperationStore(PostgresOptions options)
       : clock_(*options.clock),
         claim_batch_(options.claim_batch),
+        conflict_attempts_(std::max(1, options.conflict_attempts)),
         pool_(std::move(options), LedgerStatements()) {}
 
   absl::Status Migrate() {
@@ -488,97 +549,11 @@ class PostgresOperationStore final : public OperationStore {
 
   absl::StatusOr<CreateResult> Create(const OperationRecord& record,
                                       const std::vector<BudgetCheck>& budgets) override {
-    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    Transaction txn(conn);
-    MUSICGW_RETURN_IF_ERROR(txn.Begin());
-    // One tenant's Creates serialize on every replica: request_id uniqueness and budget
-    // admission are then exact, and other tenants are not held up.
-    MUSICGW_RETURN_IF_ERROR(conn->Run("tenant_lock", {Param::Text(record.tenant)}).status());
-    MUSICGW_ASSIGN_OR_RETURN(Result existing, conn->Run("find", {Param::Text(record.tenant),
-                                                                 Param::Text(record.request_id)}));
-    if (PQntuples(existing.get()) > 0) {
-      MUSICGW_ASSIGN_OR_RETURN(OperationRecord found, ReadRecord(conn, existing.get(), 0));
-      return CreateResult{std::move(found), false};
-    }
-    for (const BudgetCheck& budget : budgets) {
-      MUSICGW_ASSIGN_OR_RETURN(
-          Result count, budget.live_only
-                            ? conn->Run("live_count", {Param::Text(record.tenant)})
-                            : conn->Run("budget_usage", BudgetParams(record.tenant, budget.task,
-                                                                     budget.period_start)));
-      const int64_t used =
-          IntCell(count.get(), 0, 0) + (budget.live_only ? 0 : IntCell(count.get(), 0, 1));
-      if (used >= budget.limit) return BudgetRefusal(record.tenant, budget, used, clock_.Now());
-    }
-    const v1::Operation& op = record.operation;
-    const std::string id = record.id();
-    const std::string snapshot = op.SerializeAsString();
-    MUSICGW_RETURN_IF_ERROR(
-        conn->Run(
-                "insert",
-                {Param::Text(id), Param::Text(record.tenant), Param::Text(record.request_id),
-                 Param::Text(record.request_hash), Param::Int(op.state()), Param::Bool(op.done()),
-                 Param::Int(op.provider()), Param::Int(op.task()),
-                 Param::Int(LedgerMicros(FromProtoTimestamp(op.create_time()))),
-                 Param::Int(op.sequence()), Param::Bool(record.charged), Param::Text(record.owner),
-                 Param::Int(LedgerMicros(record.lease_until)), Param::Bytes(snapshot),
-                 Param::Text(UpstreamOutputsToJson(record.upstream_outputs)),
-                 Param::Text(op.provider_account())})
-            .status());
-    MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
-                                                       Param::Bytes(snapshot)})
-                                .status());
-    MUSICGW_RETURN_IF_ERROR(
-        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
-    MUSICGW_RETURN_IF_ERROR(txn.Commit());
-    return CreateResult{record, true};
+    return RetryConflicts([&] { return CreateOnce(record, budgets); });
   }
 
   absl::Status Update(const OperationUpdate& update) override {
-    const v1::Operation& op = update.operation;
-    if (op.sequence() != update.expected_sequence + 1) {
-      return absl::InvalidArgumentError("ledger: sequence must advance by one");
-    }
-    const std::string id = IdOf(op);
-    const std::string snapshot = op.SerializeAsString();
-    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
-    Transaction txn(conn);
-    MUSICGW_RETURN_IF_ERROR(txn.Begin());
-    MUSICGW_ASSIGN_OR_RETURN(
-        Result updated,
-        conn->Run(
-            "update",
-            {Param::Int(op.state()), Param::Bool(op.done()), Param::Int(op.provider()),
-             op.has_done_time() ? Param::Int(LedgerMicros(FromProtoTimestamp(op.done_time())))
-                                : Param::Null(),
-             Param::Int(op.sequence()), Param::Bool(update.charged), Param::Bytes(snapshot),
-             Param::Text(op.provider_account()),
-             update.upstream_outputs.has_value()
-                 ? Param::Text(UpstreamOutputsToJson(*update.upstream_outputs))
-                 : Param::Null(),
-             Param::Text(id), Param::Int(update.expected_sequence), Param::Text(update.owner)}));
-    if (absl::string_view(PQcmdTuples(updated.get())) != "1") {
-      MUSICGW_ASSIGN_OR_RETURN(Result seq, conn->Run("sequence", {Param::Text(id)}));
-      if (PQntuples(seq.get()) == 0) {
-        return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
-      }
-      if (IntCell(seq.get(), 0, 0) == update.expected_sequence) {
-        return absl::AbortedError(
-            absl::StrCat("ledger: operation ", id, " is owned by another replica"));
-      }
-      return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
-                                             IntCell(seq.get(), 0, 0), ", not ",
-                                             update.expected_sequence));
-    }
-    MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
-                                                       Param::Bytes(snapshot)})
-                                .status());
-    for (const OutboxMessage& message : update.outbox) {
-      MUSICGW_RETURN_IF_ERROR(pg::InsertOutbox(conn, message, message.create_time));
-    }
-    MUSICGW_RETURN_IF_ERROR(
-        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
-    return txn.Commit();
+    return RetryConflicts([&] { return UpdateOnce(update); });
   }
 
   absl::StatusOr<OperationRecord> Get(absl::string_view id) override {
@@ -882,6 +857,117 @@ class PostgresOperationStore final : public OperationStore {
   }
 
  private:
+  // Runs `attempt` (one whole transaction) again while PostgreSQL rolls it back for a conflict.
+  template <typename Attempt>
+  auto RetryConflicts(Attempt attempt) -> decltype(attempt()) {
+    for (int tries = 1;; ++tries) {
+      auto result = attempt();
+      if (tries >= conflict_attempts_ || !pg::IsTransactionConflict(StatusOf(result))) {
+        return result;
+      }
+    }
+  }
+  static const absl::Status& StatusOf(const absl::Status& status) { return status; }
+  template <typename T>
+  static absl::Status StatusOf(const absl::StatusOr<T>& result) {
+    return result.status();
+  }
+
+  absl::StatusOr<CreateResult> CreateOnce(const OperationRecord& record,
+                                          const std::vector<BudgetCheck>& budgets) {
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    // One tenant's Creates serialize on every replica: request_id uniqueness and budget
+    // admission are then exact, and other tenants are not held up.
+    MUSICGW_RETURN_IF_ERROR(conn->Run("tenant_lock", {Param::Text(record.tenant)}).status());
+    MUSICGW_ASSIGN_OR_RETURN(Result existing, conn->Run("find", {Param::Text(record.tenant),
+                                                                 Param::Text(record.request_id)}));
+    if (PQntuples(existing.get()) > 0) {
+      MUSICGW_ASSIGN_OR_RETURN(OperationRecord found, ReadRecord(conn, existing.get(), 0));
+      return CreateResult{std::move(found), false};
+    }
+    for (const BudgetCheck& budget : budgets) {
+      MUSICGW_ASSIGN_OR_RETURN(
+          Result count, budget.live_only
+                            ? conn->Run("live_count", {Param::Text(record.tenant)})
+                            : conn->Run("budget_usage", BudgetParams(record.tenant, budget.task,
+                                                                     budget.period_start)));
+      const int64_t used =
+          IntCell(count.get(), 0, 0) + (budget.live_only ? 0 : IntCell(count.get(), 0, 1));
+      if (used >= budget.limit) return BudgetRefusal(record.tenant, budget, used, clock_.Now());
+    }
+    const v1::Operation& op = record.operation;
+    const std::string id = record.id();
+    const std::string snapshot = op.SerializeAsString();
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run(
+                "insert",
+                {Param::Text(id), Param::Text(record.tenant), Param::Text(record.request_id),
+                 Param::Text(record.request_hash), Param::Int(op.state()), Param::Bool(op.done()),
+                 Param::Int(op.provider()), Param::Int(op.task()),
+                 Param::Int(LedgerMicros(FromProtoTimestamp(op.create_time()))),
+                 Param::Int(op.sequence()), Param::Bool(record.charged), Param::Text(record.owner),
+                 Param::Int(LedgerMicros(record.lease_until)), Param::Bytes(snapshot),
+                 Param::Text(UpstreamOutputsToJson(record.upstream_outputs)),
+                 Param::Text(op.provider_account())})
+            .status());
+    MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
+                                                       Param::Bytes(snapshot)})
+                                .status());
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
+    MUSICGW_RETURN_IF_ERROR(txn.Commit());
+    return CreateResult{record, true};
+  }
+
+  absl::Status UpdateOnce(const OperationUpdate& update) {
+    const v1::Operation& op = update.operation;
+    if (op.sequence() != update.expected_sequence + 1) {
+      return absl::InvalidArgumentError("ledger: sequence must advance by one");
+    }
+    const std::string id = IdOf(op);
+    const std::string snapshot = op.SerializeAsString();
+    MUSICGW_ASSIGN_OR_RETURN(auto conn, pool_.Acquire());
+    Transaction txn(conn);
+    MUSICGW_RETURN_IF_ERROR(txn.Begin());
+    MUSICGW_ASSIGN_OR_RETURN(
+        Result updated,
+        conn->Run(
+            "update",
+            {Param::Int(op.state()), Param::Bool(op.done()), Param::Int(op.provider()),
+             op.has_done_time() ? Param::Int(LedgerMicros(FromProtoTimestamp(op.done_time())))
+                                : Param::Null(),
+             Param::Int(op.sequence()), Param::Bool(update.charged), Param::Bytes(snapshot),
+             Param::Text(op.provider_account()),
+             update.upstream_outputs.has_value()
+                 ? Param::Text(UpstreamOutputsToJson(*update.upstream_outputs))
+                 : Param::Null(),
+             Param::Text(id), Param::Int(update.expected_sequence), Param::Text(update.owner)}));
+    if (absl::string_view(PQcmdTuples(updated.get())) != "1") {
+      MUSICGW_ASSIGN_OR_RETURN(Result seq, conn->Run("sequence", {Param::Text(id)}));
+      if (PQntuples(seq.get()) == 0) {
+        return absl::NotFoundError(absl::StrCat("ledger: no operation ", id));
+      }
+      if (IntCell(seq.get(), 0, 0) == update.expected_sequence) {
+        return absl::AbortedError(
+            absl::StrCat("ledger: operation ", id, " is owned by another replica"));
+      }
+      return absl::AbortedError(absl::StrCat("ledger: operation ", id, " is at sequence ",
+                                             IntCell(seq.get(), 0, 0), ", not ",
+                                             update.expected_sequence));
+    }
+    MUSICGW_RETURN_IF_ERROR(conn->Run("insert_event", {Param::Text(id), Param::Int(op.sequence()),
+                                                       Param::Bytes(snapshot)})
+                                .status());
+    for (const OutboxMessage& message : update.outbox) {
+      MUSICGW_RETURN_IF_ERROR(pg::InsertOutbox(conn, message, message.create_time));
+    }
+    MUSICGW_RETURN_IF_ERROR(
+        conn->Run("notify", {Param::Text(id), Param::Int(op.sequence())}).status());
+    return txn.Commit();
+  }
+
   absl::StatusOr<OperationRecord> ReadRecord(Pool::Lease& conn, const PGresult* result, int row) {
     OperationRecord record;
     const std::string id = Cell(result, row, 0);
@@ -939,6 +1025,7 @@ class PostgresOperationStore final : public OperationStore {
 
   const Clock& clock_;
   const int64_t claim_batch_;
+  const int conflict_attempts_;
   Pool pool_;
 };
 

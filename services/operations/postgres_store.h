@@ -31,6 +31,9 @@ struct PostgresOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // At most this many other replicas' (or unowned) live operations taken per ClaimLive.
   int claim_batch = 100;
+  // Create and Update run their transaction again when PostgreSQL rolled it back for a deadlock
+  // or a serialization failure, up to this many attempts in all.
+  int conflict_attempts = 3;
   // Lease expiry and migration timestamps; budgets' RetryInfo.
   const Clock* clock = &Clock::Real();
 };

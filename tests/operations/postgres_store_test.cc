@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/errors.h"
+#include "common/time_util.h"
 #include "gtest/gtest.h"
 #include "services/operations/ids.h"
 #include "tests/pg/pg_cluster.h"
@@ -55,6 +56,15 @@ std::unique_ptr<OperationStore> OpenOnCluster(PgCluster& cluster, const std::str
   auto store = OpenPostgresOperationStore(options);
   EXPECT_TRUE(store.ok()) << store.status();
   return store.ok() ? std::move(*store) : nullptr;
+}
+
+// Options for a store on a new database of `cluster`.
+PostgresOptions OptionsOnNewDatabase(PgCluster& cluster, const std::string& database) {
+  auto dsn = cluster.CreateDatabase(database);
+  EXPECT_TRUE(dsn.ok()) << dsn.status();
+  PostgresOptions options;
+  options.dsn = dsn.value_or("");
+  return options;
 }
 
 int64_t CountRows(const std::string& dsn, const char* sql) {
@@ -146,7 +156,7 @@ TEST(PostgresStoreTest, CountersAreFilledFromAnOlderLedger) {
                       "DROP TABLE budget_counts; DROP FUNCTION budget_counts_count CASCADE; "
                       "WITH gone AS (DELETE FROM schema_migrations WHERE version >= 8 "
                       "RETURNING version) SELECT COUNT(*) FROM gone"),
-            2);
+            3);
   auto store = OpenPostgresOperationStore(options);
   ASSERT_TRUE(store.ok()) << store.status();
   auto counts = (*store)->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", absl::InfinitePast());
@@ -240,6 +250,174 @@ TEST(PostgresStoreTest, ClaimsComeInBoundedBatchesAndNeverOverlap) {
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->size(), 6u);
   EXPECT_EQ(CountRows(*dsn, "SELECT COUNT(*) FROM operations WHERE owner = 'dead'"), 0);
+}
+
+// Operation ids whose counters share one slot (hashtext(id) & 7 = 0), so that every write below
+// contends for the same counter rows.
+std::vector<std::string> IdsInOneCounterSlot(const std::string& dsn, int count) {
+  std::vector<std::string> ids;
+  PGconn* conn = PQconnectdb(dsn.c_str());
+  while (static_cast<int>(ids.size()) < count && PQstatus(conn) == CONNECTION_OK) {
+    std::string candidates;
+    for (int i = 0; i < 64; ++i) {
+      absl::StrAppend(&candidates, i == 0 ? "" : ",", NewOperationId(absl::Now()));
+    }
+    const std::string sql = absl::StrCat("SELECT id FROM unnest(string_to_array('", candidates,
+                                         "', ',')) AS id WHERE hashtext(id) & 7 = 0");
+    PGresult* result = PQexec(conn, sql.c_str());
+    for (int row = 0; row < PQntuples(result) && static_cast<int>(ids.size()) < count; ++row) {
+      ids.emplace_back(PQgetvalue(result, row, 0));
+    }
+    PQclear(result);
+  }
+  PQfinish(conn);
+  return ids;
+}
+
+// Replicas creating and finishing one tenant's operations of one account at once: every write
+// updates the same budget and credit counter rows. None may fail: a failed Update reads as
+// "owned by another replica" to its tracker, which then leaves the operation alone until its
+// lease runs out. (Counter rows locked in different orders by different writes deadlocked here.)
+TEST(PostgresStoreTest, ConcurrentWritesOnSharedCountersNeverFail) {
+  auto cluster = StartCluster();
+  ASSERT_NE(cluster, nullptr);
+  PostgresOptions options = OptionsOnNewDatabase(*cluster, "counters");
+  options.pool_size = 8;
+  options.conflict_attempts = 1;  // a deadlock shows as a failure, not as a retry
+  auto replica_a = OpenPostgresOperationStore(options);
+  auto replica_b = OpenPostgresOperationStore(options);
+  ASSERT_TRUE(replica_a.ok() && replica_b.ok());
+
+  constexpr int kWriters = 8;
+  constexpr int kOpsPerWriter = 40;
+  const std::vector<std::string> ids = IdsInOneCounterSlot(options.dsn, kWriters * kOpsPerWriter);
+  ASSERT_EQ(ids.size(), static_cast<size_t>(kWriters * kOpsPerWriter));
+  const absl::Time created = absl::Now();
+  std::vector<std::vector<absl::Status>> failures(kWriters);
+  std::vector<std::thread> writers;
+  writers.reserve(kWriters);
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      OperationStore& store = w % 2 == 0 ? **replica_a : **replica_b;
+      for (int i = 0; i < kOpsPerWriter; ++i) {
+        OperationRecord record = MakeRecord(absl::StrCat("w", w, "-", i));
+        record.operation.set_name(OperationName(ids[w * kOpsPerWriter + i]));
+        record.operation.set_task(v1::TASK_KIND_SAMPLE);
+        record.operation.set_provider(v1::PROVIDER_SOUNDPIECE);
+        record.operation.set_provider_account("sp");
+        *record.operation.mutable_create_time() = ToProtoTimestamp(created);
+        if (absl::Status made = store.Create(record, {}).status(); !made.ok()) {
+          failures[w].push_back(made);
+          continue;
+        }
+        OperationUpdate update;  // submitted and charged
+        update.operation = record.operation;
+        update.operation.set_state(v1::OPERATION_STATE_RUNNING);
+        update.operation.set_sequence(2);
+        update.expected_sequence = 1;
+        update.charged = true;
+        if (absl::Status moved = store.Update(update); !moved.ok()) {
+          failures[w].push_back(moved);
+          continue;
+        }
+        update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);  // done
+        update.operation.set_done(true);
+        update.operation.set_sequence(3);
+        update.expected_sequence = 2;
+        if (absl::Status done = store.Update(update); !done.ok()) failures[w].push_back(done);
+      }
+    });
+  }
+  for (auto& writer : writers) writer.join();
+  for (int w = 0; w < kWriters; ++w) {
+    for (const absl::Status& failure : failures[w]) ADD_FAILURE() << failure;
+  }
+  auto charged =
+      (*replica_a)->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp", created - absl::Hours(1));
+  ASSERT_TRUE(charged.ok()) << charged.status();
+  EXPECT_EQ((*charged)[v1::TASK_KIND_SAMPLE], kWriters * kOpsPerWriter);
+  auto budget = (*replica_a)->ReadBudget("t", v1::TASK_KIND_SAMPLE, created - absl::Hours(1));
+  ASSERT_TRUE(budget.ok()) << budget.status();
+  EXPECT_EQ(budget->used, kWriters * kOpsPerWriter);
+  EXPECT_EQ(budget->reserved, 0);
+}
+
+// Runs `store`'s Update of `record` (created QUEUED) to SUCCEEDED while another session makes
+// it a deadlock victim, and returns what the Update answered. The other session holds the
+// operation's hour counter row, so the Update's trigger waits on it holding the day's row;
+// the other session then asks for the day's row, and PostgreSQL rolls the Update back (it
+// detects the deadlock first: the other session's deadlock_timeout is long).
+absl::Status UpdateMadeADeadlockVictim(OperationStore& store, const std::string& dsn,
+                                       const OperationRecord& record) {
+  PGconn* other = PQconnectdb(dsn.c_str());
+  PGconn* watcher = PQconnectdb(dsn.c_str());
+  auto exec = [](PGconn* conn, const char* sql) {
+    PGresult* result = PQexec(conn, sql);
+    const ExecStatusType status = PQresultStatus(result);
+    EXPECT_TRUE(status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK)
+        << sql << ": " << PQresultErrorMessage(result);
+    std::string first = PQntuples(result) > 0 ? PQgetvalue(result, 0, 0) : "";
+    PQclear(result);
+    return first;
+  };
+  exec(other, "SET deadlock_timeout = '60s'");
+  exec(other, "BEGIN");
+  exec(other, "UPDATE budget_counts SET used = used WHERE hours = 1");
+  OperationUpdate update;
+  update.operation = record.operation;
+  update.operation.set_state(v1::OPERATION_STATE_SUCCEEDED);
+  update.operation.set_done(true);
+  update.operation.set_sequence(record.operation.sequence() + 1);
+  update.expected_sequence = record.operation.sequence();
+  absl::Status answered;
+  std::thread updater([&] { answered = store.Update(update); });
+  // Until the Update waits for the other session's lock (observed, not slept on).
+  while (exec(watcher, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted") == "0") {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  exec(other, "UPDATE budget_counts SET used = used WHERE hours = 24");  // the deadlock
+  exec(other, "ROLLBACK");
+  updater.join();
+  PQfinish(watcher);
+  PQfinish(other);
+  return answered;
+}
+
+TEST(PostgresStoreTest, ATransactionRolledBackForADeadlockIsRunAgain) {
+  auto cluster = StartCluster();
+  ASSERT_NE(cluster, nullptr);
+  PostgresOptions options = OptionsOnNewDatabase(*cluster, "deadlock");
+  options.conflict_attempts = 1;
+  auto once = OpenPostgresOperationStore(options);
+  options.conflict_attempts = 3;
+  auto retrying = OpenPostgresOperationStore(options);
+  ASSERT_TRUE(once.ok() && retrying.ok());
+
+  // Not retried: UNAVAILABLE LEDGER_UNAVAILABLE, never ABORTED (which tells a tracker that
+  // another replica owns the operation), and nothing of the Update is stored.
+  OperationRecord first = MakeRecord("first");
+  ASSERT_TRUE((*once)->Create(first, {}).ok());
+  const absl::Status unretried = UpdateMadeADeadlockVictim(**once, options.dsn, first);
+  EXPECT_TRUE(absl::IsUnavailable(unretried)) << unretried;
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(GetErrorInfo(unretried, &info));
+  EXPECT_EQ(info.reason(), "LEDGER_UNAVAILABLE");
+  EXPECT_TRUE(absl::StrContains(unretried.message(), "deadlock")) << unretried;
+  auto stored = (*once)->Get(first.id());
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->operation.sequence(), first.operation.sequence());
+
+  // Retried: the Update is run again once the other session lets go, and succeeds.
+  OperationRecord second = MakeRecord("second");
+  ASSERT_TRUE((*retrying)->Create(second, {}).ok());
+  EXPECT_TRUE(UpdateMadeADeadlockVictim(**retrying, options.dsn, second).ok());
+  stored = (*retrying)->Get(second.id());
+  ASSERT_TRUE(stored.ok());
+  EXPECT_TRUE(stored->operation.done());
+  auto usage = (*retrying)->ReadBudget("t", v1::TASK_KIND_UNSPECIFIED, absl::InfinitePast());
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_EQ(usage->used, 1);      // second
+  EXPECT_EQ(usage->reserved, 1);  // first, still queued
 }
 
 }  // namespace
