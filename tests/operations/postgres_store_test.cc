@@ -276,8 +276,9 @@ std::vector<std::string> IdsInOneCounterSlot(const std::string& dsn, int count) 
 
 // Replicas creating and finishing one tenant's operations of one account at once: every write
 // updates the same budget and credit counter rows. None may fail: a failed Update reads as
-// "owned by another replica" to its tracker, which then leaves the operation alone until its
-// lease runs out. (Counter rows locked in different orders by different writes deadlocked here.)
+// "owned by another replica" to its tracker, which then leaves the operation alone until the
+// replica's next lease renewal adopts it again. (Counter rows locked in different orders by
+// different writes deadlocked here.)
 TEST(PostgresStoreTest, ConcurrentWritesOnSharedCountersNeverFail) {
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);
