@@ -42,29 +42,26 @@ OperationRecord MakeRecord(const std::string& request_id) {
   return record;
 }
 
-// A store on a new database of `cluster`, its pool `pool_size` connections, each given up
-// after 1 s while the server is away; null (with a failure) if it cannot be opened.
-std::unique_ptr<OperationStore> OpenOnCluster(PgCluster& cluster, const std::string& database,
-                                              int pool_size) {
-  auto dsn = cluster.CreateDatabase(database);
-  EXPECT_TRUE(dsn.ok()) << dsn.status();
-  if (!dsn.ok()) return nullptr;
-  PostgresOptions options;
-  options.dsn = *dsn;
-  options.pool_size = pool_size;
-  options.connect_timeout = absl::Seconds(1);
-  auto store = OpenPostgresOperationStore(options);
-  EXPECT_TRUE(store.ok()) << store.status();
-  return store.ok() ? std::move(*store) : nullptr;
-}
-
-// Options for a store on a new database of `cluster`.
+// Options for a store on a new database of `cluster` (an empty DSN, with a failure, if it cannot
+// be created).
 PostgresOptions OptionsOnNewDatabase(PgCluster& cluster, const std::string& database) {
   auto dsn = cluster.CreateDatabase(database);
   EXPECT_TRUE(dsn.ok()) << dsn.status();
   PostgresOptions options;
   options.dsn = dsn.value_or("");
   return options;
+}
+
+// A store on a new database of `cluster`, its pool `pool_size` connections, each given up
+// after 1 s while the server is away; null (with a failure) if it cannot be opened.
+std::unique_ptr<OperationStore> OpenOnCluster(PgCluster& cluster, const std::string& database,
+                                              int pool_size) {
+  PostgresOptions options = OptionsOnNewDatabase(cluster, database);
+  options.pool_size = pool_size;
+  options.connect_timeout = absl::Seconds(1);
+  auto store = OpenPostgresOperationStore(options);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? std::move(*store) : nullptr;
 }
 
 int64_t CountRows(const std::string& dsn, const char* sql) {
@@ -103,12 +100,10 @@ TEST(PostgresStoreTest, ReplicasStartingTogetherMigrateOnce) {
 TEST(PostgresStoreTest, ANewerSchemaIsRefused) {
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);
-  auto dsn = cluster->CreateDatabase("newer");
-  ASSERT_TRUE(dsn.ok());
-  PostgresOptions options;
-  options.dsn = *dsn;
+  const PostgresOptions options = OptionsOnNewDatabase(*cluster, "newer");
   ASSERT_TRUE(OpenPostgresOperationStore(options).ok());
-  EXPECT_EQ(CountRows(*dsn, "INSERT INTO schema_migrations VALUES (99, 0) RETURNING version"), 99);
+  EXPECT_EQ(
+      CountRows(options.dsn, "INSERT INTO schema_migrations VALUES (99, 0) RETURNING version"), 99);
   EXPECT_EQ(OpenPostgresOperationStore(options).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
@@ -134,10 +129,7 @@ TEST(PostgresStoreTest, AnIdleConnectionTheServerDroppedIsReplacedBeforeUse) {
 TEST(PostgresStoreTest, CountersAreFilledFromAnOlderLedger) {
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);
-  auto dsn = cluster->CreateDatabase("credits");
-  ASSERT_TRUE(dsn.ok());
-  PostgresOptions options;
-  options.dsn = *dsn;
+  const PostgresOptions options = OptionsOnNewDatabase(*cluster, "credits");
   {
     auto store = OpenPostgresOperationStore(options);
     ASSERT_TRUE(store.ok()) << store.status();
@@ -151,7 +143,7 @@ TEST(PostgresStoreTest, CountersAreFilledFromAnOlderLedger) {
     }
   }
   // Back to schema 7: what the migrations add is removed, the operations stay.
-  EXPECT_EQ(CountRows(*dsn,
+  EXPECT_EQ(CountRows(options.dsn,
                       "DROP TABLE charged_counts; DROP FUNCTION charged_counts_count CASCADE; "
                       "DROP TABLE budget_counts; DROP FUNCTION budget_counts_count CASCADE; "
                       "WITH gone AS (DELETE FROM schema_migrations WHERE version >= 8 "
@@ -162,7 +154,7 @@ TEST(PostgresStoreTest, CountersAreFilledFromAnOlderLedger) {
   auto counts = (*store)->CountCharged(v1::PROVIDER_SOUNDPIECE, "sp-main", absl::InfinitePast());
   ASSERT_TRUE(counts.ok()) << counts.status();
   EXPECT_EQ(*counts, (std::map<v1::TaskKind, int64_t>{{v1::TASK_KIND_SONG, 15}}));
-  EXPECT_GT(CountRows(*dsn, "SELECT COUNT(*) FROM charged_counts"), 1);
+  EXPECT_GT(CountRows(options.dsn, "SELECT COUNT(*) FROM charged_counts"), 1);
   auto usage = (*store)->ReadBudget("t", v1::TASK_KIND_SONG, absl::InfinitePast());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_EQ(usage->reserved, 20);
@@ -212,10 +204,7 @@ TEST(PostgresStoreTest, TheDsnNeverAppearsInErrors) {
 TEST(PostgresStoreTest, ClaimsComeInBoundedBatchesAndNeverOverlap) {
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);
-  auto dsn = cluster->CreateDatabase("claims");
-  ASSERT_TRUE(dsn.ok()) << dsn.status();
-  PostgresOptions options;
-  options.dsn = *dsn;
+  PostgresOptions options = OptionsOnNewDatabase(*cluster, "claims");
   options.claim_batch = 4;
   auto survivor_a = OpenPostgresOperationStore(options);
   auto survivor_b = OpenPostgresOperationStore(options);
@@ -249,7 +238,7 @@ TEST(PostgresStoreTest, ClaimsComeInBoundedBatchesAndNeverOverlap) {
   auto second = (*survivor_a)->ClaimLive("a", lease_until);
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->size(), 6u);
-  EXPECT_EQ(CountRows(*dsn, "SELECT COUNT(*) FROM operations WHERE owner = 'dead'"), 0);
+  EXPECT_EQ(CountRows(options.dsn, "SELECT COUNT(*) FROM operations WHERE owner = 'dead'"), 0);
 }
 
 // Operation ids whose counters share one slot (hashtext(id) & 7 = 0), so that every write below
@@ -372,9 +361,13 @@ absl::Status UpdateMadeADeadlockVictim(OperationStore& store, const std::string&
   update.expected_sequence = record.operation.sequence();
   absl::Status answered;
   std::thread updater([&] { answered = store.Update(update); });
-  // Until the Update waits for the other session's lock (observed, not slept on).
+  // Until the Update waits for the other session's lock, looked up query by query.
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
   while (exec(watcher, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted") == "0") {
-    absl::SleepFor(absl::Milliseconds(5));
+    if (absl::Now() > give_up) {
+      ADD_FAILURE() << "the Update never waited for the other session's lock";
+      break;
+    }
   }
   exec(other, "UPDATE budget_counts SET used = used WHERE hours = 24");  // the deadlock
   exec(other, "ROLLBACK");
